@@ -1,0 +1,399 @@
+"""The Grad-CAM engine: one forward pass, gradients w.r.t. one activation, maps.
+
+Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization" (arXiv 1610.02391), Eq. 1-2:
+
+    alpha_k^c = (1/Z) sum_ij dy^c / dA^k_ij        (channel weights)
+    L^c       = ReLU(sum_k alpha_k^c A^k)           (coarse map, u x v)
+
+then bilinear upsampling to the image and min-max normalisation per map.
+
+How the engine computes it:
+
+- The forward up to the layer runs with autograd off (it costs what inference
+  costs). A forward hook swaps the layer's output for a fresh leaf tensor and turns
+  autograd on, so the graph covers only the part of the network after the layer.
+- ``torch.autograd.grad(score, activation)``: no parameter gradient is computed and
+  ``param.grad`` is never touched.
+- A list of N targets runs the model once; the N gradients come from one batched
+  backward (``is_grads_batched``), or N backwards over one retained graph when an op
+  has no batching rule.
+- Hooks live for one call and are removed in ``finally``; grad mode is restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .targets import Target
+
+__all__ = ["GradCAM", "CAMResult", "resolve_layer", "upsample_and_normalize", "call_model", "find_image"]
+
+LayerSpec = str | nn.Module
+
+
+@dataclass
+class CAMResult:
+    """What a Grad-CAM call returns.
+
+    For one target the shapes are as below; for a list of N targets every field but
+    ``activations`` and ``output`` gains a leading N axis (row n explains target n).
+
+    Attributes:
+        maps: (B, H, W) in [0, 1], bilinearly upsampled and min-max normalised per map.
+        raw: (B, u, v) ReLU(sum_k alpha_k A^k) at the layer's resolution.
+        pre_relu: (B, u, v) sum_k alpha_k A^k before the ReLU (linear in the target).
+        weights: (B, K) alpha_k = mean_ij dy/dA^k_ij.
+        scores: (B,) the explained scalar y.
+        activations: (B, K, u, v) the layer's activation A (detached).
+        output: the model's output, detached.
+        extra: for each ``extra_layers`` name, (activation (B, ...), gradient (B, ...)
+            or (N, B, ...)) of that layer's output, from the same backward.
+        many: True when the call took a list of targets.
+    """
+
+    maps: Tensor
+    raw: Tensor
+    pre_relu: Tensor
+    weights: Tensor
+    scores: Tensor
+    activations: Tensor
+    output: Any = None
+    extra: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    many: bool = False
+
+    def __len__(self) -> int:
+        return self.maps.shape[0] if self.many else 1
+
+    def __getitem__(self, n: int) -> CAMResult:
+        """The single-target result of target n of a multi-target call."""
+        if not self.many:
+            raise TypeError("CAMResult index: this result explains one target; index only a list-of-targets result")
+        return CAMResult(
+            maps=self.maps[n],
+            raw=self.raw[n],
+            pre_relu=self.pre_relu[n],
+            weights=self.weights[n],
+            scores=self.scores[n],
+            activations=self.activations,
+            output=self.output,
+            extra={k: (a, g[n]) for k, (a, g) in self.extra.items()},
+            many=False,
+        )
+
+
+def resolve_layer(model: nn.Module, layer: LayerSpec) -> nn.Module:
+    """The submodule of ``model`` named by a dotted path, or ``layer`` itself if it is one.
+
+    Raises:
+        ValueError: the name is unknown (the message lists the nearest names), or the
+            module is not part of ``model``.
+        TypeError: ``layer`` is neither a string nor a module.
+    """
+    if isinstance(layer, nn.Module):
+        if not any(m is layer for m in model.modules()):
+            raise ValueError(f"layer: the module {type(layer).__name__} is not a submodule of the model")
+        return layer
+    if not isinstance(layer, str):
+        raise TypeError(f"layer: expected a dotted module name or an nn.Module, got {type(layer).__name__}")
+    modules = dict(model.named_modules())
+    if layer in modules and layer != "":
+        return modules[layer]
+    names = [n for n in modules if n]
+    nearest = difflib.get_close_matches(layer, names, n=3, cutoff=0.0)
+    raise ValueError(f"layer {layer!r} not found; nearest: {', '.join(nearest) or '(model has no submodules)'}")
+
+
+def upsample_and_normalize(raw: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling to ``size`` then min-max normalisation of each map.
+
+    Args:
+        raw: (..., u, v) maps.
+        size: (H, W) target size.
+
+    Returns:
+        (..., H, W) maps in [0, 1]; a constant map becomes all zeros (never NaN).
+    """
+    lead = raw.shape[:-2]
+    flat = raw.reshape(-1, 1, *raw.shape[-2:])  # (M, 1, u, v)
+    if tuple(flat.shape[-2:]) != tuple(size):
+        flat = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
+    flat = flat[:, 0]  # (M, H, W)
+    low = flat.amin(dim=(-2, -1), keepdim=True)
+    span = flat.amax(dim=(-2, -1), keepdim=True) - low
+    normed = torch.where(span > 0, (flat - low) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(flat))
+    return normed.reshape(*lead, *normed.shape[-2:])
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)`` for a tensor, ``model(*inputs)`` for a tuple/list, ``model(**inputs)`` for a dict."""
+    if isinstance(inputs, Tensor):
+        return model(inputs)
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    raise TypeError(f"inputs: expected a tensor, a tuple/list (positional) or a dict (keywords), got {type(inputs).__name__}")
+
+
+def find_image(inputs: Any) -> Tensor | None:
+    """The first floating-point 4-D tensor (B, C, H, W) in the inputs, or None."""
+    if isinstance(inputs, Tensor):
+        candidates: Sequence[Any] = [inputs]
+    elif isinstance(inputs, Mapping):
+        candidates = list(inputs.values())
+    elif isinstance(inputs, (tuple, list)):
+        candidates = inputs
+    else:
+        return None
+    for value in candidates:
+        if isinstance(value, Tensor) and value.dim() == 4 and value.is_floating_point():
+            return value
+    return None
+
+
+def _detach(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach()
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_detach(o) for o in obj)
+    if isinstance(obj, list):
+        return [_detach(o) for o in obj]
+    if isinstance(obj, dict):
+        out = copy.copy(obj)  # keeps dict subclasses such as transformers' ModelOutput
+        for key, value in obj.items():
+            out[key] = _detach(value)
+        return out
+    return obj
+
+
+def _first_tensor(output: Any, name: str) -> Tensor:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise TypeError(f"layer {name!r} returned {type(output).__name__}; expected a tensor or a tuple starting with one")
+
+
+def _replace_first(output: Any, tensor: Tensor) -> Any:
+    if isinstance(output, Tensor):
+        return tensor
+    return type(output)([tensor, *output[1:]]) if isinstance(output, list) else (tensor, *output[1:])
+
+
+class _Capture:
+    """Forward hooks that capture each hooked output (a new leaf for the first) and switch autograd on."""
+
+    def __init__(self, layers: dict[str, nn.Module]) -> None:
+        self.layers = layers
+        self.leaves: dict[str, Tensor] = {}
+
+    def hook(self, name: str) -> Callable[..., Any]:
+        def fn(module: nn.Module, args: Any, output: Any) -> Any:
+            if name in self.leaves:
+                raise ValueError(
+                    f"layer {name!r} ran twice in one forward pass; Grad-CAM explains one activation: "
+                    "hook a layer that runs once"
+                )
+            tensor = _first_tensor(output, name)
+            if not tensor.is_floating_point():
+                raise TypeError(f"layer {name!r} output has dtype {tensor.dtype}; expected floating point")
+            # the first hooked layer starts the graph; a later one (reached through it) keeps
+            # its place in that graph, so gradients flow back to the earlier layer too
+            leaf = tensor if tensor.requires_grad else tensor.detach().requires_grad_(True)
+            self.leaves[name] = leaf
+            torch.set_grad_enabled(True)  # the rest of the forward builds the graph
+            # clone: in-place ops right after the layer (ReLU(inplace=True)) must not touch the leaf
+            return _replace_first(output, leaf.clone())
+
+        return fn
+
+
+class GradCAM:
+    """Grad-CAM for any differentiable scalar of any model (Selvaraju et al., Eq. 1-2).
+
+    alpha_k = (1/Z) sum_ij dy/dA^k_ij;  L = ReLU(sum_k alpha_k A^k); bilinear
+    upsampling to the image and min-max normalisation per map (a constant map gives
+    zeros). ``y`` is given by a target (``mx.targets``): a class logit, a caption
+    word's log-probability, an answer score, or any function of the output.
+
+    Args:
+        model: any ``nn.Module``; left exactly as found (hooks, flags, weights, grads).
+        layer: dotted module name (``"layer4"``, ``"features.28"``) or the module.
+        reshape: for token-shaped layers, ``tokens (B, 1+N, D) -> (B, D, h, w)``;
+            applied to the activation and its gradient alike.
+
+    Example:
+        >>> import torch, torchvision, mmexplain as mx
+        >>> model = torchvision.models.resnet18(num_classes=10).eval()
+        >>> cam = mx.GradCAM(model, "layer4")
+        >>> res = cam(torch.rand(2, 3, 64, 64), mx.targets.ClassLogit(3))
+        >>> res.maps.shape, res.raw.shape, res.weights.shape
+        (torch.Size([2, 64, 64]), torch.Size([2, 2, 2]), torch.Size([2, 512]))
+        >>> many = cam(torch.rand(2, 3, 64, 64), [mx.targets.ClassLogit(c) for c in range(3)])
+        >>> many.maps.shape   # three targets, one forward pass
+        torch.Size([3, 2, 64, 64])
+
+    Departures from the paper: none in the formula. Variants (e.g. Grad-CAM++)
+    override ``_channel_weights`` only.
+    """
+
+    def __init__(self, model: nn.Module, layer: LayerSpec, *, reshape: Callable[[Tensor], Tensor] | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if reshape is not None and not callable(reshape):
+            raise TypeError(f"reshape: expected a callable tokens -> (B, D, h, w), got {type(reshape).__name__}")
+        self.model = model
+        self.layer = resolve_layer(model, layer)
+        self.layer_name = layer if isinstance(layer, str) else _module_name(model, layer)
+        self.reshape = reshape
+
+    def __call__(
+        self,
+        inputs: Any,
+        targets: Target | Sequence[Target],
+        *,
+        size: tuple[int, int] | None = None,
+        extra_layers: Mapping[str, LayerSpec] | None = None,
+    ) -> CAMResult:
+        """Explain one target, or a list of N targets from one forward pass.
+
+        Args:
+            inputs: what ``model(...)`` takes: a tensor, a tuple (positional) or a dict (keywords).
+            targets: a target callable ``output -> (B,)`` or a list of them.
+            size: (H, W) of ``maps``; default the size of the first floating 4-D tensor
+                in ``inputs``, else the layer's own grid.
+            extra_layers: name -> layer whose output gradient is also returned
+                (``res.extra``), e.g. word embeddings for gradient x embedding.
+
+        Returns:
+            CAMResult; see its docstring for shapes.
+        """
+        many = isinstance(targets, (list, tuple))
+        target_list = list(targets) if many else [targets]
+        if not target_list:
+            raise ValueError("targets: expected a target or a non-empty list of targets, got an empty list")
+        for i, t in enumerate(target_list):
+            if not callable(t):
+                raise TypeError(f"targets[{i}]: expected a callable output -> (B,), got {type(t).__name__}")
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("GradCAM needs autograd: call it outside torch.inference_mode()")
+        if self.model.training:
+            warnings.warn(
+                "model is in training mode: dropout and batch-norm statistics change the explanation "
+                "(and batch-norm running stats); call model.eval() first",
+                stacklevel=2,
+            )
+        layers = {self.layer_name: self.layer}
+        for name, spec in (extra_layers or {}).items():
+            if name == self.layer_name:
+                raise ValueError(f"extra_layers: name {name!r} is the explained layer's own name")
+            layers[name] = resolve_layer(self.model, spec)
+
+        output, leaves = self._forward(inputs, layers)
+        scores, grads = self._backward(output, target_list, leaves)
+
+        activation = self._grid(leaves[self.layer_name].detach(), "activation")  # (B, K, u, v)
+        n_targets = len(target_list)
+        grad = grads[0]  # (N, B, ...)
+        grad = self._grid(grad.flatten(0, 1), "gradient").unflatten(0, (n_targets, -1))  # (N, B, K, u, v)
+        weights = self._channel_weights(activation, grad)  # (N, B, K)
+        pre_relu = torch.einsum("nbk,bkuv->nbuv", weights, activation)  # (N, B, u, v)
+        raw = F.relu(pre_relu)
+        if size is None:
+            image = find_image(inputs)
+            size = tuple(image.shape[-2:]) if image is not None else tuple(raw.shape[-2:])
+        maps = upsample_and_normalize(raw, size)  # (N, B, H, W)
+
+        extra = {name: (leaves[name].detach(), g) for name, g in zip(list(layers)[1:], grads[1:])}
+        result = CAMResult(maps, raw, pre_relu, weights, scores, activation, _detach(output), extra, many=True)
+        return result if many else result[0]
+
+    def _forward(self, inputs: Any, layers: dict[str, nn.Module]) -> tuple[Any, dict[str, Tensor]]:
+        """Run the model once: no graph before the first hooked layer; returns output and leaves."""
+        capture = _Capture(layers)
+        handles = []
+        grad_was = torch.is_grad_enabled()
+        try:
+            for name, module in layers.items():
+                handles.append(module.register_forward_hook(capture.hook(name)))
+            torch.set_grad_enabled(False)
+            output = call_model(self.model, inputs)
+        finally:
+            torch.set_grad_enabled(grad_was)
+            for handle in handles:
+                handle.remove()
+        missing = [name for name in layers if name not in capture.leaves]
+        if missing:
+            raise ValueError(f"layer {missing[0]!r} did not run during the forward pass; choose a layer the model uses")
+        return output, {name: capture.leaves[name] for name in layers}  # explained layer first
+
+    def _backward(self, output: Any, targets: list[Target], leaves: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """Scores (N, B) and, per leaf, its gradient (N, B, ...) for every target."""
+        batch = leaves[self.layer_name].shape[0]
+        inputs = list(leaves.values())
+        with torch.enable_grad():
+            scores = []
+            for i, target in enumerate(targets):
+                score = target(output)
+                if not isinstance(score, Tensor) or score.shape != (batch,):
+                    got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+                    raise ValueError(f"target {i} ({target!r}) must return one scalar per sample, shape ({batch},); got {got}")
+                if not score.requires_grad:
+                    raise ValueError(
+                        f"target {i} ({target!r}) does not depend on layer {self.layer_name!r} "
+                        "differentiably (argmax, detach or no_grad inside the target or the model?)"
+                    )
+                scores.append(score)
+            stacked = torch.stack(scores)  # (N, B)
+            totals = stacked.sum(dim=1)  # (N,) samples are independent in eval mode
+            grads = self._gradients(totals, inputs)
+        missing = [name for name, g in zip(leaves, grads) if g is None]
+        if missing:
+            raise ValueError(f"the targets do not depend on layer {missing[0]!r}: its gradient is None")
+        return stacked.detach(), grads
+
+    @staticmethod
+    def _gradients(totals: Tensor, inputs: list[Tensor]) -> list[Tensor]:
+        """d totals[n] / d input for every n: list of (N, *input.shape)."""
+        n = totals.shape[0]
+        if n == 1:
+            grads = torch.autograd.grad(totals[0], inputs, allow_unused=True)
+            return [None if g is None else g.unsqueeze(0) for g in grads]
+        eye = torch.eye(n, dtype=totals.dtype, device=totals.device)  # (N, N)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*performance drop.*")
+                return list(torch.autograd.grad(totals, inputs, grad_outputs=eye, is_grads_batched=True, allow_unused=True, retain_graph=True))
+        except RuntimeError:  # an op without a vmap batching rule: N backwards over one graph
+            per_target = [torch.autograd.grad(totals[i], inputs, retain_graph=i < n - 1, allow_unused=True) for i in range(n)]
+            return [None if per_target[0][j] is None else torch.stack([g[j] for g in per_target]) for j in range(len(inputs))]
+
+    def _grid(self, tensor: Tensor, what: str) -> Tensor:
+        """Apply ``reshape`` and check the (B, K, u, v) layout."""
+        if self.reshape is not None:
+            tensor = self.reshape(tensor)
+        if tensor.dim() != 4:
+            hint = "" if self.reshape is not None else "; token-shaped layers (B, N, D) need reshape=tokens -> (B, D, h, w)"
+            raise ValueError(f"layer {self.layer_name!r} {what} has shape {tuple(tensor.shape)}, expected (B, K, u, v){hint}")
+        return tensor
+
+    def _channel_weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
+        """alpha_k = mean_ij dy/dA^k_ij. activation (B, K, u, v), gradient (N, B, K, u, v) -> (N, B, K)."""
+        return gradient.mean(dim=(-2, -1))
+
+
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name or type(module).__name__
+    return type(module).__name__
