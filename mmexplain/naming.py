@@ -63,6 +63,7 @@ __all__ = [
     "TopActivations",
     "shapeworld_concepts",
     "shapeworld_categories",
+    "image_forward",
     "BrodenDataset",
 ]
 
@@ -596,6 +597,31 @@ def _default_forward(model: nn.Module, images: Tensor) -> Any:
     return model(images)
 
 
+def image_forward(model: nn.Module, images: Tensor) -> Any:
+    """Run a vision-language model on images alone, for dissecting its image branch.
+
+    Calls ``model(images, placeholder)`` with a ``(B, 1)`` long tensor of zeros as the
+    text (caption tokens or question ids) when ``model.forward`` takes a second
+    argument. :func:`dissect` stops the forward as soon as the dissected layer has
+    run, so the placeholder is never read when that layer lies in the image branch
+    (as ``default_layer`` of the zoo's captioner and VQA models does); do not use it
+    for layers after the text enters.
+
+    Example:
+        >>> labels = mx.dissect(vqa, vqa.default_layer, data, forward=mx.naming.image_forward)  # doctest: +SKIP
+    """
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    except (TypeError, ValueError):
+        params = []
+    if len(params) >= 2:
+        return model(images, torch.zeros(images.shape[0], 1, dtype=torch.long, device=images.device))
+    return model(images)
+
+
 @contextlib.contextmanager
 def _recording(model: nn.Module, module: nn.Module, forward: ForwardFn) -> Iterator[Callable[[Tensor], Tensor]]:
     """Yield ``run(images) -> (B, K, h, w)`` activations of ``module``; the hook and the
@@ -614,6 +640,11 @@ def _recording(model: nn.Module, module: nn.Module, forward: ForwardFn) -> Itera
                 forward(model, images)
             except _StopForward:
                 pass
+            except TypeError as exc:
+                if forward is not _default_forward:
+                    raise
+                raise TypeError(f"forward: model(images) failed ({exc}); for a model that takes more inputs pass "
+                                "forward=mmexplain.naming.image_forward or your own forward(model, images)") from exc
         if "out" not in store:
             raise ValueError("layer: the layer did not run during the model's forward; pass forward= or another layer")
         out = store.pop("out")

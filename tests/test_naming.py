@@ -341,3 +341,41 @@ def test_broden_fixture_loads_and_dissects(tmp_path):
     labels = dissect(model, "0", data, progress=False)
     assert set(labels.categories) == {"red-c", "wall", "street", "window"}
     assert labels.categories["street"] == "scene" and len(labels) == 3
+
+
+# ----------------------------------------------------------------------------- figure and CLI
+
+
+def test_unit_gallery_shows_top_images_with_labels():
+    import mmexplain as mx
+
+    torch.manual_seed(0)
+    model = PlantedColors()
+    data = shapeworld_concepts(16, size=64)
+    labels = dissect(model, "features.2", data, progress=False)
+    fig = mx.viz.plot_unit_gallery(labels, model, "features.2", data, units=[0, 1], top=3)
+    assert len(fig.axes) == 6
+    assert fig.axes[0].get_title(loc="left").startswith(f"unit 0: {labels[0].concept} (color), IoU")
+    with pytest.raises(ValueError, match="units"):
+        mx.viz.plot_unit_gallery(labels, model, "features.2", data, units=[7])
+
+
+def test_cli_dissect_writes_labels_and_gallery(tmp_path, monkeypatch, capsys):
+    import mmexplain as mx
+    from mmexplain.cli import main
+
+    torch.manual_seed(0)
+    model = mx.zoo.build("classifier", {}, {})
+    monkeypatch.setattr(mx.zoo, "load", lambda name, root=None: model.eval())
+    out = tmp_path / "run"
+    rc = main(["dissect", "classifier", "--n", "12", "--units", "2", "--top", "2", "--out", str(out), "--quiet"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["labels.json", "tally.csv", "units.png"]
+    labels = NeuronLabels.load(out / "labels.json")
+    assert labels.layer == model.default_layer and labels.n_images == 12
+    assert NeuronLabels.load(out / "tally.csv").units == labels.units
+    assert "unique concepts" in capsys.readouterr().out
+    for argv in (["dissect", "nope", "--out", str(out)], ["dissect", "classifier", "--n", "0", "--out", str(out)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("mmexplain dissect: error:")
