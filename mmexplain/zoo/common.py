@@ -1,0 +1,125 @@
+"""Pieces shared by the zoo models: image preprocessing, normalisation, the conv encoder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+# mean/std of ShapeWorld pixels (roughly); applied inside each model's forward
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+
+
+def preprocess(image: object, *, size: int | None = None, name: str = "image") -> torch.Tensor:
+    """Turn an image into a ``(1, 3, H, W)`` float tensor in ``[0, 1]``.
+
+    Args:
+        image: a path (str or ``os.PathLike``), a PIL image, a numpy ``(H, W, 3)`` array
+            (uint8 in 0-255 or float in 0-1), or a ``(3, H, W)`` / ``(1, 3, H, W)`` tensor.
+        size: if given, resize (bilinear) to ``size x size``.
+        name: the argument name used in error messages.
+
+    Returns:
+        ``(1, 3, H, W)`` float32 tensor.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: a file that is not an image; an array/tensor of the wrong shape.
+        TypeError: anything else.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: no such image file: {str(path)!r}")
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"{name}: {str(path)!r} is not an image file PIL can read") from exc
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"{name}: a numpy image must be (H, W, 3), got shape {image.shape}")
+        if image.dtype == np.uint8:
+            t = torch.from_numpy(image.astype(np.float32) / 255.0)
+        elif np.issubdtype(image.dtype, np.floating):
+            t = torch.from_numpy(image.astype(np.float32))
+        else:
+            raise ValueError(f"{name}: a numpy image must be uint8 or float, got {image.dtype}")
+        image = t.permute(2, 0, 1)  # (3, H, W)
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a path, PIL image, numpy (H, W, 3) array or (3, H, W) tensor, "
+            f"got {type(image).__name__}")
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    if image.dim() != 4 or image.shape[:2] != (1, 3):
+        raise ValueError(f"{name}: a tensor image must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
+    if not image.is_floating_point():
+        image = image.float() / 255.0
+    image = image.float()
+    if size is not None and image.shape[-2:] != (size, size):
+        image = nn.functional.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+    return image.clamp(0.0, 1.0)
+
+
+def check_images(images: object, name: str = "images") -> torch.Tensor:
+    """Validate a ``(B, 3, H, W)`` float batch."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a (B, 3, H, W) float tensor, got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must be (B, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype}")
+    return images
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with fixed buffers, so maps stay aligned with input pixels."""
+
+    def __init__(self, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def conv_bn(c_in: int, c_out: int, *, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=False),
+    )
+
+
+class Encoder(nn.Module):
+    """Conv stack: 96 px -> 12 x 12 feature map (stride 8, receptive field 41 px).
+
+    ``features`` is an ``nn.Sequential``; ``features.<last>`` is the block to explain.
+    Layers: 5x5/2 -> 3x3/2 -> 3x3 -> 3x3/2 -> 3x3 [-> extra 3x3 blocks].
+    """
+
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), *, extra: int = 0):
+        super().__init__()
+        w1, w2, w3 = widths
+        layers = [conv_bn(3, w1, kernel=5, stride=2), conv_bn(w1, w2, stride=2), conv_bn(w2, w2),
+                  conv_bn(w2, w3, stride=2), conv_bn(w3, w3)]
+        layers += [conv_bn(w3, w3) for _ in range(extra)]
+        self.features = nn.Sequential(*layers)
+        self.out_channels = w3
+
+    @property
+    def last(self) -> str:
+        return f"features.{len(self.features) - 1}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, C, H/8, W/8)
