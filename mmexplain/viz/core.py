@@ -45,8 +45,9 @@ def to_image_array(tensor: Tensor | np.ndarray, *, normalize: bool = False) -> n
 
     Args:
         tensor: ``(3, H, W)``, ``(1, H, W)`` or ``(H, W)`` with values in [0, 1].
-        normalize: min-max scale to [0, 1] first (for gradients such as Guided Backprop,
-            which are signed and unbounded); a constant tensor gives mid-grey.
+        normalize: for signed, unbounded tensors (Guided Backprop gradients): map 0 to
+            mid-grey and +-(99th percentile of ``|t|``) to 1 and 0, clipping beyond, so a
+            few extreme pixels do not wash the rest out; an all-zero tensor gives grey.
 
     Returns:
         ``(H, W, 3)`` float32 array.
@@ -63,8 +64,10 @@ def to_image_array(tensor: Tensor | np.ndarray, *, normalize: bool = False) -> n
     if not torch.isfinite(t).all():
         raise ValueError("tensor contains NaN or inf")
     if normalize:
-        lo, hi = t.min(), t.max()
-        t = (t - lo) / (hi - lo) if hi > lo else torch.full_like(t, 0.5)
+        scale = torch.quantile(t.abs().flatten()[:16_000_000], 0.99) if t.numel() else torch.tensor(0.0)
+        if scale <= 0:
+            scale = t.abs().max()
+        t = t / (2 * scale) + 0.5 if scale > 0 else torch.full_like(t, 0.5)
     elif t.numel() and (t.min() < -_TOL or t.max() > 1 + _TOL):
         raise ValueError(
             f"tensor values must lie in [0, 1]; got [{t.min():.3g}, {t.max():.3g}] "

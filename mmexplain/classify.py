@@ -1,0 +1,270 @@
+"""``mmexplain classify``: explain a torchvision classifier's decision on one image.
+
+Example:
+    mmexplain classify cat.jpg --arch resnet50 --weights resnet50.safetensors --out cat_cam.png
+    mmexplain classify cat.jpg --arch vgg16 --weights vgg16.pth --method guided --target 281 --out g.png
+
+Weights come from a local file only (no downloads): safetensors, or a torch state dict
+read with ``torch.load(..., weights_only=True)`` (no pickled code runs). Without
+``--weights`` the model is randomly initialised and the command says so: its map shows
+nothing about the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .cli import CLIError
+
+__all__ = ["add_classify_command", "default_layer", "load_classifier", "load_image"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+METHODS = ("gradcam", "guided", "counterfactual")
+
+
+def add_classify_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``mmexplain classify`` on the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "classify",
+        help="explain a torchvision classifier's prediction on an image (Grad-CAM, Guided Grad-CAM)",
+        description=(
+            "Explain a torchvision classifier's score for one class on one image and write a figure. "
+            "Weights are read from a local file (safetensors or a torch state dict); nothing is downloaded."
+        ),
+    )
+    parser.add_argument("image", help="image file (PNG, JPEG, ...)")
+    parser.add_argument("--arch", required=True, help="torchvision model name, e.g. resnet50, vgg16, densenet121")
+    parser.add_argument("--weights", help="local weights: .safetensors, or a torch state dict (.pt/.pth)")
+    parser.add_argument("--layer", help="layer to explain (dotted name); default the last conv block of the arch")
+    parser.add_argument("--target", type=int, help="class index to explain; default the predicted class")
+    parser.add_argument("--method", choices=METHODS, default="gradcam", help="default gradcam")
+    parser.add_argument("--size", type=int, help="input side in pixels; default 224 (299 for inception_v3)")
+    parser.add_argument("--out", required=True, help="figure to write (.png, .pdf, .svg, ...)")
+    parser.set_defaults(func=run_classify)
+
+
+# ----------------------------------------------------------------------------- pieces
+def _check_arch(arch: str) -> None:
+    from torchvision import models
+
+    names = models.list_models(module=models)
+    if arch not in names:
+        nearest = difflib.get_close_matches(arch, names, n=3, cutoff=0.5)
+        hint = f"; nearest: {', '.join(nearest)}" if nearest else "; see torchvision.models.list_models()"
+        raise CLIError(f"--arch {arch!r} is not a torchvision classifier{hint}")
+
+
+def default_layer(arch: str, model: Any) -> tuple[str, Callable | None]:
+    """The Grad-CAM layer for a torchvision architecture and its ``reshape`` (or None).
+
+    The last convolutional block, as in the Grad-CAM paper: ``layer4`` for ResNets,
+    the last ``Conv2d`` for VGG/AlexNet, ``features`` for DenseNet, MobileNet,
+    EfficientNet and ConvNeXt; transformers get a token reshape.
+    """
+    from torch import nn
+
+    family = arch.split("_")[0].rstrip("0123456789")
+    named = {
+        "resnet": "layer4", "resnext": "layer4", "wide": "layer4",
+        "densenet": "features", "mobilenet": "features", "efficientnet": "features",
+        "convnext": "features", "squeezenet": "features", "regnet": "trunk_output",
+        "shufflenet": "conv5", "mnasnet": "layers", "googlenet": "inception5b", "inception": "Mixed_7c",
+    }  # fmt: skip
+    if family in named:
+        return named[family], None
+    if family == "swin":  # (B, h, w, C) -> (B, C, h, w)
+        return "features", lambda t: t.permute(0, 3, 1, 2)
+    if family == "vit":  # last block's input norm: patch tokens still carry gradient there
+        last = len(model.encoder.layers) - 1
+
+        def tokens_to_grid(t):  # (B, 1 + h*w, D) -> (B, D, h, w)
+            patches = t[:, 1:]
+            side = int(round(patches.shape[1] ** 0.5))
+            return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
+
+        return f"encoder.layers.encoder_layer_{last}.ln_1", tokens_to_grid
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]  # vgg, alexnet, others
+    if not convs:
+        raise CLIError(f"--arch {arch!r}: no default layer known; pass --layer")
+    return convs[-1], None
+
+
+def _state_dict(path: Path) -> dict[str, Any]:
+    import torch
+
+    if not path.is_file():
+        raise CLIError(f"--weights {str(path)!r}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the user's file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CLIError(f"--weights {str(path)!r}: cannot read it as safetensors or a torch state dict ({first[:160]})") from exc
+    for key in ("state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CLIError(f"--weights {str(path)!r}: expected a state dict (name -> tensor); got {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _head_key(model: Any) -> str | None:
+    from torch import nn
+
+    heads = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return f"{heads[-1]}.weight" if heads else None
+
+
+def load_classifier(arch: str, weights: str | Path | None) -> Any:
+    """A torchvision classifier in eval mode, with the local weights if given.
+
+    Without weights the model is randomly initialised from seed 0 (the caller's RNG state
+    is left alone). With weights, the number of classes is read from the final linear layer.
+    """
+    from torchvision import models
+
+    import torch
+
+    _check_arch(arch)
+    if weights is None:  # seeded, so a random model gives the same figure every run
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return models.get_model(arch, weights=None).eval()
+    model = models.get_model(arch, weights=None)
+    state = _state_dict(Path(weights))
+    head = _head_key(model)
+    if head is not None and head in state and state[head].shape[0] != model.get_submodule(head[: -len(".weight")]).out_features:
+        model = models.get_model(arch, weights=None, num_classes=int(state[head].shape[0]))
+    result = model.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")
+    if result.unexpected_keys:
+        problems.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+    if problems:
+        raise CLIError(f"--weights {str(weights)!r} do not fit --arch {arch}: keys {'; '.join(problems)}")
+    return model.eval()
+
+
+def load_image(path: str | Path, size: int) -> Any:
+    """The image at ``path`` as a (3, size, size) float tensor in [0, 1] (RGB, bilinear resize)."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise CLIError(f"image {str(path)!r}: no such file")
+    if not path.is_file():
+        raise CLIError(f"image {str(path)!r}: not a file")
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CLIError(f"image {str(path)!r}: not an image file Pillow can read") from exc
+    array = np.asarray(rgb, dtype=np.float32) / 255.0  # (H, W, 3)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def _check_out(out: str) -> Path:
+    from matplotlib.figure import Figure
+
+    path = Path(out)
+    supported = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in supported:
+        raise CLIError(
+            f"--out {out!r}: extension {path.suffix or '(none)'!r} is not a figure format; "
+            f"use one of {', '.join('.' + k for k in sorted(supported))}"
+        )
+    if path.is_dir():
+        raise CLIError(f"--out {out!r} is a folder; give a file name such as figure.png")
+    return path
+
+
+def _categories(arch: str, num_classes: int) -> list[str] | None:
+    if num_classes != 1000:
+        return None
+    try:  # metadata lives in torchvision's code: nothing is downloaded
+        from torchvision import models
+
+        return list(models.get_model_weights(arch).DEFAULT.meta["categories"])
+    except Exception:  # noqa: BLE001 - names are a nicety
+        return None
+
+
+# ----------------------------------------------------------------------------- command
+def run_classify(args: argparse.Namespace) -> int:
+    """Handler of ``mmexplain classify``; returns the exit status."""
+    out = _check_out(args.out)
+    _check_arch(args.arch)
+    size = args.size or (299 if args.arch == "inception_v3" else 224)
+    if size < 32:
+        raise CLIError(f"--size must be at least 32 pixels; got {size}")
+    image = load_image(args.image, size)  # (3, H, W) in [0, 1]
+    if args.weights is None:
+        print(
+            f"warning: no --weights given: {args.arch} is randomly initialised, so its map explains "
+            "nothing about the image; pass --weights FILE (safetensors or a torch state dict)",
+            file=sys.stderr,
+        )
+    model = load_classifier(args.arch, args.weights)
+
+    import torch
+
+    import mmexplain as mx
+    from mmexplain.viz.core import overlay, save_figure, to_image_array
+
+    layer, reshape = (args.layer, None) if args.layer else default_layer(args.arch, model)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = ((image - mean) / std).unsqueeze(0)  # (1, 3, H, W)
+    with torch.no_grad():
+        logits = mx.targets.logits_of(model(x))  # (1, C)
+    num_classes = logits.shape[1]
+    target_class = int(logits[0].argmax()) if args.target is None else args.target
+    if not 0 <= target_class < num_classes:
+        raise CLIError(f"--target {target_class} out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+    names = _categories(args.arch, num_classes) if args.weights is not None else None
+    label = f"class {target_class}" + (f" ({names[target_class]})" if names else "")
+    target = mx.targets.ClassLogit(target_class)
+
+    cam = mx.GradCAM(model, layer, reshape=reshape)  # bad --layer: ValueError naming the nearest layers
+    if args.method == "counterfactual":
+        res = cam(x, mx.targets.Counterfactual(target))
+    else:
+        res = cam(x, target)
+    panels = 3 if args.method == "guided" else 2
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * panels + 0.6, 4.4), layout="constrained")
+    axes = fig.subplots(1, panels)
+    axes[0].imshow(to_image_array(image), interpolation="nearest")
+    axes[0].set_title("input", fontsize=10)
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    what = "counterfactual Grad-CAM (negated gradient)" if args.method == "counterfactual" else "Grad-CAM"
+    overlay(image, res.maps[0], ax=axes[1], title=f"{what}\n{layer}", colorbar=True)
+    if args.method == "guided":
+        guided = mx.GuidedBackprop(model)(x, target)  # (1, 3, H, W)
+        ggc = guided * res.maps[:, None]  # Guided Grad-CAM, same map as the middle panel
+        axes[2].imshow(to_image_array(ggc[0], normalize=True), interpolation="nearest")
+        axes[2].set_title("Guided Grad-CAM\n(guided backprop x Grad-CAM)", fontsize=10)
+        axes[2].set_xticks([])
+        axes[2].set_yticks([])
+    score = float(logits[0, target_class])
+    random_note = "  [RANDOM WEIGHTS: explains nothing]" if args.weights is None else ""
+    fig.suptitle(f"{args.arch}: {label}, logit {score:.3g}{random_note}", fontsize=11)
+    save_figure(fig, out)
+    print(f"{args.arch}: {label}, logit {score:.4g}, method {args.method}, layer {layer} -> {out}")
+    return 0
