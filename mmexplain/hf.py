@@ -1,0 +1,730 @@
+"""Adapters that let the Grad-CAM engine and the explainers run on Hugging Face models.
+
+An adapter holds an unmodified ``transformers`` model with its image processor and
+tokenizer, and knows the four things the engine cannot guess:
+
+* which layer to explain (``default_layer``) and how its tokens form a grid
+  (``reshape``: the image patch tokens, class/prefix tokens dropped, to
+  ``(B, D, h, w)``);
+* how to turn an image into the model's pixels and back (``load_image``,
+  ``display_image``);
+* how to produce the words or the answer (``generate`` / ``prepare``);
+* which logits and token ids score each *word* as a person reads it: sub-word tokens
+  of one word are merged by summing their log-probabilities
+  (``mx.targets.SequenceLogProb`` with explicit positions).
+
+Supported models (all on the installed transformers, nothing downloads):
+
+========================================  ================================  ==========================
+model                                     adapter                           explained scalar
+========================================  ================================  ==========================
+``BlipForConditionalGeneration``          :class:`BlipCaptioner`            log p(word) per word
+``VisionEncoderDecoderModel`` (ViT+GPT2)  :class:`VisionEncoderDecoderCaptioner`  log p(word) per word
+``BlipForQuestionAnswering``              :class:`BlipVQA`                  sum of the answer tokens' log p
+``ViltForQuestionAnswering``              :class:`ViltVQA`                  the answer's logit
+========================================  ================================  ==========================
+
+Two models need a thin wrapper module (``adapter.model``), which calls the real
+model's own ``forward`` and changes nothing in it: ``BlipForQuestionAnswering``
+returns no answer logits from ``forward``, so :class:`DecoderLogits` hands back its
+answer decoder's output; ViLT shuffles its image tokens at random (``visual_embed``
+samples them with ``torch.multinomial``), so :class:`ViltPatchOrder` embeds the image
+itself and passes the tokens in row-major patch order through ViLT's documented
+``image_embeds=`` input, which leaves the output unchanged (self-attention is
+permutation-equivariant and positions are already added) and makes the patch grid
+readable.
+
+Example:
+    >>> import mmexplain as mx
+    >>> from transformers import BlipForConditionalGeneration, BlipProcessor     # doctest: +SKIP
+    >>> model = BlipForConditionalGeneration.from_pretrained(local_dir).eval()    # doctest: +SKIP
+    >>> captioner = mx.hf.BlipCaptioner(model, BlipProcessor.from_pretrained(local_dir))  # doctest: +SKIP
+    >>> pixels = captioner.load_image("cat.jpg")                                  # doctest: +SKIP
+    >>> words = captioner.generate(pixels)                                        # doctest: +SKIP
+    >>> inputs, spans = captioner.teacher_forced(pixels, words)                   # doctest: +SKIP
+    >>> cam = mx.GradCAM(captioner.model, captioner.default_layer, reshape=captioner.reshape)  # doctest: +SKIP
+    >>> res = cam(inputs, [mx.targets.SequenceLogProb(t, positions=p) for p, t in spans])  # doctest: +SKIP
+    >>> res.maps.shape   # (words, 1, H, W)                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "PatchGrid",
+    "DecoderLogits",
+    "ViltPatchOrder",
+    "tokenize_words",
+    "AnswerInputs",
+    "BlipCaptioner",
+    "VisionEncoderDecoderCaptioner",
+    "BlipVQA",
+    "ViltVQA",
+    "adapter",
+    "question_attributions",
+]
+
+
+# ----------------------------------------------------------------------------- token grids
+
+
+class PatchGrid:
+    """``reshape=`` for token-shaped layers: the last ``h * w`` tokens -> ``(..., D, h, w)``.
+
+    ViT-style sequences are ``[CLS, (distillation), patch_1, ..., patch_N]`` and ViLT's
+    joint sequence is ``[text..., image CLS, patch_1, ..., patch_N]``: in both the patch
+    tokens come last, in row-major order, so the grid is read from the end and every
+    prefix token (CLS, text) is dropped.
+
+    Args:
+        grid: ``(h, w)``; or a zero-argument callable returning it (read at each call,
+            for grids known only after the forward pass); or ``None`` to infer a square
+            grid from the sequence length ``L``: ``h = w = sqrt(L - p)`` for the smallest
+            ``p`` in ``(0, 1, 2)`` that gives a perfect square (no prefix, CLS, or
+            CLS + distillation token).
+
+    Example:
+        >>> tokens = torch.arange(2 * 5 * 3.0).reshape(2, 5, 3)   # (B, 1 + 2*2, D)
+        >>> PatchGrid()(tokens).shape
+        torch.Size([2, 3, 2, 2])
+        >>> bool((PatchGrid()(tokens)[0, :, 0, 1] == tokens[0, 2]).all())   # patch 1 = token 2
+        True
+    """
+
+    def __init__(self, grid: tuple[int, int] | Callable[[], tuple[int, int]] | None = None) -> None:
+        if grid is not None and not callable(grid):
+            grid = _check_grid(grid)
+        self.grid = grid
+
+    def __call__(self, tokens: Tensor) -> Tensor:  # (..., L, D) -> (..., D, h, w)
+        if not isinstance(tokens, Tensor) or tokens.dim() < 3:
+            got = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise ValueError(f"PatchGrid tokens: expected a (B, L, D) tensor, got {got}")
+        length = tokens.shape[-2]
+        if self.grid is None:
+            h = w = _square_side(length)
+        else:
+            h, w = _check_grid(self.grid() if callable(self.grid) else self.grid)
+        if h * w > length:
+            raise ValueError(f"PatchGrid: a {h}x{w} grid needs {h * w} tokens, the layer gave {length}")
+        patches = tokens[..., length - h * w:, :]  # (..., h*w, D)
+        return patches.transpose(-1, -2).unflatten(-1, (h, w))  # (..., D, h, w)
+
+    def __repr__(self) -> str:
+        return f"PatchGrid(grid={self.grid!r})"
+
+
+def _check_grid(grid: Any) -> tuple[int, int]:
+    if (not isinstance(grid, (tuple, list)) or len(grid) != 2
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):
+        raise ValueError(f"grid: expected (h, w) positive ints, got {grid!r}")
+    return int(grid[0]), int(grid[1])
+
+
+def _square_side(length: int) -> int:
+    for prefix in (0, 1, 2):
+        side = math.isqrt(max(length - prefix, 0))
+        if side > 0 and side * side == length - prefix:
+            return side
+    raise ValueError(
+        f"PatchGrid: cannot infer a square patch grid from {length} tokens; pass grid=(h, w) "
+        "(non-square images, or text tokens before the patches)"
+    )
+
+
+# ----------------------------------------------------------------------------- wrappers
+
+
+class DecoderLogits(nn.Module):
+    """Run ``model(**inputs)`` unchanged and return the output of one of its submodules.
+
+    ``BlipForQuestionAnswering.forward`` computes the answer decoder's logits but does
+    not return them; this wrapper hooks ``model.<submodule>`` for the duration of the
+    call (removed in ``finally``) and returns that submodule's output (which has
+    ``.logits``), so ``mx.targets`` can read the answer tokens' log-probabilities.
+
+    Args:
+        model: the wrapped model (a child module named ``model``).
+        submodule: dotted name of the submodule whose output is returned.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+        >>> DecoderLogits(net, "0")(input=torch.ones(1, 2)).shape
+        torch.Size([1, 3])
+    """
+
+    def __init__(self, model: nn.Module, submodule: str) -> None:
+        super().__init__()
+        self.model = model
+        self.submodule = submodule
+        model.get_submodule(submodule)  # fail early on a wrong name
+        self.training = model.training  # mirror the model; its own flags are not touched
+
+    def forward(self, **inputs: Any) -> Any:
+        captured: list[Any] = []
+        handle = self.model.get_submodule(self.submodule).register_forward_hook(
+            lambda module, args, output: captured.append(output))
+        try:
+            self.model(**inputs)
+        finally:
+            handle.remove()
+        if not captured:
+            raise ValueError(f"submodule {self.submodule!r} did not run in the forward pass")
+        return captured[-1]
+
+
+class ViltPatchOrder(nn.Module):
+    """``ViltForQuestionAnswering`` with its image tokens in row-major patch order.
+
+    ViLT's ``visual_embed`` returns the patch tokens in a random order
+    (``torch.multinomial``), so the joint sequence has no readable grid. This wrapper
+    calls the model's own ``vilt.embeddings.visual_embed`` (which also gives each
+    token's patch index), sorts the patch tokens row-major, and runs the unmodified
+    model with ``image_embeds=`` (its documented input). Attention is
+    permutation-equivariant and the position embeddings are already added, so the
+    output is the model's; only the order of the image tokens is fixed. The grid of
+    the latest forward is in ``.grid``, read by :class:`PatchGrid`.
+
+    Args:
+        model: a ``ViltForQuestionAnswering`` (or any ``Vilt*`` model whose ``vilt``
+            attribute is a ``ViltModel``); a child module named ``model``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(model, "vilt"):
+            raise TypeError(f"model: expected a ViLT model with a .vilt ViltModel, got {type(model).__name__}")
+        self.model = model
+        self.grid: tuple[int, int] | None = None
+        self.training = model.training  # mirror the model; its own flags are not touched
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, *, pixel_mask: Tensor | None = None,
+                **text_inputs: Any) -> Any:
+        batch, _, height, width = pixel_values.shape
+        if pixel_mask is None:
+            pixel_mask = torch.ones(batch, height, width, dtype=torch.long, device=pixel_values.device)
+        embeddings = self.model.vilt.embeddings
+        tokens, token_mask, (patch_index, (gh, gw)) = embeddings.visual_embed(
+            pixel_values, pixel_mask, max_image_length=self.model.config.max_image_length)
+        # tokens (B, 1+M, D) [image CLS, M patches]; patch_index (B, M, 2) (row, col)
+        flat = patch_index[..., 0] * gw + patch_index[..., 1]  # (B, M)
+        order = flat.argsort(dim=1)  # (B, M)
+        full = torch.arange(gh * gw, device=flat.device).expand(batch, -1)
+        if flat.shape[1] != gh * gw or not torch.equal(flat.gather(1, order), full):
+            raise ValueError(
+                f"ViLT selected {flat.shape[1]} of {gh}x{gw} patches (padding in pixel_mask, or "
+                f"config.max_image_length={self.model.config.max_image_length} < {gh * gw}); explain one "
+                "unpadded image and set config.max_image_length = -1"
+            )
+        patches = tokens[:, 1:].gather(1, order[..., None].expand(-1, -1, tokens.shape[-1]))  # (B, N, D)
+        image_embeds = torch.cat([tokens[:, :1], patches], dim=1)  # (B, 1+N, D)
+        self.grid = (int(gh), int(gw))
+        return self.model(input_ids=input_ids, image_embeds=image_embeds, pixel_mask=token_mask, **text_inputs)
+
+    def patch_grid(self) -> tuple[int, int]:
+        """The (h, w) patch grid of the latest forward pass."""
+        if self.grid is None:
+            raise ValueError("ViltPatchOrder: no forward pass yet, the patch grid is unknown")
+        return self.grid
+
+
+# ----------------------------------------------------------------------------- words <-> tokens
+
+
+def tokenize_words(tokenizer: Any, words: Sequence[str], *,
+                   add_special_tokens: bool = False) -> tuple[list[int], list[list[int]]]:
+    """Token ids of ``" ".join(words)`` and, for each word, the indices of its tokens.
+
+    Fast tokenizers map tokens to words through their character offsets (exact for
+    WordPiece, BPE and SentencePiece alike); slow ones tokenize word by word (with the
+    leading space BPE expects).
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        words: the words, each non-empty and without spaces.
+        add_special_tokens: include the tokenizer's special tokens ([CLS] ... [SEP]);
+            they belong to no word.
+
+    Returns:
+        ``(ids, groups)``: ids of the whole text; ``groups[i]`` the positions in
+        ``ids`` of word i's tokens (never empty).
+
+    Example:
+        >>> from mmexplain.hf_train import build_tokenizer
+        >>> tokenize_words(build_tokenizer(), ["a", "red", "circle"])
+        ([4, 9, 12], [[0], [1], [2]])
+    """
+    words = list(words)
+    if not words or not all(isinstance(w, str) and w and w.split() == [w] for w in words):
+        raise ValueError(f"words: expected a non-empty list of words without spaces, got {words!r}")
+    text = " ".join(words)
+    starts, pos = [], 0
+    for w in words:
+        starts.append(pos)
+        pos += len(w) + 1
+    groups: list[list[int]] = [[] for _ in words]
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        for k, (s, e) in enumerate(enc["offset_mapping"]):
+            while s < e and text[s].isspace():  # BPE tokens may carry the space before their word
+                s += 1
+            if e > s:  # special tokens have empty offsets
+                groups[bisect_right(starts, s) - 1].append(k)
+    else:
+        ids = []
+        for i, w in enumerate(words):
+            piece = tokenizer.encode(w if i == 0 else " " + w, add_special_tokens=False)
+            groups[i] = list(range(len(ids), len(ids) + len(piece)))
+            ids.extend(piece)
+        if add_special_tokens:
+            full = list(tokenizer.build_inputs_with_special_tokens(ids))
+            shift = next((j for j in range(len(full) - len(ids) + 1) if full[j:j + len(ids)] == ids), None)
+            if shift is None:
+                raise ValueError(f"{type(tokenizer).__name__} changed the tokens when adding special tokens")
+            groups = [[k + shift for k in g] for g in groups]
+            ids = full
+    empty = [words[i] for i, g in enumerate(groups) if not g]
+    if empty:
+        raise ValueError(f"words {empty} produced no tokens with {type(tokenizer).__name__}")
+    return ids, groups
+
+
+def _decode_words(tokenizer: Any, ids: Sequence[int] | Tensor) -> list[str]:
+    """Generated ids -> the words a person reads (special tokens dropped)."""
+    if isinstance(ids, Tensor):
+        ids = ids.tolist()
+    return tokenizer.decode(list(ids), skip_special_tokens=True).split()
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _split_processor(who: str, processor: Any, image_processor: Any, tokenizer: Any) -> tuple[Any, Any]:
+    if processor is not None:
+        image_processor = image_processor if image_processor is not None else getattr(processor, "image_processor", None)
+        tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
+    if image_processor is None:
+        raise TypeError(f"{who}: expected processor= (with .image_processor) or image_processor=, got neither")
+    if tokenizer is None:
+        raise TypeError(f"{who}: expected processor= (with .tokenizer) or tokenizer=, got neither")
+    return image_processor, tokenizer
+
+
+def _pixels(image_processor: Any, image: Any, **kwargs: Any) -> dict[str, Tensor]:
+    """path / PIL / array / tensor -> the image processor's tensors (batch of one)."""
+    import numpy as np
+
+    rescale = True
+    if isinstance(image, (str, os.PathLike)):
+        from PIL import Image
+
+        with Image.open(image) as im:
+            image = im.convert("RGB")
+    elif isinstance(image, Tensor):
+        img = image.detach().cpu()
+        if img.dim() == 4 and img.shape[0] == 1:
+            img = img[0]
+        if img.dim() != 3 or img.shape[0] not in (1, 3):
+            raise ValueError(f"image: expected a (3, H, W) or (1, 3, H, W) tensor, got {tuple(image.shape)}")
+        if img.dtype == torch.uint8:
+            img = img.float() / 255
+        elif not img.is_floating_point():
+            raise TypeError(f"image: expected a float tensor in [0, 1] or uint8, got dtype {image.dtype}")
+        image, rescale = img.expand(3, -1, -1).clamp(0, 1).float(), False
+    elif isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] not in (1, 3):
+            raise ValueError(f"image: expected an (H, W, 3) array, got shape {image.shape}")
+        if image.dtype != np.uint8:
+            image, rescale = torch.from_numpy(np.ascontiguousarray(image)).float().permute(2, 0, 1).expand(3, -1, -1), False
+    elif not hasattr(image, "convert"):
+        raise TypeError(f"image: expected a path, PIL image, (H, W, 3) array or (3, H, W) tensor, got {type(image).__name__}")
+    else:
+        image = image.convert("RGB")
+    return dict(image_processor(images=image, return_tensors="pt", do_rescale=rescale, **kwargs))
+
+
+def _display(image_processor: Any, pixels: Tensor) -> Tensor:
+    """Undo the processor's normalization: pixels (1, 3, H, W) or (3, H, W) -> (3, H, W) in [0, 1]."""
+    img = pixels.detach()
+    if img.dim() == 4:
+        img = img[0]
+    if getattr(image_processor, "do_normalize", True):
+        mean = torch.as_tensor(image_processor.image_mean, dtype=img.dtype, device=img.device)[:, None, None]
+        std = torch.as_tensor(image_processor.image_std, dtype=img.dtype, device=img.device)[:, None, None]
+        img = img * std + mean  # (3, H, W)
+    return img.clamp(0, 1)
+
+
+def _check_model(who: str, model: Any, class_names: tuple[str, ...]) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{who} model: expected a transformers {' or '.join(class_names)}, got {type(model).__name__}")
+    if type(model).__name__ not in class_names:
+        raise TypeError(f"{who} model: expected a {' or '.join(class_names)}, got {type(model).__name__}")
+
+
+def _last_layer(model: nn.Module, container: str) -> str:
+    layers = model.get_submodule(container)
+    return f"{container}.{len(layers) - 1}"
+
+
+# ----------------------------------------------------------------------------- captioners
+
+
+class _Captioner:
+    """What caption adapters share: images in/out, generation, teacher forcing by words."""
+
+    model: nn.Module
+    default_layer: str
+    reshape: Callable[[Tensor], Tensor] | None
+    start_token_id: int
+    text_key: str  # keyword of the teacher-forced token ids
+
+    def __init__(self, model: nn.Module, processor: Any, image_processor: Any, tokenizer: Any,
+                 max_new_tokens: int) -> None:
+        self.image_processor, self.tokenizer = _split_processor(type(self).__name__, processor, image_processor, tokenizer)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
+        self.max_new_tokens = max_new_tokens
+
+    def load_image(self, image: Any) -> Tensor:
+        """A path, PIL image, ``(H, W, 3)`` array or ``(3, H, W)`` tensor in [0, 1] -> pixels ``(1, 3, H, W)``."""
+        return _pixels(self.image_processor, image)["pixel_values"]
+
+    def display_image(self, pixels: Tensor) -> Tensor:
+        """The model's pixels as an image ``(3, H, W)`` in [0, 1], aligned with the maps."""
+        return _display(self.image_processor, pixels)
+
+    def generate(self, pixels: Tensor) -> list[str]:
+        """Greedy caption of one image, as words (special tokens dropped)."""
+        if pixels.dim() != 4 or pixels.shape[0] != 1:
+            raise ValueError(f"pixels: expected (1, 3, H, W), got {tuple(pixels.shape)}")
+        with torch.no_grad():
+            ids = self.model.generate(pixel_values=pixels, max_new_tokens=self.max_new_tokens)  # (1, T)
+        return _decode_words(self.tokenizer, ids[0])
+
+    def teacher_forced(self, pixels: Tensor, words: Sequence[str]) -> tuple[dict[str, Tensor], list[tuple[list[int], list[int]]]]:
+        """Inputs for one teacher-forced forward over ``words``, and per word (logit positions, token ids).
+
+        The decoder reads ``[start, t_1, ..., t_n]``; token ``t_k`` is scored at logit
+        position ``k - 1``. A word made of several tokens gets all their positions, so
+        ``SequenceLogProb(ids, positions=positions)`` is the word's log-probability.
+        """
+        ids, groups = tokenize_words(self.tokenizer, words)
+        tokens = torch.tensor([[self.start_token_id, *ids]], device=pixels.device)  # (1, 1+n)
+        spans = [([k for k in g], [ids[k] for k in g]) for g in groups]
+        return self._inputs(pixels, tokens), spans
+
+    def _inputs(self, pixels: Tensor, tokens: Tensor) -> dict[str, Tensor]:
+        return {"pixel_values": pixels, self.text_key: tokens,
+                self.text_key.replace("input_ids", "attention_mask"): torch.ones_like(tokens)}
+
+
+class BlipCaptioner(_Captioner):
+    """``BlipForConditionalGeneration``: per-word maps of a BLIP caption.
+
+    Default layer: the vision encoder's last block (its patch tokens are what the text
+    decoder cross-attends to, after a per-token LayerNorm; ``post_layernorm`` itself
+    runs twice per forward, for the tokens and the pooled CLS, so it cannot be hooked).
+
+    Args:
+        model: a ``BlipForConditionalGeneration``.
+        processor: a ``BlipProcessor`` (or give ``image_processor=`` and ``tokenizer=``).
+        layer: module name to explain instead of the default.
+        max_new_tokens: generation length limit.
+
+    Example:
+        >>> captioner = BlipCaptioner(model, processor)     # doctest: +SKIP
+        >>> ex = mx.explain_caption(captioner, "cat.jpg")    # doctest: +SKIP
+    """
+
+    text_key = "input_ids"
+
+    def __init__(self, model: nn.Module, processor: Any = None, *, image_processor: Any = None,
+                 tokenizer: Any = None, layer: str | None = None, max_new_tokens: int = 30) -> None:
+        _check_model("BlipCaptioner", model, ("BlipForConditionalGeneration",))
+        super().__init__(model, processor, image_processor, tokenizer, max_new_tokens)
+        self.model = model
+        self.default_layer = layer or _last_layer(model, "vision_model.encoder.layers")
+        self.reshape = PatchGrid()
+        self.start_token_id = int(model.config.text_config.bos_token_id)
+
+
+class VisionEncoderDecoderCaptioner(_Captioner):
+    """``VisionEncoderDecoderModel`` (ViT-style encoder + GPT-2-style decoder).
+
+    Default layer: the encoder's final LayerNorm (``encoder.layernorm``; its tokens are
+    the decoder's cross-attention memory), else the encoder's last block.
+
+    Args:
+        model: a ``VisionEncoderDecoderModel``.
+        processor: a processor with ``.image_processor`` and ``.tokenizer`` (or give both).
+        layer: module name to explain instead of the default.
+        max_new_tokens: generation length limit.
+
+    Example:
+        >>> from transformers import VisionEncoderDecoderModel, PreTrainedTokenizerFast, ViTImageProcessor
+        >>> model = VisionEncoderDecoderModel.from_pretrained("models/tiny-ved").eval()   # doctest: +SKIP
+        >>> captioner = VisionEncoderDecoderCaptioner(model,
+        ...     image_processor=ViTImageProcessor.from_pretrained("models/tiny-ved"),
+        ...     tokenizer=PreTrainedTokenizerFast.from_pretrained("models/tiny-ved"))     # doctest: +SKIP
+    """
+
+    text_key = "decoder_input_ids"
+
+    def __init__(self, model: nn.Module, processor: Any = None, *, image_processor: Any = None,
+                 tokenizer: Any = None, layer: str | None = None, max_new_tokens: int = 30) -> None:
+        _check_model("VisionEncoderDecoderCaptioner", model, ("VisionEncoderDecoderModel",))
+        super().__init__(model, processor, image_processor, tokenizer, max_new_tokens)
+        self.model = model
+        if layer is None:
+            names = dict(model.named_modules())
+            if "encoder.layernorm" in names:
+                layer = "encoder.layernorm"
+            elif "encoder.encoder.layer" in names:
+                layer = _last_layer(model, "encoder.encoder.layer")
+            else:
+                raise ValueError(f"layer: no default for encoder {type(model.encoder).__name__}; pass layer=")
+        self.default_layer = layer
+        self.reshape = PatchGrid()
+        start = model.config.decoder_start_token_id
+        if start is None:
+            start = getattr(model.generation_config, "decoder_start_token_id", None)
+        if start is None:
+            raise ValueError("model.config.decoder_start_token_id is None; set it to the decoder's start token")
+        self.start_token_id = int(start)
+
+
+# ----------------------------------------------------------------------------- VQA
+
+
+@dataclass
+class AnswerInputs:
+    """Everything for one explained answer, from ``adapter.prepare``.
+
+    Attributes:
+        inputs: keywords of one forward of ``adapter.model``.
+        answer: the explained answer (given, or the model's prediction).
+        target: its score: the answer's logit (classifier VQA) or the sum of its tokens'
+            log-probabilities (generative VQA).
+        question_words: ``question.split()``.
+        question_positions: per question word, its token positions in the output of
+            ``question_layer`` (special tokens belong to no word).
+        question_layer: module name (in ``adapter.model``) whose output is the question's
+            word embeddings ``(1, Tq, D)``: pass it as ``extra_layers`` for
+            gradient x embedding.
+        answer_tokens: for generative VQA, (logit positions, token ids) of the answer.
+        candidates: for classifier VQA, the top answers (name, logit), best first.
+    """
+
+    inputs: dict[str, Tensor]
+    answer: str
+    target: Callable[[Any], Tensor]
+    question_words: list[str]
+    question_positions: list[list[int]]
+    question_layer: str
+    answer_tokens: tuple[list[int], list[int]] | None = None
+    candidates: list[tuple[str, float]] = field(default_factory=list)
+
+
+def question_attributions(extra: tuple[Tensor, Tensor], positions: Sequence[Sequence[int]]) -> Tensor:
+    """Gradient x embedding per question word, from the engine's ``res.extra[name]``.
+
+    Args:
+        extra: ``(activation (B, Tq, D), gradient (B, Tq, D) or (N, B, Tq, D))``.
+        positions: per word, its token positions (summed: sub-words merge into the word).
+
+    Returns:
+        ``(..., B, W)``: one signed attribution per question word (per target when N).
+
+    Example:
+        >>> act, grad = torch.ones(1, 4, 2), torch.arange(8.0).reshape(1, 4, 2)
+        >>> question_attributions((act, grad), [[1], [2, 3]])
+        tensor([[ 5., 24.]])
+    """
+    activation, gradient = extra
+    per_token = (activation * gradient).sum(dim=-1)  # (..., B, Tq)
+    return torch.stack([per_token[..., list(p)].sum(dim=-1) for p in positions], dim=-1)  # (..., B, W)
+
+
+class _VQA:
+    """What VQA adapters share: images in/out, question tokens."""
+
+    model: nn.Module
+    default_layer: str
+    reshape: Callable[[Tensor], Tensor] | None
+    question_layer: str
+
+    def __init__(self, processor: Any, image_processor: Any, tokenizer: Any) -> None:
+        self.image_processor, self.tokenizer = _split_processor(type(self).__name__, processor, image_processor, tokenizer)
+
+    def load_image(self, image: Any) -> Tensor:
+        """A path, PIL image, ``(H, W, 3)`` array or ``(3, H, W)`` tensor in [0, 1] -> pixels ``(1, 3, H, W)``."""
+        return _pixels(self.image_processor, image)["pixel_values"]
+
+    def display_image(self, pixels: Tensor) -> Tensor:
+        """The model's pixels as an image ``(3, H, W)`` in [0, 1], aligned with the maps."""
+        return _display(self.image_processor, pixels)
+
+    def _question(self, question: str, device: torch.device) -> tuple[dict[str, Tensor], list[str], list[list[int]]]:
+        if not isinstance(question, str) or not question.split():
+            raise ValueError(f"question: expected a non-empty string, got {question!r}")
+        words = question.split()
+        ids, groups = tokenize_words(self.tokenizer, words, add_special_tokens=True)
+        input_ids = torch.tensor([ids], device=device)  # (1, Tq)
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}, words, groups
+
+
+class BlipVQA(_VQA):
+    """``BlipForQuestionAnswering``: the generated answer's map and question-word attributions.
+
+    The target is the answer's log-probability: the sum over its tokens of
+    ``log p(token)`` from the answer decoder (teacher-forced on ``[BOS] answer``).
+    ``model`` is a :class:`DecoderLogits` wrapper (the real ``forward`` does not return
+    the answer logits); layer names are relative to it (``"model.vision_model..."``).
+
+    Args:
+        model: a ``BlipForQuestionAnswering``.
+        processor: a ``BlipProcessor`` (or give ``image_processor=`` and ``tokenizer=``).
+        layer: module name (relative to the wrapper) to explain instead of the default,
+            the vision encoder's last block.
+        max_new_tokens: answer length limit.
+
+    Example:
+        >>> vqa = BlipVQA(model, processor)                                    # doctest: +SKIP
+        >>> ax = mx.explain_answer(vqa, "cat.jpg", "what is on the sofa ?")    # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, processor: Any = None, *, image_processor: Any = None,
+                 tokenizer: Any = None, layer: str | None = None, max_new_tokens: int = 10) -> None:
+        _check_model("BlipVQA", model, ("BlipForQuestionAnswering",))
+        super().__init__(processor, image_processor, tokenizer)
+        self.hf_model = model
+        self.model = DecoderLogits(model, "text_decoder")
+        self.default_layer = layer or "model." + _last_layer(model, "vision_model.encoder.layers")
+        self.reshape = PatchGrid()
+        self.question_layer = "model.text_encoder.embeddings.word_embeddings"
+        self.start_token_id = int(model.config.text_config.bos_token_id)
+        self.max_new_tokens = max_new_tokens
+
+    def answer(self, pixels: Tensor, question: str) -> str:
+        """The model's generated answer (greedy)."""
+        q, _, _ = self._question(question, pixels.device)
+        with torch.no_grad():
+            ids = self.hf_model.generate(input_ids=q["input_ids"], pixel_values=pixels,
+                                         attention_mask=q["attention_mask"], max_new_tokens=self.max_new_tokens)
+        return " ".join(_decode_words(self.tokenizer, ids[0]))
+
+    def prepare(self, pixels: Tensor, question: str, answer: str | None = None) -> AnswerInputs:
+        """Inputs and target for explaining ``answer`` (default: the generated one)."""
+        from .targets import SequenceLogProb
+
+        q, q_words, q_groups = self._question(question, pixels.device)
+        if answer is None:
+            answer = self.answer(pixels, question)
+            if not answer:
+                raise ValueError(f"the model generated an empty answer to {question!r}; pass answer=")
+        ids, _ = tokenize_words(self.tokenizer, answer.split())
+        decoder_ids = torch.tensor([[self.start_token_id, *ids]], device=pixels.device)  # (1, 1+n)
+        positions = list(range(len(ids)))  # token k is scored at logit k-1 of [BOS, t_1..t_n]
+        inputs = {"pixel_values": pixels, **q, "decoder_input_ids": decoder_ids,
+                  "decoder_attention_mask": torch.ones_like(decoder_ids)}
+        return AnswerInputs(inputs, answer, SequenceLogProb(ids, positions=positions), q_words, q_groups,
+                            self.question_layer, answer_tokens=(positions, ids))
+
+
+class ViltVQA(_VQA):
+    """``ViltForQuestionAnswering``: the answer logit's map and question-word attributions.
+
+    ViLT runs text and image patches as one sequence ``[text, image CLS, patches]``.
+    ``model`` is a :class:`ViltPatchOrder` wrapper that fixes the patch order;
+    ``reshape`` takes the last ``h * w`` tokens of the joint sequence (text and image
+    CLS dropped) with the grid of the forward pass. Default layer: the last block's
+    ``layernorm_before`` (the input of its attention, through which every image token
+    reaches the pooled text CLS; the final LayerNorm's image tokens get no gradient).
+
+    Args:
+        model: a ``ViltForQuestionAnswering``.
+        processor: a ``ViltProcessor`` (or give ``image_processor=`` and ``tokenizer=``).
+        layer: module name (relative to the wrapper) to explain instead of the default.
+        top_k: how many candidate answers ``prepare`` lists.
+
+    Example:
+        >>> vqa = ViltVQA(model, processor)                                     # doctest: +SKIP
+        >>> ax = mx.explain_answer(vqa, "cat.jpg", "how many cats are there ?")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, processor: Any = None, *, image_processor: Any = None,
+                 tokenizer: Any = None, layer: str | None = None, top_k: int = 5) -> None:
+        _check_model("ViltVQA", model, ("ViltForQuestionAnswering",))
+        super().__init__(processor, image_processor, tokenizer)
+        self.hf_model = model
+        self.model = ViltPatchOrder(model)
+        self.default_layer = layer or "model." + _last_layer(model, "vilt.encoder.layer") + ".layernorm_before"
+        self.reshape = PatchGrid(self.model.patch_grid)
+        self.question_layer = "model.vilt.embeddings.text_embeddings.word_embeddings"
+        self.top_k = top_k
+        self.labels = {int(k): v for k, v in model.config.id2label.items()}
+
+    def load_image(self, image: Any) -> Tensor:
+        """An image -> pixels ``(1, 3, H, W)`` (one image: its pixel mask is all ones)."""
+        return _pixels(self.image_processor, image)["pixel_values"]
+
+    def prepare(self, pixels: Tensor, question: str, answer: str | None = None) -> AnswerInputs:
+        """Inputs and target for explaining ``answer`` (default: the top-scoring answer)."""
+        from .targets import AnswerScore
+
+        q, q_words, q_groups = self._question(question, pixels.device)
+        q["token_type_ids"] = torch.zeros_like(q["input_ids"])
+        inputs = {"pixel_values": pixels, **q}
+        with torch.no_grad():
+            logits = self.model(**inputs).logits[0]  # (A,)
+        top = logits.topk(min(self.top_k, logits.numel()))
+        candidates = [(self.labels.get(int(i), str(int(i))), float(v)) for v, i in zip(top.values, top.indices)]
+        if answer is None:
+            index = int(top.indices[0])
+        else:
+            matches = [i for i, name in self.labels.items() if name == answer]
+            if not matches:
+                raise ValueError(f"answer {answer!r} is not one of the model's {len(self.labels)} answers "
+                                 f"(config.id2label); top answers: {[c[0] for c in candidates]}")
+            index = matches[0]
+        name = self.labels.get(index, str(index))
+        return AnswerInputs(inputs, name, AnswerScore(index), q_words, q_groups, self.question_layer,
+                            candidates=candidates)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+_ADAPTERS: dict[str, str] = {
+    "BlipForConditionalGeneration": "BlipCaptioner",
+    "VisionEncoderDecoderModel": "VisionEncoderDecoderCaptioner",
+    "BlipForQuestionAnswering": "BlipVQA",
+    "ViltForQuestionAnswering": "ViltVQA",
+}
+
+
+def adapter(model: nn.Module, processor: Any = None, **kwargs: Any) -> Any:
+    """The adapter for a transformers model, chosen by its class.
+
+    Args:
+        model: one of the supported model classes (see the module docstring).
+        processor: its processor (or pass ``image_processor=`` and ``tokenizer=``).
+        **kwargs: passed to the adapter (``layer=``, ``max_new_tokens=``, ...).
+
+    Example:
+        >>> captioner = adapter(model, processor)   # doctest: +SKIP
+    """
+    name = _ADAPTERS.get(type(model).__name__)
+    if name is None:
+        raise TypeError(f"model: no adapter for {type(model).__name__}; supported: {', '.join(_ADAPTERS)}")
+    return globals()[name](model, processor, **kwargs)
