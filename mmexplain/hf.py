@@ -38,7 +38,7 @@ Example:
     >>> import mmexplain as mx
     >>> from transformers import BlipForConditionalGeneration, BlipProcessor     # doctest: +SKIP
     >>> model = BlipForConditionalGeneration.from_pretrained(local_dir).eval()    # doctest: +SKIP
-    >>> captioner = mx.hf.BlipCaptioner(model, BlipProcessor.from_pretrained(local_dir))  # doctest: +SKIP
+    >>> captioner = mx.hf.caption_adapter(model, BlipProcessor.from_pretrained(local_dir))  # doctest: +SKIP
     >>> pixels = captioner.load_image("cat.jpg")                                  # doctest: +SKIP
     >>> words = captioner.generate(pixels)                                        # doctest: +SKIP
     >>> inputs, spans = captioner.teacher_forced(pixels, words)                   # doctest: +SKIP
@@ -53,7 +53,6 @@ import math
 import os
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -64,13 +63,12 @@ __all__ = [
     "DecoderLogits",
     "ViltPatchOrder",
     "tokenize_words",
-    "AnswerInputs",
     "BlipCaptioner",
     "VisionEncoderDecoderCaptioner",
     "BlipVQA",
     "ViltVQA",
-    "adapter",
-    "question_attributions",
+    "caption_adapter",
+    "answer_adapter",
 ]
 
 
@@ -412,6 +410,20 @@ class _Captioner:
             ids = self.model.generate(pixel_values=pixels, max_new_tokens=self.max_new_tokens)  # (1, T)
         return _decode_words(self.tokenizer, ids[0])
 
+    def split_words(self, caption: str) -> list[str]:
+        """A given caption -> its words; a word the tokenizer only knows as unknown raises ValueError."""
+        if not isinstance(caption, str):
+            raise TypeError(f"caption: expected a str, got {type(caption).__name__}")
+        words = caption.split()
+        if not words:
+            return words
+        ids, groups = tokenize_words(self.tokenizer, words)
+        unk = self.tokenizer.unk_token_id
+        unknown = [w for w, g in zip(words, groups) if unk is not None and any(ids[k] == unk for k in g)]
+        if unknown:
+            raise ValueError(f"caption: unknown word {unknown[0]!r} (the tokenizer maps it to {self.tokenizer.unk_token})")
+        return words
+
     def teacher_forced(self, pixels: Tensor, words: Sequence[str]) -> tuple[dict[str, Tensor], list[tuple[list[int], list[int]]]]:
         """Inputs for one teacher-forced forward over ``words``, and per word (logit positions, token ids).
 
@@ -507,62 +519,13 @@ class VisionEncoderDecoderCaptioner(_Captioner):
 # ----------------------------------------------------------------------------- VQA
 
 
-@dataclass
-class AnswerInputs:
-    """Everything for one explained answer, from ``adapter.prepare``.
-
-    Attributes:
-        inputs: keywords of one forward of ``adapter.model``.
-        answer: the explained answer (given, or the model's prediction).
-        target: its score: the answer's logit (classifier VQA) or the sum of its tokens'
-            log-probabilities (generative VQA).
-        question_words: ``question.split()``.
-        question_positions: per question word, its token positions in the output of
-            ``question_layer`` (special tokens belong to no word).
-        question_layer: module name (in ``adapter.model``) whose output is the question's
-            word embeddings ``(1, Tq, D)``: pass it as ``extra_layers`` for
-            gradient x embedding.
-        answer_tokens: for generative VQA, (logit positions, token ids) of the answer.
-        candidates: for classifier VQA, the top answers (name, logit), best first.
-    """
-
-    inputs: dict[str, Tensor]
-    answer: str
-    target: Callable[[Any], Tensor]
-    question_words: list[str]
-    question_positions: list[list[int]]
-    question_layer: str
-    answer_tokens: tuple[list[int], list[int]] | None = None
-    candidates: list[tuple[str, float]] = field(default_factory=list)
-
-
-def question_attributions(extra: tuple[Tensor, Tensor], positions: Sequence[Sequence[int]]) -> Tensor:
-    """Gradient x embedding per question word, from the engine's ``res.extra[name]``.
-
-    Args:
-        extra: ``(activation (B, Tq, D), gradient (B, Tq, D) or (N, B, Tq, D))``.
-        positions: per word, its token positions (summed: sub-words merge into the word).
-
-    Returns:
-        ``(..., B, W)``: one signed attribution per question word (per target when N).
-
-    Example:
-        >>> act, grad = torch.ones(1, 4, 2), torch.arange(8.0).reshape(1, 4, 2)
-        >>> question_attributions((act, grad), [[1], [2, 3]])
-        tensor([[ 5., 24.]])
-    """
-    activation, gradient = extra
-    per_token = (activation * gradient).sum(dim=-1)  # (..., B, Tq)
-    return torch.stack([per_token[..., list(p)].sum(dim=-1) for p in positions], dim=-1)  # (..., B, W)
-
-
 class _VQA:
     """What VQA adapters share: images in/out, question tokens."""
 
     model: nn.Module
     default_layer: str
     reshape: Callable[[Tensor], Tensor] | None
-    question_layer: str
+    question_layer: str | None
 
     def __init__(self, processor: Any, image_processor: Any, tokenizer: Any) -> None:
         self.image_processor, self.tokenizer = _split_processor(type(self).__name__, processor, image_processor, tokenizer)
@@ -575,22 +538,26 @@ class _VQA:
         """The model's pixels as an image ``(3, H, W)`` in [0, 1], aligned with the maps."""
         return _display(self.image_processor, pixels)
 
-    def _question(self, question: str, device: torch.device) -> tuple[dict[str, Tensor], list[str], list[list[int]]]:
+    def _question(self, question: str, device: torch.device) -> tuple[dict[str, Tensor], list[str], list[int]]:
+        """Question inputs, its tokens as the model reads them, and their positions (specials excluded)."""
         if not isinstance(question, str) or not question.split():
             raise ValueError(f"question: expected a non-empty string, got {question!r}")
-        words = question.split()
-        ids, groups = tokenize_words(self.tokenizer, words, add_special_tokens=True)
+        ids, groups = tokenize_words(self.tokenizer, question.split(), add_special_tokens=True)
+        positions = [k for g in groups for k in g]
+        tokens = self.tokenizer.convert_ids_to_tokens([ids[k] for k in positions])
         input_ids = torch.tensor([ids], device=device)  # (1, Tq)
-        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}, words, groups
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}, tokens, positions
 
 
 class BlipVQA(_VQA):
-    """``BlipForQuestionAnswering``: the generated answer's map and question-word attributions.
+    """``BlipForQuestionAnswering``: the generated answer's map and question-token attributions.
 
     The target is the answer's log-probability: the sum over its tokens of
-    ``log p(token)`` from the answer decoder (teacher-forced on ``[BOS] answer``).
+    ``log p(token)`` from the answer decoder, teacher-forced on ``[BOS] answer``.
     ``model`` is a :class:`DecoderLogits` wrapper (the real ``forward`` does not return
     the answer logits); layer names are relative to it (``"model.vision_model..."``).
+    One answer per call: the greedy one, or the one given (``top_k`` > 1 would need
+    one forward per answer).
 
     Args:
         model: a ``BlipForQuestionAnswering``.
@@ -601,7 +568,8 @@ class BlipVQA(_VQA):
 
     Example:
         >>> vqa = BlipVQA(model, processor)                                    # doctest: +SKIP
-        >>> ax = mx.explain_answer(vqa, "cat.jpg", "what is on the sofa ?")    # doctest: +SKIP
+        >>> ax = mx.explain_answer(vqa, "cat.jpg", "what is on the sofa?")     # doctest: +SKIP
+        >>> ax.answer, ax.map.shape, ax.token_attributions.shape               # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module, processor: Any = None, *, image_processor: Any = None,
@@ -617,54 +585,60 @@ class BlipVQA(_VQA):
         self.max_new_tokens = max_new_tokens
 
     def answer(self, pixels: Tensor, question: str) -> str:
-        """The model's generated answer (greedy)."""
+        """The model's generated answer (greedy), as text."""
         q, _, _ = self._question(question, pixels.device)
         with torch.no_grad():
             ids = self.hf_model.generate(input_ids=q["input_ids"], pixel_values=pixels,
                                          attention_mask=q["attention_mask"], max_new_tokens=self.max_new_tokens)
         return " ".join(_decode_words(self.tokenizer, ids[0]))
 
-    def prepare(self, pixels: Tensor, question: str, answer: str | None = None) -> AnswerInputs:
-        """Inputs and target for explaining ``answer`` (default: the generated one)."""
+    def query(self, pixels: Tensor, question: str, answer: str | None = None, top_k: int = 1) -> Any:
+        """Inputs and target for ``answer`` (default: the generated answer)."""
+        from .explain import AnswerQuery
         from .targets import SequenceLogProb
 
-        q, q_words, q_groups = self._question(question, pixels.device)
+        if answer is None and top_k != 1:
+            raise ValueError(f"top_k: BlipVQA explains one generated answer (top_k=1), got {top_k}; "
+                             "pass answer= to explain another")
+        q, q_tokens, q_positions = self._question(question, pixels.device)
         if answer is None:
             answer = self.answer(pixels, question)
             if not answer:
                 raise ValueError(f"the model generated an empty answer to {question!r}; pass answer=")
         ids, _ = tokenize_words(self.tokenizer, answer.split())
         decoder_ids = torch.tensor([[self.start_token_id, *ids]], device=pixels.device)  # (1, 1+n)
-        positions = list(range(len(ids)))  # token k is scored at logit k-1 of [BOS, t_1..t_n]
+        # token k of the answer is read at logit k of [BOS, t_1..t_n]
+        target = SequenceLogProb(ids, positions=list(range(len(ids))))
         inputs = {"pixel_values": pixels, **q, "decoder_input_ids": decoder_ids,
                   "decoder_attention_mask": torch.ones_like(decoder_ids)}
-        return AnswerInputs(inputs, answer, SequenceLogProb(ids, positions=positions), q_words, q_groups,
-                            self.question_layer, answer_tokens=(positions, ids))
+        return AnswerQuery(inputs, [target], [answer], q_tokens, q_positions,
+                           probabilities=lambda out: target(out).detach().exp())
 
 
 class ViltVQA(_VQA):
-    """``ViltForQuestionAnswering``: the answer logit's map and question-word attributions.
+    """``ViltForQuestionAnswering``: answer-logit maps and question-token attributions.
 
     ViLT runs text and image patches as one sequence ``[text, image CLS, patches]``.
     ``model`` is a :class:`ViltPatchOrder` wrapper that fixes the patch order;
     ``reshape`` takes the last ``h * w`` tokens of the joint sequence (text and image
     CLS dropped) with the grid of the forward pass. Default layer: the last block's
-    ``layernorm_before`` (the input of its attention, through which every image token
-    reaches the pooled text CLS; the final LayerNorm's image tokens get no gradient).
+    ``layernorm_before``, the input of its attention, through which every image token
+    reaches the pooled text CLS (the final LayerNorm's image tokens get no gradient).
+    Probabilities are sigmoids of the logits (ViLT's VQA head is trained with binary
+    cross-entropy on soft answer scores).
 
     Args:
         model: a ``ViltForQuestionAnswering``.
         processor: a ``ViltProcessor`` (or give ``image_processor=`` and ``tokenizer=``).
         layer: module name (relative to the wrapper) to explain instead of the default.
-        top_k: how many candidate answers ``prepare`` lists.
 
     Example:
-        >>> vqa = ViltVQA(model, processor)                                     # doctest: +SKIP
-        >>> ax = mx.explain_answer(vqa, "cat.jpg", "how many cats are there ?")  # doctest: +SKIP
+        >>> vqa = ViltVQA(model, processor)                                      # doctest: +SKIP
+        >>> ax = mx.explain_answer(vqa, "cats.jpg", "how many cats are there?", top_k=3)  # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module, processor: Any = None, *, image_processor: Any = None,
-                 tokenizer: Any = None, layer: str | None = None, top_k: int = 5) -> None:
+                 tokenizer: Any = None, layer: str | None = None) -> None:
         _check_model("ViltVQA", model, ("ViltForQuestionAnswering",))
         super().__init__(processor, image_processor, tokenizer)
         self.hf_model = model
@@ -672,59 +646,66 @@ class ViltVQA(_VQA):
         self.default_layer = layer or "model." + _last_layer(model, "vilt.encoder.layer") + ".layernorm_before"
         self.reshape = PatchGrid(self.model.patch_grid)
         self.question_layer = "model.vilt.embeddings.text_embeddings.word_embeddings"
-        self.top_k = top_k
         self.labels = {int(k): v for k, v in model.config.id2label.items()}
 
-    def load_image(self, image: Any) -> Tensor:
-        """An image -> pixels ``(1, 3, H, W)`` (one image: its pixel mask is all ones)."""
-        return _pixels(self.image_processor, image)["pixel_values"]
+    def query(self, pixels: Tensor, question: str, answer: str | None = None, top_k: int = 1) -> Any:
+        """Inputs and targets for ``answer``, or for the top-k answers (chosen from the same forward)."""
+        from .explain import AnswerQuery
+        from .targets import AnswerScore, TopClass
 
-    def prepare(self, pixels: Tensor, question: str, answer: str | None = None) -> AnswerInputs:
-        """Inputs and target for explaining ``answer`` (default: the top-scoring answer)."""
-        from .targets import AnswerScore
-
-        q, q_words, q_groups = self._question(question, pixels.device)
+        q, q_tokens, q_positions = self._question(question, pixels.device)
         q["token_type_ids"] = torch.zeros_like(q["input_ids"])
         inputs = {"pixel_values": pixels, **q}
-        with torch.no_grad():
-            logits = self.model(**inputs).logits[0]  # (A,)
-        top = logits.topk(min(self.top_k, logits.numel()))
-        candidates = [(self.labels.get(int(i), str(int(i))), float(v)) for v, i in zip(top.values, top.indices)]
-        if answer is None:
-            index = int(top.indices[0])
-        else:
+        if answer is not None:
             matches = [i for i, name in self.labels.items() if name == answer]
             if not matches:
-                raise ValueError(f"answer {answer!r} is not one of the model's {len(self.labels)} answers "
-                                 f"(config.id2label); top answers: {[c[0] for c in candidates]}")
-            index = matches[0]
-        name = self.labels.get(index, str(index))
-        return AnswerInputs(inputs, name, AnswerScore(index), q_words, q_groups, self.question_layer,
-                            candidates=candidates)
+                raise ValueError(f"answer {answer!r} is not one of the model's {len(self.labels)} answers (config.id2label)")
+            targets: list[Any] = [AnswerScore(matches[0])]
+            picked = lambda out: torch.tensor(matches[:1])  # noqa: E731
+            names: Any = [answer]
+        else:
+            targets = [TopClass(rank) for rank in range(top_k)]
+            picked = lambda out: torch.stack([t.indices(out)[0] for t in targets]).cpu()  # noqa: E731
+            names = lambda out: [self.labels.get(int(i), str(int(i))) for i in picked(out)]  # noqa: E731
+        probabilities = lambda out: out.logits[0].detach().sigmoid().cpu()[picked(out)]  # noqa: E731
+        return AnswerQuery(inputs, targets, names, q_tokens, q_positions, probabilities)
 
 
 # ----------------------------------------------------------------------------- dispatch
 
-_ADAPTERS: dict[str, str] = {
-    "BlipForConditionalGeneration": "BlipCaptioner",
-    "VisionEncoderDecoderModel": "VisionEncoderDecoderCaptioner",
-    "BlipForQuestionAnswering": "BlipVQA",
-    "ViltForQuestionAnswering": "ViltVQA",
-}
+_CAPTIONERS = {"BlipForConditionalGeneration": BlipCaptioner, "VisionEncoderDecoderModel": VisionEncoderDecoderCaptioner}
+_ANSWERERS = {"BlipForQuestionAnswering": BlipVQA, "ViltForQuestionAnswering": ViltVQA}
 
 
-def adapter(model: nn.Module, processor: Any = None, **kwargs: Any) -> Any:
-    """The adapter for a transformers model, chosen by its class.
+def caption_adapter(model: nn.Module, processor: Any = None, **kwargs: Any) -> BlipCaptioner | VisionEncoderDecoderCaptioner:
+    """The caption adapter for a transformers captioner, chosen by its class.
 
     Args:
-        model: one of the supported model classes (see the module docstring).
+        model: a ``BlipForConditionalGeneration`` or ``VisionEncoderDecoderModel``.
         processor: its processor (or pass ``image_processor=`` and ``tokenizer=``).
-        **kwargs: passed to the adapter (``layer=``, ``max_new_tokens=``, ...).
+        **kwargs: passed to the adapter (``layer=``, ``max_new_tokens=``).
 
     Example:
-        >>> captioner = adapter(model, processor)   # doctest: +SKIP
+        >>> ex = mx.explain_caption(mx.hf.caption_adapter(model, processor), "cat.jpg")  # doctest: +SKIP
     """
-    name = _ADAPTERS.get(type(model).__name__)
-    if name is None:
-        raise TypeError(f"model: no adapter for {type(model).__name__}; supported: {', '.join(_ADAPTERS)}")
-    return globals()[name](model, processor, **kwargs)
+    cls = _CAPTIONERS.get(type(model).__name__)
+    if cls is None:
+        raise TypeError(f"model: no caption adapter for {type(model).__name__}; supported: {', '.join(_CAPTIONERS)}")
+    return cls(model, processor, **kwargs)
+
+
+def answer_adapter(model: nn.Module, processor: Any = None, **kwargs: Any) -> BlipVQA | ViltVQA:
+    """The VQA adapter for a transformers VQA model, chosen by its class.
+
+    Args:
+        model: a ``BlipForQuestionAnswering`` or ``ViltForQuestionAnswering``.
+        processor: its processor (or pass ``image_processor=`` and ``tokenizer=``).
+        **kwargs: passed to the adapter (``layer=``, ...).
+
+    Example:
+        >>> ax = mx.explain_answer(mx.hf.answer_adapter(model, processor), "cat.jpg", "what is it?")  # doctest: +SKIP
+    """
+    cls = _ANSWERERS.get(type(model).__name__)
+    if cls is None:
+        raise TypeError(f"model: no VQA adapter for {type(model).__name__}; supported: {', '.join(_ANSWERERS)}")
+    return cls(model, processor, **kwargs)
