@@ -1,0 +1,304 @@
+"""``mmexplain demo``: the shipped models explained on held-out ShapeWorld scenes.
+
+Writes, to ``--out`` (default ``./mmexplain-demo``):
+
+- ``caption_<k>.png``: one panel per word of the captioner's caption of scene k;
+- ``vqa_<k>_<j>.png``: answer map, counterfactual and question-word bars for two
+  questions about scene k;
+- ``classes.png``: the classifier's class maps for the objects of one scene;
+- ``report.md``: a one-page report with the figures, captions, answers and word
+  log-probabilities (and textual explanations from Network Dissection).
+
+Everything is written to a temporary folder beside ``--out`` first and moved into
+place only when all of it succeeded; a failure leaves ``--out`` as it was.
+
+Example:
+    $ mmexplain demo --out demo
+    $ open demo/report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_demo_command", "run_demo"]
+
+MODELS = ("captioner", "vqa", "classifier")
+# questions that refer to one object come first: they are the ones a map can ground
+KIND_ORDER = ("color", "shape", "size", "exist", "count")
+QUESTIONS_PER_SCENE = 2
+
+
+def load_shipped(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The three reference models from ``root`` (default: the repository's ``models/``).
+
+    Raises:
+        FileNotFoundError: a model is missing; the message names it and the
+            ``mmexplain train NAME`` command that makes it.
+    """
+    from . import zoo
+
+    base = Path(root) if root is not None else zoo.default_root()
+    missing = [name for name in MODELS if not (base / name / zoo.WEIGHTS).is_file()]
+    if missing:
+        how = "; ".join(f"`mmexplain train {name}`" for name in missing)
+        raise FileNotFoundError(
+            f"the shipped model{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"{'are' if len(missing) > 1 else 'is'} missing from {base} (no {zoo.WEIGHTS}); "
+            f"train {'them' if len(missing) > 1 else 'it'} with {how}"
+        )
+    return {name: zoo.load(name, base) for name in MODELS}
+
+
+def pick_questions(scene: Any, n: int = QUESTIONS_PER_SCENE) -> list[Any]:
+    """``n`` questions of different kinds, object-grounded kinds first."""
+    chosen: list[Any] = []
+    for kind in KIND_ORDER:
+        match = [q for q in scene.questions if q.kind == kind and (q.objects or kind == "count")]
+        if match:
+            chosen.append(match[0])
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+def _words_line(words: list[str], logprobs: list[float]) -> str:
+    return " ".join(f"{w}&nbsp;<sub>{lp:.2f}</sub>" for w, lp in zip(words, logprobs))
+
+
+HEADLINE = {"captioner": "BLEU-4", "vqa": "accuracy", "classifier": "mAP"}
+
+
+def _model_line(root: str | os.PathLike[str] | None) -> str:
+    """The models' held-out headline metrics, as recorded in their ``config.json``."""
+    import json
+
+    from . import zoo
+
+    base = Path(root) if root is not None else zoo.default_root()
+    parts = []
+    for name in MODELS:
+        try:
+            metrics = json.loads((base / name / zoo.CONFIG).read_text(encoding="utf-8")).get("metrics") or {}
+        except (OSError, ValueError):
+            metrics = {}
+        value = metrics.get(HEADLINE[name])
+        parts.append(f"{name} ({HEADLINE[name]} {value:.3f})" if isinstance(value, float) else name)
+    return "Models: " + ", ".join(parts) + f" from `{base}` (see each CARD.md)."
+
+
+def _naming_section(captioner: Any, explanation: Any, *, scenes: int = 200, seed: int = 0,
+                    root: str | os.PathLike[str] | None = None) -> str:
+    """Textual explanations (Grad-CAM paper, Sec. 7) of one caption's content words.
+
+    Names the captioner's units with Network Dissection — from ``<root>/captioner/labels.json``
+    when shipped, else by dissecting ``scenes`` validation scenes (a few seconds) — and
+    lists, per content word, the named units with the largest and smallest Grad-CAM
+    weights (``mx.describe``).
+
+    Returns:
+        A Markdown section, or ``""`` when ``mmexplain.naming`` has no ``describe`` or
+        ``scenes`` is 0.
+    """
+    from . import naming, zoo
+
+    if not hasattr(naming, "describe") or not hasattr(naming, "dissect") or scenes < 1:
+        return ""
+    shipped = (Path(root) if root is not None else zoo.default_root()) / "captioner" / "labels.json"
+    if shipped.is_file():
+        labels = naming.NeuronLabels.load(shipped)
+        source = f"shipped labels `{shipped.name}`"
+    else:
+        data = naming.shapeworld_concepts(scenes, seed=seed, size=captioner.config.image_size)
+        labels = naming.dissect(captioner, captioner.default_layer, data, forward=naming.image_forward, progress=False)
+        source = f"Network Dissection of `{captioner.default_layer}` on {scenes} ShapeWorld scenes"
+    content = explanation.content
+    if not content:
+        return ""
+    weights = explanation.result.weights[content]  # (T', 1, K)
+    sentences = naming.describe(weights, labels, k=3, target_names=[explanation.words[i] for i in content])
+    detectors = len(labels.detectors())
+    lines = [
+        "## Which named units carry each word",
+        "",
+        f"Units of the captioner named by {source} ({detectors} of {len(labels)} units are detectors, "
+        "IoU > 0.04). For each content word of the first caption: the named units (IoU >= 0.05) with the "
+        "largest Grad-CAM weight (evidence for the word) and the smallest (evidence against).",
+        "",
+    ]
+    lines += [f"- {s}" for s in sentences]
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: str | os.PathLike[str] | None = None,
+             naming_scenes: int = 200, log: Any = print) -> Path:
+    """Explain the shipped models on ``n`` held-out scenes and write figures + ``report.md`` to ``out``.
+
+    Args:
+        out: output folder (created; existing files of the same names are replaced).
+        seed: offset into the test split: scenes are ``mx.world.split_seeds("test", n, start=seed)``.
+        n: number of scenes.
+        root: models directory (default: the repository's ``models/``).
+        naming_scenes: scenes dissected for the textual explanations (0: leave them out).
+        log: where progress lines go.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    from . import world
+    from .explain import explain_answer, explain_caption, explain_class
+    from .viz import save_figure
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"--n: expected a number of scenes >= 1, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed: expected an integer >= 0, got {seed!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    models = load_shipped(root)
+    captioner, vqa, classifier = models["captioner"], models["vqa"], models["classifier"]
+    seeds = world.split_seeds("test", n, start=seed)
+    start = time.perf_counter()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the folder becomes --out
+        md = [
+            "# mmexplain demo: what the reference models look at",
+            "",
+            f"Held-out ShapeWorld scenes (test split, seeds {seeds.start}-{seeds.stop - 1}), never seen in training. "
+            "Maps are Grad-CAM (Selvaraju et al.) at each model's last 12x12 conv block, upsampled to the "
+            "96x96 image; red = high, blue = low, each map scaled to 0-1.",
+            "",
+            _model_line(root),
+            "",
+            "## Captions: one map per word",
+            "",
+            "The captioner (CNN + LSTM, no attention) captions each scene; every word's log-probability "
+            "log p(word | image, previous words) is explained from one forward pass. The last panel explains "
+            "the whole caption (the sum of the words). Small numbers after each word: its log-probability.",
+            "",
+        ]
+        first_caption = None
+        scenes = [world.generate(s, size=captioner.config.image_size) for s in seeds]
+        for k, scene in enumerate(scenes):
+            ex = explain_caption(captioner, scene.image)
+            if k == 0:
+                first_caption = ex
+            name = f"caption_{k}.png"
+            save_figure(ex.plot(), tmp / name)
+            same = "matches the reference" if ex.caption == scene.caption else f"reference: `{scene.caption}`"
+            md += [
+                f"### Scene {k + 1} (seed {scene.seed})",
+                "",
+                f"Caption: **{ex.caption}** ({same}); log p = {float(ex.logprobs.sum()):.2f}",
+                "",
+                _words_line(ex.words, ex.logprobs.tolist()),
+                "",
+                f"![per-word maps, scene {k + 1}]({name})",
+                "",
+            ]
+            log(f"scene {k + 1}/{n}: {ex.caption}")
+        md += [
+            "## Visual question answering: answer and counterfactual",
+            "",
+            "For each question, the map of the predicted answer (where the evidence for it lies), the "
+            "counterfactual map (what argues against it: the negated gradients, paper Sec. 3.2), and the "
+            "question words that pushed the answer up (green) or down (red).",
+            "",
+        ]
+        for k, scene in enumerate(scenes):
+            for j, qa in enumerate(pick_questions(scene)):
+                ax = explain_answer(vqa, scene.image, qa.question)
+                name = f"vqa_{k}_{j}.png"
+                save_figure(ax.plot(), tmp / name)
+                p = float(ax.probabilities[0]) if ax.probabilities is not None else math.nan
+                verdict = "correct" if ax.answer == qa.answer else f"wrong; truth: {qa.answer}"
+                md += [
+                    f"**Scene {k + 1}, Q: {qa.question}** \u2192 **{ax.answer}** "
+                    f"(p = {p:.2f}, log p = {math.log(max(p, 1e-45)):.2f}; {verdict})",
+                    "",
+                    f"![answer grounding, scene {k + 1}, question {j + 1}]({name})",
+                    "",
+                ]
+                log(f"scene {k + 1}/{n}: {qa.question} -> {ax.answer}")
+        # the classifier on the scene with the most objects: one map per object's class
+        scene = max(scenes, key=lambda s: len(s.objects))
+        classes = list(dict.fromkeys(f"{o.color} {o.shape}" for o in scene.objects))
+        cx = explain_class(classifier, scene.image, classes)
+        save_figure(cx.plot(), tmp / "classes.png")
+        md += [
+            "## Classifier: one map per class",
+            "",
+            f"Scene seed {scene.seed} (\u201c{scene.caption}\u201d): the Grad-CAM map of each present class's "
+            "logit (title: class and logit). The classifier (CNN, global average pooling, linear) is "
+            "CAM-compatible, so these maps equal CAM's.",
+            "",
+            "![class maps](classes.png)",
+            "",
+        ]
+        naming_md = _naming_section(captioner, first_caption, scenes=naming_scenes, root=root)
+        if naming_md:
+            md += [naming_md]
+        md += [
+            f"_Made by `mmexplain demo --seed {seed} --n {n}` in {time.perf_counter() - start:.0f} s._",
+            "",
+        ]
+        (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "report.md"
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """``tmp``'s files -> ``out``: rename the folder when ``out`` is new, else replace file by file."""
+    if not out.exists():
+        try:
+            os.rename(tmp, out)
+            return
+        except OSError:
+            out.mkdir(parents=True, exist_ok=True)  # appeared meanwhile, or another filesystem
+    for item in sorted(tmp.iterdir(), key=lambda p: p.name == "report.md"):  # the report last
+        os.replace(item, out / item.name)
+
+
+def _demo_handler(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    report = run_demo(args.out, seed=args.seed, n=args.n, root=args.models, naming_scenes=args.naming_scenes)
+    files = sorted(p.name for p in report.parent.iterdir() if p.name.endswith((".png", ".md")))
+    print(f"wrote {len(files)} files to {report.parent} in {time.perf_counter() - start:.0f} s; "
+          f"open {report} to read the report")
+    return 0
+
+
+def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``mmexplain demo [--out DIR] [--seed N] [--n SCENES]``."""
+    p = subparsers.add_parser(
+        "demo", help="explain the shipped models on held-out scenes: figures + report.md",
+        description="Run the shipped captioner, VQA model and classifier on held-out ShapeWorld scenes and "
+                    "write per-word caption maps, VQA answer/counterfactual maps, class maps and a one-page "
+                    "report (report.md) to DIR.")
+    p.add_argument("--out", default="mmexplain-demo", metavar="DIR", help="output folder (default ./mmexplain-demo)")
+    p.add_argument("--seed", type=int, default=0, help="offset into the held-out test scenes (default 0)")
+    p.add_argument("--n", type=int, default=4, metavar="SCENES", help="number of scenes (default 4)")
+    p.add_argument("--models", default=None, metavar="DIR", help="models folder (default: the repository's models/)")
+    p.add_argument("--naming-scenes", type=int, default=200, metavar="N",
+                   help="scenes dissected to name units for the textual explanations (0: skip; default 200)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.set_defaults(func=_demo_handler)
+    return p
