@@ -59,6 +59,7 @@ __all__ = [
     "Evidence",
     "StreamingQuantile",
     "iou_counts",
+    "upsample_bilinear",
     "top_activating",
     "TopActivations",
     "shapeworld_concepts",
@@ -170,6 +171,105 @@ class StreamingQuantile:
 # ----------------------------------------------------------------------------- IoU
 
 
+def _linear_matrix(n_in: int, n_out: int, device: torch.device) -> Tensor:
+    """(n_in, n_out) R with x @ R = 1-D linear upsampling of x (align_corners=False)."""
+    eye = torch.eye(n_in, device=device)[None]  # (1, n_in, n_in): channel i is the basis vector e_i
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0]
+
+
+def upsample_bilinear(maps: Tensor, size: tuple[int, int], *,
+                      matrices: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Bilinear upsampling (``F.interpolate``, ``align_corners=False``) as two matrix products.
+
+    Bilinear interpolation is separable: up = R_y^T A R_x, with R the 1-D linear
+    interpolation matrices. Equal to ``F.interpolate(maps, size, mode="bilinear")``
+    up to float rounding (~1e-7), and several times faster on CPU for many channels.
+
+    Args:
+        maps: (..., h, w).
+        size: (H, W).
+        matrices: precomputed ``(R_y (h, H), R_x (w, W))``.
+
+    Returns:
+        (..., H, W).
+    """
+    h, w = maps.shape[-2:]
+    if (h, w) == tuple(size):
+        return maps
+    ry, rx = matrices if matrices is not None else (_linear_matrix(h, size[0], maps.device),
+                                                    _linear_matrix(w, size[1], maps.device))
+    return ry.T @ (maps @ rx)  # (..., H, h) @ (..., h, W) -> (..., H, W)
+
+
+class _IoUTally:
+    """Streaming sums for IoU_{k,c}: |M_k ∩ L_c|, |L_c| and |M_k| per annotated category.
+
+    Works on chunks of images whose masks share a size, with at most ``max_elements``
+    floats per (chunk, K, H, W) tensor, so memory is bounded by the chunk, not the data.
+    """
+
+    def __init__(self, thresholds: Tensor, names: list[str], categories: Mapping[str, str], device: torch.device,
+                 *, max_elements: int = 1 << 22) -> None:
+        self.k = thresholds.shape[0]
+        self.thr = thresholds.float().to(device)[:, None, None]  # (K, 1, 1)
+        self.device = device
+        self.index = {c: i for i, c in enumerate(names)}
+        self.order = list(names)
+        self.cats = sorted({_category_of(c, categories) for c in names})
+        cat_index = {c: i for i, c in enumerate(self.cats)}
+        self.concept_cat = [cat_index[_category_of(c, categories)] for c in names]  # (C,)
+        self.max_elements = max_elements
+        self.matrices: dict[tuple[int, int, int, int], tuple[Tensor, Tensor]] = {}
+        c = len(names)
+        self.inter = torch.zeros(self.k, c, dtype=torch.float64)  # (K, C) sum |M ∩ L|
+        self.mask_area = torch.zeros(c, dtype=torch.float64)  # (C,) sum |L|
+        self.unit_area = torch.zeros(self.k, len(self.cats), dtype=torch.float64)  # (K, categories) sum |M|
+
+    def add(self, acts: Tensor, masks: Sequence[Mapping[str, Tensor]], first: int) -> None:
+        """Add a batch: acts (B, K, h, w) and each image's ``{concept: (H, W) mask}``."""
+        groups: dict[tuple[int, int], list[tuple[int, list[str], Tensor]]] = {}
+        for b, item in enumerate(masks):
+            names, stacked = _stack_masks(item, first + b)
+            if not names:
+                continue
+            unknown = [c for c in names if c not in self.index]
+            if unknown:
+                raise ValueError(f"dataset: the second pass yielded new concepts {unknown}; it must be deterministic")
+            groups.setdefault(tuple(stacked.shape[-2:]), []).append((b, names, stacked))
+        h, w = acts.shape[-2:]
+        n_c = len(self.index)
+        for (H, W), items in groups.items():
+            key = (h, w, H, W)
+            if key not in self.matrices:
+                self.matrices[key] = (_linear_matrix(h, H, self.device), _linear_matrix(w, W, self.device))
+            chunk = max(1, self.max_elements // (self.k * H * W))
+            for s in range(0, len(items), chunk):
+                part = items[s:s + chunk]
+                a = acts[[b for b, _, _ in part]].float()  # (c, K, h, w)
+                up = upsample_bilinear(a, (H, W), matrices=self.matrices[key])  # (c, K, H, W)
+                unit = up.sub_(self.thr).gt_(0).flatten(2)  # (c, K, HW) M_k as 0./1. floats, in place
+                concept = torch.zeros(len(part), n_c + 1, H * W, dtype=unit.dtype, device=self.device)  # (c, C + 1, HW)
+                concept[:, n_c] = 1.0  # the last row counts |M_k|
+                for j, (_, names, stacked) in enumerate(part):
+                    flat = stacked.flatten(1).to(self.device)  # (C_i, HW) bool
+                    if names == self.order[:len(names)]:
+                        concept[j, :len(names)] = flat
+                    else:
+                        for n, row in zip(names, flat):
+                            concept[j, self.index[n]] = row
+                counts = torch.bmm(unit, concept.transpose(1, 2)).double().cpu()  # (c, K, C + 1), exact < 2^24
+                self.inter += counts[..., :n_c].sum(0)
+                self.mask_area += concept[:, :n_c].sum((0, 2)).double().cpu()
+                for j, (_, names, _) in enumerate(part):
+                    annotated = sorted({self.concept_cat[self.index[n]] for n in names})
+                    self.unit_area[:, annotated] += counts[j, :, n_c, None]
+
+    def iou(self) -> Tensor:
+        """(K, C) IoU_{k,c}; 0 where the union is empty."""
+        union = self.unit_area[:, self.concept_cat] + self.mask_area[None] - self.inter  # (K, C)
+        return torch.where(union > 0, self.inter / union.clamp(min=1), torch.zeros_like(self.inter))
+
+
 def iou_counts(activations: Tensor, thresholds: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Intersection and set sizes of thresholded unit maps and concept masks, for one image.
 
@@ -194,10 +294,7 @@ def iou_counts(activations: Tensor, thresholds: Tensor, masks: Tensor) -> tuple[
     if masks.dim() != 3:
         raise ValueError(f"masks: expected (C, H, W), got shape {tuple(masks.shape)}")
     k = activations.shape[0]
-    size = tuple(masks.shape[-2:])
-    maps = activations.float()[None]  # (1, K, h, w)
-    if tuple(maps.shape[-2:]) != size:
-        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    maps = upsample_bilinear(activations.float()[None], tuple(masks.shape[-2:]))  # (1, K, H, W)
     unit = (maps[0] > thresholds.to(maps)[:, None, None]).reshape(k, -1).float()  # (K, HW)
     concept = masks.reshape(masks.shape[0], -1).to(unit)  # (C, HW)
     inter = unit @ concept.T  # (K, C), exact: integer counts < 2^24
@@ -834,36 +931,15 @@ def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Te
 
         # pass 2: IoU accumulators
         names = list(concepts)
-        index = {c: i for i, c in enumerate(names)}
-        cats = sorted({_category_of(c, categories) for c in names})
-        cat_index = {c: i for i, c in enumerate(cats)}
-        concept_cat = torch.tensor([cat_index[_category_of(c, categories)] for c in names])  # (C,)
-        inter = torch.zeros(k, len(names), dtype=torch.float64)  # (K, C) sum |M ∩ L|
-        mask_area = torch.zeros(len(names), dtype=torch.float64)  # (C,) sum |L|
-        unit_area = torch.zeros(k, len(cats), dtype=torch.float64)  # (K, categories) sum |M| over annotated images
+        tally = _IoUTally(thresholds, names, categories, dev)
         seen = 0
-        thr = thresholds.float().to(dev)
         for images, masks in _batches(dataset, batch_size, dev, desc="dissect 2/2 IoU", progress=progress):
-            acts = run(images)  # (B, K, h, w)
-            for b, item_masks in enumerate(masks):
-                item_names, stacked = _stack_masks(item_masks, seen + b)
-                if not item_names:
-                    continue
-                unknown = [c for c in item_names if c not in index]
-                if unknown:
-                    raise ValueError(f"dataset: the second pass yielded new concepts {unknown}; it must be deterministic")
-                i_inter, i_unit, i_mask = iou_counts(acts[b], thr, stacked.to(dev))
-                idx = torch.tensor([index[c] for c in item_names])
-                inter[:, idx] += i_inter
-                mask_area[idx] += i_mask
-                annotated = sorted({cat_index[_category_of(c, categories)] for c in item_names})
-                unit_area[:, annotated] += i_unit[:, None]
+            tally.add(run(images), masks, seen)  # acts (B, K, h, w)
             seen += images.shape[0]
         if seen != n_images:
             raise ValueError(f"dataset: the first pass had {n_images} images, the second {seen}; it must be re-iterable")
 
-    union = unit_area[:, concept_cat] + mask_area[None] - inter  # (K, C)
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))  # (K, C)
+    iou = tally.iou()  # (K, C)
     best = iou.argmax(dim=1)  # (K,) first best on ties
     units = []
     for u in range(k):

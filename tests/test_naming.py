@@ -66,6 +66,32 @@ def test_iou_counts_known_values_and_bilinear_upsampling():
     assert area.item() == expected and 0 < expected < 16
 
 
+def test_dissect_matches_an_independent_per_image_computation():
+    g = torch.Generator().manual_seed(3)
+    names = ["a", "b", "c"]
+    data = []
+    for _ in range(6):
+        acts = torch.rand(4, 3, 3, generator=g) ** 3  # (K, h, w), upsampled to the 12 x 12 masks
+        masks = {n: torch.rand(12, 12, generator=g) > 0.7 for n in names}
+        data.append((acts, masks))
+    labels = dissect(Probe(), "body", data, quantile=0.05, categories=dict.fromkeys(names, "x"), progress=False)
+    thr = torch.tensor([u.threshold for u in labels])
+    inter = torch.zeros(4, 3, dtype=torch.float64)
+    union = torch.zeros(4, 3, dtype=torch.float64)
+    for acts, masks in data:
+        up = F.interpolate(acts[None], size=(12, 12), mode="bilinear", align_corners=False)[0]
+        m = up > thr[:, None, None]  # (K, H, W)
+        for j, n in enumerate(names):
+            inter[:, j] += (m & masks[n]).flatten(1).sum(1)
+            union[:, j] += (m | masks[n]).flatten(1).sum(1)
+    assert torch.allclose(labels.iou_matrix(), inter / union, atol=1e-12)
+    # the thresholds are the 0.05 top quantile of the raw (not upsampled) activations
+    raw = torch.stack([d[0] for d in data]).transpose(0, 1).reshape(4, -1).double()
+    v = raw.sort(1, descending=True).values[:, math.ceil(0.05 * raw.shape[1]) - 1]
+    err = torch.tensor([u.threshold_error for u in labels], dtype=torch.float64)
+    assert ((torch.tensor([u.threshold for u in labels], dtype=torch.float64) - v).abs() <= err).all()
+
+
 def _known_dataset():
     # unit 0 fires (1.0) on 4 pixels of image 0 and 2 pixels of image 1; unit 1 is dead
     a0 = torch.zeros(2, 4, 4)
