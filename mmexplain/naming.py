@@ -1064,22 +1064,37 @@ def unit_evidence(weights: Tensor, labels: NeuronLabels, *, k: int = 5,
     return pos, neg
 
 
+def _explained_names(obj: Any) -> tuple[list[str] | None, int | None]:
+    """Target names of an explanation object, and how many leading rows they name."""
+    words = getattr(obj, "words", None)
+    if isinstance(words, (list, tuple)):  # explain_caption: one row per word
+        return [str(w) for w in words], None
+    answers = getattr(obj, "answers", None)
+    if isinstance(answers, (list, tuple)) and answers:  # explain_answer: answers, then their counterfactuals
+        return [str(a) for a in answers], len(answers)
+    answer = getattr(obj, "answer", None)
+    if isinstance(answer, str):
+        return [answer], 1
+    labels = getattr(obj, "labels", None)
+    if isinstance(labels, (list, tuple)) and all(isinstance(x, str) for x in labels):  # explain_class
+        return list(labels), None
+    return None, None
+
+
 def _rows_and_names(result: Any) -> tuple[Tensor, list[str]]:
     """(R, K) weight rows and default names from a CAMResult, an explainer or a tensor."""
     names: list[str] | None = None
+    keep: int | None = None
     obj = result
     if not isinstance(obj, Tensor) and not hasattr(obj, "weights") and hasattr(obj, "result"):
-        words = getattr(obj, "words", None)
-        answer = getattr(obj, "answer", None)
-        if words is not None:
-            names = [str(w) for w in words]
-        elif answer is not None:
-            names = [str(answer)]
+        names, keep = _explained_names(obj)
         obj = obj.result
     weights = obj if isinstance(obj, Tensor) else getattr(obj, "weights", None)
     if not isinstance(weights, Tensor):
         raise TypeError(f"result: expected a CAMResult (with .weights), an explanation with .result, or a "
                         f"weights tensor, got {type(result).__name__}")
+    if keep is not None and weights.dim() >= 2:
+        weights = weights[:keep]  # the counterfactual rows mirror the answers' (alpha negated)
     if weights.dim() == 1:
         rows = weights[None]  # (1, K)
         default = ["target"]
@@ -1093,9 +1108,9 @@ def _rows_and_names(result: Any) -> tuple[Tensor, list[str]]:
     else:
         raise ValueError(f"result: weights must be (K,), (B, K) or (N, B, K), got {tuple(weights.shape)}")
     if names is not None and len(names) != rows.shape[0]:
-        if rows.shape[0] % len(names) == 0:  # several images per word
+        if rows.shape[0] % len(names) == 0:  # several images per target
             b = rows.shape[0] // len(names)
-            names = [f"{w}, sample {j}" if b > 1 else w for w in names for j in range(b)]
+            names = [f"{w}, sample {j}" for w in names for j in range(b)]
         else:
             names = None
     return rows, names or default
@@ -1111,9 +1126,11 @@ def describe(result: Any, labels: NeuronLabels, *, k: int = 5, min_iou: float = 
     with their concept, unit and IoU. See :func:`unit_evidence` for the sign rule.
 
     Args:
-        result: a CAMResult (weights (B, K), or (N, B, K) for N targets), an object
-            with a ``.result`` CAMResult (``explain_caption`` / ``explain_answer``;
-            their ``words`` / ``answer`` name the targets), or a weights tensor.
+        result: a CAMResult (weights (B, K), or (N, B, K) for N targets), an
+            explanation with a ``.result`` CAMResult — ``explain_caption`` (one
+            sentence per word), ``explain_answer`` (one per explained answer; the
+            counterfactual rows mirror them and are skipped), ``explain_class`` (one
+            per class) — or a weights tensor.
         labels: :class:`NeuronLabels` of the layer the result explains.
         k: units per side.
         min_iou: minimum IoU for a unit to be named.

@@ -277,6 +277,13 @@ def test_describe_accepts_camresult_and_explanations():
     assert [s.split(" — ")[0] for s in out] == ["a", "red", "circle"]
     answer = SimpleNamespace(answer="red", result=SimpleNamespace(weights=w[0, :1]))
     assert describe(answer, labels)[0].startswith("red — ")
+    # explain_answer: rows = answers, then their counterfactuals (negated alpha), which are skipped
+    two = torch.cat([w[:2, :1], -w[:2, :1]])  # (2k, 1, K)
+    answers = SimpleNamespace(answers=["red", "blue"], result=SimpleNamespace(weights=two))
+    out = describe(answers, labels)
+    assert [s.split(" — ")[0] for s in out] == ["red", "blue"] and out == describe(w[:2, :1], labels, target_names=["red", "blue"])
+    classes = SimpleNamespace(labels=["red circle"], result=SimpleNamespace(weights=w[:1, :1]))
+    assert describe(classes, labels)[0].startswith("red circle — ")
     with pytest.raises(ValueError, match="target_names"):
         describe(SimpleNamespace(weights=w), labels, target_names=["x"])
     with pytest.raises(ValueError, match="labels"):
