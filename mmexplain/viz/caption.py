@@ -62,7 +62,7 @@ def plot_caption(ex: CaptionExplanation, *, hide_function_words: bool = False) -
 
     Args:
         ex: the result of :func:`mmexplain.explain_caption`.
-        hide_function_words: leave out "a", "of", "left", ... (``FUNCTION_WORDS``);
+        hide_function_words: leave out "a", "of", ... (``mmexplain.explain.FUNCTION_WORDS``);
             the whole-caption map still covers every word.
 
     Returns:
