@@ -766,7 +766,7 @@ def _recording(model: nn.Module, module: nn.Module, forward: ForwardFn) -> Itera
 def _batches(dataset: Iterable[Any], batch_size: int, device: torch.device, *, desc: str,
              progress: bool) -> Iterator[tuple[Tensor, list[Mapping[str, Tensor]]]]:
     """Stack consecutive items of the same image size into (B, 3, H, W) batches."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
     images: list[Tensor] = []
