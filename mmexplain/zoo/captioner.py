@@ -31,7 +31,7 @@ from .vocab import Vocab
 @dataclass
 class CaptionerConfig:
     image_size: int = 96  # input side the model was trained on
-    widths: tuple[int, int, int] = (32, 64, 128)  # CNN channels at stride 2, 4, 8
+    widths: tuple[int, int, int] = (16, 32, 64)  # CNN channels at stride 2, 4, 8
     extra: int = 1  # extra 3x3 conv blocks at 12 x 12 (more receptive field)
     grid: int = 3  # coarse spatial pooling grid fed next to the global average
     grid_channels: int = 16  # 1x1-reduced channels for the grid summary

@@ -33,7 +33,7 @@ def default_classes() -> list[str]:
 @dataclass
 class ClassifierConfig:
     image_size: int = 96  # input side the model was trained on
-    widths: tuple[int, int, int] = (32, 64, 128)  # CNN channels at stride 2, 4, 8
+    widths: tuple[int, int, int] = (16, 32, 64)  # CNN channels at stride 2, 4, 8
     extra: int = 1  # extra 3x3 conv blocks at 12 x 12
     dropout: float = 0.0  # before fc
 
