@@ -9,7 +9,7 @@ local directory, so :mod:`mmexplain.hf` is exercised on a model whose words mean
 something.
 
 Example:
-    python -m mmexplain.hf_train --out models/tiny-ved --steps 4000 --threads 2
+    python -m mmexplain.hf_train --out models/tiny-ved --minutes 35 --threads 2
 
     >>> from transformers import VisionEncoderDecoderModel           # doctest: +SKIP
     >>> model = VisionEncoderDecoderModel.from_pretrained("models/tiny-ved")  # doctest: +SKIP
@@ -116,6 +116,28 @@ def build_model(cfg: TinyVEDConfig, tokenizer: Any) -> Any:
     gen.do_sample = False
     gen.num_beams = 1
     return model
+
+
+def load_tiny_ved(path: str | os.PathLike = "models/tiny-ved") -> Any:
+    """The shipped captioner from a local directory, wrapped in its ``mx.hf`` caption adapter (eval mode).
+
+    Example:
+        >>> captioner = load_tiny_ved("models/tiny-ved")                      # doctest: +SKIP
+        >>> mx.explain_caption(captioner, mx.world.generate(2_000_000, size=64).image).words  # doctest: +SKIP
+    """
+    from transformers import PreTrainedTokenizerFast, ViTImageProcessor, VisionEncoderDecoderModel
+
+    from .hf import VisionEncoderDecoderCaptioner
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"path: no transformers checkpoint at {path} (expected config.json); "
+                                "train one with python -m mmexplain.hf_train")
+    model = VisionEncoderDecoderModel.from_pretrained(path, local_files_only=True).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    processor = ViTImageProcessor.from_pretrained(path, local_files_only=True)
+    return VisionEncoderDecoderCaptioner(model, image_processor=processor, tokenizer=tokenizer,
+                                         max_new_tokens=model.generation_config.max_length)
 
 
 def make_split(split: str, n: int, *, size: int, cache: Path | None = None) -> tuple[Tensor, list[str]]:
