@@ -83,22 +83,26 @@ class StreamingQuantile:
     Each unit keeps a histogram of ``bins`` equal bins over a symmetric range
     ``[-R_k, R_k)``; when a value with ``|a| >= R_k`` arrives, the range doubles and
     adjacent bins merge in pairs, so memory is ``K x bins`` counts whatever the
-    stream's length. The estimate interpolates linearly inside the bin that holds
-    the boundary.
+    stream's length. Bins nest across doublings, so no count ever moves to a wrong bin.
 
-    Error bound: let v_k be the ⌈q·n⌉-th largest of the n values of unit k. The
-    estimate T̂_k lies in the same bin as v_k, so
+    The estimate T̂_k is the lower edge of the bin that holds the boundary, so at
+    least the top fraction q passes ``a > T̂_k`` (ties included: a unit with few
+    distinct values is never cut inside a tie, and an all-zero unit gets T̂_k = 0).
 
-        |T̂_k - v_k| <= w_k = 2 R_k / bins <= 4 max(|a_k|max, R0_k / 2) / bins,
+    Error bound: let v_k be the ⌈q·n⌉-th largest of the n values of unit k. T̂_k is
+    the lower edge of v_k's bin, so
 
-    where R0_k is the first batch's range (R_k is doubled only while some value
-    reaches it). ``bin_width`` returns w_k. With the default 4096 bins the threshold
-    is within 0.1 % of the unit's largest absolute activation.
+        0 <= v_k - T̂_k < w_k = 2 R_k / bins <= 4 max_x |a_k(x)| / bins,
+
+    since R_k starts just above the first batch's largest |a| and doubles only while
+    some value reaches it (an all-zero unit keeps R_k = 1e-12). ``bin_width``
+    returns w_k. With the default 4096 bins the threshold is within 0.1 % of the
+    unit's largest absolute activation.
 
     Example:
         >>> sq = StreamingQuantile(2)
         >>> sq.update(torch.arange(1000.0).repeat(2, 1))   # (K, n)
-        >>> sq.upper(0.01)                                 # ~ the 10th largest
+        >>> sq.upper(0.01)                   # the 10th largest is 990; bin width 0.49
         tensor([989.7329, 989.7329], dtype=torch.float64)
     """
 
@@ -997,18 +1001,17 @@ def top_activating(model: nn.Module, layer: str | nn.Module, dataset: Iterable[t
             a = acts[:, sel].transpose(0, 1).cpu()  # (U, B, h, w)
             s = a.flatten(2).amax(2)  # (U, B)
             b = batch.shape[0]
-            cand_img = batch.cpu()[None].expand(len(units), *batch.shape)  # (U, B, 3, H, W)
-            cand_idx = torch.arange(offset, offset + b)[None].expand(len(units), b)  # (U, B)
+            idx = torch.arange(offset, offset + b)[None].expand(len(units), b)  # (U, B)
+            prev = 0 if scores is None else scores.shape[1]
             if scores is not None:
-                s = torch.cat([scores, s], 1)
-                a = torch.cat([maps, a], 1)
-                cand_img = torch.cat([images, cand_img], 1)
-                cand_idx = torch.cat([indices, cand_idx], 1)
-            keep = s.topk(min(top, s.shape[1]), dim=1).indices  # (U, top)
-            scores = s.gather(1, keep)
-            maps = a[torch.arange(len(units))[:, None], keep]  # (U, top, h, w)
-            images = cand_img[torch.arange(len(units))[:, None], keep]  # (U, top, 3, H, W)
-            indices = cand_idx.gather(1, keep)
+                s, a, idx = torch.cat([scores, s], 1), torch.cat([maps, a], 1), torch.cat([indices, idx], 1)
+            keep = s.topk(min(top, s.shape[1]), dim=1).indices  # (U, top') into [kept so far, this batch]
+            rows = torch.arange(len(units))[:, None]
+            # images: a pool of the kept ones (U * prev) then this batch (B), never U x B copies
+            pool = batch.cpu() if images is None else torch.cat([images.flatten(0, 1), batch.cpu()])
+            pick = torch.where(keep < prev, rows * prev + keep, len(units) * prev + keep - prev)  # (U, top')
+            images = pool[pick]  # (U, top', 3, H, W)
+            scores, maps, indices = s.gather(1, keep), a[rows, keep], idx.gather(1, keep)  # (U, top'), (U, top', h, w)
             offset += b
     if scores is None:
         raise ValueError("dataset: no images")
