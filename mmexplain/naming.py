@@ -39,6 +39,7 @@ import contextlib
 import csv
 import json
 import math
+import operator
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -371,8 +372,12 @@ class NeuronLabels:
         return iter(self.units)
 
     def __getitem__(self, unit: int) -> UnitLabel:
-        if not isinstance(unit, int) or isinstance(unit, bool):
-            raise TypeError(f"unit: expected an int channel index, got {type(unit).__name__}")
+        if isinstance(unit, bool):
+            raise TypeError("unit: expected an int channel index, got bool")
+        try:
+            unit = operator.index(unit)
+        except TypeError as exc:
+            raise TypeError(f"unit: expected an int channel index, got {type(unit).__name__}") from exc
         if not -len(self.units) <= unit < len(self.units):
             raise IndexError(f"unit: {unit} out of range for a layer of {len(self.units)} units")
         return self.units[unit]
@@ -561,6 +566,12 @@ def shapeworld_concepts(n: int, *, seed: int = 0, size: int = 96) -> _ShapeWorld
 
     Every item is ``(image (3, H, W) in [0, 1], {concept: (H, W) bool mask})`` with every
     concept present (all False when absent), so all three categories count on every image.
+    Scenes are generated on access (nothing is cached), so memory does not grow with ``n``.
+
+    Args:
+        n: how many scenes.
+        seed: offset into the validation seeds (``mx.world.SPLITS["val"]``).
+        size: image side in pixels.
     """
     return _ShapeWorldConcepts(n, seed, size)
 
