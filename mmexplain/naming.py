@@ -838,11 +838,18 @@ def _resolve(model: nn.Module, layer: str | nn.Module) -> tuple[nn.Module, str]:
 
 
 def _model_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+    """The device to run on: ``device`` if given (it must hold the model), else the model's."""
+    own = next((p.device for p in model.parameters()), None)
+    if device is None:
+        return own or torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: expected a torch device, got {device!r}") from exc
+    if own is not None and own.type != dev.type:
+        raise ValueError(f"device: the model's parameters are on {own}, not {dev}; move the model first "
+                         f"(model.to({str(dev)!r})) — dissect leaves the model where it is")
+    return dev
 
 
 def _check_reiterable(dataset: Any) -> None:
@@ -888,7 +895,8 @@ def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Te
         quantile: top fraction of activations above T_k.
         iou_threshold: IoU above which a unit counts as a detector.
         batch_size: images per forward pass.
-        device: where to run (default: the model's parameters' device).
+        device: where to run (default: the model's parameters' device; the model is
+            never moved).
         categories: ``{concept: category}``; default ``dataset.categories`` if present,
             else ShapeWorld's colour/shape/size names, else ``"concept"``.
         forward: ``forward(model, images)`` runs the model (default ``model(images)``);

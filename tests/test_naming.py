@@ -221,6 +221,8 @@ def test_dissect_cleans_up_after_an_error_and_rejects_bad_input():
         dissect(model, "features.2", gen, progress=False)
     with pytest.raises(ValueError, match="features.9"):
         dissect(model, "features.9", bad, progress=False)
+    with pytest.raises(ValueError, match="device"):
+        dissect(model, "features.2", bad, device="meta", progress=False)
     with pytest.raises(ValueError, match="quantile"):
         dissect(model, "features.2", bad, quantile=2.0, progress=False)
     with pytest.raises(ValueError, match="cannot|B, K, h, w"):
