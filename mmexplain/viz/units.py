@@ -94,7 +94,7 @@ def plot_unit_gallery(labels: NeuronLabels, model: nn.Module, layer: str | nn.Mo
                 ax.contour(m.astype(float), levels=[0.5], colors=["#ffe14d"], linewidths=1.2)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_xlabel(f"max {float(tops.scores[row, col]):.2f}", fontsize=7)
+            ax.set_xlabel(f"max {float(tops.scores[row, col]):.3g}", fontsize=7)
         detector = "" if lab.iou > labels.iou_threshold else " (not a detector)"
         axes[row, 0].set_title(f"unit {unit}: {lab.concept} ({lab.category}), IoU {lab.iou:.3f}{detector}",
                                fontsize=9, loc="left")
