@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=200, help="held-out scenes (test split)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--model", type=Path, default=Path("models/tiny-ved"))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared, oversubscribed CPU 2 threads ran 10x slower)")
     parser.add_argument("--no-zoo", action="store_true", help="skip the mx.zoo CNN+LSTM captioner row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -112,7 +112,6 @@ def build_model(cfg: TinyVEDConfig, tokenizer: Any) -> Any:
     gen.bos_token_id = tokenizer.bos_token_id
     gen.eos_token_id = tokenizer.eos_token_id
     gen.pad_token_id = tokenizer.pad_token_id
-    gen.max_length = cfg.max_len
     gen.do_sample = False
     gen.num_beams = 1
     return model
@@ -137,7 +136,7 @@ def load_tiny_ved(path: str | os.PathLike = "models/tiny-ved") -> Any:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     processor = ViTImageProcessor.from_pretrained(path, local_files_only=True)
     return VisionEncoderDecoderCaptioner(model, image_processor=processor, tokenizer=tokenizer,
-                                         max_new_tokens=model.generation_config.max_length)
+                                         max_new_tokens=model.config.decoder.n_positions - 1)
 
 
 def make_split(split: str, n: int, *, size: int, cache: Path | None = None) -> tuple[Tensor, list[str]]:
@@ -196,7 +195,7 @@ def evaluate(model: Any, tokenizer: Any, images: Tensor, captions: list[str], *,
         for s in range(0, len(captions), batch_size):
             px = _pixels(images[s: s + batch_size])
             caps = captions[s: s + batch_size]
-            out = model.generate(pixel_values=px, max_length=model.generation_config.max_length)
+            out = model.generate(pixel_values=px, max_new_tokens=model.config.decoder.n_positions - 1)
             texts = tokenizer.batch_decode(out, skip_special_tokens=True)
             exact += sum(t.split() == c.split() for t, c in zip(texts, caps))
             dec_in, labels = _encode(tokenizer, caps, model.config.decoder.n_positions)

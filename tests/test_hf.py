@@ -20,8 +20,6 @@ tokenizers = pytest.importorskip("tokenizers")
 import mmexplain as mx  # noqa: E402
 from mmexplain import hf  # noqa: E402
 
-torch.set_num_threads(2)
-
 WORDS = "a red blue green circle square left of what color is the shape yes no small large ?".split()
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[DEC]", "[BOS]", "[EOS]"]
 SUBWORDS = ["tri", "##ang", "##le", "dia", "##mond"]  # "triangle" -> 3 tokens, "diamond" -> 2
