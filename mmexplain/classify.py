@@ -254,7 +254,9 @@ def run_classify(args: argparse.Namespace) -> int:
     axes[0].set_xticks([])
     axes[0].set_yticks([])
     what = "counterfactual Grad-CAM (negated gradient)" if args.method == "counterfactual" else "Grad-CAM"
-    overlay(image, res.maps[0], ax=axes[1], title=f"{what}\n{layer}", colorbar=True)
+    empty = bool(res.raw.amax() <= 0)  # ReLU removed everything: nothing raises this score
+    note = "\n(map is zero: no region raises this score)" if empty else ""
+    overlay(image, res.maps[0], ax=axes[1], title=f"{what}, {layer}{note}", colorbar=True)
     if args.method == "guided":
         guided = mx.GuidedBackprop(model)(x, target)  # (1, 3, H, W)
         ggc = guided * res.maps[:, None]  # Guided Grad-CAM, same map as the middle panel
@@ -267,4 +269,6 @@ def run_classify(args: argparse.Namespace) -> int:
     fig.suptitle(f"{args.arch}: {label}, logit {score:.3g}{random_note}", fontsize=11)
     save_figure(fig, out)
     print(f"{args.arch}: {label}, logit {score:.4g}, method {args.method}, layer {layer} -> {out}")
+    if empty:
+        print("note: the Grad-CAM map is zero everywhere (sum_k alpha_k A^k <= 0 at every location)", file=sys.stderr)
     return 0
