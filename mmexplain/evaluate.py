@@ -49,6 +49,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,11 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics, world
-from .engine import CAMResult, GradCAM
+from .engine import GradCAM
 from .guided import GuidedBackprop
-from .targets import AnswerScore, WordLogProb
+from .targets import AnswerScore, logits_of
 
-__all__ = ["grounding_report", "format_report", "caption_word_maps", "add_evaluate_command", "METHODS", "GOALS"]
+__all__ = ["grounding_report", "format_report", "caption_word_maps", "WordMaps", "add_evaluate_command", "METHODS", "GOALS"]
 
 METHODS = ("gradcam", "guided", "uniform", "center", "random")
 METHOD_NAMES = {"gradcam": "Grad-CAM", "guided": "Guided Grad-CAM", "uniform": "uniform",
@@ -144,6 +145,40 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 # ----------------------------------------------------------------------------- captions
 
 
+class _WordPerSample:
+    """Target: log p(tokens[i] at positions[i]) of sample i, from sequence logits (B, L, V)."""
+
+    def __init__(self, positions: Tensor, tokens: Tensor) -> None:
+        self.positions, self.tokens = positions, tokens  # (B,), (B,)
+
+    def __call__(self, output: Any) -> Tensor:  # (B,)
+        logits = logits_of(output)  # (B, L, V)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        return logits[rows, self.positions].log_softmax(dim=-1)[rows, self.tokens]
+
+    def __repr__(self) -> str:
+        return f"_WordPerSample(positions={self.positions.tolist()}, tokens={self.tokens.tolist()})"
+
+
+@dataclass
+class WordMaps:
+    """Grad-CAM maps of N words of B equal-length captions (see :func:`caption_word_maps`).
+
+    Attributes:
+        maps: (N, B, H, W) in [0, 1]; row n, sample b explains word ``words[n]`` of caption b.
+        raw: (N, B, u, v) ReLU(sum_k alpha_k A^k) before upsampling.
+        logits: (B, T+1, V) teacher-forced logits of the captions.
+        inputs: the replicated model inputs (images (N*B, 3, H, W), tokens (N*B, T+1)).
+        target: the target of those inputs (sample n*B + b: word ``words[n]`` of caption b).
+    """
+
+    maps: Tensor
+    raw: Tensor
+    logits: Tensor
+    inputs: tuple[Tensor, Tensor]
+    target: _WordPerSample
+
+
 def caption_word_maps(
     captioner: nn.Module,
     images: Tensor,
@@ -152,12 +187,18 @@ def caption_word_maps(
     *,
     layer: str | None = None,
     cam: GradCAM | None = None,
-) -> tuple[CAMResult, tuple[Tensor, Tensor], list[WordLogProb]]:
-    """Grad-CAM of the given words of B teacher-forced captions of equal length: one forward, one backward.
+) -> WordMaps:
+    """Grad-CAM of the given words of B teacher-forced captions of equal length, in one engine call.
 
     Word i of caption b is explained by ``log p(w_i | image_b, w_<i)`` (read at logit
-    position i of the input ``[<bos>, w_1 .. w_T]``), so row n, sample b of the result
-    equals ``explain_caption(captioner, images[b], captions[b]).maps[words[n]]``.
+    position i of the input ``[<bos>, w_1 .. w_T]``), so ``maps[n, b]`` equals
+    ``explain_caption(captioner, images[b], captions[b]).maps[words[n]]``.
+
+    The N words go through the batch axis instead of the engine's batched backward: the
+    inputs are repeated N times (N*B samples, sample n*B + b explains word n of caption
+    b) and one ordinary backward gives every map. Samples are independent in eval mode,
+    so the maps are the same; on CPU this is several times faster for an LSTM decoder,
+    whose backward has no vmap batching rule (measured in ``benchmarks/caption.py``).
 
     Args:
         captioner: an ``mx.zoo`` captioner.
@@ -167,8 +208,7 @@ def caption_word_maps(
         layer: the layer (default ``captioner.default_layer``); or pass a ready ``cam``.
 
     Returns:
-        (CAMResult with maps (N, B, H, W), the model inputs (images, tokens (B, T+1)),
-        the N targets).
+        :class:`WordMaps` with ``maps`` (N, B, H, W).
     """
     vocab = captioner.vocab
     split = [c.split() for c in captions]
@@ -176,13 +216,18 @@ def caption_word_maps(
         raise ValueError(f"captions: expected captions of equal length, got lengths {sorted({len(w) for w in split})}")
     if not words or not all(0 <= i < len(split[0]) for i in words):
         raise ValueError(f"words: expected word indices in [0, {len(split[0])}), got {list(words)}")
+    n, b = len(words), len(split)
     ids = torch.tensor([vocab.encode(w) for w in split], device=images.device)  # (B, T)
-    tokens = torch.cat([torch.full((len(split), 1), vocab.bos, device=images.device), ids], dim=1)  # (B, T+1)
-    targets = [WordLogProb(i, ids[:, i]) for i in words]  # word i is read at logit position i
+    tokens = torch.cat([torch.full((b, 1), vocab.bos, device=images.device), ids], dim=1)  # (B, T+1)
+    index = torch.tensor(list(words), device=images.device)  # (N,)
+    positions = index.repeat_interleave(b)  # (N*B,) word i is read at logit position i
+    target = _WordPerSample(positions, ids[:, index].T.flatten())  # (N*B,) token of word n, caption b
+    inputs = (images.repeat(n, 1, 1, 1), tokens.repeat(n, 1))  # (N*B, 3, H, W), (N*B, T+1)
     if cam is None:
         cam = GradCAM(captioner, layer if layer is not None else captioner.default_layer)
-    return cam((images, tokens), targets), (images, tokens), targets
-
+    res = cam(inputs, target)  # maps (N*B, H, W)
+    return WordMaps(res.maps.unflatten(0, (n, b)), res.raw.unflatten(0, (n, b)), logits_of(res.output)[:b],
+                    inputs, target)
 
 
 def _caption_part(captioner: nn.Module, scenes: list[world.Scene], layer: str, *, guided: bool, batch_size: int,
@@ -200,13 +245,13 @@ def _caption_part(captioner: nn.Module, scenes: list[world.Scene], layer: str, *
             generated = captioner.generate(images)
             exact += sum(g == s.caption.split() for g, s in zip(generated, batch))
             words = sorted(batch[0].alignment)  # content-word indices: the same for equal-length captions
-            res, inputs, targets = caption_word_maps(captioner, images, [s.caption for s in batch], words, cam=cam)
-            ids = inputs[1][:, 1:]  # (B, T)
+            res = caption_word_maps(captioner, images, [s.caption for s in batch], words, cam=cam)
+            ids = res.inputs[1][:len(batch), 1:]  # (B, T)
             maps = {"gradcam": res.maps}  # (N, B, H, W)
             if backprop is not None:
-                grads = backprop(inputs, targets)  # (N, B, 3, H, W)
-                maps["guided"] = grads.abs().sum(dim=2) * res.maps  # (N, B, H, W)
-            predicted = res.output.argmax(dim=-1)[:, :-1]  # (B, T) teacher-forced prediction of each word
+                grads = backprop(res.inputs, res.target)  # (N*B, 3, H, W)
+                maps["guided"] = grads.abs().sum(dim=1).unflatten(0, res.maps.shape[:2]) * res.maps  # (N, B, H, W)
+            predicted = res.logits.argmax(dim=-1)[:, :-1]  # (B, T) teacher-forced prediction of each word
             h, w = images.shape[-2:]
             for b, scene in enumerate(batch):
                 words_b = scene.caption.split()

@@ -55,11 +55,13 @@ def test_batched_word_maps_equal_explain_caption(random_models):
     same = [s for s in scenes if len(s.caption.split()) == 10][:3]
     assert len(same) == 3
     words = sorted(same[0].alignment)
-    res, _, _ = caption_word_maps(captioner, torch.stack([s.image for s in same]), [s.caption for s in same], words)
+    res = caption_word_maps(captioner, torch.stack([s.image for s in same]), [s.caption for s in same], words)
+    assert res.maps.shape == (len(words), 3, 96, 96)
     for b, scene in enumerate(same):
         ex = mx.explain_caption(captioner, scene.image, scene.caption)
         assert torch.allclose(res.maps[:, b], ex.maps[words], atol=1e-5)
         assert torch.allclose(res.raw[:, b], ex.result.raw[words, 0], atol=1e-6, rtol=1e-4)
+        assert torch.allclose(res.logits[b], ex.result.output[0], atol=1e-5)
     other = next(s for s in scenes if len(s.caption.split()) != 10)
     with pytest.raises(ValueError, match="equal length"):
         caption_word_maps(captioner, torch.stack([other.image, same[0].image]), [other.caption, same[0].caption], [1])
