@@ -7,17 +7,25 @@ describes (``scene.alignment``):
 
 * pointing: the map's maximum lies inside the object's mask (``mx.metrics.pointing_game``);
 * energy ratio: mean map inside the mask / mean outside (uniform map = 1.0);
-* discrimination (scenes with 2-3 objects): more mean energy on the described object
-  than on every other object.
+* discrimination (two-object scenes): more mean energy on the described object than on
+  the other one.
+
+The protocol is that of ``mmexplain evaluate grounding`` for the zoo captioner.
 
 Rows: the shipped Hugging Face ``models/tiny-ved`` (ViT + GPT-2 trained on ShapeWorld),
 the same architecture with random weights (the Adebayo et al. sanity check: a map that
 survives randomisation explains nothing), the CNN + LSTM ``mx.zoo`` captioner when it is
 shipped (same scenes, same protocol, at its own resolution), and two map-free baselines
-(a centred Gaussian prior and a uniform map).
+(a centred Gaussian prior, a random map, and a uniform map whose pointing is the
+chance level).
+
+A second table does the same for VQA with the shipped ``models/tiny-vilt``: the
+ground-truth answer of every question that refers to objects is explained
+(``mx.explain_answer``) against the union of their masks, and the question token with
+the largest |gradient x embedding| (same backward) is checked to be a content word.
 
 Usage:
-    python benchmarks/hf_grounding.py --n 200            # prints a markdown table
+    python benchmarks/hf_grounding.py --n 200 --n-vqa 100     # prints two markdown tables
 """
 
 from __future__ import annotations
@@ -44,8 +52,15 @@ KINDS = {**{w: "size" for w in mx.world.SIZES}, **{w: "color" for w in mx.world.
          **{w: "shape" for w in mx.world.SHAPES}}
 
 
-def evaluate(explain: Callable[[torch.Tensor, str], torch.Tensor], seeds: range, size: int) -> dict:
-    """Score maps ``explain(image, caption) -> (T, H, W)`` over the scenes of ``seeds``."""
+def evaluate(explain: Callable[[torch.Tensor, str], torch.Tensor], seeds: range, size: int, *,
+             chance: bool = False) -> dict:
+    """Score maps ``explain(image, caption) -> (T, H, W)`` over the scenes of ``seeds``.
+
+    The protocol of ``mmexplain evaluate grounding`` (the zoo captioner's evaluation):
+    pointing game per content word (``chance=True``: the tie-aware expected hit, for
+    the uniform map), energy ratio (mean over finite values, and median), and
+    discrimination on two-object scenes (against the other object).
+    """
     hits: dict[str, list[float]] = {}
     ratios: list[float] = []
     disc: list[float] = []
@@ -55,13 +70,12 @@ def evaluate(explain: Callable[[torch.Tensor, str], torch.Tensor], seeds: range,
         words = scene.caption.split()
         for i, j in scene.alignment.items():
             saliency, mask = maps[i], scene.objects[j].mask
-            hit = float(metrics.pointing_game(saliency, mask))
+            hit = metrics.pointing_expected(saliency, mask) if chance else float(metrics.pointing_game(saliency, mask))
             hits.setdefault(KINDS[words[i]], []).append(hit)
             hits.setdefault("all", []).append(hit)
             ratios.append(metrics.energy_ratio(saliency, mask))
-            others = [o.mask for k, o in enumerate(scene.objects) if k != j]
-            if others:
-                disc.append(float(all(metrics.discrimination(saliency, mask, m) for m in others)))
+            if len(scene.objects) == 2:
+                disc.append(float(metrics.discrimination(saliency, mask, scene.objects[1 - j].mask)))
     finite = [r for r in ratios if math.isfinite(r)]
     return {
         "pointing": {k: sum(v) / len(v) for k, v in hits.items()},
@@ -87,6 +101,94 @@ def constant_explainer(make: Callable[[int, int], torch.Tensor]) -> Callable[[to
     return explain
 
 
+# ----------------------------------------------------------------------------- VQA
+
+CONTENT = {*mx.world.SIZES, *mx.world.COLORS, *mx.world.SHAPES, *(f"{x}s" for x in mx.world.SHAPES)}
+
+
+def evaluate_vqa(answer_map: Callable, seeds: range, size: int, *, chance: bool = False) -> dict:
+    """Score answer maps against the union mask of the objects each question refers to.
+
+    ``answer_map(image, question, answer) -> (map (H, W), tokens, attributions (L,) or None)``.
+    Also: how often the question token with the largest |gradient x embedding| is a
+    content word (a size, colour or shape, e.g. "red" in "what shape is the red object ?").
+    """
+    hits: dict[str, list[float]] = {}
+    ratios: list[float] = []
+    top_content: list[float] = []
+    for seed in seeds:
+        scene = mx.world.generate(seed, size=size)
+        for qa in scene.questions:
+            if not qa.objects:
+                continue
+            saliency, tokens, attributions = answer_map(scene.image, qa.question, qa.answer)
+            mask = torch.stack([scene.objects[j].mask for j in qa.objects]).any(0)  # (H, W)
+            hit = metrics.pointing_expected(saliency, mask) if chance else float(metrics.pointing_game(saliency, mask))
+            hits.setdefault(qa.kind, []).append(hit)
+            hits.setdefault("all", []).append(hit)
+            if not bool(mask.all()):
+                ratios.append(metrics.energy_ratio(saliency, mask))
+            if attributions is not None:
+                top_content.append(float(tokens[int(attributions.abs().argmax())] in CONTENT))
+    finite = [r for r in ratios if math.isfinite(r)]
+    return {
+        "pointing": {k: sum(v) / len(v) for k, v in hits.items()},
+        "energy_mean": sum(finite) / len(finite),
+        "energy_median": statistics.median(ratios),
+        "top_token_content": sum(top_content) / len(top_content) if top_content else float("nan"),
+        "questions": len(hits["all"]),
+    }
+
+
+def answer_explainer(vqa) -> Callable:
+    def explain(image: torch.Tensor, question: str, answer: str):
+        ax = mx.explain_answer(vqa, image, question, answer)
+        return ax.map, ax.question_tokens, ax.token_attributions[0]
+
+    return explain
+
+
+def constant_answer(make: Callable[[int, int], torch.Tensor]) -> Callable:
+    def explain(image: torch.Tensor, question: str, answer: str):
+        return make(*image.shape[-2:]), question.split(), None
+
+    return explain
+
+
+def vqa_table(args: argparse.Namespace) -> None:
+    from mmexplain.hf_train import TinyViltConfig, build_vilt, load_tiny_vilt
+
+    seeds = mx.world.split_seeds(args.split, args.n_vqa)
+    trained = load_tiny_vilt(args.vilt)
+    saved = json.loads((args.vilt / "train_config.json").read_text())
+    cfg = TinyViltConfig(**{k: v for k, v in saved.items() if k in TinyViltConfig.__dataclass_fields__})
+    size = cfg.image_size
+    random_vqa = mx.hf.answer_adapter(build_vilt(cfg, trained.tokenizer).eval(),
+                                      image_processor=trained.image_processor, tokenizer=trained.tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for name, explain, chance in [
+        (f"tiny-vilt Grad-CAM ({trained.default_layer})", answer_explainer(trained), False),
+        ("tiny-vilt, random weights", answer_explainer(random_vqa), False),
+        ("centre prior, sigma 1/4 (no model)", constant_answer(lambda h, w: metrics.center_prior(h, w, sigma=0.25)), False),
+        ("random map (no model)", constant_answer(lambda h, w: metrics.random_map(h, w, generator=generator)), False),
+        ("uniform map (no model; pointing = chance)", constant_answer(metrics.uniform_map), True),
+    ]:
+        t0 = time.time()
+        rows.append((name, evaluate_vqa(explain, seeds, size, chance=chance), time.time() - t0))
+        print(f"... {name}: {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+    kinds = [k for k in mx.world.QUESTION_KINDS if k in rows[0][1]["pointing"]]
+    print(f"\nVQA answer grounding on {args.n_vqa} held-out scenes ({args.split} split), questions that refer to "
+          f"objects; mask = union of the referred objects; ground-truth answer explained\n")
+    print(f"| maps | questions | pointing all | {' | '.join(kinds)} | energy ratio mean | median | "
+          "top |grad x emb| token is a content word | s |")
+    print("|---|---|---|" + "---|" * len(kinds) + "---|---|---|---|")
+    for name, r, secs in rows:
+        p = r["pointing"]
+        print(f"| {name} | {r['questions']} | {p['all']:.3f} | " + " | ".join(f"{p[k]:.3f}" for k in kinds)
+              + f" | {r['energy_mean']:.2f} | {r['energy_median']:.2f} | {r['top_token_content']:.3f} | {secs:.0f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="held-out scenes (test split)")
@@ -95,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared, oversubscribed CPU 2 threads ran 10x slower)")
     parser.add_argument("--no-zoo", action="store_true", help="skip the mx.zoo CNN+LSTM captioner row")
+    parser.add_argument("--vilt", type=Path, default=Path("models/tiny-vilt"))
+    parser.add_argument("--n-vqa", type=int, default=100, help="held-out scenes for the VQA table (0: skip)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from mmexplain.hf_train import TinyVEDConfig, build_model, load_tiny_ved
@@ -110,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[tuple[str, int, dict, float]] = []
 
-    def run(name: str, explain: Callable, at: int) -> None:
+    def run(name: str, explain: Callable, at: int, *, chance: bool = False) -> None:
         t0 = time.time()
-        result = evaluate(explain, seeds, at)
+        result = evaluate(explain, seeds, at, chance=chance)
         rows.append((name, at, result, time.time() - t0))
         print(f"... {name}: {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
 
@@ -126,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             zoo_size = int(getattr(zoo_captioner, "image_size", 96))
             run("mx.zoo CNN+LSTM captioner Grad-CAM", gradcam_explainer(zoo_captioner), zoo_size)
-    run("center prior (no model)", constant_explainer(metrics.center_prior), size)
-    run("uniform map (no model)", constant_explainer(metrics.uniform_map), size)
+    run("centre prior, sigma 1/4 (no model)", constant_explainer(lambda h, w: metrics.center_prior(h, w, sigma=0.25)), size)
+    generator = torch.Generator().manual_seed(0)
+    run("random map (no model)", constant_explainer(lambda h, w: metrics.random_map(h, w, generator=generator)), size)
+    run("uniform map (no model; pointing = chance)", constant_explainer(metrics.uniform_map), size, chance=True)
 
     print(f"\nPer-word grounding on {args.n} held-out ShapeWorld scenes ({args.split} split, seeds "
           f"{seeds.start}..{seeds.stop - 1}); content words only (size, colour, shape)\n")
@@ -138,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {at} | {r['words']} | {p['all']:.3f} | {p.get('size', float('nan')):.3f} | "
               f"{p.get('color', float('nan')):.3f} | {p.get('shape', float('nan')):.3f} | {r['energy_mean']:.2f} | "
               f"{r['energy_median']:.2f} | {r['discrimination']:.3f} | {secs:.0f} |")
+    if args.n_vqa:
+        vqa_table(args)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Train a tiny Hugging Face ``VisionEncoderDecoderModel`` captioner on ShapeWorld (CPU).
+"""Train tiny Hugging Face models on ShapeWorld (CPU): a ViT + GPT-2 captioner, a ViLT VQA model.
 
 A ViT encoder and a GPT-2 decoder, both built from small configs (nothing
 downloads), with a word-level tokenizer over the ShapeWorld vocabulary. The result
@@ -8,8 +8,11 @@ files, ``CARD.md``, ``metrics.json``) that loads with ``from_pretrained`` on the
 local directory, so :mod:`mmexplain.hf` is exercised on a model whose words mean
 something.
 
+``python -m mmexplain.hf_train vilt`` likewise trains a tiny ``ViltForQuestionAnswering`` on
+ShapeWorld questions (``models/tiny-vilt``).
+
 Example:
-    python -m mmexplain.hf_train --out models/tiny-ved --minutes 35 --threads 2
+    python -m mmexplain.hf_train ved --out models/tiny-ved --minutes 22 --threads 1
 
     >>> from transformers import VisionEncoderDecoderModel           # doctest: +SKIP
     >>> model = VisionEncoderDecoderModel.from_pretrained("models/tiny-ved")  # doctest: +SKIP
@@ -67,17 +70,28 @@ def vocabulary() -> list[str]:
     return [*SPECIALS, *words]
 
 
-def build_tokenizer(vocab: list[str] | None = None) -> Any:
-    """A word-level ``PreTrainedTokenizerFast`` (whitespace split) over ``vocab``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def build_tokenizer(vocab: list[str] | None = None, *, cls_sep: bool = False) -> Any:
+    """A word-level ``PreTrainedTokenizerFast`` (whitespace split) over ``vocab``.
+
+    Args:
+        vocab: the tokens, specials first (default: the captioner's :func:`vocabulary`).
+        cls_sep: wrap encoded text as ``[CLS] text [SEP]`` (BERT-style, for ViLT questions).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = vocab or vocabulary()
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    index = {w: i for i, w in enumerate(vocab)}
+    backend = Tokenizer(models.WordLevel(index, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", bos_token="[BOS]",
-                                   eos_token="[EOS]", unk_token="[UNK]")
+    specials = {t: t for t in ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]", "[SEP]") if t in index}
+    if cls_sep:
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", index["[CLS]"]), ("[SEP]", index["[SEP]"])])
+    names = {"[PAD]": "pad_token", "[UNK]": "unk_token", "[BOS]": "bos_token", "[EOS]": "eos_token",
+             "[CLS]": "cls_token", "[SEP]": "sep_token"}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **{names[t]: t for t in specials})
 
 
 def build_image_processor(cfg: TinyVEDConfig) -> Any:
@@ -275,22 +289,7 @@ def train(cfg: TinyVEDConfig, out: Path, *, cache_dir: Path | None = None, log_e
                 "threads": torch.get_num_threads()}
     print(json.dumps(metrics, indent=1), flush=True)
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-        (tmp / "CARD.md").write_text(_card(cfg, metrics, sys.argv))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _save(out, [model, tokenizer, processor], cfg, metrics, _card(cfg, metrics, sys.argv))
     return metrics
 
 
@@ -340,18 +339,265 @@ Grounding (per-word pointing game and energy ratio of Grad-CAM maps):
 """
 
 
+# ----------------------------------------------------------------------------- tiny ViLT (VQA)
+
+QUESTION_WORDS = ("what", "color", "shape", "size", "is", "the", "object", "objects", "how", "many", "are", "there", "?")
+
+
+@dataclass
+class TinyViltConfig:
+    """What the tiny ViLT answer classifier is and how it trains."""
+
+    image_size: int = 64  # ShapeWorld scenes are drawn at this side
+    patch_size: int = 8  # -> an 8 x 8 patch grid inside the joint sequence
+    hidden: int = 64
+    layers: int = 4
+    heads: int = 4
+    max_question: int = 16  # [CLS] + <= 9 words + [SEP], with room
+    n_train: int = 10_000  # training scenes (all their questions)
+    n_val: int = 300
+    batch_size: int = 32
+    steps: int = 6000
+    minutes: float = 0.0  # if > 0: a wall-clock budget, as for the captioner
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 200
+    seed: int = 0
+
+
+def vqa_vocabulary() -> list[str]:
+    """Specials then every word a ShapeWorld question can contain, in a fixed order."""
+    from . import world
+
+    words = ["a", *world.SIZES, *world.COLORS, *world.SHAPES, *(s + "s" for s in world.SHAPES), *QUESTION_WORDS]
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *dict.fromkeys(words)]
+
+
+def build_vilt(cfg: TinyViltConfig, tokenizer: Any) -> Any:
+    """A randomly initialized tiny ``ViltForQuestionAnswering`` over ShapeWorld's answers (seeded)."""
+    from transformers import ViltConfig, ViltForQuestionAnswering
+
+    from . import world
+
+    answers = world.answers()
+    torch.manual_seed(cfg.seed)
+    config = ViltConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
+                        num_attention_heads=cfg.heads, intermediate_size=4 * cfg.hidden, image_size=cfg.image_size,
+                        patch_size=cfg.patch_size, max_position_embeddings=cfg.max_question,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_image_length=-1,
+                        num_labels=len(answers), id2label=dict(enumerate(answers)),
+                        label2id={a: i for i, a in enumerate(answers)}, pad_token_id=tokenizer.pad_token_id)
+    return ViltForQuestionAnswering(config)
+
+
+def make_vqa_split(split: str, n: int, *, size: int, cache: Path | None = None) -> tuple[Tensor, list[list]]:
+    """uint8 images ``(n, 3, size, size)`` and ``[scene index, question, answer, kind, objects]`` rows."""
+    from . import world
+
+    if cache is not None and cache.with_suffix(".json").exists():
+        from safetensors.torch import load_file
+
+        return load_file(str(cache.with_suffix(".safetensors")))["images"], json.loads(
+            cache.with_suffix(".json").read_text())
+    images = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    rows = []
+    for i, seed in enumerate(world.split_seeds(split, n)):
+        scene = world.generate(seed, size=size)
+        images[i] = (scene.image * 255).round().to(torch.uint8)  # (3, H, W)
+        rows.extend([i, qa.question, qa.answer, qa.kind, list(qa.objects)] for qa in scene.questions)
+    if cache is not None:
+        from safetensors.torch import save_file
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"images": images}, str(cache.with_suffix(".safetensors")))
+        cache.with_suffix(".json").write_text(json.dumps(rows))
+    return images, rows
+
+
+def _questions(tokenizer: Any, questions: list[str], max_len: int) -> dict[str, Tensor]:
+    enc = tokenizer(questions, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "token_type_ids": torch.zeros_like(enc["input_ids"])}
+
+
+@torch.no_grad()
+def evaluate_vilt(model: Any, tokenizer: Any, images: Tensor, rows: list[list], *, batch_size: int = 200) -> dict:
+    """Answer accuracy (all questions and per kind) on held-out scenes."""
+    label2id = model.config.label2id
+    was_training = model.training
+    model.eval()
+    hits: dict[str, list[int]] = {}
+    try:
+        for s in range(0, len(rows), batch_size):
+            batch = rows[s: s + batch_size]
+            px = _pixels(images[[r[0] for r in batch]])
+            q = _questions(tokenizer, [r[1] for r in batch], model.config.max_position_embeddings)
+            pred = model(pixel_values=px, **q).logits.argmax(-1)
+            for r, p in zip(batch, pred.tolist()):
+                ok = int(p == label2id[r[2]])
+                hits.setdefault(r[3], []).append(ok)
+                hits.setdefault("all", []).append(ok)
+    finally:
+        model.train(was_training)
+    return {"accuracy": {k: sum(v) / len(v) for k, v in hits.items()}, "n_questions": len(rows)}
+
+
+def train_vilt(cfg: TinyViltConfig, out: Path, *, cache_dir: Path | None = None, log_every: int = 100) -> dict:
+    """Train, evaluate and save the tiny ViLT to ``out`` (written atomically)."""
+    from transformers import ViltImageProcessor
+
+    t0 = time.time()
+    tokenizer = build_tokenizer(vqa_vocabulary(), cls_sep=True)
+    processor = ViltImageProcessor(size={"shortest_edge": cfg.image_size}, size_divisor=cfg.patch_size,
+                                   image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    model = build_vilt(cfg, tokenizer)
+    cache = None if cache_dir is None else cache_dir / f"shapeworld_vqa_train_{cfg.n_train}_{cfg.image_size}"
+    images, rows = make_vqa_split("train", cfg.n_train, size=cfg.image_size, cache=cache)
+    vcache = None if cache_dir is None else cache_dir / f"shapeworld_vqa_val_{cfg.n_val}_{cfg.image_size}"
+    val_images, val_rows = make_vqa_split("val", cfg.n_val, size=cfg.image_size, cache=vcache)
+    q_all = _questions(tokenizer, [r[1] for r in rows], cfg.max_question)
+    answer_all = torch.tensor([model.config.label2id[r[2]] for r in rows])
+    scene_all = torch.tensor([r[0] for r in rows])
+    t_data = time.time() - t0
+    print(f"data: {len(rows)} questions on {cfg.n_train} train scenes, {len(val_rows)} val questions "
+          f"in {t_data:.0f}s", flush=True)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    t_train = time.time()
+    running, steps_run = 0.0, 0
+    n_labels = model.config.num_labels
+    for step in range(cfg.steps):
+        frac = step / cfg.steps
+        if cfg.minutes > 0:
+            frac = max(frac, (time.time() - t_train) / (60 * cfg.minutes))
+        if frac >= 1.0:
+            break
+        lr = cfg.lr * (step + 1) / cfg.warmup if step < cfg.warmup else cfg.lr * (
+            0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        idx = torch.randint(len(rows), (cfg.batch_size,), generator=gen)
+        px = _pixels(images[scene_all[idx]])  # (B, 3, H, W)
+        if torch.rand((), generator=gen) < 0.5:  # no question depends on up/down
+            px = px.flip(-2)
+        logits = model(pixel_values=px, **{k: v[idx] for k, v in q_all.items()}).logits  # (B, A)
+        target = torch.nn.functional.one_hot(answer_all[idx], n_labels).float()  # (B, A)
+        # ViLT's VQA objective: binary cross-entropy per answer, scaled by the number of answers
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) * n_labels
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running += loss.item()
+        steps_run = step + 1
+        if steps_run % log_every == 0:
+            print(f"step {steps_run}/{cfg.steps} loss {running / log_every:.4f} ({time.time() - t_train:.0f}s)",
+                  flush=True)
+            running = 0.0
+    train_s = time.time() - t_train
+    model.eval()
+    metrics = evaluate_vilt(model, tokenizer, val_images, val_rows)
+    metrics |= {"steps_run": steps_run, "final_train_loss": round(loss.item(), 4), "train_seconds": round(train_s, 1),
+                "data_seconds": round(t_data, 1), "threads": torch.get_num_threads()}
+    print(json.dumps(metrics, indent=1), flush=True)
+    _save(out, [model, tokenizer, processor], cfg, metrics, _vilt_card(cfg, metrics, sys.argv))
+    return metrics
+
+
+def load_tiny_vilt(path: str | os.PathLike = "models/tiny-vilt") -> Any:
+    """The shipped tiny ViLT from a local directory, wrapped in its ``mx.hf`` VQA adapter (eval mode)."""
+    from transformers import PreTrainedTokenizerFast, ViltForQuestionAnswering, ViltImageProcessor
+
+    from .hf import ViltVQA
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"path: no transformers checkpoint at {path} (expected config.json); "
+                                "train one with python -m mmexplain.hf_train vilt")
+    model = ViltForQuestionAnswering.from_pretrained(path, local_files_only=True).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    processor = ViltImageProcessor.from_pretrained(path, local_files_only=True)
+    return ViltVQA(model, image_processor=processor, tokenizer=tokenizer)
+
+
+def _save(out: Path, parts: list[Any], cfg: Any, metrics: dict, card: str) -> None:
+    """save_pretrained every part + config/metrics/card into ``out``, atomically (temp dir, rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        for part in parts:
+            if hasattr(part, "state_dict"):
+                part.save_pretrained(tmp, safe_serialization=True)
+            else:
+                part.save_pretrained(tmp)
+        (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        (tmp / "CARD.md").write_text(card)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _vilt_card(cfg: TinyViltConfig, metrics: dict, argv: list[str]) -> str:
+    from . import world
+
+    n_answers = len(world.answers())
+    acc = metrics["accuracy"]
+    rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in sorted(acc.items()))
+    return f"""# tiny-vilt — a tiny ViLT answer classifier trained on ShapeWorld questions
+
+A Hugging Face `ViltForQuestionAnswering` ({cfg.layers} layers x {cfg.hidden}, patch {cfg.patch_size} on
+{cfg.image_size}x{cfg.image_size} images -> {cfg.image_size // cfg.patch_size}x{cfg.image_size // cfg.patch_size} patches inside the joint text+image sequence), built from a config
+and trained from scratch on CPU over ShapeWorld's {n_answers} answers with ViLT's VQA objective
+(binary cross-entropy per answer); a word-level tokenizer with `[CLS] question [SEP]`. It exists so that
+`mx.hf.ViltVQA` (answer maps + question-token attributions) can be checked on a trained ViLT.
+
+Load (no network): `mmexplain.hf_train.load_tiny_vilt("models/tiny-vilt")`, or
+`ViltForQuestionAnswering.from_pretrained`, `PreTrainedTokenizerFast.from_pretrained`,
+`ViltImageProcessor.from_pretrained` on the directory.
+
+## Training
+
+Command: `{' '.join(['python -m mmexplain.hf_train', *argv[1:]])}`
+
+- data: all questions of ShapeWorld train seeds 0..{cfg.n_train - 1} at {cfg.image_size} px, random vertical flips;
+  AdamW lr {cfg.lr}, warmup {cfg.warmup}, cosine, batch {cfg.batch_size}, {metrics['steps_run']} steps run
+  (limits: {cfg.steps} steps, {cfg.minutes} minutes), seed {cfg.seed}; final training-batch loss {metrics['final_train_loss']}
+- time: {metrics['train_seconds']:.0f} s training + {metrics['data_seconds']:.0f} s data, CPU, {metrics['threads']} thread(s)
+- full config: `train_config.json`
+
+## Held-out answer accuracy (ShapeWorld val, first {cfg.n_val} scenes, {metrics['n_questions']} questions)
+
+| question kind | accuracy |
+|---|---|
+{rows}
+
+Grounding of the answer maps: `python benchmarks/hf_grounding.py`.
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    cfg = TinyVEDConfig()
-    parser = argparse.ArgumentParser(prog="python -m mmexplain.hf_train", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("models/tiny-ved"))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    arch = argv.pop(0) if argv and argv[0] in ("ved", "vilt") else "ved"
+    cfg = TinyVEDConfig() if arch == "ved" else TinyViltConfig()
+    parser = argparse.ArgumentParser(prog=f"python -m mmexplain.hf_train [ved|vilt]",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("models/tiny-ved" if arch == "ved" else "models/tiny-vilt"))
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache generated scenes here")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (on a shared, oversubscribed CPU, 2 threads ran ~10x slower than 1)")
     for name, value in asdict(cfg).items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = TinyVEDConfig(**{k: getattr(args, k) for k in asdict(cfg)})
-    train(cfg, args.out, cache_dir=args.cache_dir)
+    cfg = type(cfg)(**{k: getattr(args, k) for k in asdict(cfg)})
+    (train if arch == "ved" else train_vilt)(cfg, args.out, cache_dir=args.cache_dir)
     return 0
 
 
