@@ -363,6 +363,12 @@ def _display(image_processor: Any, pixels: Tensor) -> Tensor:
     return img.clamp(0, 1)
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's weights live (the pixels are moved there)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def _check_model(who: str, model: Any, class_names: tuple[str, ...]) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{who} model: expected a transformers {' or '.join(class_names)}, got {type(model).__name__}")
@@ -395,8 +401,11 @@ class _Captioner:
         self.max_new_tokens = max_new_tokens
 
     def load_image(self, image: Any) -> Tensor:
-        """A path, PIL image, ``(H, W, 3)`` array or ``(3, H, W)`` tensor in [0, 1] -> pixels ``(1, 3, H, W)``."""
-        return _pixels(self.image_processor, image)["pixel_values"]
+        """A path, PIL image, ``(H, W, 3)`` array or ``(3, H, W)`` tensor in [0, 1] -> pixels ``(1, 3, H, W)``.
+
+        The pixels are on the model's device.
+        """
+        return _pixels(self.image_processor, image)["pixel_values"].to(_device(self.model))
 
     def display_image(self, pixels: Tensor) -> Tensor:
         """The model's pixels as an image ``(3, H, W)`` in [0, 1], aligned with the maps."""
@@ -531,8 +540,11 @@ class _VQA:
         self.image_processor, self.tokenizer = _split_processor(type(self).__name__, processor, image_processor, tokenizer)
 
     def load_image(self, image: Any) -> Tensor:
-        """A path, PIL image, ``(H, W, 3)`` array or ``(3, H, W)`` tensor in [0, 1] -> pixels ``(1, 3, H, W)``."""
-        return _pixels(self.image_processor, image)["pixel_values"]
+        """A path, PIL image, ``(H, W, 3)`` array or ``(3, H, W)`` tensor in [0, 1] -> pixels ``(1, 3, H, W)``.
+
+        The pixels are on the model's device.
+        """
+        return _pixels(self.image_processor, image)["pixel_values"].to(_device(self.model))
 
     def display_image(self, pixels: Tensor) -> Tensor:
         """The model's pixels as an image ``(3, H, W)`` in [0, 1], aligned with the maps."""
