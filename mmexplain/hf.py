@@ -259,7 +259,7 @@ def tokenize_words(tokenizer: Any, words: Sequence[str], *,
     Example:
         >>> from mmexplain.hf_train import build_tokenizer
         >>> tokenize_words(build_tokenizer(), ["a", "red", "circle"])
-        ([4, 9, 12], [[0], [1], [2]])
+        ([4, 9, 14], [[0], [1], [2]])
     """
     words = list(words)
     if not words or not all(isinstance(w, str) and w and w.split() == [w] for w in words):
