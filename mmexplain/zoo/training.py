@@ -50,8 +50,9 @@ from .vqa import VQA
 DEFAULTS: dict[str, dict[str, float]] = {
     "classifier": {"steps": 1500, "batch_size": 32, "lr": 3e-3},
     "captioner": {"steps": 2500, "batch_size": 32, "lr": 3e-3},
-    "vqa": {"steps": 3000, "batch_size": 32, "lr": 2e-3},
+    "vqa": {"steps": 2500, "batch_size": 32, "lr": 2e-3},
 }
+QUESTIONS_PER_SCENE = 4  # VQA training questions per scene (distinct kinds)
 WARMUP = 0.03  # fraction of steps with linear warm-up, then cosine decay to 0
 EVAL_N = 1000
 
@@ -131,15 +132,17 @@ def make_batch(model: nn.Module, seeds, *, bias=None) -> dict:
         tokens, targets = caption_tensors(model.vocab, [s.caption for s in scenes])
         return {"images": images, "tokens": tokens, "targets": targets, "scenes": scenes}
     if isinstance(model, VQA):
-        qas = []
-        for s in scenes:  # one question per scene: a kind uniformly, then a question of it
+        qas, rows = [], []
+        for j, s in enumerate(scenes):  # up to QUESTIONS_PER_SCENE questions: distinct kinds, then one of each
             rng = random.Random(s.seed * 7 + 1)
             kinds = sorted({q.kind for q in s.questions})
-            kind = rng.choice(kinds)
-            qas.append(rng.choice([q for q in s.questions if q.kind == kind]))
-        questions = model.encode_questions([q.question for q in qas])  # (B, L)
-        answers = torch.tensor([model.answers.index(q.answer) for q in qas])  # (B,)
-        return {"images": images, "questions": questions, "targets": answers, "scenes": scenes}
+            for kind in rng.sample(kinds, min(QUESTIONS_PER_SCENE, len(kinds))):
+                qas.append(rng.choice([q for q in s.questions if q.kind == kind]))
+                rows.append(j)
+        questions = model.encode_questions([q.question for q in qas])  # (Q, L)
+        answers = torch.tensor([model.answers.index(q.answer) for q in qas])  # (Q,)
+        return {"images": images, "questions": questions, "rows": torch.tensor(rows), "targets": answers,
+                "scenes": scenes}
     raise TypeError(f"model must be a zoo model, got {type(model).__name__}")
 
 
@@ -149,17 +152,32 @@ def batch_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     if isinstance(model, Captioner):
         logits = model(batch["images"], batch["tokens"])  # (B, L, V)
         return nn.functional.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=-100)
-    if isinstance(model, VQA):
-        return nn.functional.cross_entropy(model(batch["images"], batch["questions"]), batch["targets"])
+    if isinstance(model, VQA):  # one CNN pass per image, several questions per image
+        image = model.image_embedding(batch["images"])[batch["rows"]]  # (Q, F)
+        logits = model.fuse(image, model.question_embedding(batch["questions"]))  # (Q, A)
+        return nn.functional.cross_entropy(logits, batch["targets"])
     raise TypeError(f"model must be a zoo model, got {type(model).__name__}")
 
 
 # ----------------------------------------------------------------------------- training
 
 
+def init_encoder(model: nn.Module, folder: str | os.PathLike) -> None:
+    """Copy the conv encoder of the classifier checkpoint in ``folder`` into ``model.encoder``.
+
+    The paper models start from a pretrained CNN; here the pretrained CNN is our own
+    ShapeWorld classifier (same ``widths``/``extra`` required).
+    """
+    clf = load("classifier", folder)
+    if (clf.config.widths, clf.config.extra) != (model.config.widths, model.config.extra):
+        raise ValueError(f"init encoder {folder}: classifier widths/extra {clf.config.widths}/{clf.config.extra} "
+                         f"do not match the model's {model.config.widths}/{model.config.extra}")
+    model.encoder.load_state_dict(clf.encoder.state_dict())
+
+
 def train(name: str, *, steps: int | None = None, seed: int = 0, batch_size: int | None = None,
           lr: float | None = None, bias=None, progress: bool = True, model: nn.Module | None = None,
-          ) -> tuple[nn.Module, dict]:
+          encoder_from: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
     """Train a reference model from scratch on fresh train-split scenes.
 
     Args:
@@ -169,6 +187,7 @@ def train(name: str, *, steps: int | None = None, seed: int = 0, batch_size: int
         bias: passed to :func:`mmexplain.world.generate` (biased training data).
         progress: show a tqdm progress bar.
         model: continue from this model instead of a fresh one.
+        encoder_from: a classifier checkpoint directory whose CNN initialises the model's encoder.
 
     Returns:
         ``(model in eval mode, info)`` with ``info`` holding the losses and timing.
@@ -185,6 +204,8 @@ def train(name: str, *, steps: int | None = None, seed: int = 0, batch_size: int
         raise ValueError(f"steps and batch_size must be >= 1 and lr > 0, got {steps}, {batch_size}, {lr}")
     torch.manual_seed(seed)
     model = new_model(name) if model is None else model
+    if encoder_from is not None:
+        init_encoder(model, encoder_from)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() > 1]
     no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
@@ -220,7 +241,8 @@ def train(name: str, *, steps: int | None = None, seed: int = 0, batch_size: int
     info = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "seconds": round(seconds, 1),
             "cpu_seconds": round(cpu_seconds, 1), "threads": torch.get_num_threads(),
             "first_loss": round(float(np.mean(losses[:20])), 4),
-            "final_loss": round(float(np.mean(losses[-50:])), 4), "bias": bias}
+            "final_loss": round(float(np.mean(losses[-50:])), 4), "bias": bias,
+            "encoder_from": None if encoder_from is None else Path(encoder_from).name}
     return model.eval(), info
 
 
@@ -320,6 +342,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -390,6 +413,9 @@ def card(name: str, model: nn.Module, info: dict, metrics: dict, command: str) -
              "## How it was made", "", "```", command, "```", "",
              f"- steps: {info.get('steps')}, batch size: {info.get('batch_size')}, peak lr: {info.get('lr')} "
              "(AdamW, 3% warm-up, cosine decay), seed: " + str(info.get("seed")),
+             ("- CNN initialised from the `" + str(info.get("encoder_from")) + "` checkpoint's encoder "
+              "(like the paper's pretrained CNN), then trained end to end" if info.get("encoder_from")
+              else "- trained from scratch (random initialisation)"),
              "- data: fresh ShapeWorld train-split scenes every step (no scene seen twice)"
              + (f", biased: {info.get('bias')}" if info.get("bias") else ""),
              f"- training time: {info.get('seconds')} s wall clock, {info.get('cpu_seconds')} s of CPU time "
@@ -433,7 +459,13 @@ def _train_handler(args: argparse.Namespace) -> int:
     command = "mmexplain train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else f"mmexplain train {args.name}"
     if args.command_text:
         command = args.command_text
-    model, info = train(args.name, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr)
+    encoder_from = args.init_encoder
+    if encoder_from is None and args.name == "vqa":
+        encoder_from = str(default_root() / "classifier")
+    if encoder_from in ("none", ""):
+        encoder_from = None
+    model, info = train(args.name, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                        encoder_from=encoder_from)
     print(f"trained {args.name} in {info['seconds']} s; loss {info['first_loss']} -> {info['final_loss']}")
     metrics = evaluate(model, n=args.n)
     save(model, out, info=info, metrics=metrics, command=command)
@@ -455,6 +487,9 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--n", type=int, default=EVAL_N, help="held-out test scenes to evaluate on")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--init-encoder", default=None,
+                   help="classifier checkpoint whose CNN initialises the encoder ('none' for random; default: "
+                        "models/classifier for vqa, none otherwise)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate the checkpoint in --out")
     p.add_argument("--command-text", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_train_handler)

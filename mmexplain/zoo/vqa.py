@@ -1,7 +1,7 @@
 """VQA: "deeper LSTM Q + norm I" (Lu et al. 2015; Antol et al., VQA, ICCV 2015).
 
 Image: the CNN's last 12 x 12 map, global-average pooled (plus a coarse 3 x 3 pooled
-summary), L2-normalised, then ``Linear + tanh``. Question: word embeddings (tanh)
+summary), L2-normalised (times one learned scale, initially sqrt(dim)), then ``Linear + tanh``. Question: word embeddings (tanh)
 through a 2-layer LSTM; the final hidden and cell states of both layers, concatenated,
 then ``Linear + tanh``. The two are fused by an element-wise product and an MLP
 scores the answers. Departure from the paper: BatchNorm in the CNN, trained from
@@ -36,7 +36,7 @@ class VQAConfig:
     grid: int = 3  # coarse spatial pooling grid next to the global average
     grid_channels: int = 16  # 1x1-reduced channels for the grid summary
     embed_dim: int = 64  # word embedding size
-    hidden_dim: int = 256  # LSTM hidden size (2 layers)
+    hidden_dim: int = 128  # LSTM hidden size (2 layers)
     lstm_layers: int = 2  # "deeper LSTM Q"
     fuse_dim: int = 512  # common space of image and question
     mlp_dim: int = 256  # hidden units of the answer MLP
@@ -67,7 +67,11 @@ class VQA(nn.Module):
         ch = self.encoder.out_channels
         self.reduce = nn.Conv2d(ch, c.grid_channels, 1)
         self.pool = nn.AdaptiveAvgPool2d(c.grid)
-        self.image_fc = nn.Linear(ch + c.grid_channels * c.grid * c.grid, c.fuse_dim)
+        d = ch + c.grid_channels * c.grid * c.grid
+        # learnable length of the L2-normalised image feature: a unit vector over d dims has tiny entries,
+        # which made the product with the question vanish and training stall at the answer prior
+        self.image_scale = nn.Parameter(torch.tensor(float(d) ** 0.5))
+        self.image_fc = nn.Linear(d, c.fuse_dim)
         self.embed = nn.Embedding(len(vocab), c.embed_dim, padding_idx=vocab.pad)
         self.lstm = nn.LSTM(c.embed_dim, c.hidden_dim, num_layers=c.lstm_layers, batch_first=True)
         self.question_fc = nn.Linear(2 * c.lstm_layers * c.hidden_dim, c.fuse_dim)
@@ -117,15 +121,24 @@ class VQA(nn.Module):
             raise ValueError(f"questions must be a (B, L) long tensor, got {got}")
         if questions.shape[0] != images.shape[0]:
             raise ValueError(f"questions has batch {questions.shape[0]} but images has {images.shape[0]}")
+        return self.fuse(self.image_embedding(images), self.question_embedding(questions))  # (B, A)
+
+    def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, fuse_dim)``: GAP (+ grid) features, L2-normalised, Linear + tanh."""
         a = self.encoder(self.norm(check_images(images)))  # (B, C, h, w)
         feat = torch.cat([a.mean(dim=(2, 3)), self.pool(self.reduce(a)).flatten(1)], dim=1)  # (B, D)
-        feat = nn.functional.normalize(feat, dim=1)  # "norm I"
-        img = torch.tanh(self.image_fc(feat))  # (B, F)
+        feat = nn.functional.normalize(feat, dim=1) * self.image_scale  # "norm I" (times a learned scale)
+        return torch.tanh(self.image_fc(feat))  # (B, F)
 
+    def question_embedding(self, questions: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` padded ids -> ``(B, fuse_dim)``: 2-layer LSTM, final (h, c) of both layers, Linear + tanh."""
         lengths = (questions != self.vocab.pad).sum(dim=1).clamp(min=1).cpu()  # (B,)
         emb = torch.tanh(self.embed(questions))  # (B, L, E)
         packed = nn.utils.rnn.pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
         _, (h, c) = self.lstm(packed)  # (layers, B, H) x2
         q = torch.cat([h, c], dim=0).permute(1, 0, 2).flatten(1)  # (B, 2*layers*H)
-        q = torch.tanh(self.question_fc(q))  # (B, F)
-        return self.mlp(img * q)  # (B, A)
+        return torch.tanh(self.question_fc(q))  # (B, F)
+
+    def fuse(self, image: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
+        """Element-wise product of the two ``(B, F)`` embeddings, then the answer MLP -> ``(B, A)``."""
+        return self.mlp(image * question)
