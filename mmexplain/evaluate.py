@@ -122,12 +122,17 @@ class _Tally:
         return out
 
 
-def _baselines(h: int, w: int, generator: torch.Generator) -> dict[str, Tensor]:
-    return {
-        "uniform": metrics.uniform_map(h, w),
-        "center": metrics.center_prior(h, w, sigma=CENTER_SIGMA),
-        "random": metrics.random_map(h, w, generator=generator),
-    }
+class _Baselines:
+    """The baseline maps of one item: uniform and centre prior (fixed), random (fresh from a seeded generator)."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.fixed: dict[tuple[int, int], dict[str, Tensor]] = {}
+
+    def __call__(self, h: int, w: int) -> dict[str, Tensor]:
+        if (h, w) not in self.fixed:
+            self.fixed[(h, w)] = {"uniform": metrics.uniform_map(h, w), "center": metrics.center_prior(h, w, sigma=CENTER_SIGMA)}
+        return self.fixed[(h, w)] | {"random": metrics.random_map(h, w, generator=self.generator)}
 
 
 def _check_models(captioner: nn.Module, vqa: nn.Module) -> None:
@@ -231,7 +236,7 @@ def caption_word_maps(
 
 
 def _caption_part(captioner: nn.Module, scenes: list[world.Scene], layer: str, *, guided: bool, batch_size: int,
-                  generator: torch.Generator, tally: _Tally, by_correct: _Tally) -> dict[str, Any]:
+                  baselines: _Baselines, tally: _Tally, by_correct: _Tally) -> dict[str, Any]:
     cam = GradCAM(captioner, layer)
     backprop = GuidedBackprop(captioner) if guided else None
     exact = 0
@@ -261,7 +266,7 @@ def _caption_part(captioner: nn.Module, scenes: list[world.Scene], layer: str, *
                     kind = next(k for k, names in (("size", world.SIZES), ("color", world.COLORS), ("shape", world.SHAPES))
                                 if words_b[i] in names)
                     other = scene.objects[1 - j].mask if len(scene.objects) == 2 else None
-                    item = {m: v[n, b] for m, v in maps.items()} | _baselines(h, w, generator)
+                    item = {m: v[n, b] for m, v in maps.items()} | baselines(h, w)
                     tally.add([kind, "all"], item, obj.mask, other, obj.box)
                     ok = bool(predicted[b, i] == ids[b, i])
                     right += ok
@@ -274,7 +279,7 @@ def _caption_part(captioner: nn.Module, scenes: list[world.Scene], layer: str, *
 
 
 def _vqa_part(vqa: nn.Module, scenes: list[world.Scene], layer: str, *, guided: bool, batch_size: int,
-              generator: torch.Generator, tally: _Tally) -> dict[str, Any]:
+              baselines: _Baselines, tally: _Tally, by_correct: _Tally) -> dict[str, Any]:
     cam = GradCAM(vqa, layer)
     backprop = GuidedBackprop(vqa) if guided else None
     answers = list(vqa.answers)
@@ -288,7 +293,8 @@ def _vqa_part(vqa: nn.Module, scenes: list[world.Scene], layer: str, *, guided: 
         maps = {"gradcam": res.maps}
         if backprop is not None:
             maps["guided"] = backprop((images, questions), target).abs().sum(dim=1) * res.maps  # (B, H, W)
-        right += int((res.output.argmax(dim=-1) == torch.as_tensor(target.index)).sum())
+        correct = res.output.argmax(dim=-1) == torch.as_tensor(target.index)  # (B,)
+        right += int(correct.sum())
         h, w = images.shape[-2:]
         for b, (scene, qa) in enumerate(batch):
             mask = torch.zeros_like(scene.objects[0].mask)
@@ -297,8 +303,9 @@ def _vqa_part(vqa: nn.Module, scenes: list[world.Scene], layer: str, *, guided: 
             one = len(qa.objects) == 1
             other = scene.objects[1 - qa.objects[0]].mask if one and len(scene.objects) == 2 else None
             box = scene.objects[qa.objects[0]].box if one else None
-            item = {m: v[b] for m, v in maps.items()} | _baselines(h, w, generator)
+            item = {m: v[b] for m, v in maps.items()} | baselines(h, w)
             tally.add([qa.kind, "all"], item, mask, other, box)
+            by_correct.add(["right" if correct[b] else "wrong"], {"gradcam": item["gradcam"]}, mask, other, box)
     return {"accuracy": right / max(len(items), 1), "questions": len(items)}
 
 
@@ -334,7 +341,7 @@ def grounding_report(
         teacher-forced ``word_accuracy``, ``groups`` by word kind and ``all``,
         ``by_correct`` = Grad-CAM on words the model predicts right / wrong), ``vqa``
         (``accuracy`` on the explained questions, ``groups`` by question kind and
-        ``all``), ``n_scenes``, the layers and ``seconds``. Each group holds ``n``,
+        ``all``, ``by_correct``), ``n_scenes``, the layers and ``seconds``. Each group holds ``n``,
         ``n_two`` (items in two-object scenes) and per method the means of
         ``pointing``, ``energy_ratio`` (over finite values; ``energy_ratio_median``,
         ``energy_ratio_infinite`` beside it), ``energy_inside``, ``discrimination``
@@ -354,15 +361,17 @@ def grounding_report(
         raise ValueError(f"captioner and vqa take different image sizes {sorted(sizes)}; expected one")
     size = sizes.pop()
     scenes = [world.generate(s, size=size) for s in seeds]
-    generator = torch.Generator().manual_seed(seed)
-    caption_tally, correct_tally, vqa_tally = _Tally(), _Tally(), _Tally()
+    baselines = _Baselines(seed)
+    caption_tally, correct_tally, vqa_tally, vqa_correct = _Tally(), _Tally(), _Tally(), _Tally()
     caption = _caption_part(captioner, scenes, cap_layer, guided=guided, batch_size=batch_size,
-                            generator=generator, tally=caption_tally, by_correct=correct_tally)
+                            baselines=baselines, tally=caption_tally, by_correct=correct_tally)
     caption_seconds = time.perf_counter() - start
-    answer = _vqa_part(vqa, scenes, vqa_layer, guided=guided, batch_size=batch_size, generator=generator, tally=vqa_tally)
+    answer = _vqa_part(vqa, scenes, vqa_layer, guided=guided, batch_size=batch_size, baselines=baselines,
+                       tally=vqa_tally, by_correct=vqa_correct)
     caption["groups"] = caption_tally.summary()
     caption["by_correct"] = correct_tally.summary()
     answer["groups"] = vqa_tally.summary()
+    answer["by_correct"] = vqa_correct.summary()
     return {
         "n_scenes": len(scenes),
         "layer": cap_layer,
@@ -419,6 +428,9 @@ def format_report(report: dict[str, Any]) -> str:
                     cap["by_correct"], ("right", "wrong"), ["gradcam"])
     lines += [""]
     lines += _table("VQA questions that refer to objects (ground-truth answer)", vqa["groups"], (*QUESTION_KINDS, "all"), methods)
+    lines += [""]
+    lines += _table("VQA questions the model answers right / wrong, Grad-CAM", vqa["by_correct"], ("right", "wrong"),
+                    ["gradcam"])
     goals = _goal_lines(report)
     return "\n".join(lines + [""] + goals)
 
@@ -458,7 +470,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _grounding_handler(args: argparse.Namespace) -> int:
     from . import zoo
 
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.n < 1:
         raise ValueError(f"--n: expected at least 1 scene, got {args.n}")
     captioner = zoo.load("captioner", args.models)
