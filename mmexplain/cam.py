@@ -48,7 +48,7 @@ class CAM:
         >>> import torch, mmexplain as mx
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-        ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+        ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
         >>> res = mx.CAM(model, layer="1", fc="4")(torch.rand(2, 3, 16, 16), 3)
         >>> res.maps.shape, res.weights.shape     # (B, H, W), (B, K)
         (torch.Size([2, 16, 16]), torch.Size([2, 8]))

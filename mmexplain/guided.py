@@ -22,6 +22,7 @@ with respect to a detached copy of the image only).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -182,6 +183,15 @@ class _ReLURuleGradient:
             ``(B, C, H, W)`` gradient on the image's device and dtype, or ``(N, B, C, H, W)``
             for a list of targets.
         """
+        if self.model.training:
+            warnings.warn(
+                "model is in training mode: dropout and batch-norm statistics change the explanation "
+                "(and batch-norm running stats); call model.eval() first",
+                stacklevel=2,
+            )
+        return self._gradient(inputs, target, image_key)
+
+    def _gradient(self, inputs: Inputs, target: Target | Sequence[Target], image_key: int | str | None) -> Tensor:
         many = isinstance(target, (list, tuple))
         targets = list(target) if many else [target]
         if not targets:
@@ -220,7 +230,7 @@ class GuidedBackprop(_ReLURuleGradient):
         >>> import torch, mmexplain as mx
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
         ...                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-        ...                             torch.nn.Linear(4, 2))
+        ...                             torch.nn.Linear(4, 2)).eval()
         >>> grad = mx.GuidedBackprop(model)(torch.rand(2, 3, 8, 8), lambda out: out[:, 1])
         >>> grad.shape
         torch.Size([2, 3, 8, 8])
@@ -244,7 +254,7 @@ class Deconvolution(_ReLURuleGradient):
         >>> import torch, mmexplain as mx
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
         ...                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-        ...                             torch.nn.Linear(4, 2))
+        ...                             torch.nn.Linear(4, 2)).eval()
         >>> mx.Deconvolution(model)(torch.rand(2, 3, 8, 8), lambda out: out[:, 0]).shape
         torch.Size([2, 3, 8, 8])
     """
@@ -273,7 +283,7 @@ class GuidedGradCAM:
         >>> import torch, mmexplain as mx
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
         ...                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-        ...                             torch.nn.Linear(4, 2))
+        ...                             torch.nn.Linear(4, 2)).eval()
         >>> ggc = mx.GuidedGradCAM(model, layer="0")
         >>> ggc(torch.rand(2, 3, 8, 8), mx.targets.ClassLogit(1)).shape
         torch.Size([2, 3, 8, 8])
@@ -306,7 +316,7 @@ class GuidedGradCAM:
         Returns:
             ``(B, C, H, W)``, or ``(N, B, C, H, W)`` for a list of targets.
         """
-        guided = self.guided(inputs, target, image_key=image_key)  # (B, C, H, W) | (N, B, C, H, W)
+        guided = self.guided._gradient(inputs, target, image_key)  # (B, C, H, W) | (N, B, C, H, W)
         size = tuple(guided.shape[-2:])
         if isinstance(target, tuple):
             target = list(target)

@@ -208,7 +208,7 @@ class TwoInput(nn.Module):
 
 
 def test_tuple_and_dict_inputs_and_image_key(convnet, images) -> None:
-    model = TwoInput(convnet)
+    model = TwoInput(convnet).eval()
     mask = torch.ones(2, 1, 12, 12)  # floating 4-D too: the first one is taken by default
     target = mx.targets.ClassLogit(2)
     expected = mx.GuidedBackprop(convnet)(images, target)
@@ -274,6 +274,15 @@ def test_model_untouched_after_success_and_after_exception(method, images) -> No
         make()(images, boom)
     _assert_same_state(before, _state(model))
     assert _plain_relu_rule_active()
+
+
+def test_training_mode_warns_once(images) -> None:
+    torch.manual_seed(0)
+    model = ConvNet()  # training mode
+    for make in (lambda: mx.GuidedBackprop(model), lambda: mx.GuidedGradCAM(model, "conv2")):
+        with pytest.warns(UserWarning, match="training mode") as record:
+            make()(images, mx.targets.ClassLogit(1))
+        assert len(record) == 1
 
 
 def test_model_forward_raising_leaves_no_mode(images) -> None:
