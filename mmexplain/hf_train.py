@@ -322,7 +322,7 @@ Command: `{' '.join(['python -m mmexplain.hf_train', *argv[1:]])}`
   random vertical flips; AdamW lr {cfg.lr}, warmup {cfg.warmup}, cosine, batch {cfg.batch_size},
   {metrics['steps_run']} steps run (limits: {cfg.steps} steps, {cfg.minutes} minutes), seed {cfg.seed};
   final training-batch loss {metrics['final_train_loss']}
-- time: {metrics['train_seconds']:.0f} s training + {metrics['data_seconds']:.0f} s data, CPU, {metrics['threads']} threads
+- time: {metrics['train_seconds']:.0f} s training + {metrics['data_seconds']:.0f} s data, CPU, {metrics['threads']} torch thread(s)
 - full config: `train_config.json`
 
 ## Held-out metrics (ShapeWorld val, first {metrics['n']} seeds)
@@ -536,6 +536,9 @@ def _save(out: Path, parts: list[Any], cfg: Any, metrics: dict, card: str) -> No
         (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         (tmp / "CARD.md").write_text(card)
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
