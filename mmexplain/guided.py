@@ -222,8 +222,8 @@ class GuidedBackprop(_ReLURuleGradient):
     .. math:: R^{l} = R^{l+1} \cdot [f^{l} > 0] \cdot [R^{l+1} > 0]
 
     ReLUs are caught however they are called (``nn.ReLU``, ``F.relu``, ``torch.relu``,
-    ``Tensor.relu``, in-place variants). Other activations (GELU, SiLU) keep their
-    ordinary gradient. The per-sample gradient is that of the batch sum, so a model whose
+    ``Tensor.relu``, in-place variants). Other activations (ReLU6, GELU, SiLU,
+    hardswish) keep their ordinary gradient. The per-sample gradient is that of the batch sum, so a model whose
     samples interact (BatchNorm in training mode) mixes them — call it in ``eval()``.
 
     Example:
