@@ -105,13 +105,16 @@ class Encoder(nn.Module):
     """Conv stack: 96 px -> 12 x 12 feature map (stride 8, receptive field 41 px).
 
     ``features`` is an ``nn.Sequential``; ``features.<last>`` is the block to explain.
-    Layers: 5x5/2 -> 3x3/2 -> 3x3 -> 3x3/2 -> 3x3 [-> extra 3x3 blocks].
+    Layers: 5x5/2 -> 3x3/2 -> 3x3 -> 3x3/2 -> 3x3 [-> extra 3x3 blocks]. With ``coords``
+    the pixel coordinates enter as two more input channels, so channels can encode
+    where an object is (needed for "left of") while the head stays a global average.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), *, extra: int = 0):
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), *, extra: int = 0, coords: bool = False):
         super().__init__()
         w1, w2, w3 = widths
-        layers = [conv_bn(3, w1, kernel=5, stride=2), conv_bn(w1, w2, stride=2), conv_bn(w2, w2),
+        self.coords = coords
+        layers = [conv_bn(5 if coords else 3, w1, kernel=5, stride=2), conv_bn(w1, w2, stride=2), conv_bn(w2, w2),
                   conv_bn(w2, w3, stride=2), conv_bn(w3, w3)]
         layers += [conv_bn(w3, w3) for _ in range(extra)]
         self.features = nn.Sequential(*layers)
@@ -122,4 +125,9 @@ class Encoder(nn.Module):
         return f"features.{len(self.features) - 1}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.coords:  # CoordConv (Liu et al. 2018): x and y in [-1, 1] as two more input channels
+            b, _, h, w = x.shape
+            ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+            xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+            x = torch.cat([x, xs, ys], dim=1)  # (B, 5, H, W)
         return self.features(x)  # (B, C, H/8, W/8)
