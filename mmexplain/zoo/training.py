@@ -277,7 +277,8 @@ def evaluate(model: nn.Module, *, n: int = EVAL_N, batch_size: int = 100, bias=N
         per_shape = {sh: float(np.mean([v for c, v in valid.items() if c.split()[1] == sh])) for sh in world.SHAPES}
         exact = float(((s > 0) == (y > 0)).all(axis=1).mean())
         return {"n_scenes": n, "mAP": float(np.mean(list(valid.values()))), "exact_set_accuracy": exact,
-                "AP_per_color": per_color, "AP_per_shape": per_shape, "AP_per_class": valid}
+                "AP_per_color": per_color, "AP_per_shape": per_shape,
+                "gradcam_pointing_200_scenes": pointing(model, n=min(n, 200)), "AP_per_class": valid}
     if isinstance(model, Captioner):
         from nltk.translate.bleu_score import corpus_bleu
 
@@ -303,6 +304,7 @@ def evaluate(model: nn.Module, *, n: int = EVAL_N, batch_size: int = 100, bias=N
                 "exact_caption": float(np.mean([h == r[0] for h, r in zip(hyps, refs)])),
                 "object_count_accuracy": count_ok / n,
                 "word_accuracy": {a: correct[a] / max(1, total[a]) for a in correct},
+                "gradcam_word_pointing_200_scenes": pointing(model, n=min(n, 200)),
                 "examples": [{"reference": " ".join(r[0]), "generated": " ".join(h)} for h, r in
                              list(zip(hyps, refs))[:5]]}
     if isinstance(model, VQA):
@@ -324,8 +326,71 @@ def evaluate(model: nn.Module, *, n: int = EVAL_N, batch_size: int = 100, bias=N
         return {"n_scenes": n, "n_questions": sum(count.values()),
                 "accuracy": sum(right.values()) / sum(count.values()),
                 "mean_per_kind_accuracy": float(np.mean(list(per_kind.values()))),
-                "accuracy_per_kind": per_kind, "questions_per_kind": count}
+                "accuracy_per_kind": per_kind, "questions_per_kind": count,
+                "gradcam_answer_pointing_200_scenes": pointing(model, n=min(n, 200))}
     raise TypeError(f"model must be a zoo model, got {type(model).__name__}")
+
+
+def _gradcam_peaks(model: nn.Module, inputs: tuple, scores) -> list[tuple[int, int]]:
+    """(y, x) of the maximum of each upsampled Grad-CAM map at ``model.default_layer``.
+
+    ``scores(output) -> (N,)`` scalars of one image's output; a minimal, independent Grad-CAM
+    (alpha = spatial mean of d score / d A; ReLU(sum_k alpha_k A^k); bilinear upsampling).
+    """
+    layer = dict(model.named_modules())[model.default_layer]
+    store: dict[str, torch.Tensor] = {}
+    handle = layer.register_forward_hook(lambda mod, inp, out: store.setdefault("a", out))
+    try:
+        with torch.enable_grad():
+            out = model(*inputs)
+            ys = scores(out)  # (N,)
+            a = store["a"]  # (1, K, h, w)
+            peaks = []
+            for n in range(ys.shape[0]):
+                (g,) = torch.autograd.grad(ys[n], a, retain_graph=n < ys.shape[0] - 1)
+                cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True))  # (1, 1, h, w)
+                up = nn.functional.interpolate(cam, size=inputs[0].shape[-2:], mode="bilinear", align_corners=False)
+                peaks.append(divmod(int(up[0, 0].argmax()), up.shape[-1]))
+    finally:
+        handle.remove()
+    return peaks
+
+
+def pointing(model: nn.Module, *, n: int = 200) -> dict:
+    """Pointing game on the first ``n`` test scenes: is the Grad-CAM maximum inside the right object?
+
+    captioner: every content word of the reference caption (log p of the word);
+    classifier: every class present (its logit; hit if inside any object of the class);
+    vqa: colour/shape/size questions (the right answer's logit; hit if inside the object asked about).
+    """
+    hits: dict[str, list[int]] = {}
+    for seed in world.split_seeds("test", n):
+        s = world.generate(seed, size=model.config.image_size)
+        image = s.image[None]  # (1, 3, H, W)
+        if isinstance(model, Captioner):
+            tokens, targets = caption_tensors(model.vocab, [s.caption])
+            pos = sorted(s.alignment)
+            peaks = _gradcam_peaks(model, (image, tokens), lambda out: out.log_softmax(-1)[0, pos, targets[0, pos]])
+            for (y, x), i in zip(peaks, pos):
+                word = s.caption.split()[i]
+                kind = "size" if word in world.SIZES else "color" if word in world.COLORS else "shape"
+                hits.setdefault(kind, []).append(bool(s.objects[s.alignment[i]].mask[y, x]))
+        elif isinstance(model, Classifier):
+            present = sorted({f"{o.color} {o.shape}" for o in s.objects})
+            idx = [model.classes.index(c) for c in present]
+            peaks = _gradcam_peaks(model, (image,), lambda out: out[0, idx])
+            for (y, x), c in zip(peaks, present):
+                hits.setdefault("class", []).append(
+                    any(bool(o.mask[y, x]) for o in s.objects if f"{o.color} {o.shape}" == c))
+        elif isinstance(model, VQA):
+            for qa in s.questions:
+                if qa.kind in ("color", "shape", "size"):
+                    a = model.answers.index(qa.answer)
+                    q = model.encode_question(qa.question)[None]
+                    (y, x), = _gradcam_peaks(model, (image, q), lambda out: out[0, a:a + 1])
+                    hits.setdefault(qa.kind, []).append(bool(s.objects[qa.objects[0]].mask[y, x]))
+    allhits = [h for v in hits.values() for h in v]
+    return {"all": float(np.mean(allhits)), **{k: float(np.mean(v)) for k, v in hits.items()}}
 
 
 def headline(name: str, metrics: dict) -> str:
