@@ -93,6 +93,38 @@ def gradcam_explainer(captioner) -> Callable[[torch.Tensor, str], torch.Tensor]:
     return explain
 
 
+def token_gradient_explainer(captioner, mode: str) -> Callable[[torch.Tensor, str], torch.Tensor]:
+    """Diagnostic maps that are NOT Grad-CAM, from the same layer and the same gradients.
+
+    ``mode="grad_norm"``: ||d log p(word) / d token||_2 per patch token; ``"grad_x_act"``:
+    ReLU(sum_k gradient_k x activation_k) per patch token (no channel averaging). They
+    show whether the decoder's sensitivity sits on the described object even where
+    Grad-CAM's channel-averaged weights do not.
+    """
+    from mmexplain.engine import upsample_and_normalize
+
+    layer = captioner.model.get_submodule(captioner.default_layer)
+
+    def explain(image: torch.Tensor, caption: str) -> torch.Tensor:
+        pixels = captioner.load_image(image)
+        inputs, spans = captioner.teacher_forced(pixels, caption.split())
+        store: dict[str, torch.Tensor] = {}
+        handle = layer.register_forward_hook(lambda m, a, o: store.__setitem__("act", o[0] if isinstance(o, tuple) else o))
+        try:
+            output = captioner.model(**inputs)
+        finally:
+            handle.remove()
+        logp = output.logits[0].log_softmax(-1)  # (L, V)
+        scores = [sum(logp[p, t] for p, t in zip(ps, ts)) for ps, ts in spans]
+        grads = torch.cat([torch.autograd.grad(sc, store["act"], retain_graph=True)[0] for sc in scores])  # (T, L, D)
+        act = store["act"].detach()  # (1, L, D)
+        per_token = grads.norm(dim=-1) if mode == "grad_norm" else torch.relu((grads * act).sum(-1))  # (T, L)
+        grid = captioner.reshape(per_token[..., None])[:, 0]  # (T, h, w)
+        return upsample_and_normalize(grid, tuple(pixels.shape[-2:]))  # (T, H, W)
+
+    return explain
+
+
 def constant_explainer(make: Callable[[int, int], torch.Tensor]) -> Callable[[torch.Tensor, str], torch.Tensor]:
     def explain(image: torch.Tensor, caption: str) -> torch.Tensor:
         h, w = image.shape[-2:]
@@ -148,6 +180,28 @@ def answer_explainer(vqa) -> Callable:
     return explain
 
 
+def answer_token_gradient(vqa) -> Callable:
+    """Diagnostic (not Grad-CAM): per image-token gradient norm of the answer score at the same layer."""
+    from mmexplain.engine import upsample_and_normalize
+
+    layer = vqa.model.get_submodule(vqa.default_layer)
+
+    def explain(image: torch.Tensor, question: str, answer: str):
+        pixels = vqa.load_image(image)
+        query = vqa.query(pixels, question, answer, 1)
+        store: dict[str, torch.Tensor] = {}
+        handle = layer.register_forward_hook(lambda m, a, o: store.__setitem__("act", o[0] if isinstance(o, tuple) else o))
+        try:
+            output = vqa.model(**query.inputs)
+        finally:
+            handle.remove()
+        (grad,) = torch.autograd.grad(query.targets[0](output).sum(), store["act"])  # (1, L, D)
+        grid = vqa.reshape(grad.norm(dim=-1, keepdim=True))[:, 0]  # (1, h, w)
+        return upsample_and_normalize(grid, tuple(pixels.shape[-2:]))[0], question.split(), None
+
+    return explain
+
+
 def constant_answer(make: Callable[[int, int], torch.Tensor]) -> Callable:
     def explain(image: torch.Tensor, question: str, answer: str):
         return make(*image.shape[-2:]), question.split(), None
@@ -170,6 +224,7 @@ def vqa_table(args: argparse.Namespace) -> None:
     for name, explain, chance in [
         (f"tiny-vilt Grad-CAM ({trained.default_layer})", answer_explainer(trained), False),
         ("tiny-vilt, random weights", answer_explainer(random_vqa), False),
+        ("tiny-vilt, per-token gradient norm (diagnostic, not Grad-CAM)", answer_token_gradient(trained), False),
         ("centre prior, sigma 1/4 (no model)", constant_answer(lambda h, w: metrics.center_prior(h, w, sigma=0.25)), False),
         ("random map (no model)", constant_answer(lambda h, w: metrics.random_map(h, w, generator=generator)), False),
         ("uniform map (no model; pointing = chance)", constant_answer(metrics.uniform_map), True),
@@ -181,7 +236,7 @@ def vqa_table(args: argparse.Namespace) -> None:
     print(f"\nVQA answer grounding on {args.n_vqa} held-out scenes ({args.split} split), questions that refer to "
           f"objects; mask = union of the referred objects; ground-truth answer explained\n")
     print(f"| maps | questions | pointing all | {' | '.join(kinds)} | energy ratio mean | median | "
-          "top |grad x emb| token is a content word | s |")
+          "top abs(grad x emb) token is a content word | s |")
     print("|---|---|---|" + "---|" * len(kinds) + "---|---|---|---|")
     for name, r, secs in rows:
         p = r["pointing"]
@@ -191,7 +246,7 @@ def vqa_table(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200, help="held-out scenes (test split)")
+    parser.add_argument("--n", type=int, default=200, help="held-out scenes for the caption table (0: skip)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--model", type=Path, default=Path("models/tiny-ved"))
     parser.add_argument("--threads", type=int, default=1,
@@ -203,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from mmexplain.hf_train import TinyVEDConfig, build_model, load_tiny_ved
 
+    if not args.n:
+        vqa_table(args)
+        return 0
     seeds = mx.world.split_seeds(args.split, args.n)
     trained = load_tiny_ved(args.model)
     size = int(trained.image_processor.size["height"])
@@ -222,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run(f"tiny-ved Grad-CAM ({trained.default_layer})", gradcam_explainer(trained), size)
     run("tiny-ved, random weights", gradcam_explainer(random_captioner), size)
+    run("tiny-ved, per-token gradient norm (diagnostic, not Grad-CAM)", token_gradient_explainer(trained, "grad_norm"), size)
+    run("tiny-ved, per-token gradient x activation (diagnostic)", token_gradient_explainer(trained, "grad_x_act"), size)
     if not args.no_zoo:
         try:
             zoo_captioner = mx.zoo.load("captioner")

@@ -509,10 +509,11 @@ class VisionEncoderDecoderCaptioner(_Captioner):
         self.model = model
         if layer is None:
             names = dict(model.named_modules())
+            blocks = [c for c in ("encoder.layers", "encoder.encoder.layer", "encoder.encoder.layers") if c in names]
             if "encoder.layernorm" in names:
                 layer = "encoder.layernorm"
-            elif "encoder.encoder.layer" in names:
-                layer = _last_layer(model, "encoder.encoder.layer")
+            elif blocks:  # the encoder's last block (module names differ across transformers versions)
+                layer = _last_layer(model, blocks[0])
             else:
                 raise ValueError(f"layer: no default for encoder {type(model.encoder).__name__}; pass layer=")
         self.default_layer = layer
