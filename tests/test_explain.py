@@ -248,7 +248,10 @@ def test_figures_have_one_panel_per_word(models, scene, caption_ex):
 # ----------------------------------------------------------------------------- shipped captioner
 
 POINTING_SCENES = 50
-POINTING_FLOOR = 0.5  # measured on the shipped captioner: see test_shipped_captioner_points_at_words
+# Measured 2026-11-26 on the first 50 test scenes (294 content words), default layer encoder.features.5:
+# shipped captioner 0.42 (size 0.37, colour 0.57, shape 0.32); a random-weight captioner 0.14.
+# The floor keeps a 0.12 margin below the measurement and stays well above random weights.
+POINTING_FLOOR = 0.30
 
 
 @pytest.mark.skipif(not (zoo.default_root() / "captioner" / zoo.WEIGHTS).is_file(),
