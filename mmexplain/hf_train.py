@@ -227,12 +227,13 @@ def evaluate(model: Any, tokenizer: Any, images: Tensor, captions: list[str], *,
             "word_accuracy_all": sum(hits.values()) / sum(counts.values()), "n": len(captions)}
 
 
-def train(cfg: TinyVEDConfig, out: Path, *, cache_dir: Path | None = None, log_every: int = 100) -> dict:
+def train(cfg: TinyVEDConfig, out: Path, *, cache_dir: Path | None = None, log_every: int = 100,
+          init: Path | None = None) -> dict:
     """Train, evaluate and save the captioner to ``out`` (written atomically: a temp dir, then renamed)."""
     t0 = time.time()
     tokenizer = build_tokenizer()
     processor = build_image_processor(cfg)
-    model = build_model(cfg, tokenizer)
+    model = build_model(cfg, tokenizer) if init is None else _from_checkpoint("VisionEncoderDecoderModel", init)
     cache = None if cache_dir is None else cache_dir / f"shapeworld_train_{cfg.n_train}_{cfg.image_size}"
     images, captions = make_split("train", cfg.n_train, size=cfg.image_size, cache=cache)
     vcache = None if cache_dir is None else cache_dir / f"shapeworld_val_{cfg.n_val}_{cfg.image_size}"
@@ -289,7 +290,7 @@ def train(cfg: TinyVEDConfig, out: Path, *, cache_dir: Path | None = None, log_e
                 "threads": torch.get_num_threads()}
     print(json.dumps(metrics, indent=1), flush=True)
 
-    _save(out, [model, tokenizer, processor], cfg, metrics, _card(cfg, metrics, sys.argv))
+    _save(out, [model, tokenizer, processor], cfg, metrics, _card(cfg, metrics, sys.argv) + _earlier(init))
     return metrics
 
 
@@ -442,7 +443,8 @@ def evaluate_vilt(model: Any, tokenizer: Any, images: Tensor, rows: list[list], 
     return {"accuracy": {k: sum(v) / len(v) for k, v in hits.items()}, "n_questions": len(rows)}
 
 
-def train_vilt(cfg: TinyViltConfig, out: Path, *, cache_dir: Path | None = None, log_every: int = 100) -> dict:
+def train_vilt(cfg: TinyViltConfig, out: Path, *, cache_dir: Path | None = None, log_every: int = 100,
+               init: Path | None = None) -> dict:
     """Train, evaluate and save the tiny ViLT to ``out`` (written atomically)."""
     from transformers import ViltImageProcessor
 
@@ -450,7 +452,7 @@ def train_vilt(cfg: TinyViltConfig, out: Path, *, cache_dir: Path | None = None,
     tokenizer = build_tokenizer(vqa_vocabulary(), cls_sep=True)
     processor = ViltImageProcessor(size={"shortest_edge": cfg.image_size}, size_divisor=cfg.patch_size,
                                    image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    model = build_vilt(cfg, tokenizer)
+    model = build_vilt(cfg, tokenizer) if init is None else _from_checkpoint("ViltForQuestionAnswering", init)
     cache = None if cache_dir is None else cache_dir / f"shapeworld_vqa_train_{cfg.n_train}_{cfg.image_size}"
     images, rows = make_vqa_split("train", cfg.n_train, size=cfg.image_size, cache=cache)
     vcache = None if cache_dir is None else cache_dir / f"shapeworld_vqa_val_{cfg.n_val}_{cfg.image_size}"
@@ -502,7 +504,7 @@ def train_vilt(cfg: TinyViltConfig, out: Path, *, cache_dir: Path | None = None,
     metrics |= {"steps_run": steps_run, "final_train_loss": round(loss.item(), 4), "train_seconds": round(train_s, 1),
                 "data_seconds": round(t_data, 1), "threads": torch.get_num_threads()}
     print(json.dumps(metrics, indent=1), flush=True)
-    _save(out, [model, tokenizer, processor], cfg, metrics, _vilt_card(cfg, metrics, sys.argv))
+    _save(out, [model, tokenizer, processor], cfg, metrics, _vilt_card(cfg, metrics, sys.argv) + _earlier(init))
     return metrics
 
 
@@ -520,6 +522,23 @@ def load_tiny_vilt(path: str | os.PathLike = "models/tiny-vilt") -> Any:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     processor = ViltImageProcessor.from_pretrained(path, local_files_only=True)
     return ViltVQA(model, image_processor=processor, tokenizer=tokenizer)
+
+
+def _from_checkpoint(class_name: str, path: Path) -> Any:
+    """Continue training from a local checkpoint directory (same config; weights loaded, no network)."""
+    import transformers
+
+    return getattr(transformers, class_name).from_pretrained(Path(path), local_files_only=True)
+
+
+def _earlier(init: Path | None) -> str:
+    """The initial checkpoint's card, kept in the new card (training continued from it)."""
+    if init is None:
+        return ""
+    card = (Path(init) / "CARD.md").read_text() if (Path(init) / "CARD.md").is_file() else "(no CARD.md)\n"
+    body = "\n".join(line if not line.startswith("#") else "#" + line for line in card.splitlines())
+    return ("\n## Earlier training: this run continued from the checkpoint below (its card)\n\n"
+            "The weights above start from that checkpoint; the times add up.\n\n" + body + "\n")
 
 
 def _save(out: Path, parts: list[Any], cfg: Any, metrics: dict, card: str) -> None:
@@ -593,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/tiny-ved" if arch == "ved" else "models/tiny-vilt"))
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache generated scenes here")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue training from this local checkpoint (its card is kept in the new card)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (on a shared, oversubscribed CPU, 2 threads ran ~10x slower than 1)")
     for name, value in asdict(cfg).items():
@@ -600,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = type(cfg)(**{k: getattr(args, k) for k in asdict(cfg)})
-    (train if arch == "ved" else train_vilt)(cfg, args.out, cache_dir=args.cache_dir)
+    (train if arch == "ved" else train_vilt)(cfg, args.out, cache_dir=args.cache_dir, init=args.init)
     return 0
 
 
