@@ -7,13 +7,17 @@ question is linked to its object's pixel mask), so the claim can be measured:
 * caption words: the GROUND-TRUTH caption of each held-out scene is explained
   teacher-forced (as ``mx.explain_caption(captioner, scene.image, scene.caption)``
   does), so word i's map is compared with the mask of ``scene.alignment[i]`` exactly;
-  reported per word kind (size / colour / shape) and for all content words;
+  reported per word kind (size / colour / shape), for all content words, and split
+  into words whose value is unique to their object in the scene and words whose value
+  another object shares ("red" in a scene with two red objects names a concept that
+  an attention-free explanation may rightly mark on both);
 * VQA: the ground-truth answer of every question that refers to at least one object
   is explained (as ``mx.explain_answer(vqa, image, question, answer)``); the mask is
   the union of the referred objects' masks; reported per question kind.
 
 Metrics (:mod:`mmexplain.metrics`): pointing game (map maximum inside the mask; a
-uniform map scores the chance level, the mask's share of the image), energy ratio
+uniform map scores the chance level, the mask's share of the image; also with Zhang
+et al.'s tolerance, 15 px at 224 px scaled to the image, 6 px at 96 px), energy ratio
 (mean inside / mean outside; uniform = 1.0), discrimination on two-object scenes
 (higher mean map value on the referred object than on the other one) and
 weakly-supervised localisation (15% threshold, largest segment's box, IoU >= 0.5).
@@ -69,6 +73,7 @@ METHOD_NAMES = {"gradcam": "Grad-CAM", "guided": "Guided Grad-CAM", "uniform": "
 WORD_KINDS = ("size", "color", "shape")
 QUESTION_KINDS = ("color", "shape", "size", "count", "exist")
 CENTER_SIGMA = 0.25
+ZHANG_TOLERANCE = 15 / 224  # Zhang et al.'s pointing-game tolerance (15 px at 224 px), as a fraction of the side
 # issue 4: caption-word pointing, energy ratio, discrimination, VQA pointing (Grad-CAM)
 GOALS = {"caption_pointing": 0.85, "caption_energy_ratio": 3.3, "caption_discrimination": 0.90, "vqa_pointing": 0.80}
 
@@ -90,8 +95,12 @@ class _Tally:
             self.counts[g]["n"] += 1
             self.counts[g]["n_two"] += other is not None
         for method, m in maps.items():
+            tolerance = round(ZHANG_TOLERANCE * max(m.shape))
+            tie_aware = method == "uniform"
             values = {
-                "pointing": metrics.pointing_expected(m, mask) if method == "uniform" else float(metrics.pointing_game(m, mask)),
+                "pointing": metrics.pointing_expected(m, mask) if tie_aware else float(metrics.pointing_game(m, mask)),
+                "pointing_tolerance": (metrics.pointing_expected(m, mask, tolerance=tolerance) if tie_aware
+                                       else float(metrics.pointing_game(m, mask, tolerance=tolerance))),
                 "energy_ratio": metrics.energy_ratio(m, mask),
                 "energy_inside": metrics.energy_inside(m, mask),
             }
@@ -267,7 +276,10 @@ def _caption_part(captioner: nn.Module, scenes: list[world.Scene], layer: str, *
                                 if words_b[i] in names)
                     other = scene.objects[1 - j].mask if len(scene.objects) == 2 else None
                     item = {m: v[n, b] for m, v in maps.items()} | baselines(h, w)
-                    tally.add([kind, "all"], item, obj.mask, other, obj.box)
+                    # a word whose value another object shares ("red" with two red objects) names a concept,
+                    # not an instance: an attention-free explanation may rightly mark both
+                    shared = any(words_b[i] in (o.size, o.color, o.shape) for k, o in enumerate(scene.objects) if k != j)
+                    tally.add([kind, "all", "shared" if shared else "unique"], item, obj.mask, other, obj.box)
                     ok = bool(predicted[b, i] == ids[b, i])
                     right += ok
                     total += 1
@@ -338,12 +350,13 @@ def grounding_report(
 
     Returns:
         A JSON-ready dict: ``caption`` (``exact_match`` of the greedy caption,
-        teacher-forced ``word_accuracy``, ``groups`` by word kind and ``all``,
+        teacher-forced ``word_accuracy``, ``groups`` by word kind, ``all``, and
+        ``unique`` / ``shared`` (the word's value is / is not unique to its object),
         ``by_correct`` = Grad-CAM on words the model predicts right / wrong), ``vqa``
         (``accuracy`` on the explained questions, ``groups`` by question kind and
         ``all``, ``by_correct``), ``n_scenes``, the layers and ``seconds``. Each group holds ``n``,
         ``n_two`` (items in two-object scenes) and per method the means of
-        ``pointing``, ``energy_ratio`` (over finite values; ``energy_ratio_median``,
+        ``pointing``, ``pointing_tolerance`` (Zhang et al.'s 15 px at 224 px, scaled), ``energy_ratio`` (over finite values; ``energy_ratio_median``,
         ``energy_ratio_infinite`` beside it), ``energy_inside``, ``discrimination``
         (two-object scenes) and ``localization`` (single-object references).
     """
@@ -390,7 +403,9 @@ def _fmt(row: dict[str, float] | None, key: str, percent: bool) -> str:
     return f"{100 * row[key]:.1f}%" if percent else f"{row[key]:.2f}"
 
 
-METRIC_COLUMNS = (("pointing", "pointing game", True), ("energy_ratio", "energy ratio", False),
+METRIC_COLUMNS = (("pointing", "pointing game", True),
+                  ("pointing_tolerance", "pointing game, 15/224-of-the-side tolerance (Zhang et al.)", True),
+                  ("energy_ratio", "energy ratio", False),
                   ("discrimination", "discrimination (2-object scenes)", True),
                   ("localization", "localisation (IoU >= 0.5)", True))
 
@@ -422,7 +437,9 @@ def format_report(report: dict[str, Any]) -> str:
         "(two-object scenes). Localisation: 15%-of-max segment box IoU >= 0.5.",
         "",
     ]
-    lines += _table("Caption content words (ground-truth caption, teacher-forced)", cap["groups"], (*WORD_KINDS, "all"), methods)
+    lines += _table("Caption content words (ground-truth caption, teacher-forced); unique / shared: the word's value "
+                    "is / is not unique to its object in the scene", cap["groups"], (*WORD_KINDS, "all", "unique", "shared"),
+                    methods)
     lines += [""]
     lines += _table("Caption words the model predicts right / wrong (teacher-forced argmax), Grad-CAM",
                     cap["by_correct"], ("right", "wrong"), ["gradcam"])
