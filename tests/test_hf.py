@@ -416,3 +416,27 @@ def test_explain_answer_on_vilt_top_k(vilt_vqa):
     with pytest.raises(ValueError, match="'purple' is not one of"):
         mx.explain_answer(vilt_vqa, image(), "what color is the square ?", "purple")
     assert_untouched(vilt_vqa.hf_model, before)
+
+
+# ----------------------------------------------------------------------------- shipped checkpoints
+
+
+def test_shipped_checkpoints_load_locally_as_safetensors():
+    from pathlib import Path
+
+    from mmexplain.hf_train import load_tiny_ved, load_tiny_vilt, vocabulary
+
+    root = Path(__file__).resolve().parents[1] / "models"
+    for name in ("tiny-ved", "tiny-vilt"):
+        files = {p.name for p in (root / name).iterdir()}
+        assert {"model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json", "CARD.md"} <= files
+        assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files), files
+    captioner = load_tiny_ved(root / "tiny-ved")
+    scene = mx.world.generate(mx.world.split_seeds("test", 1)[0], size=64)
+    words = captioner.generate(captioner.load_image(scene.image))
+    assert words and set(words) <= set(vocabulary())
+    vqa = load_tiny_vilt(root / "tiny-vilt")
+    qa = scene.questions[0]
+    ax = mx.explain_answer(vqa, scene.image, qa.question, top_k=2)
+    assert len(ax.answers) == 2 and set(ax.answers) <= set(mx.world.answers())
+    assert ax.maps.shape == (2, 64, 64) and ax.token_attributions.shape == (2, len(qa.question.split()))
