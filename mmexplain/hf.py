@@ -142,7 +142,22 @@ def _square_side(length: int) -> int:
 # ----------------------------------------------------------------------------- wrappers
 
 
-class DecoderLogits(nn.Module):
+class _Wrapper(nn.Module):
+    """A module around ``self.model`` whose training flag is the wrapped model's, always."""
+
+    model: nn.Module
+
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        model = self._modules.get("model")
+        return bool(model.training) if model is not None else False
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        pass  # nn.Module.train() sets the children, so the wrapped model carries the flag
+
+
+class DecoderLogits(_Wrapper):
     """Run ``model(**inputs)`` unchanged and return the output of one of its submodules.
 
     ``BlipForQuestionAnswering.forward`` computes the answer decoder's logits but does
@@ -165,7 +180,6 @@ class DecoderLogits(nn.Module):
         self.model = model
         self.submodule = submodule
         model.get_submodule(submodule)  # fail early on a wrong name
-        self.training = model.training  # mirror the model; its own flags are not touched
 
     def forward(self, **inputs: Any) -> Any:
         captured: list[Any] = []
@@ -180,7 +194,7 @@ class DecoderLogits(nn.Module):
         return captured[-1]
 
 
-class ViltPatchOrder(nn.Module):
+class ViltPatchOrder(_Wrapper):
     """``ViltForQuestionAnswering`` with its image tokens in row-major patch order.
 
     ViLT's ``visual_embed`` returns the patch tokens in a random order
@@ -203,7 +217,6 @@ class ViltPatchOrder(nn.Module):
             raise TypeError(f"model: expected a ViLT model with a .vilt ViltModel, got {type(model).__name__}")
         self.model = model
         self.grid: tuple[int, int] | None = None
-        self.training = model.training  # mirror the model; its own flags are not touched
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor, *, pixel_mask: Tensor | None = None,
                 **text_inputs: Any) -> Any:

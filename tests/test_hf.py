@@ -335,6 +335,10 @@ def test_blip_vqa_generated_answer_and_cleanup_after_error(blip_vqa):
     pixels = blip_vqa.load_image(image())
     answer = blip_vqa.answer(pixels, "what color is the shape ?")
     assert isinstance(answer, str)
+    assert blip_vqa.model.training is False  # the wrapper's flag is the wrapped model's
+    hf_model.train()
+    assert blip_vqa.model.training is True
+    hf_model.eval()
     with pytest.raises(ValueError, match="top_k"):
         blip_vqa.query(pixels, "what color is the shape ?", None, 3)
 
