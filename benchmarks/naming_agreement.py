@@ -167,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             t = tallies.get(cat)
             if t is None or t.cases == 0:
                 continue
+            named = t.cases - t.no_named_unit  # cases whose word names at least one unit (chance is 0 elsewhere)
             agree_rows.append((name, cat, t.cases, 100 * t.hits / t.cases, 100 * t.chance / t.cases,
-                               100 * t.no_named_unit / t.cases, t_explain))
+                               100 * t.no_named_unit / t.cases, 100 * t.hits / max(named, 1),
+                               100 * t.chance / max(named, 1), t_explain))
 
     weights = "RANDOM WEIGHTS (--untrained): not a measurement" if args.untrained else "shipped checkpoints"
     print(f"\nNetwork Dissection at default_layer ({weights}; {args.n_dissect} val scenes, quantile 0.005, "
@@ -179,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]} | {r[7]:.0f} |")
     print(f"\nNaming agreement: top-{args.k} evidence-for units (alpha > 0, IoU >= {args.min_iou}) include a unit "
           f"named with the word ({args.n_eval} test scenes)\n")
-    print("| model | words | cases | agreement % | chance % | word names no unit % |")
-    print("|---|---|---|---|---|---|")
+    print("| model | words | cases | agreement % | chance % | word names no unit % | agreement % where "
+          "a unit has the name | chance % there |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in agree_rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.1f} |")
     return 0
 
 
