@@ -52,7 +52,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "captioner": {"steps": 2500, "batch_size": 32, "lr": 3e-3},
     "vqa": {"steps": 2500, "batch_size": 32, "lr": 2e-3},
 }
-QUESTIONS_PER_SCENE = 4  # VQA training questions per scene (distinct kinds)
+QUESTIONS_PER_SCENE = 5  # VQA training questions per scene (distinct kinds)
 WARMUP = 0.03  # fraction of steps with linear warm-up, then cosine decay to 0
 EVAL_N = 1000
 
@@ -116,7 +116,7 @@ def caption_tensors(vocab: Vocab, captions: list[str]) -> tuple[torch.Tensor, to
     return inputs, targets
 
 
-def make_batch(model: nn.Module, seeds, *, bias=None) -> dict:
+def make_batch(model: nn.Module, seeds, *, bias=None, questions_per_scene: int = QUESTIONS_PER_SCENE) -> dict:
     """Scenes for ``seeds`` turned into the model's inputs and targets."""
     size = model.config.image_size
     scenes = [world.generate(s, size=size, bias=bias) for s in seeds]
@@ -136,7 +136,7 @@ def make_batch(model: nn.Module, seeds, *, bias=None) -> dict:
         for j, s in enumerate(scenes):  # up to QUESTIONS_PER_SCENE questions: distinct kinds, then one of each
             rng = random.Random(s.seed * 7 + 1)
             kinds = sorted({q.kind for q in s.questions})
-            for kind in rng.sample(kinds, min(QUESTIONS_PER_SCENE, len(kinds))):
+            for kind in rng.sample(kinds, min(questions_per_scene, len(kinds))):
                 qas.append(rng.choice([q for q in s.questions if q.kind == kind]))
                 rows.append(j)
         questions = model.encode_questions([q.question for q in qas])  # (Q, L)
@@ -177,7 +177,8 @@ def init_encoder(model: nn.Module, folder: str | os.PathLike) -> None:
 
 def train(name: str, *, steps: int | None = None, seed: int = 0, batch_size: int | None = None,
           lr: float | None = None, bias=None, progress: bool = True, model: nn.Module | None = None,
-          encoder_from: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
+          encoder_from: str | os.PathLike | None = None,
+          questions_per_scene: int = QUESTIONS_PER_SCENE) -> tuple[nn.Module, dict]:
     """Train a reference model from scratch on fresh train-split scenes.
 
     Args:
@@ -188,6 +189,7 @@ def train(name: str, *, steps: int | None = None, seed: int = 0, batch_size: int
         progress: show a tqdm progress bar.
         model: continue from this model instead of a fresh one.
         encoder_from: a classifier checkpoint directory whose CNN initialises the model's encoder.
+        questions_per_scene: VQA only: questions (of distinct kinds) asked about each training scene.
 
     Returns:
         ``(model in eval mode, info)`` with ``info`` holding the losses and timing.
@@ -226,7 +228,7 @@ def train(name: str, *, steps: int | None = None, seed: int = 0, batch_size: int
     bar = tqdm(range(steps), desc=f"train {name}", disable=not progress, dynamic_ncols=True)
     for step in bar:
         seeds = [train_seeds[(start + step * batch_size + i) % len(train_seeds)] for i in range(batch_size)]
-        batch = make_batch(model, seeds, bias=bias)
+        batch = make_batch(model, seeds, bias=bias, questions_per_scene=questions_per_scene)
         loss = batch_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -243,6 +245,8 @@ def train(name: str, *, steps: int | None = None, seed: int = 0, batch_size: int
             "first_loss": round(float(np.mean(losses[:20])), 4),
             "final_loss": round(float(np.mean(losses[-50:])), 4), "bias": bias,
             "encoder_from": None if encoder_from is None else Path(encoder_from).name}
+    if isinstance(model, VQA):
+        info["questions_per_scene"] = questions_per_scene
     return model.eval(), info
 
 
@@ -448,9 +452,9 @@ def _fmt(x: object) -> str:
 DESCRIPTION = {
     "classifier": "Conv stack (6 conv-BN-ReLU blocks, stride 8) -> global average pooling -> one linear layer "
                   "`fc` over the 20 colour x shape classes (multi-label, sigmoid). CAM-compatible.",
-    "captioner": "Show and Tell without attention: conv stack (stride 8, last map 12x12) -> global average "
-                 "pooling + a coarse 3x3 pooled summary -> linear + BatchNorm image feature, which initialises "
-                 "the LSTM state and is fed at every step next to the word embedding; greedy or beam decoding.",
+    "captioner": "Show and Tell without attention: conv stack (CoordConv input, stride 8, last map 12x12) -> "
+                 "global average pooling -> linear + BatchNorm image feature, which initialises the LSTM state "
+                 "and is fed at every step next to the word embedding; greedy or beam decoding.",
     "vqa": "\"deeper LSTM Q + norm I\" (Lu et al. 2015): conv stack (last map 12x12) -> global average pooling "
            "+ coarse 3x3 summary -> L2 normalisation -> linear+tanh; 2-layer LSTM question encoding (h and c of "
            "both layers) -> linear+tanh; element-wise product; MLP over the answers.",
@@ -461,9 +465,11 @@ NOTES = {
                   "(size ignored). Logits are pre-sigmoid; `fc` is the CAM weight matrix.",
     "captioner": "The language prior (the best a model that ignores the image can do on ShapeWorld captions) "
                  "is about 0.77 nats/token; the final training loss above is far below it, so the decoder "
-                 "reads the image. Captions list the objects left to right, so the image feature carries a "
-                 "coarse 3x3 pooled summary next to the global average (where-information for `left of`); "
-                 "the 12x12 map at the Grad-CAM layer is never pooled before it.",
+                 "reads the image. Captions list the objects left to right; the pixel coordinates enter the "
+                 "CNN as two extra input channels (CoordConv) so that the globally averaged feature can say "
+                 "where each object is, and the 12x12 map at the Grad-CAM layer is never pooled before it. "
+                 "`gradcam_word_pointing`: share of content words whose Grad-CAM maximum (log p of the word, "
+                 "teacher-forced on the reference caption) lies inside the object the word describes.",
     "vqa": "Answers: colours, shapes, sizes, counts (zero..three), yes/no. Training samples a question kind "
            "uniformly per scene, then a question of that kind; the test accuracy counts every question of "
            "every test scene.",
@@ -476,7 +482,9 @@ def card(name: str, model: nn.Module, info: dict, metrics: dict, command: str) -
              f"Parameters: {n_params:,}. Input: (B, 3, 96, 96) floats in [0, 1] (normalised inside `forward`). "
              f"Grad-CAM layer: `{model.default_layer}` (12x12).", "",
              "## How it was made", "", "```", command, "```", "",
-             f"- steps: {info.get('steps')}, batch size: {info.get('batch_size')}, peak lr: {info.get('lr')} "
+             f"- steps: {info.get('steps')}, batch size: {info.get('batch_size')}"
+             + (f" scenes x up to {info['questions_per_scene']} questions" if info.get("questions_per_scene") else "")
+             + f", peak lr: {info.get('lr')} "
              "(AdamW, 3% warm-up, cosine decay), seed: " + str(info.get("seed")),
              ("- CNN initialised from the `" + str(info.get("encoder_from")) + "` checkpoint's encoder "
               "(like the paper's pretrained CNN), then trained end to end" if info.get("encoder_from")
@@ -487,7 +495,15 @@ def card(name: str, model: nn.Module, info: dict, metrics: dict, command: str) -
              f"({info.get('threads')} torch thread(s); 2-core {platform.machine()} VM, torch {torch.__version__}). "
              "The machine was shared with several other jobs (load average > 10 on 2 cores) while this ran, so "
              "the wall clock is mostly waiting: on a quiet 2-core machine it takes about the CPU time",
-             f"- loss: {info.get('first_loss')} (first 20 steps) -> {info.get('final_loss')} (last 50 steps)", "",
+             f"- loss: {info.get('first_loss')} (first 20 steps) -> {info.get('final_loss')} (last 50 steps)"]
+    prev = info.get("resumed_from")
+    while prev:  # earlier stages of a resumed training
+        t = prev.get("training") or {}
+        lines.append(f"- continued from a checkpoint made by `{prev.get('command')}`: {t.get('steps')} steps, "
+                     f"{t.get('seconds')} s wall clock, {t.get('cpu_seconds')} s CPU, loss {t.get('first_loss')} "
+                     f"-> {t.get('final_loss')}")
+        prev = t.get("resumed_from")
+    lines += ["",
              "## Held-out metrics", "",
              f"First {metrics['n_scenes']} scenes of the test split "
              f"(`mx.world.split_seeds('test', {metrics['n_scenes']})`). Reproduce with:", "",
@@ -525,12 +541,19 @@ def _train_handler(args: argparse.Namespace) -> int:
     if args.command_text:
         command = args.command_text
     encoder_from = args.init_encoder
-    if encoder_from is None and args.name == "vqa":
+    if encoder_from is None and args.name == "vqa" and not args.resume:
         encoder_from = str(default_root() / "classifier")
     if encoder_from in ("none", ""):
         encoder_from = None
+    start, previous = None, None
+    if args.resume:  # continue training a checkpoint (its weights; a fresh optimiser and schedule)
+        start = load(args.name, args.resume)
+        previous = json.loads((Path(args.resume) / CONFIG).read_text(encoding="utf-8"))
     model, info = train(args.name, steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-                        encoder_from=encoder_from)
+                        encoder_from=encoder_from, model=start, questions_per_scene=args.questions_per_scene)
+    if previous is not None:
+        info["resumed_from"] = {"command": previous.get("command"), "training": previous.get("training")}
+        command = f"{previous.get('command')}\n{command}"
     print(f"trained {args.name} in {info['seconds']} s; loss {info['first_loss']} -> {info['final_loss']}")
     metrics = evaluate(model, n=args.n)
     save(model, out, info=info, metrics=metrics, command=command)
@@ -555,6 +578,9 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init-encoder", default=None,
                    help="classifier checkpoint whose CNN initialises the encoder ('none' for random; default: "
                         "models/classifier for vqa, none otherwise)")
+    p.add_argument("--questions-per-scene", type=int, default=QUESTIONS_PER_SCENE,
+                   help="vqa: questions of distinct kinds per training scene")
+    p.add_argument("--resume", default=None, help="continue training this checkpoint directory")
     p.add_argument("--eval-only", action="store_true", help="only evaluate the checkpoint in --out")
     p.add_argument("--command-text", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_train_handler)
