@@ -31,8 +31,9 @@ from typing import Any
 __all__ = ["add_demo_command", "run_demo"]
 
 MODELS = ("captioner", "vqa", "classifier")
-# questions that refer to one object come first: they are the ones a map can ground
-KIND_ORDER = ("color", "shape", "size", "exist", "count")
+# per scene: one question about an attribute of one object, then one about presence/number
+# (kinds in order of preference within each group)
+QUESTION_GROUPS = (("color", "shape", "size"), ("exist", "count", "size"))
 QUESTIONS_PER_SCENE = 2
 
 
@@ -57,16 +58,16 @@ def load_shipped(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     return {name: zoo.load(name, base) for name in MODELS}
 
 
-def pick_questions(scene: Any, n: int = QUESTIONS_PER_SCENE) -> list[Any]:
-    """``n`` questions of different kinds, object-grounded kinds first."""
+def pick_questions(scene: Any) -> list[Any]:
+    """One question per group of ``QUESTION_GROUPS``, each referring to at least one object."""
     chosen: list[Any] = []
-    for kind in KIND_ORDER:
-        match = [q for q in scene.questions if q.kind == kind and (q.objects or kind == "count")]
-        if match:
-            chosen.append(match[0])
-        if len(chosen) == n:
-            break
-    return chosen
+    for group in QUESTION_GROUPS:
+        for kind in group:
+            match = [q for q in scene.questions if q.kind == kind and q.objects and q not in chosen]
+            if match:
+                chosen.append(match[0])
+                break
+    return chosen[:QUESTIONS_PER_SCENE]
 
 
 def _words_line(words: list[str], logprobs: list[float]) -> str:
