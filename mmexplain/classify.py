@@ -225,6 +225,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from mmexplain.viz.core import overlay, save_figure, to_image_array
 
     layer, reshape = (args.layer, None) if args.layer else default_layer(args.arch, model)
+    cam = mx.GradCAM(model, layer, reshape=reshape)  # bad --layer: ValueError naming the nearest layers
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     x = ((image - mean) / std).unsqueeze(0)  # (1, 3, H, W)
@@ -238,7 +239,6 @@ def run_classify(args: argparse.Namespace) -> int:
     label = f"class {target_class}" + (f" ({names[target_class]})" if names else "")
     target = mx.targets.ClassLogit(target_class)
 
-    cam = mx.GradCAM(model, layer, reshape=reshape)  # bad --layer: ValueError naming the nearest layers
     if args.method == "counterfactual":
         res = cam(x, mx.targets.Counterfactual(target))
     else:
