@@ -139,7 +139,7 @@ from collections import defaultdict
 hits, ratios = defaultdict(list), defaultdict(list)
 kind = {**{w: "size" for w in mx.world.SIZES}, **{w: "color" for w in mx.world.COLORS},
         **{w: "shape" for w in mx.world.SHAPES}}
-for seed in mx.world.split_seeds("test", 12, start=100):
+for seed in mx.world.split_seeds("test", 10, start=100):
     s = mx.world.generate(seed)
     e = mx.explain_caption(captioner, s.image, s.caption)
     for t, o in s.alignment.items():
@@ -240,7 +240,7 @@ falls inside that object (pointing game), and the energy ratio inside/outside it
 is scored the same way for contrast."""),
     ("code", """\
 rows = []
-for seed in mx.world.split_seeds("test", 15, start=200):
+for seed in mx.world.split_seeds("test", 12, start=200):
     s = mx.world.generate(seed)
     for q in s.questions:
         if q.kind in ("color", "shape", "size") and len(q.objects) == 1:
