@@ -62,5 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run through the package so CLIError is one class, not __main__.CLIError
+    from mmexplain.cli import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,7 @@
+"""``python -m mmexplain`` runs the ``mmexplain`` command."""
+
+import sys
+
+from mmexplain.cli import main
+
+sys.exit(main())
