@@ -204,6 +204,8 @@ class ZooAnswerAdapter:
             names: list[str] | Callable[[Any], list[str]] = [answer]
             picked = lambda out: torch.tensor([index])  # noqa: E731
         else:
+            if top_k > len(answers):
+                raise ValueError(f"top_k: the model has {len(answers)} answers, cannot explain the top {top_k}")
             targets = [TopClass(rank) for rank in range(top_k)]
             picked = lambda out: torch.stack([t.indices(out)[0] for t in targets])  # noqa: E731
             names = lambda out: [answers[int(i)] for i in picked(out)]  # noqa: E731
@@ -421,8 +423,7 @@ def explain_caption(
     if method == "guided":
         from .guided import GuidedBackprop
 
-        backprop = GuidedBackprop(adapter.model)
-        grads = torch.stack([backprop(inputs, t)[0] for t in targets])  # (T, C, H, W)
+        grads = GuidedBackprop(adapter.model)(inputs, targets)[:, 0]  # (T, C, H, W), one forward
         if grads.shape[-2:] != res.maps.shape[-2:]:
             grads = F.interpolate(grads, size=res.maps.shape[-2:], mode="bilinear", align_corners=False)
         guided = grads * res.maps[:, 0, None]  # (T, C, H, W)
