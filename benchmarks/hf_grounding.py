@@ -148,6 +148,7 @@ def evaluate_vqa(answer_map: Callable, seeds: range, size: int, *, chance: bool 
     hits: dict[str, list[float]] = {}
     ratios: list[float] = []
     top_content: list[float] = []
+    content_share: list[float] = []  # chance level of top_content: a random token is a content word
     for seed in seeds:
         scene = mx.world.generate(seed, size=size)
         for qa in scene.questions:
@@ -160,6 +161,7 @@ def evaluate_vqa(answer_map: Callable, seeds: range, size: int, *, chance: bool 
             hits.setdefault("all", []).append(hit)
             if not bool(mask.all()):
                 ratios.append(metrics.energy_ratio(saliency, mask))
+            content_share.append(sum(t in CONTENT for t in tokens) / len(tokens))
             if attributions is not None:
                 top_content.append(float(tokens[int(attributions.abs().argmax())] in CONTENT))
     finite = [r for r in ratios if math.isfinite(r)]
@@ -168,6 +170,7 @@ def evaluate_vqa(answer_map: Callable, seeds: range, size: int, *, chance: bool 
         "energy_mean": sum(finite) / len(finite),
         "energy_median": statistics.median(ratios),
         "top_token_content": sum(top_content) / len(top_content) if top_content else float("nan"),
+        "content_share": sum(content_share) / len(content_share),
         "questions": len(hits["all"]),
     }
 
@@ -242,6 +245,7 @@ def vqa_table(args: argparse.Namespace) -> None:
         p = r["pointing"]
         print(f"| {name} | {r['questions']} | {p['all']:.3f} | " + " | ".join(f"{p[k]:.3f}" for k in kinds)
               + f" | {r['energy_mean']:.2f} | {r['energy_median']:.2f} | {r['top_token_content']:.3f} | {secs:.0f} |")
+    print(f"\nchance that a random question token is a content word: {rows[0][1]['content_share']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
