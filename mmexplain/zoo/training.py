@@ -264,8 +264,17 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, *, n: int = EVAL_N, batch_size: int = 100, bias=None) -> dict:
-    """Held-out metrics on the first ``n`` test scenes (see the module docstring)."""
+def evaluate(model: nn.Module, *, n: int = EVAL_N, batch_size: int = 100, bias=None, pointing_n: int = 200) -> dict:
+    """Held-out metrics on the first ``n`` test scenes (see the module docstring).
+
+    The Grad-CAM pointing game (:func:`pointing`) runs on the first ``min(n, pointing_n)``
+    scenes; ``pointing_n=0`` skips it.
+    """
+    pn = min(n, pointing_n)
+
+    def point() -> dict:
+        return pointing(model, n=pn) if pn > 0 else {}
+
     model.eval()
     seeds = world.split_seeds("test", n)
     if isinstance(model, Classifier):
@@ -282,7 +291,7 @@ def evaluate(model: nn.Module, *, n: int = EVAL_N, batch_size: int = 100, bias=N
         exact = float(((s > 0) == (y > 0)).all(axis=1).mean())
         return {"n_scenes": n, "mAP": float(np.mean(list(valid.values()))), "exact_set_accuracy": exact,
                 "AP_per_color": per_color, "AP_per_shape": per_shape,
-                "gradcam_pointing_200_scenes": pointing(model, n=min(n, 200)), "AP_per_class": valid}
+                "gradcam_pointing": point(), "pointing_scenes": pn, "AP_per_class": valid}
     if isinstance(model, Captioner):
         from nltk.translate.bleu_score import corpus_bleu
 
@@ -308,7 +317,7 @@ def evaluate(model: nn.Module, *, n: int = EVAL_N, batch_size: int = 100, bias=N
                 "exact_caption": float(np.mean([h == r[0] for h, r in zip(hyps, refs)])),
                 "object_count_accuracy": count_ok / n,
                 "word_accuracy": {a: correct[a] / max(1, total[a]) for a in correct},
-                "gradcam_word_pointing_200_scenes": pointing(model, n=min(n, 200)),
+                "gradcam_word_pointing": point(), "pointing_scenes": pn,
                 "examples": [{"reference": " ".join(r[0]), "generated": " ".join(h)} for h, r in
                              list(zip(hyps, refs))[:5]]}
     if isinstance(model, VQA):
@@ -331,7 +340,7 @@ def evaluate(model: nn.Module, *, n: int = EVAL_N, batch_size: int = 100, bias=N
                 "accuracy": sum(right.values()) / sum(count.values()),
                 "mean_per_kind_accuracy": float(np.mean(list(per_kind.values()))),
                 "accuracy_per_kind": per_kind, "questions_per_kind": count,
-                "gradcam_answer_pointing_200_scenes": pointing(model, n=min(n, 200))}
+                "gradcam_answer_pointing": point(), "pointing_scenes": pn}
     raise TypeError(f"model must be a zoo model, got {type(model).__name__}")
 
 
