@@ -176,6 +176,22 @@ def _detach(obj: Any) -> Any:
     return obj
 
 
+def _batch_rows(obj: Any, start: int, stop: int, rows: int) -> Any:
+    """Rows start..stop of every tensor in ``obj`` whose batch axis has ``rows`` rows."""
+    if isinstance(obj, Tensor):
+        return obj[start:stop] if obj.dim() > 0 and obj.shape[0] == rows else obj
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_batch_rows(o, start, stop, rows) for o in obj)
+    if isinstance(obj, list):
+        return [_batch_rows(o, start, stop, rows) for o in obj]
+    if isinstance(obj, dict):
+        out = copy.copy(obj)
+        for key, value in obj.items():
+            out[key] = _batch_rows(value, start, stop, rows)
+        return out
+    return obj
+
+
 def _first_tensor(output: Any, name: str) -> Tensor:
     if isinstance(output, Tensor):
         return output
@@ -191,10 +207,15 @@ def _replace_first(output: Any, tensor: Tensor) -> Any:
 
 
 class _Capture:
-    """Forward hooks that capture each hooked output (a new leaf for the first) and switch autograd on."""
+    """Forward hooks that capture each hooked output (a new leaf for the first) and switch autograd on.
 
-    def __init__(self, layers: dict[str, nn.Module]) -> None:
+    ``copies`` > 1 repeats the first layer's output that many times along the batch
+    axis (target-major) before it becomes the leaf: one copy per target.
+    """
+
+    def __init__(self, layers: dict[str, nn.Module], *, copies: int = 1) -> None:
         self.layers = layers
+        self.copies = copies
         self.leaves: dict[str, Tensor] = {}
 
     def hook(self, name: str) -> Callable[..., Any]:
@@ -209,7 +230,12 @@ class _Capture:
                 raise TypeError(f"layer {name!r} output has dtype {tensor.dtype}; expected floating point")
             # the first hooked layer starts the graph; a later one (reached through it) keeps
             # its place in that graph, so gradients flow back to the earlier layer too
-            leaf = tensor if tensor.requires_grad else tensor.detach().requires_grad_(True)
+            if tensor.requires_grad:
+                leaf = tensor
+            else:
+                if self.copies > 1:
+                    tensor = tensor.repeat(self.copies, *([1] * (tensor.dim() - 1)))  # (N*B, ...)
+                leaf = tensor.detach().requires_grad_(True)
             self.leaves[name] = leaf
             torch.set_grad_enabled(True)  # the rest of the forward builds the graph
             # clone: in-place ops right after the layer (ReLU(inplace=True)) must not touch the leaf
@@ -264,6 +290,7 @@ class GradCAM:
         *,
         size: tuple[int, int] | None = None,
         extra_layers: Mapping[str, LayerSpec] | None = None,
+        targets_in_batch: bool = False,
     ) -> CAMResult:
         """Explain one target, or a list of N targets from one forward pass.
 
@@ -274,6 +301,14 @@ class GradCAM:
                 in ``inputs``, else the layer's own grid.
             extra_layers: name -> layer whose output gradient is also returned
                 (``res.extra``), e.g. word embeddings for gradient x embedding.
+            targets_in_batch: instead of a batched backward, copy the layer's
+                activation once per target along the batch axis (N*B rows,
+                target-major: rows n*B..(n+1)*B belong to target n) and take one
+                ordinary backward. The network before the layer still runs once.
+                Faster when the part after the layer is recurrent (an LSTM decoder
+                on CPU, where the batched backward gains nothing). The caller
+                repeats, target-major, every other input that meets the activation
+                after the layer (e.g. caption tokens: ``tokens.repeat(N, 1)``).
 
         Returns:
             CAMResult; see its docstring for shapes.
@@ -299,8 +334,15 @@ class GradCAM:
                 raise ValueError(f"extra_layers: name {name!r} is the explained layer's own name")
             layers[name] = resolve_layer(self.model, spec)
 
-        output, leaves = self._forward(inputs, layers)
-        scores, grads = self._backward(output, target_list, leaves)
+        copies = len(target_list) if targets_in_batch else 1
+        if copies > 1 and extra_layers:
+            raise ValueError("extra_layers: not supported together with targets_in_batch=True")
+        output, leaves = self._forward(inputs, layers, copies=copies)
+        scores, grads = self._backward(output, target_list, leaves, copies=copies)
+        if copies > 1:
+            batch = leaves[self.layer_name].shape[0] // copies
+            leaves = {self.layer_name: leaves[self.layer_name][:batch]}  # the copies are equal
+            output = _batch_rows(output, 0, batch, copies * batch)
 
         activation = self._grid(leaves[self.layer_name].detach(), "activation")  # (B, K, u, v)
         n_targets = len(target_list)
@@ -318,9 +360,9 @@ class GradCAM:
         result = CAMResult(maps, raw, pre_relu, weights, scores, activation, _detach(output), extra, many=True)
         return result if many else result[0]
 
-    def _forward(self, inputs: Any, layers: dict[str, nn.Module]) -> tuple[Any, dict[str, Tensor]]:
+    def _forward(self, inputs: Any, layers: dict[str, nn.Module], *, copies: int) -> tuple[Any, dict[str, Tensor]]:
         """Run the model once: no graph before the first hooked layer; returns output and leaves."""
-        capture = _Capture(layers)
+        capture = _Capture(layers, copies=copies)
         handles = []
         grad_was = torch.is_grad_enabled()
         try:
@@ -337,14 +379,23 @@ class GradCAM:
             raise ValueError(f"layer {missing[0]!r} did not run during the forward pass; choose a layer the model uses")
         return output, {name: capture.leaves[name] for name in layers}  # explained layer first
 
-    def _backward(self, output: Any, targets: list[Target], leaves: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """Scores (N, B) and, per leaf, its gradient (N, B, ...) for every target."""
-        batch = leaves[self.layer_name].shape[0]
+    def _backward(
+        self, output: Any, targets: list[Target], leaves: dict[str, Tensor], *, copies: int
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Scores (N, B) and, per leaf, its gradient (N, B, ...) for every target.
+
+        With ``copies`` = N the leaf holds one copy of the activation per target
+        (N*B rows); target n reads its own rows of the output, and one ordinary
+        backward of the summed scores gives every target's gradient.
+        """
+        rows = leaves[self.layer_name].shape[0]
+        batch = rows // copies
         inputs = list(leaves.values())
         with torch.enable_grad():
             scores = []
             for i, target in enumerate(targets):
-                score = target(output)
+                mine = output if copies == 1 else _batch_rows(output, i * batch, (i + 1) * batch, rows)
+                score = target(mine)
                 if not isinstance(score, Tensor) or score.shape != (batch,):
                     got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
                     raise ValueError(f"target {i} ({target!r}) must return one scalar per sample, shape ({batch},); got {got}")
@@ -355,8 +406,12 @@ class GradCAM:
                     )
                 scores.append(score)
             stacked = torch.stack(scores)  # (N, B)
-            totals = stacked.sum(dim=1)  # (N,) samples are independent in eval mode
-            grads = self._gradients(totals, inputs)
+            if copies > 1:  # each copy's rows feed only its own target's score
+                (grad,) = torch.autograd.grad(stacked.sum(), inputs)  # (N*B, ...)
+                grads = [grad.unflatten(0, (copies, batch))]
+            else:
+                totals = stacked.sum(dim=1)  # (N,) samples are independent in eval mode
+                grads = self._gradients(totals, inputs)
         missing = [name for name, g in zip(leaves, grads) if g is None]
         if missing:
             raise ValueError(f"the targets do not depend on layer {missing[0]!r}: its gradient is None")

@@ -169,9 +169,16 @@ class ZooCaptionAdapter:
             raise ValueError(f"caption: unknown word {unknown[0]!r}; the captioner's vocabulary has {len(vocab) - 4} words")
         return words
 
-    def teacher_forced(self, pixels: Tensor, words: Sequence[str]) -> tuple[Any, list[tuple[list[int], list[int]]]]:
+    # the LSTM decoder's batched (vmap) backward gains nothing on CPU: explain the words
+    # through the batch axis instead (the CNN still runs once; see GradCAM targets_in_batch)
+    targets_in_batch = True
+
+    def teacher_forced(
+        self, pixels: Tensor, words: Sequence[str], *, copies: int = 1
+    ) -> tuple[Any, list[tuple[list[int], list[int]]]]:
         ids = self.model.vocab.encode(list(words))
         tokens = torch.tensor([[self.model.vocab.bos, *ids]], dtype=torch.long, device=pixels.device)  # (1, T+1)
+        tokens = tokens.repeat(copies, 1)  # (copies, T+1): one row per explained word
         return (pixels, tokens), [([t], [tok]) for t, tok in enumerate(ids)]  # word t+1 is read at position t
 
 
@@ -413,17 +420,19 @@ def explain_caption(
         words = adapter.split_words(caption)
         if not words:
             raise ValueError("caption: expected at least one word, got an empty caption")
-    inputs, spans = adapter.teacher_forced(pixels, words)
+    plain_inputs, spans = adapter.teacher_forced(pixels, words)
+    in_batch = bool(getattr(adapter, "targets_in_batch", False)) and len(words) > 1
+    inputs = adapter.teacher_forced(pixels, words, copies=len(words))[0] if in_batch else plain_inputs
     targets: list[Target] = [SequenceLogProb(tokens, positions=positions) for positions, tokens in spans]
     size = tuple(shown.shape[-2:])
     cam = GradCAM(adapter.model, layer if layer is not None else adapter.default_layer, reshape=adapter.reshape)
-    res = cam(inputs, targets, size=size)
+    res = cam(inputs, targets, size=size, targets_in_batch=in_batch)
     caption_map = upsample_and_normalize(F.relu(res.pre_relu.sum(dim=0)), size)[0]  # (H, W)
     guided = None
     if method == "guided":
         from .guided import GuidedBackprop
 
-        grads = GuidedBackprop(adapter.model)(inputs, targets)[:, 0]  # (T, C, H, W), one forward
+        grads = GuidedBackprop(adapter.model)(plain_inputs, targets)[:, 0]  # (T, C, H, W), one forward
         if grads.shape[-2:] != res.maps.shape[-2:]:
             grads = F.interpolate(grads, size=res.maps.shape[-2:], mode="bilinear", align_corners=False)
         guided = grads * res.maps[:, 0, None]  # (T, C, H, W)

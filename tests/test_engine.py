@@ -192,6 +192,27 @@ def test_whole_caption_map_is_relu_of_summed_word_maps():
     assert whole.raw.abs().max() > 0
 
 
+def test_targets_in_batch_equals_batched_backward():
+    torch.manual_seed(2)
+    model = TinyCaptioner().eval()
+    images, tokens = torch.rand(2, 3, 12, 12), torch.tensor([[0, 3, 5, 2, 6], [0, 1, 4, 4, 2]])
+    words = tokens[:, 1:]
+    targets = [T.WordLogProb(t, words[:, t]) for t in range(words.shape[1])]
+    cam = mx.GradCAM(model, "encoder.2")
+    calls = []
+    model.encoder.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    batched = cam((images, tokens), targets)
+    in_batch = cam((images, tokens.repeat(len(targets), 1)), targets, targets_in_batch=True)
+    assert calls == [2, 2]  # the encoder runs once, on the real batch, both ways
+    assert in_batch.maps.shape == batched.maps.shape == (4, 2, 12, 12)
+    assert in_batch.activations.shape == batched.activations.shape
+    assert torch.allclose(in_batch.pre_relu, batched.pre_relu, atol=1e-6)
+    assert torch.allclose(in_batch.scores, batched.scores, atol=1e-6)
+    assert torch.allclose(in_batch.output, batched.output, atol=1e-6)
+    with pytest.raises(ValueError, match="extra_layers"):
+        cam((images, tokens.repeat(4, 1)), targets, targets_in_batch=True, extra_layers={"e": "embed"})
+
+
 def test_map_is_independent_of_the_rest_of_the_batch():
     model = small_cnn()
     cam = mx.GradCAM(model, "2")

@@ -114,9 +114,11 @@ class Captioner(nn.Module):
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be a (B, L) long tensor, got {got}")
-        if tokens.shape[0] != images.shape[0]:
-            raise ValueError(f"tokens has batch {tokens.shape[0]} but images has {images.shape[0]}")
         f = self.image_features(images)  # (B, F)
+        # checked on the features: an explainer may widen the batch after the encoder
+        # (mx.GradCAM targets_in_batch: one copy of the activation per explained word)
+        if tokens.shape[0] != f.shape[0]:
+            raise ValueError(f"tokens has batch {tokens.shape[0]} but images has {images.shape[0]}")
         emb = self.embed(tokens)  # (B, L, E)
         x = torch.cat([emb, f.unsqueeze(1).expand(-1, tokens.shape[1], -1)], dim=2)  # (B, L, E+F)
         h, _ = self.lstm(x, self._state(f))  # (B, L, H)
