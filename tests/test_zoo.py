@@ -195,3 +195,8 @@ def test_train_command_writes_checkpoint(tmp_path, capsys):
     assert "mAP" in capsys.readouterr().out
     assert "mmexplain train" in (out / "CARD.md").read_text()
     assert zoo.load("classifier", out).classes == zoo.load("classifier").classes
+
+
+def test_pointing_game_reports_each_word_kind(shipped):
+    res = training.pointing(shipped["captioner"], n=6)
+    assert set(res) == {"all", "size", "color", "shape"} and all(0.0 <= v <= 1.0 for v in res.values())

@@ -50,9 +50,9 @@ from .vqa import VQA
 DEFAULTS: dict[str, dict[str, float]] = {
     "classifier": {"steps": 1500, "batch_size": 32, "lr": 3e-3},
     "captioner": {"steps": 2500, "batch_size": 32, "lr": 3e-3},
-    "vqa": {"steps": 2500, "batch_size": 32, "lr": 2e-3},
+    "vqa": {"steps": 2500, "batch_size": 24, "lr": 2e-3},
 }
-QUESTIONS_PER_SCENE = 5  # VQA training questions per scene (distinct kinds)
+QUESTIONS_PER_SCENE = 0  # VQA training questions per scene (distinct kinds); 0: every question of the scene
 WARMUP = 0.03  # fraction of steps with linear warm-up, then cosine decay to 0
 EVAL_N = 1000
 
@@ -136,6 +136,10 @@ def make_batch(model: nn.Module, seeds, *, bias=None, questions_per_scene: int =
         for j, s in enumerate(scenes):  # up to QUESTIONS_PER_SCENE questions: distinct kinds, then one of each
             rng = random.Random(s.seed * 7 + 1)
             kinds = sorted({q.kind for q in s.questions})
+            if questions_per_scene <= 0:  # every question of the scene: contrasting questions about one image
+                qas += s.questions
+                rows += [j] * len(s.questions)
+                continue
             for kind in rng.sample(kinds, min(questions_per_scene, len(kinds))):
                 qas.append(rng.choice([q for q in s.questions if q.kind == kind]))
                 rows.append(j)
@@ -479,9 +483,11 @@ NOTES = {
                  "where each object is, and the 12x12 map at the Grad-CAM layer is never pooled before it. "
                  "`gradcam_word_pointing`: share of content words whose Grad-CAM maximum (log p of the word, "
                  "teacher-forced on the reference caption) lies inside the object the word describes.",
-    "vqa": "Answers: colours, shapes, sizes, counts (zero..three), yes/no. Training samples a question kind "
-           "uniformly per scene, then a question of that kind; the test accuracy counts every question of "
-           "every test scene.",
+    "vqa": "Answers: colours, shapes, sizes, counts (zero..three), yes/no. Training asks every question of "
+           "each training scene (contrasting questions about one image, one CNN pass per image); the test "
+           "accuracy counts every question of every test scene. LayerNorm before each tanh was needed: without "
+           "it the question embedding saturated and the model ignored the object word of colour/shape "
+           "questions (accuracy stuck at 0.84, colour 0.65).",
 }
 
 
@@ -588,7 +594,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
                    help="classifier checkpoint whose CNN initialises the encoder ('none' for random; default: "
                         "models/classifier for vqa, none otherwise)")
     p.add_argument("--questions-per-scene", type=int, default=QUESTIONS_PER_SCENE,
-                   help="vqa: questions of distinct kinds per training scene")
+                   help="vqa: questions of distinct kinds per training scene (0: every question of the scene)")
     p.add_argument("--resume", default=None, help="continue training this checkpoint directory")
     p.add_argument("--eval-only", action="store_true", help="only evaluate the checkpoint in --out")
     p.add_argument("--command-text", default=None, help=argparse.SUPPRESS)

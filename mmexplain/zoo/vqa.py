@@ -41,6 +41,7 @@ class VQAConfig:
     fuse_dim: int = 512  # common space of image and question
     mlp_dim: int = 256  # hidden units of the answer MLP
     dropout: float = 0.1
+    layer_norm: bool = True  # LayerNorm before each tanh: keeps the embeddings out of tanh saturation
 
     def __post_init__(self) -> None:
         self.widths = tuple(self.widths)
@@ -75,6 +76,8 @@ class VQA(nn.Module):
         self.embed = nn.Embedding(len(vocab), c.embed_dim, padding_idx=vocab.pad)
         self.lstm = nn.LSTM(c.embed_dim, c.hidden_dim, num_layers=c.lstm_layers, batch_first=True)
         self.question_fc = nn.Linear(2 * c.lstm_layers * c.hidden_dim, c.fuse_dim)
+        self.image_ln = nn.LayerNorm(c.fuse_dim) if c.layer_norm else nn.Identity()
+        self.question_ln = nn.LayerNorm(c.fuse_dim) if c.layer_norm else nn.Identity()
         self.mlp = nn.Sequential(
             nn.Dropout(c.dropout),
             nn.Linear(c.fuse_dim, c.mlp_dim),
@@ -128,7 +131,7 @@ class VQA(nn.Module):
         a = self.encoder(self.norm(check_images(images)))  # (B, C, h, w)
         feat = torch.cat([a.mean(dim=(2, 3)), self.pool(self.reduce(a)).flatten(1)], dim=1)  # (B, D)
         feat = nn.functional.normalize(feat, dim=1) * self.image_scale  # "norm I" (times a learned scale)
-        return torch.tanh(self.image_fc(feat))  # (B, F)
+        return torch.tanh(self.image_ln(self.image_fc(feat)))  # (B, F)
 
     def question_embedding(self, questions: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` padded ids -> ``(B, fuse_dim)``: 2-layer LSTM, final (h, c) of both layers, Linear + tanh."""
@@ -137,7 +140,7 @@ class VQA(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
         _, (h, c) = self.lstm(packed)  # (layers, B, H) x2
         q = torch.cat([h, c], dim=0).permute(1, 0, 2).flatten(1)  # (B, 2*layers*H)
-        return torch.tanh(self.question_fc(q))  # (B, F)
+        return torch.tanh(self.question_ln(self.question_fc(q)))  # (B, F)
 
     def fuse(self, image: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
         """Element-wise product of the two ``(B, F)`` embeddings, then the answer MLP -> ``(B, A)``."""
