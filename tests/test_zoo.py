@@ -111,13 +111,13 @@ def test_a_few_steps_lower_the_loss(name):
     model = training.new_model(name).train()
     batch = training.make_batch(model, world.split_seeds("train", 16))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    first = float(training.batch_loss(model, batch))
+    first = training.batch_loss(model, batch).item()
     for _ in range(8):
         loss = training.batch_loss(model, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(training.batch_loss(model, batch)) < 0.8 * first
+    assert training.batch_loss(model, batch).item() < 0.8 * first
 
 
 # floors on 64 held-out scenes (the cards report 1,000-scene numbers well above these)
