@@ -469,8 +469,8 @@ DESCRIPTION = {
                  "global average pooling -> linear + BatchNorm image feature, which initialises the LSTM state "
                  "and is fed at every step next to the word embedding; greedy or beam decoding.",
     "vqa": "\"deeper LSTM Q + norm I\" (Lu et al. 2015): conv stack (last map 12x12) -> global average pooling "
-           "+ coarse 3x3 summary -> L2 normalisation -> linear+tanh; 2-layer LSTM question encoding (h and c of "
-           "both layers) -> linear+tanh; element-wise product; MLP over the answers.",
+           "+ coarse 3x3 summary -> L2 normalisation -> linear+LayerNorm+tanh; 2-layer LSTM question encoding (h "
+           "and c of both layers) -> linear+LayerNorm+tanh; element-wise product; MLP over the answers.",
 }
 
 NOTES = {
@@ -498,7 +498,9 @@ def card(name: str, model: nn.Module, info: dict, metrics: dict, command: str) -
              f"Grad-CAM layer: `{model.default_layer}` (12x12).", "",
              "## How it was made", "", "```", command, "```", "",
              f"- steps: {info.get('steps')}, batch size: {info.get('batch_size')}"
-             + (f" scenes x up to {info['questions_per_scene']} questions" if info.get("questions_per_scene") else "")
+             + ("" if info.get("questions_per_scene") is None else " scenes x " + (
+                 f"up to {info['questions_per_scene']} questions" if info["questions_per_scene"] > 0
+                 else "every question of the scene"))
              + f", peak lr: {info.get('lr')} "
              "(AdamW, 3% warm-up, cosine decay), seed: " + str(info.get("seed")),
              ("- CNN initialised from the `" + str(info.get("encoder_from")) + "` checkpoint's encoder "
@@ -508,8 +510,8 @@ def card(name: str, model: nn.Module, info: dict, metrics: dict, command: str) -
              + (f", biased: {info.get('bias')}" if info.get("bias") else ""),
              f"- training time: {info.get('seconds')} s wall clock, {info.get('cpu_seconds')} s of CPU time "
              f"({info.get('threads')} torch thread(s); 2-core {platform.machine()} VM, torch {torch.__version__}). "
-             "The machine was shared with several other jobs (load average > 10 on 2 cores) while this ran, so "
-             "the wall clock is mostly waiting: on a quiet 2-core machine it takes about the CPU time",
+             "The machine was shared with other jobs (load average up to 10+ on 2 cores) while this ran, so "
+             "the wall clock can be mostly waiting: on a quiet 2-core machine it takes about the CPU time",
              f"- loss: {info.get('first_loss')} (first 20 steps) -> {info.get('final_loss')} (last 50 steps)"]
     prev = info.get("resumed_from")
     while prev:  # earlier stages of a resumed training
