@@ -5,10 +5,12 @@ the words' log-probabilities, upsampled to the image:
 
 - ``mmexplain all T (1 call)``: ``mx.GradCAM(model, layer)((image, tokens), [WordLogProb(t, w_t) ...])``
   — one forward (no graph before the layer), one batched backward (``is_grads_batched``);
+- ``mmexplain all T (1 call, targets_in_batch)``: the same, with one copy of the layer's
+  activation per word along the batch and one ordinary backward (the CNN still runs once);
 - ``mmexplain explain_caption``: the high-level call, same engine (shipped captioner only);
 - ``mmexplain all T, words in batch axis``: the same maps from T copies of the inputs
   (copy t explains word t) and one ordinary backward — what ``mmexplain evaluate``
-  does, shown here as a candidate for the engine;
+  does (the CNN runs T times);
 - ``mmexplain 1 word``: one single-word call (the last word), the unit of cost;
 - ``mmexplain per-word loop``: T single-word engine calls;
 - ``pytorch-grad-cam loop``: ``pytorch_grad_cam.GradCAM`` on a wrapper module that takes
@@ -151,6 +153,7 @@ def build_methods(model: nn.Module, layer_name: str, image: torch.Tensor, tokens
 
     methods: dict[str, Callable[[], object]] = {
         "mmexplain all T (1 call)": lambda: cam((image, tokens), targets),
+        "mmexplain all T (1 call, targets_in_batch)": lambda: cam((image, tokens.repeat(n, 1)), targets, targets_in_batch=True),
         "mmexplain all T, words in batch axis": lambda: cam(stacked, per_sample),
         "mmexplain 1 word": lambda: cam((image, tokens), targets[-1]),
         "mmexplain per-word loop": lambda: [cam((image, tokens), t) for t in targets],
@@ -194,16 +197,18 @@ def check_agreement(model: nn.Module, layer_name: str, image: torch.Tensor, toke
 
 
 def report(title: str, medians: dict[str, float], words: int) -> None:
-    all_t = medians["mmexplain all T (1 call)"]
+    # the faster of the two one-forward paths (explain_caption picks targets_in_batch for zoo captioners)
+    best = min(("mmexplain all T (1 call)", "mmexplain all T (1 call, targets_in_batch)"), key=medians.__getitem__)
+    all_t = medians[best]
     one = medians["mmexplain 1 word"]
     print(f"## {title}\n")
-    print(f"| method ({words} word maps) | s / caption | x mmexplain all T |")
+    print(f"| method ({words} word maps) | s / caption | x {best} |")
     print("|---|---:|---:|")
     for name, s in medians.items():
         print(f"| {name} | {s:.3f} | {s / all_t:.2f}x |")
     loops = {k: medians[k] for k in ("pytorch-grad-cam loop", "captum loop", "mmexplain per-word loop")}
     print()
-    print(f"- all {words} maps in one call vs per-word loops: " + ", ".join(
+    print(f"- all {words} maps in one call ({best}) vs per-word loops: " + ", ".join(
         f"{v / all_t:.2f}x faster than {k}" for k, v in loops.items()) + " (goal >= 3x vs the peers)")
     print(f"- all {words} maps / one single-word call: {all_t / one:.2f}x (goal <= 1.5x); words in the batch axis: "
           f"{medians['mmexplain all T, words in batch axis'] / one:.2f}x\n")
