@@ -143,8 +143,8 @@ class AnswerAdapter(Protocol):
 # ---------------------------------------------------------------- zoo adapters
 
 
-class ZooCaptionAdapter:
-    """Adapter for ``mx.zoo`` captioners: ``forward(images, [<bos>, w1..wT]) -> (B, L, V)``."""
+class _ZooModel:
+    """What the zoo adapters share: the model, its default layer and its image handling."""
 
     reshape = None
 
@@ -153,10 +153,14 @@ class ZooCaptionAdapter:
         self.default_layer = model.default_layer
 
     def load_image(self, image: Any) -> Tensor:
-        return self.model.preprocess(image)
+        return self.model.preprocess(image)  # (1, 3, H, W) in [0, 1]
 
     def display_image(self, pixels: Tensor) -> Tensor:
-        return pixels[0].detach().clamp(0, 1)
+        return pixels[0].detach().clamp(0, 1)  # the model normalises inside forward
+
+
+class ZooCaptionAdapter(_ZooModel):
+    """Adapter for ``mx.zoo`` captioners: ``forward(images, [<bos>, w1..wT]) -> (B, L, V)``."""
 
     def generate(self, pixels: Tensor) -> list[str]:
         return self.model.generate(pixels)[0]
@@ -182,21 +186,10 @@ class ZooCaptionAdapter:
         return (pixels, tokens), [([t], [tok]) for t, tok in enumerate(ids)]  # word t+1 is read at position t
 
 
-class ZooAnswerAdapter:
+class ZooAnswerAdapter(_ZooModel):
     """Adapter for ``mx.zoo`` VQA models (answer classifiers over ``model.answers``)."""
 
-    reshape = None
     question_layer = "embed"
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.default_layer = model.default_layer
-
-    def load_image(self, image: Any) -> Tensor:
-        return self.model.preprocess(image)
-
-    def display_image(self, pixels: Tensor) -> Tensor:
-        return pixels[0].detach().clamp(0, 1)
 
     def query(self, pixels: Tensor, question: str, answer: str | None, top_k: int) -> AnswerQuery:
         from .zoo.vocab import tokenize

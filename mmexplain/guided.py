@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from .engine import call_model
+
 Inputs = Tensor | tuple[Any, ...] | Mapping[str, Any]
 Target = Callable[[Any], Tensor]
 
@@ -93,14 +95,6 @@ class _ReLURuleMode(TorchFunctionMode):
 # --------------------------------------------------------------------------- inputs
 def _is_image(value: Any) -> bool:
     return isinstance(value, Tensor) and value.is_floating_point() and value.dim() == 4
-
-
-def _call_model(model: nn.Module, inputs: Inputs) -> Any:
-    if isinstance(inputs, Tensor):
-        return model(inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(**inputs)
 
 
 def _with_image_leaf(inputs: Inputs, image_key: int | str | None) -> tuple[Inputs, Tensor]:
@@ -203,7 +197,7 @@ class _ReLURuleGradient:
         batch = image.shape[0]
         grads = []
         with torch.enable_grad(), _ReLURuleMode(self._function):
-            output = _call_model(self.model, new_inputs)
+            output = call_model(self.model, new_inputs)
             scores = [_score(t, output, batch, i if many else None) for i, t in enumerate(targets)]
         for n, score in enumerate(scores):  # autograd.grad outside the mode: plain backward ops
             (grad,) = torch.autograd.grad(

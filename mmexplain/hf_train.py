@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     arch = argv.pop(0) if argv and argv[0] in ("ved", "vilt") else "ved"
     cfg = TinyVEDConfig() if arch == "ved" else TinyViltConfig()
-    parser = argparse.ArgumentParser(prog=f"python -m mmexplain.hf_train [ved|vilt]",
+    parser = argparse.ArgumentParser(prog="python -m mmexplain.hf_train [ved|vilt]",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/tiny-ved" if arch == "ved" else "models/tiny-vilt"))
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache generated scenes here")

@@ -65,7 +65,7 @@ class Raises(nn.Module):
         self.head = nn.Linear(4, 2)
 
     def forward(self, x):
-        h = self.conv(x)
+        self.conv(x)
         raise RuntimeError("boom after the layer")
 
 
