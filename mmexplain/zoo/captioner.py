@@ -164,7 +164,7 @@ class Captioner(nn.Module):
         done = torch.zeros(b, dtype=torch.bool)
         for t in range(max_len):
             logp, state = self._step(f, tok, state)
-            logp[:, [self.vocab.pad, self.vocab.bos]] = -float("inf")
+            logp[:, [self.vocab.pad, self.vocab.bos, self.vocab.unk]] = -float("inf")  # never emitted
             tok = logp.argmax(dim=-1)  # (B,)
             tok = torch.where(done, torch.full_like(tok, self.vocab.eos), tok)
             out[:, t] = tok
@@ -181,7 +181,7 @@ class Captioner(nn.Module):
             toks = torch.tensor([b[0][-1] if b[0] else self.vocab.bos for b in beams])
             state = (torch.cat([b[2][0] for b in beams], 1), torch.cat([b[2][1] for b in beams], 1))
             logp, (h, c) = self._step(f.expand(len(beams), -1), toks, state)
-            logp[:, [self.vocab.pad, self.vocab.bos]] = -float("inf")
+            logp[:, [self.vocab.pad, self.vocab.bos, self.vocab.unk]] = -float("inf")  # never emitted
             cand = []
             for i, (seq, score, _) in enumerate(beams):
                 top = torch.topk(logp[i], beam)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from nltk.tokenize import wordpunct_tokenize
-
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 
@@ -18,6 +16,8 @@ def tokenize(text: str) -> list[str]:
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
+    from nltk.tokenize import wordpunct_tokenize  # nltk takes ~1 s to import: only when tokenizing
+
     return wordpunct_tokenize(text.lower())
 
 
