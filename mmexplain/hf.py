@@ -507,10 +507,12 @@ class VisionEncoderDecoderCaptioner(_Captioner):
 
     Example:
         >>> from transformers import VisionEncoderDecoderModel, PreTrainedTokenizerFast, ViTImageProcessor
-        >>> model = VisionEncoderDecoderModel.from_pretrained("models/tiny-ved").eval()   # doctest: +SKIP
+        >>> from pathlib import Path
+        >>> local = Path("models") / "tiny-ved"     # a local directory: nothing downloads
+        >>> model = VisionEncoderDecoderModel.from_pretrained(local).eval()   # doctest: +SKIP
         >>> captioner = VisionEncoderDecoderCaptioner(model,
-        ...     image_processor=ViTImageProcessor.from_pretrained("models/tiny-ved"),
-        ...     tokenizer=PreTrainedTokenizerFast.from_pretrained("models/tiny-ved"))     # doctest: +SKIP
+        ...     image_processor=ViTImageProcessor.from_pretrained(local),
+        ...     tokenizer=PreTrainedTokenizerFast.from_pretrained(local))     # doctest: +SKIP
     """
 
     text_key = "decoder_input_ids"

@@ -15,7 +15,7 @@ Example:
     python -m mmexplain.hf_train ved --out models/tiny-ved --minutes 22 --threads 1
 
     >>> from transformers import VisionEncoderDecoderModel           # doctest: +SKIP
-    >>> model = VisionEncoderDecoderModel.from_pretrained("models/tiny-ved")  # doctest: +SKIP
+    >>> model = VisionEncoderDecoderModel.from_pretrained("./models/tiny-ved")  # a local dir  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -153,28 +154,40 @@ def load_tiny_ved(path: str | os.PathLike = "models/tiny-ved") -> Any:
                                          max_new_tokens=model.config.decoder.n_positions - 1)
 
 
-def make_split(split: str, n: int, *, size: int, cache: Path | None = None) -> tuple[Tensor, list[str]]:
-    """Scenes of a split: uint8 images ``(n, 3, size, size)`` and captions (cached as safetensors + json)."""
+def _scene_split(split: str, n: int, *, size: int, cache: Path | None,
+                 rows_of: Callable[[int, Any], list]) -> tuple[Tensor, list]:
+    """uint8 images ``(n, 3, size, size)`` of a split and the rows ``rows_of(i, scene)`` gives for each.
+
+    Cached as ``cache``.safetensors (images) + ``cache``.json (rows); the json, written
+    last and atomically, marks a complete cache.
+    """
     from . import world
 
-    if cache is not None and cache.with_suffix(".json").exists():
+    index = cache.with_suffix(".json") if cache is not None else None
+    if index is not None and index.exists():
         from safetensors.torch import load_file
 
-        return load_file(str(cache.with_suffix(".safetensors")))["images"], json.loads(
-            cache.with_suffix(".json").read_text())
+        return load_file(str(cache.with_suffix(".safetensors")))["images"], json.loads(index.read_text())
     images = torch.empty(n, 3, size, size, dtype=torch.uint8)
-    captions = []
+    rows: list = []
     for i, seed in enumerate(world.split_seeds(split, n)):
         scene = world.generate(seed, size=size)
         images[i] = (scene.image * 255).round().to(torch.uint8)  # (3, H, W)
-        captions.append(scene.caption)
-    if cache is not None:
+        rows.extend(rows_of(i, scene))
+    if index is not None:
         from safetensors.torch import save_file
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         save_file({"images": images}, str(cache.with_suffix(".safetensors")))
-        cache.with_suffix(".json").write_text(json.dumps(captions))
-    return images, captions
+        partial = index.with_suffix(".json.partial")
+        partial.write_text(json.dumps(rows))
+        os.replace(partial, index)
+    return images, rows
+
+
+def make_split(split: str, n: int, *, size: int, cache: Path | None = None) -> tuple[Tensor, list[str]]:
+    """Scenes of a split: uint8 images ``(n, 3, size, size)`` and captions (cached as safetensors + json)."""
+    return _scene_split(split, n, size=size, cache=cache, rows_of=lambda i, scene: [scene.caption])
 
 
 def _pixels(images: Tensor) -> Tensor:
@@ -310,9 +323,9 @@ Load (no network):
 
 ```python
 from transformers import VisionEncoderDecoderModel, PreTrainedTokenizerFast, ViTImageProcessor
-model = VisionEncoderDecoderModel.from_pretrained("models/tiny-ved")
-tokenizer = PreTrainedTokenizerFast.from_pretrained("models/tiny-ved")
-processor = ViTImageProcessor.from_pretrained("models/tiny-ved")
+model = VisionEncoderDecoderModel.from_pretrained("./models/tiny-ved")  # a local directory
+tokenizer = PreTrainedTokenizerFast.from_pretrained("./models/tiny-ved")
+processor = ViTImageProcessor.from_pretrained("./models/tiny-ved")
 ```
 
 ## Training
@@ -393,26 +406,8 @@ def build_vilt(cfg: TinyViltConfig, tokenizer: Any) -> Any:
 
 def make_vqa_split(split: str, n: int, *, size: int, cache: Path | None = None) -> tuple[Tensor, list[list]]:
     """uint8 images ``(n, 3, size, size)`` and ``[scene index, question, answer, kind, objects]`` rows."""
-    from . import world
-
-    if cache is not None and cache.with_suffix(".json").exists():
-        from safetensors.torch import load_file
-
-        return load_file(str(cache.with_suffix(".safetensors")))["images"], json.loads(
-            cache.with_suffix(".json").read_text())
-    images = torch.empty(n, 3, size, size, dtype=torch.uint8)
-    rows = []
-    for i, seed in enumerate(world.split_seeds(split, n)):
-        scene = world.generate(seed, size=size)
-        images[i] = (scene.image * 255).round().to(torch.uint8)  # (3, H, W)
-        rows.extend([i, qa.question, qa.answer, qa.kind, list(qa.objects)] for qa in scene.questions)
-    if cache is not None:
-        from safetensors.torch import save_file
-
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"images": images}, str(cache.with_suffix(".safetensors")))
-        cache.with_suffix(".json").write_text(json.dumps(rows))
-    return images, rows
+    return _scene_split(split, n, size=size, cache=cache, rows_of=lambda i, scene: [
+        [i, qa.question, qa.answer, qa.kind, list(qa.objects)] for qa in scene.questions])
 
 
 def _questions(tokenizer: Any, questions: list[str], max_len: int) -> dict[str, Tensor]:
