@@ -139,17 +139,9 @@ def load_tiny_ved(path: str | os.PathLike = "models/tiny-ved") -> Any:
         >>> captioner = load_tiny_ved("models/tiny-ved")                      # doctest: +SKIP
         >>> mx.explain_caption(captioner, mx.world.generate(2_000_000, size=64).image).words  # doctest: +SKIP
     """
-    from transformers import PreTrainedTokenizerFast, ViTImageProcessor, VisionEncoderDecoderModel
-
     from .hf import VisionEncoderDecoderCaptioner
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"path: no transformers checkpoint at {path} (expected config.json); "
-                                "train one with python -m mmexplain.hf_train")
-    model = VisionEncoderDecoderModel.from_pretrained(path, local_files_only=True).eval()
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
-    processor = ViTImageProcessor.from_pretrained(path, local_files_only=True)
+    model, tokenizer, processor = _load_local(path, "VisionEncoderDecoderModel", "ViTImageProcessor", kind="ved")
     return VisionEncoderDecoderCaptioner(model, image_processor=processor, tokenizer=tokenizer,
                                          max_new_tokens=model.config.decoder.n_positions - 1)
 
@@ -505,18 +497,24 @@ def train_vilt(cfg: TinyViltConfig, out: Path, *, cache_dir: Path | None = None,
 
 def load_tiny_vilt(path: str | os.PathLike = "models/tiny-vilt") -> Any:
     """The shipped tiny ViLT from a local directory, wrapped in its ``mx.hf`` VQA adapter (eval mode)."""
-    from transformers import PreTrainedTokenizerFast, ViltForQuestionAnswering, ViltImageProcessor
-
     from .hf import ViltVQA
+
+    model, tokenizer, processor = _load_local(path, "ViltForQuestionAnswering", "ViltImageProcessor", kind="vilt")
+    return ViltVQA(model, image_processor=processor, tokenizer=tokenizer)
+
+
+def _load_local(path: str | os.PathLike, model_class: str, processor_class: str, *, kind: str) -> tuple[Any, Any, Any]:
+    """(model in eval mode, tokenizer, image processor) from a local checkpoint directory, no network."""
+    import transformers
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"path: no transformers checkpoint at {path} (expected config.json); "
-                                "train one with python -m mmexplain.hf_train vilt")
-    model = ViltForQuestionAnswering.from_pretrained(path, local_files_only=True).eval()
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
-    processor = ViltImageProcessor.from_pretrained(path, local_files_only=True)
-    return ViltVQA(model, image_processor=processor, tokenizer=tokenizer)
+                                f"train one with python -m mmexplain.hf_train {kind}")
+    model = _from_checkpoint(model_class, path).eval()
+    tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    processor = getattr(transformers, processor_class).from_pretrained(path, local_files_only=True)
+    return model, tokenizer, processor
 
 
 def _from_checkpoint(class_name: str, path: Path) -> Any:
