@@ -88,7 +88,7 @@ class NeuralTalk2(nn.Module):
 
 
 def shipped_captioner() -> tuple[nn.Module, str]:
-    from mmexplain.zoo import training
+    from mmexplain.training import zoo as training
 
     try:
         return mx.zoo.load("captioner"), "shipped weights"
@@ -145,7 +145,7 @@ def build_methods(model: nn.Module, layer_name: str, image: torch.Tensor, tokens
         return out
 
     # the words through the batch axis: T copies of the inputs, copy t explains word t, one ordinary backward
-    from mmexplain.evaluate import _WordPerSample
+    from mmexplain.evaluation.grounding import _WordPerSample
 
     n = len(words)
     stacked = (image.repeat(n, 1, 1, 1), tokens.repeat(n, 1))  # (T, 3, H, W), (T, T+1)
@@ -187,7 +187,7 @@ def check_agreement(model: nn.Module, layer_name: str, image: torch.Tensor, toke
     gc = LayerGradCam(_LogProbs(model, tokens).eval(), model.get_submodule(layer_name))
     diffs = [(res.raw[t, 0] - gc.attribute(image, target=(t, w), relu_attributions=True)[0, 0].detach()).abs().max()
              for t, w in enumerate(words)]
-    from mmexplain.evaluate import _WordPerSample
+    from mmexplain.evaluation.grounding import _WordPerSample
 
     n = len(words)
     batched = mx.GradCAM(model, layer_name)((image.repeat(n, 1, 1, 1), tokens.repeat(n, 1)),

@@ -31,11 +31,11 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     import mmexplain as mx
-    from mmexplain.naming import dissect, image_forward, shapeworld_concepts
+    from mmexplain.dissect import dissect, image_forward, shapeworld_concepts
 
     torch.set_num_threads(args.threads)
     if args.untrained:
-        from mmexplain.zoo.training import new_model
+        from mmexplain.training.zoo import new_model
 
         torch.manual_seed(0)
         model = new_model(args.model).eval()

@@ -101,7 +101,7 @@ def token_gradient_explainer(captioner, mode: str) -> Callable[[torch.Tensor, st
     show whether the decoder's sensitivity sits on the described object even where
     Grad-CAM's channel-averaged weights do not.
     """
-    from mmexplain.engine import upsample_and_normalize
+    from mmexplain.methods import upsample_and_normalize
 
     layer = captioner.model.get_submodule(captioner.default_layer)
 
@@ -185,7 +185,7 @@ def answer_explainer(vqa) -> Callable:
 
 def answer_token_gradient(vqa) -> Callable:
     """Diagnostic (not Grad-CAM): per image-token gradient norm of the answer score at the same layer."""
-    from mmexplain.engine import upsample_and_normalize
+    from mmexplain.methods import upsample_and_normalize
 
     layer = vqa.model.get_submodule(vqa.default_layer)
 
@@ -213,7 +213,7 @@ def constant_answer(make: Callable[[int, int], torch.Tensor]) -> Callable:
 
 
 def vqa_table(args: argparse.Namespace) -> None:
-    from mmexplain.hf_train import TinyViltConfig, build_vilt, load_tiny_vilt
+    from mmexplain.training.hf import TinyViltConfig, build_vilt, load_tiny_vilt
 
     seeds = mx.world.split_seeds(args.split, args.n_vqa)
     trained = load_tiny_vilt(args.vilt)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-vqa", type=int, default=100, help="held-out scenes for the VQA table (0: skip)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from mmexplain.hf_train import TinyVEDConfig, build_model, load_tiny_ved
+    from mmexplain.training.hf import TinyVEDConfig, build_model, load_tiny_ved
 
     if not args.n:
         vqa_table(args)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mmexplain as mx  # noqa: E402
 from mmexplain import targets as T  # noqa: E402
-from mmexplain.naming import NeuronLabels, dissect, image_forward, shapeworld_concepts, unit_evidence  # noqa: E402
+from mmexplain.dissect import NeuronLabels, dissect, image_forward, shapeworld_concepts, unit_evidence  # noqa: E402
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Tally:
 
 def _load(name: str, root: str | None, untrained: bool) -> torch.nn.Module:
     if untrained:
-        from mmexplain.zoo.training import new_model
+        from mmexplain.training.zoo import new_model
 
         torch.manual_seed(0)
         return new_model(name).eval()

@@ -19,27 +19,30 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY_NAMES = {
-    "GradCAM": "engine",
-    "CAMResult": "engine",
-    "GuidedBackprop": "guided",
-    "Deconvolution": "guided",
-    "GuidedGradCAM": "guided",
-    "CAM": "cam",
+    "GradCAM": "methods",
+    "CAMResult": "methods",
+    "GuidedBackprop": "methods",
+    "Deconvolution": "methods",
+    "GuidedGradCAM": "methods",
+    "CAM": "methods",
     "explain_caption": "explain",
     "explain_answer": "explain",
     "explain_class": "explain",
-    "dissect": "naming",
-    "describe": "naming",
-    "NeuronLabels": "naming",
+    "describe": "dissect",
+    "NeuronLabels": "dissect",
 }
-_SUBMODULES = {"engine", "targets", "guided", "cam", "explain", "naming", "metrics", "viz", "world", "zoo", "hf", "cli"}
+_SUBMODULES = {
+    "methods": "methods", "targets": "targets", "adapters": "adapters", "explain": "explain",
+    "metrics": "metrics", "evaluation": "evaluation", "viz": "viz", "world": "world", "zoo": "zoo",
+    "cli": "cli", "hf": "adapters.hf", "dissect": "dissect",
+}
 
 __all__ = sorted(_LAZY_NAMES) + sorted(_SUBMODULES)
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     if name in _LAZY_NAMES:
         module = importlib.import_module(f".{_LAZY_NAMES[name]}", __name__)
         return getattr(module, name)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import CAMResult, GradCAM, upsample_and_normalize
+from .methods import CAMResult, GradCAM, upsample_and_normalize
 from .targets import AnswerScore, ClassLogit, Counterfactual, SequenceLogProb, Target, TopClass, logits_of
 
 if TYPE_CHECKING:
@@ -423,7 +423,7 @@ def explain_caption(
     caption_map = upsample_and_normalize(F.relu(res.pre_relu.sum(dim=0)), size)[0]  # (H, W)
     guided = None
     if method == "guided":
-        from .guided import GuidedBackprop
+        from .methods import GuidedBackprop
 
         grads = GuidedBackprop(adapter.model)(plain_inputs, targets)[:, 0]  # (T, C, H, W), one forward
         if grads.shape[-2:] != res.maps.shape[-2:]:

@@ -90,7 +90,7 @@ before its ReLU. So the map of the whole caption equals ReLU(sum over words of t
 it against an independent Grad-CAM call whose single target is the whole caption."""),
     ("code", """\
 import torch.nn.functional as F
-from mmexplain.engine import upsample_and_normalize
+from mmexplain.methods import upsample_and_normalize
 from mmexplain.targets import SequenceLogProb
 
 summed = upsample_and_normalize(F.relu(ex_ref.result.pre_relu.sum(dim=0)), (96, 96))[0]

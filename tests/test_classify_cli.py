@@ -125,7 +125,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(files, tmp_path, capsys, 
 
 
 def test_default_layers_per_family() -> None:
-    from mmexplain.classify import default_layer
+    from mmexplain.cli.classify import default_layer
 
     for arch, layer in [
         ("resnet18", "layer4"),

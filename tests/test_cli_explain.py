@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmexplain import cli, world, zoo
-from mmexplain.zoo import training
+from mmexplain.training import zoo as training
 
 torch.set_num_threads(2)
 

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 import mmexplain as mx
-from mmexplain.engine import upsample_and_normalize
+from mmexplain.methods import upsample_and_normalize
 
 T = mx.targets
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 import mmexplain as mx
 from mmexplain import world, zoo
-from mmexplain.engine import upsample_and_normalize
+from mmexplain.methods import upsample_and_normalize
 from mmexplain.targets import AnswerScore, Scalar, SequenceLogProb
-from mmexplain.zoo import training
+from mmexplain.training import zoo as training
 from mmexplain.zoo.vocab import tokenize
 
 torch.set_num_threads(2)

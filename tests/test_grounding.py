@@ -10,8 +10,8 @@ import torch
 import mmexplain as mx
 from mmexplain import metrics, zoo
 from mmexplain.cli import main
-from mmexplain.evaluate import caption_word_maps, format_report, grounding_report
-from mmexplain.zoo import training
+from mmexplain.evaluation.grounding import caption_word_maps, format_report, grounding_report
+from mmexplain.training import zoo as training
 
 torch.set_num_threads(2)
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mmexplain as mx
-from mmexplain.engine import upsample_and_normalize
+from mmexplain.methods import upsample_and_normalize
 
 
 # ----------------------------------------------------------------------------- fixtures

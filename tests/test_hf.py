@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 import mmexplain as mx  # noqa: E402
-from mmexplain import hf  # noqa: E402
+from mmexplain.adapters import hf  # noqa: E402
 
 WORDS = "a red blue green circle square left of what color is the shape yes no small large ?".split()
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[DEC]", "[BOS]", "[EOS]"]
@@ -428,7 +428,7 @@ def test_explain_answer_on_vilt_top_k(vilt_vqa):
 def test_shipped_checkpoints_load_locally_as_safetensors():
     from pathlib import Path
 
-    from mmexplain.hf_train import load_tiny_ved, load_tiny_vilt, vocabulary
+    from mmexplain.training.hf import load_tiny_ved, load_tiny_vilt, vocabulary
 
     root = Path(__file__).resolve().parents[1] / "models"
     for name in ("tiny-ved", "tiny-vilt"):

@@ -1,4 +1,4 @@
-"""Network Dissection and textual explanations (mmexplain.naming). Fast, CPU, seeded."""
+"""Network Dissection and textual explanations (mmexplain.dissect). Fast, CPU, seeded."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmexplain.naming import (
+from mmexplain.dissect import (
     BrodenDataset,
     NeuronLabels,
     StreamingQuantile,

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_transformers_notebook_executes(monkeypatch, run_notebook):
     pytest.importorskip("transformers")
     assert (ROOT / "models" / "tiny-ved" / "model.safetensors").is_file(), \
-        "models/tiny-ved is shipped with the repository (python -m mmexplain.hf_train rebuilds it)"
+        "models/tiny-ved is shipped with the repository (python -m mmexplain.training.hf rebuilds it)"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb, text = run_notebook("transformers.ipynb")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmexplain import world, zoo
-from mmexplain.zoo import training
+from mmexplain.training import zoo as training
 
 torch.set_num_threads(2)
 

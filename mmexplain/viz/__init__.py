@@ -3,6 +3,8 @@
 - ``core``: overlays of a map on an image with an exact, aligned colour bar; batch figures.
 - ``caption``: one panel per caption word; VQA answer + counterfactual figures.
 - ``units``: Network Dissection unit galleries.
+- ``report``: a self-contained interactive HTML report (point at a word, see its map);
+  ``show`` renders it inline in a notebook.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ _LAZY_NAMES = {
     "plot_caption": "caption",
     "plot_answer": "caption",
     "plot_unit_gallery": "units",
+    "caption_view": "report",
+    "answer_view": "report",
+    "render_report": "report",
+    "write_report": "report",
+    "ReportView": "report",
+    "show": "report",
 }
 
 __all__ = sorted(_LAZY_NAMES)

@@ -7,7 +7,7 @@ outline drawn, and the unit's label, category and IoU in the row title.
 Example:
     >>> import mmexplain as mx                                                # doctest: +SKIP
     >>> model = mx.zoo.load("classifier")                                     # doctest: +SKIP
-    >>> data = mx.naming.shapeworld_concepts(300)                             # doctest: +SKIP
+    >>> data = mx.dissect.shapeworld_concepts(300)                             # doctest: +SKIP
     >>> labels = mx.dissect(model, model.default_layer, data)                 # doctest: +SKIP
     >>> fig = mx.viz.plot_unit_gallery(labels, model, model.default_layer, data)  # doctest: +SKIP
     >>> mx.viz.save_figure(fig, "units.png")                                  # doctest: +SKIP
@@ -28,7 +28,7 @@ from .core import to_image_array
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ..naming import NeuronLabels
+    from ..dissect import NeuronLabels
 
 __all__ = ["plot_unit_gallery"]
 
@@ -41,7 +41,7 @@ def plot_unit_gallery(labels: NeuronLabels, model: nn.Module, layer: str | nn.Mo
     """Top-activating images per unit with the unit's thresholded mask.
 
     Args:
-        labels: the layer's :class:`~mmexplain.naming.NeuronLabels` (their thresholds T_k
+        labels: the layer's :class:`~mmexplain.dissect.NeuronLabels` (their thresholds T_k
             draw the masks).
         model: the dissected model.
         layer: the dissected layer (name or module).
@@ -59,7 +59,7 @@ def plot_unit_gallery(labels: NeuronLabels, model: nn.Module, layer: str | nn.Mo
     """
     from matplotlib.figure import Figure
 
-    from ..naming import NeuronLabels, top_activating
+    from ..dissect import NeuronLabels, top_activating
 
     if not isinstance(labels, NeuronLabels):
         raise TypeError(f"labels: expected NeuronLabels, got {type(labels).__name__}")

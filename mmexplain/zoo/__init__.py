@@ -3,7 +3,7 @@
 ``load(name)`` reads ``models/<name>/`` (``weights.safetensors``, ``config.json``,
 ``vocab.json``) without pickle and returns the model in eval mode, with its
 vocabulary, answers/classes and ``preprocess`` attached. Train them with
-``mmexplain train NAME``; see :mod:`mmexplain.zoo.training`.
+``mmexplain train NAME``; see :mod:`mmexplain.training.zoo`.
 
 Example:
     >>> import mmexplain as mx

@@ -44,7 +44,7 @@ def load_shipped(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         FileNotFoundError: a model is missing; the message names it and the
             ``mmexplain train NAME`` command that makes it.
     """
-    from . import zoo
+    from .. import zoo
 
     base = Path(root) if root is not None else zoo.default_root()
     missing = [name for name in MODELS if not (base / name / zoo.WEIGHTS).is_file()]
@@ -81,7 +81,7 @@ def _model_line(root: str | os.PathLike[str] | None) -> str:
     """The models' held-out headline metrics, as recorded in their ``config.json``."""
     import json
 
-    from . import zoo
+    from .. import zoo
 
     base = Path(root) if root is not None else zoo.default_root()
     parts = []
@@ -105,26 +105,25 @@ def _naming_section(captioner: Any, explanation: Any, *, scenes: int = 200, seed
     weights (``mx.describe``).
 
     Returns:
-        A Markdown section, or ``""`` when ``mmexplain.naming`` has no ``describe`` or
-        ``scenes`` is 0.
+        A Markdown section, or ``""`` when ``scenes`` is 0.
     """
-    from . import naming, zoo
+    from .. import dissect as dissection, zoo
 
-    if not hasattr(naming, "describe") or not hasattr(naming, "dissect") or scenes < 1:
+    if scenes < 1:
         return ""
     shipped = (Path(root) if root is not None else zoo.default_root()) / "captioner" / "labels.json"
     if shipped.is_file():
-        labels = naming.NeuronLabels.load(shipped)
+        labels = dissection.NeuronLabels.load(shipped)
         source = f"shipped labels `{shipped.name}`"
     else:
-        data = naming.shapeworld_concepts(scenes, seed=seed, size=captioner.config.image_size)
-        labels = naming.dissect(captioner, captioner.default_layer, data, forward=naming.image_forward, progress=False)
+        data = dissection.shapeworld_concepts(scenes, seed=seed, size=captioner.config.image_size)
+        labels = dissection.dissect(captioner, captioner.default_layer, data, forward=dissection.image_forward, progress=False)
         source = f"Network Dissection of `{captioner.default_layer}` on {scenes} ShapeWorld scenes"
     content = explanation.content
     if not content:
         return ""
     weights = explanation.result.weights[content]  # (T', 1, K)
-    sentences = naming.describe(weights, labels, k=3, target_names=[explanation.words[i] for i in content])
+    sentences = dissection.describe(weights, labels, k=3, target_names=[explanation.words[i] for i in content])
     detectors = len(labels.detectors())
     lines = [
         "## Which named units carry each word",
@@ -153,9 +152,9 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
     Returns:
         The path of ``report.md``.
     """
-    from . import world
-    from .explain import explain_answer, explain_caption, explain_class
-    from .viz import save_figure
+    from .. import world
+    from ..explain import explain_answer, explain_caption, explain_class
+    from ..viz import save_figure
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"--n: expected a number of scenes >= 1, got {n!r}")

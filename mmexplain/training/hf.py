@@ -8,11 +8,11 @@ files, ``CARD.md``, ``metrics.json``) that loads with ``from_pretrained`` on the
 local directory, so :mod:`mmexplain.hf` is exercised on a model whose words mean
 something.
 
-``python -m mmexplain.hf_train vilt`` likewise trains a tiny ``ViltForQuestionAnswering`` on
+``python -m mmexplain.training.hf vilt`` likewise trains a tiny ``ViltForQuestionAnswering`` on
 ShapeWorld questions (``models/tiny-vilt``).
 
 Example:
-    python -m mmexplain.hf_train ved --out models/tiny-ved --minutes 22 --threads 1
+    python -m mmexplain.training.hf ved --out models/tiny-ved --minutes 22 --threads 1
 
     >>> from transformers import VisionEncoderDecoderModel           # doctest: +SKIP
     >>> model = VisionEncoderDecoderModel.from_pretrained("./models/tiny-ved")  # a local dir  # doctest: +SKIP
@@ -65,7 +65,7 @@ class TinyVEDConfig:
 
 def vocabulary() -> list[str]:
     """Special tokens then every word a ShapeWorld caption can contain, in a fixed order."""
-    from . import world
+    from .. import world
 
     words = ["a", *world.RELATION.split(), *world.SIZES, *world.COLORS, *world.SHAPES]
     return [*SPECIALS, *words]
@@ -139,7 +139,7 @@ def load_tiny_ved(path: str | os.PathLike = "models/tiny-ved") -> Any:
         >>> captioner = load_tiny_ved("models/tiny-ved")                      # doctest: +SKIP
         >>> mx.explain_caption(captioner, mx.world.generate(2_000_000, size=64).image).words  # doctest: +SKIP
     """
-    from .hf import VisionEncoderDecoderCaptioner
+    from ..adapters.hf import VisionEncoderDecoderCaptioner
 
     model, tokenizer, processor = _load_local(path, "VisionEncoderDecoderModel", "ViTImageProcessor", kind="ved")
     return VisionEncoderDecoderCaptioner(model, image_processor=processor, tokenizer=tokenizer,
@@ -153,7 +153,7 @@ def _scene_split(split: str, n: int, *, size: int, cache: Path | None,
     Cached as ``cache``.safetensors (images) + ``cache``.json (rows); the json, written
     last and atomically, marks a complete cache.
     """
-    from . import world
+    from .. import world
 
     index = cache.with_suffix(".json") if cache is not None else None
     if index is not None and index.exists():
@@ -203,7 +203,7 @@ def _encode(tokenizer: Any, captions: list[str], max_len: int) -> tuple[Tensor, 
 @torch.no_grad()
 def evaluate(model: Any, tokenizer: Any, images: Tensor, captions: list[str], *, batch_size: int = 100) -> dict:
     """Greedy-caption exact match and teacher-forced word accuracy by word kind on held-out scenes."""
-    from . import world
+    from .. import world
 
     kinds = {w: "size" for w in world.SIZES} | {w: "color" for w in world.COLORS} | {
         w: "shape" for w in world.SHAPES}
@@ -322,7 +322,7 @@ processor = ViTImageProcessor.from_pretrained("./models/tiny-ved")
 
 ## Training
 
-Command: `{' '.join(['python -m mmexplain.hf_train', *argv[1:]])}`
+Command: `{' '.join(['python -m mmexplain.training.hf', *argv[1:]])}`
 
 - data: ShapeWorld train seeds 0..{cfg.n_train - 1} (`mx.world.generate(seed, size={cfg.image_size})`),
   random vertical flips; AdamW lr {cfg.lr}, warmup {cfg.warmup}, cosine, batch {cfg.batch_size},
@@ -373,7 +373,7 @@ class TinyViltConfig:
 
 def vqa_vocabulary() -> list[str]:
     """Specials then every word a ShapeWorld question can contain, in a fixed order."""
-    from . import world
+    from .. import world
 
     words = ["a", *world.SIZES, *world.COLORS, *world.SHAPES, *(s + "s" for s in world.SHAPES), *QUESTION_WORDS]
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *dict.fromkeys(words)]
@@ -383,7 +383,7 @@ def build_vilt(cfg: TinyViltConfig, tokenizer: Any) -> Any:
     """A randomly initialized tiny ``ViltForQuestionAnswering`` over ShapeWorld's answers (seeded)."""
     from transformers import ViltConfig, ViltForQuestionAnswering
 
-    from . import world
+    from .. import world
 
     answers = world.answers()
     torch.manual_seed(cfg.seed)
@@ -497,7 +497,7 @@ def train_vilt(cfg: TinyViltConfig, out: Path, *, cache_dir: Path | None = None,
 
 def load_tiny_vilt(path: str | os.PathLike = "models/tiny-vilt") -> Any:
     """The shipped tiny ViLT from a local directory, wrapped in its ``mx.hf`` VQA adapter (eval mode)."""
-    from .hf import ViltVQA
+    from ..adapters.hf import ViltVQA
 
     model, tokenizer, processor = _load_local(path, "ViltForQuestionAnswering", "ViltImageProcessor", kind="vilt")
     return ViltVQA(model, image_processor=processor, tokenizer=tokenizer)
@@ -510,7 +510,7 @@ def _load_local(path: str | os.PathLike, model_class: str, processor_class: str,
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"path: no transformers checkpoint at {path} (expected config.json); "
-                                f"train one with python -m mmexplain.hf_train {kind}")
+                                f"train one with python -m mmexplain.training.hf {kind}")
     model = _from_checkpoint(model_class, path).eval()
     tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     processor = getattr(transformers, processor_class).from_pretrained(path, local_files_only=True)
@@ -560,7 +560,7 @@ def _save(out: Path, parts: list[Any], cfg: Any, metrics: dict, card: str) -> No
 
 
 def _vilt_card(cfg: TinyViltConfig, metrics: dict, argv: list[str]) -> str:
-    from . import world
+    from .. import world
 
     n_answers = len(world.answers())
     acc = metrics["accuracy"]
@@ -573,13 +573,13 @@ and trained from scratch on CPU over ShapeWorld's {n_answers} answers with ViLT'
 (binary cross-entropy per answer); a word-level tokenizer with `[CLS] question [SEP]`. It exists so that
 `mx.hf.ViltVQA` (answer maps + question-token attributions) can be checked on a trained ViLT.
 
-Load (no network): `mmexplain.hf_train.load_tiny_vilt("models/tiny-vilt")`, or
+Load (no network): `mmexplain.training.hf.load_tiny_vilt("models/tiny-vilt")`, or
 `ViltForQuestionAnswering.from_pretrained`, `PreTrainedTokenizerFast.from_pretrained`,
 `ViltImageProcessor.from_pretrained` on the directory.
 
 ## Training
 
-Command: `{' '.join(['python -m mmexplain.hf_train', *argv[1:]])}`
+Command: `{' '.join(['python -m mmexplain.training.hf', *argv[1:]])}`
 
 - data: all questions of ShapeWorld train seeds 0..{cfg.n_train - 1} at {cfg.image_size} px, random vertical flips;
   AdamW lr {cfg.lr}, warmup {cfg.warmup}, cosine, batch {cfg.batch_size}, {metrics['steps_run']} steps run
@@ -601,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     arch = argv.pop(0) if argv and argv[0] in ("ved", "vilt") else "ved"
     cfg = TinyVEDConfig() if arch == "ved" else TinyViltConfig()
-    parser = argparse.ArgumentParser(prog="python -m mmexplain.hf_train [ved|vilt]",
+    parser = argparse.ArgumentParser(prog="python -m mmexplain.training.hf [ved|vilt]",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/tiny-ved" if arch == "ved" else "models/tiny-vilt"))
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache generated scenes here")

@@ -270,7 +270,7 @@ def tokenize_words(tokenizer: Any, words: Sequence[str], *,
         ``ids`` of word i's tokens (never empty).
 
     Example:
-        >>> from mmexplain.hf_train import build_tokenizer
+        >>> from mmexplain.training.hf import build_tokenizer
         >>> tokenize_words(build_tokenizer(), ["a", "red", "circle"])
         ([4, 9, 14], [[0], [1], [2]])
     """
@@ -622,8 +622,8 @@ class BlipVQA(_VQA):
 
     def query(self, pixels: Tensor, question: str, answer: str | None = None, top_k: int = 1) -> Any:
         """Inputs and target for ``answer`` (default: the generated answer)."""
-        from .explain import AnswerQuery
-        from .targets import SequenceLogProb
+        from ..explain import AnswerQuery
+        from ..targets import SequenceLogProb
 
         if answer is None and top_k != 1:
             raise ValueError(f"top_k: BlipVQA explains one generated answer (top_k=1), got {top_k}; "
@@ -678,8 +678,8 @@ class ViltVQA(_VQA):
 
     def query(self, pixels: Tensor, question: str, answer: str | None = None, top_k: int = 1) -> Any:
         """Inputs and targets for ``answer``, or for the top-k answers (chosen from the same forward)."""
-        from .explain import AnswerQuery
-        from .targets import AnswerScore, TopClass
+        from ..explain import AnswerQuery
+        from ..targets import AnswerScore, TopClass
 
         q, q_tokens, q_positions = self._question(question, pixels.device)
         q["token_type_ids"] = torch.zeros_like(q["input_ids"])

@@ -18,13 +18,13 @@ import sys
 
 # subcommand -> module that defines add_<subcommand>_command(subparsers)
 COMMANDS: dict[str, str] = {
-    "demo": "mmexplain.demo",
-    "classify": "mmexplain.classify",
-    "caption": "mmexplain.explain_cli",
-    "vqa": "mmexplain.explain_cli",
-    "evaluate": "mmexplain.evaluate",
-    "train": "mmexplain.zoo.training",
-    "dissect": "mmexplain.naming_cli",
+    "demo": "mmexplain.cli.demo",
+    "classify": "mmexplain.cli.classify",
+    "caption": "mmexplain.cli.caption",
+    "vqa": "mmexplain.cli.caption",
+    "evaluate": "mmexplain.evaluation.grounding",
+    "train": "mmexplain.training.zoo",
+    "dissect": "mmexplain.cli.dissect",
 }
 
 

@@ -1,7 +1,7 @@
 """``mmexplain dissect MODEL --out DIR``: Network Dissection of a reference model.
 
 Writes ``DIR/tally.csv`` (NetDissect columns: unit, category, label, score, then
-every concept's IoU), ``DIR/labels.json`` (:class:`~mmexplain.naming.NeuronLabels`)
+every concept's IoU), ``DIR/labels.json`` (:class:`~mmexplain.dissect.NeuronLabels`)
 and ``DIR/units.png`` (the unit gallery), and prints the summary.
 
 Example:
@@ -40,7 +40,7 @@ def add_dissect_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
 def _dissect_handler(args: argparse.Namespace) -> int:
     import mmexplain as mx
 
-    from .naming import dissect, image_forward, shapeworld_concepts
+    from ..dissect import dissect, image_forward, shapeworld_concepts
 
     if args.n < 1:
         raise ValueError(f"--n must be a positive number of scenes, got {args.n}")

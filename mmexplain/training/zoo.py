@@ -1,10 +1,10 @@
 """Train, evaluate and ship the reference models on ShapeWorld.
 
-Command line (also ``python -m mmexplain.zoo.training``)::
+Command line (also ``python -m mmexplain.training.zoo``)::
 
     mmexplain train captioner [--out models/captioner] [--steps N] [--seed S]
     mmexplain train vqa --eval-only            # print held-out metrics of models/vqa
-    python -m mmexplain.zoo.training evaluate classifier [--n 1000]
+    python -m mmexplain.training.zoo evaluate classifier [--n 1000]
 
 Training draws fresh scenes from the train split at every step (no epochs, no
 overfitting to a fixed set); evaluation uses the first ``n`` scenes of the test split.
@@ -40,11 +40,11 @@ import torch
 from torch import nn
 
 from .. import world
-from . import CARD, CONFIG, NAMES, VOCAB, WEIGHTS, build, default_root, load
-from .captioner import Captioner
-from .classifier import Classifier, default_classes
-from .vocab import Vocab
-from .vqa import VQA
+from ..zoo import CARD, CONFIG, NAMES, VOCAB, WEIGHTS, build, default_root, load
+from ..zoo.captioner import Captioner
+from ..zoo.classifier import Classifier, default_classes
+from ..zoo.vocab import Vocab
+from ..zoo.vqa import VQA
 
 # per-model training defaults: steps, batch size, peak learning rate
 DEFAULTS: dict[str, dict[str, float]] = {
@@ -524,7 +524,7 @@ def card(name: str, model: nn.Module, info: dict, metrics: dict, command: str) -
              "## Held-out metrics", "",
              f"First {metrics['n_scenes']} scenes of the test split "
              f"(`mx.world.split_seeds('test', {metrics['n_scenes']})`). Reproduce with:", "",
-             "```", f"python -m mmexplain.zoo.training evaluate {name}", "```", "",
+             "```", f"python -m mmexplain.training.zoo evaluate {name}", "```", "",
              "| metric | value |", "|---|---|"]
     for k, v in metrics.items():
         if isinstance(v, dict) and k != "AP_per_class":
@@ -605,7 +605,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmexplain.zoo.training")
+    parser = argparse.ArgumentParser(prog="python -m mmexplain.training.zoo")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_command(sub)
     ev = sub.add_parser("evaluate", help="print held-out metrics of a shipped model")

@@ -43,7 +43,7 @@ def load_model(kind: str, spec: str | None) -> Any:
             ``mmexplain train <kind>``), or ``spec`` is a path that does not exist.
         ValueError: ``spec`` names another kind of model, or is not a directory.
     """
-    from . import zoo
+    from .. import zoo
 
     if spec is None or spec == kind:
         root = zoo.default_root()
@@ -95,8 +95,8 @@ def _p(logprob: float) -> str:
 def _caption_handler(args: argparse.Namespace) -> int:
     import torch
 
-    from .explain import explain_caption
-    from .viz import save_figure
+    from ..explain import explain_caption
+    from ..viz import save_figure
 
     out = check_out(args.out)
     check_image(args.image)
@@ -121,8 +121,8 @@ def _caption_handler(args: argparse.Namespace) -> int:
 def _vqa_handler(args: argparse.Namespace) -> int:
     import torch
 
-    from .explain import explain_answer
-    from .viz import save_figure
+    from ..explain import explain_answer
+    from ..viz import save_figure
 
     out = check_out(args.out)
     check_image(args.image)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import CAMResult, call_model, find_image, resolve_layer, upsample_and_normalize
-from .targets import ClassLogit, logits_of
+from .base import CAMResult, call_model, find_image, resolve_layer, upsample_and_normalize
+from ..targets import ClassLogit, logits_of
 
 __all__ = ["CAM"]
 
@@ -87,7 +87,7 @@ class CAM:
                 4-D tensor in ``inputs``.
 
         Returns:
-            A :class:`~mmexplain.engine.CAMResult`: ``maps`` (B, H, W) in [0, 1], ``raw`` and
+            A :class:`~mmexplain.methods.CAMResult`: ``maps`` (B, H, W) in [0, 1], ``raw`` and
             ``pre_relu`` (B, u, v), ``weights`` (B, K) = ``fc.weight[c]``, ``scores`` (B,)
             the class logits, ``activations`` (B, K, u, v).
         """

@@ -18,7 +18,7 @@ and the smallest (evidence against), among the units whose IoU >= 0.05, by name.
 Example:
     >>> import mmexplain as mx                                       # doctest: +SKIP
     >>> model = mx.zoo.load("classifier")                            # doctest: +SKIP
-    >>> data = mx.naming.shapeworld_concepts(500)                    # doctest: +SKIP
+    >>> data = mx.dissect.shapeworld_concepts(500)                    # doctest: +SKIP
     >>> labels = mx.dissect(model, model.default_layer, data)        # doctest: +SKIP
     >>> labels[3].concept, labels[3].category, labels[3].iou         # doctest: +SKIP
     ('red', 'color', 0.31)
@@ -536,7 +536,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def shapeworld_categories() -> dict[str, str]:
     """``{concept: category}`` for the ShapeWorld concepts: colours, shapes, sizes."""
-    from . import world
+    from .. import world
 
     return {**{c: "color" for c in world.COLORS}, **{s: "shape" for s in world.SHAPES},
             **{s: "size" for s in world.SIZES}}
@@ -546,7 +546,7 @@ class _ShapeWorldConcepts:
     """ShapeWorld scenes as ``(image, {concept: mask})``, with ``categories`` attached."""
 
     def __init__(self, n: int, seed: int, size: int) -> None:
-        from . import world
+        from .. import world
 
         self._data = world.concept_dataset(n, seed, size=size)
         self.categories = shapeworld_categories()
@@ -720,7 +720,7 @@ def image_forward(model: nn.Module, images: Tensor) -> Any:
     for layers after the text enters.
 
     Example:
-        >>> labels = mx.dissect(vqa, vqa.default_layer, data, forward=mx.naming.image_forward)  # doctest: +SKIP
+        >>> labels = mx.dissect(vqa, vqa.default_layer, data, forward=mx.dissect.image_forward)  # doctest: +SKIP
     """
     import inspect
 
@@ -756,7 +756,7 @@ def _recording(model: nn.Module, module: nn.Module, forward: ForwardFn) -> Itera
                 if forward is not _default_forward:
                     raise
                 raise TypeError(f"forward: model(images) failed ({exc}); for a model that takes more inputs pass "
-                                "forward=mmexplain.naming.image_forward or your own forward(model, images)") from exc
+                                "forward=mmexplain.dissect.image_forward or your own forward(model, images)") from exc
         if "out" not in store:
             raise ValueError("layer: the layer did not run during the model's forward; pass forward= or another layer")
         out = store.pop("out")
@@ -830,7 +830,7 @@ def _stack_masks(masks: Mapping[str, Tensor], n: int) -> tuple[list[str], Tensor
 
 
 def _resolve(model: nn.Module, layer: str | nn.Module) -> tuple[nn.Module, str]:
-    from .engine import resolve_layer
+    from ..methods import resolve_layer
 
     module = resolve_layer(model, layer)
     name = layer if isinstance(layer, str) else next(n for n, m in model.named_modules() if m is module)
@@ -855,7 +855,7 @@ def _model_device(model: nn.Module, device: str | torch.device | None) -> torch.
 def _check_reiterable(dataset: Any) -> None:
     if iter(dataset) is dataset:
         raise TypeError("dataset: a one-shot iterator cannot be read twice; pass a list, a Dataset-like object "
-                        "or mx.naming.shapeworld_concepts(n)")
+                        "or mx.dissect.shapeworld_concepts(n)")
 
 
 def _category_of(concept: str, categories: Mapping[str, str] | None) -> str:
@@ -908,7 +908,7 @@ def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Te
         :class:`NeuronLabels` with one :class:`UnitLabel` per channel.
 
     Example:
-        >>> data = mx.naming.shapeworld_concepts(200)                         # doctest: +SKIP
+        >>> data = mx.dissect.shapeworld_concepts(200)                         # doctest: +SKIP
         >>> labels = mx.dissect(model, "features.6", data, progress=False)    # doctest: +SKIP
         >>> print(labels.summary())                                           # doctest: +SKIP
     """

@@ -36,7 +36,7 @@ Command line::
 
 Example:
     >>> import mmexplain as mx
-    >>> from mmexplain.evaluate import grounding_report, format_report
+    >>> from mmexplain.evaluation.grounding import grounding_report, format_report
     >>> report = grounding_report(mx.zoo.load("captioner"), mx.zoo.load("vqa"),
     ...                           mx.world.split_seeds("test", 10))      # doctest: +SKIP
     >>> print(format_report(report))                                    # doctest: +SKIP
@@ -60,10 +60,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import metrics, world
-from .engine import GradCAM
-from .guided import GuidedBackprop
-from .targets import AnswerScore, logits_of
+from .. import metrics, world
+from ..methods import GradCAM
+from ..methods import GuidedBackprop
+from ..targets import AnswerScore, logits_of
 
 __all__ = ["grounding_report", "format_report", "caption_word_maps", "WordMaps", "add_evaluate_command", "METHODS", "GOALS"]
 
@@ -485,7 +485,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _grounding_handler(args: argparse.Namespace) -> int:
-    from . import zoo
+    from .. import zoo
 
     if args.threads:
         torch.set_num_threads(args.threads)

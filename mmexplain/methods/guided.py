@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .engine import call_model
+from .base import call_model
 
 Inputs = Tensor | tuple[Any, ...] | Mapping[str, Any]
 Target = Callable[[Any], Tensor]
@@ -290,7 +290,7 @@ class GuidedGradCAM:
         *,
         reshape: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        from .engine import GradCAM
+        from .gradcam import GradCAM
 
         self.model = model
         self.gradcam = GradCAM(model, layer, reshape=reshape)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .cli import CLIError
+from . import CLIError
 
 __all__ = ["add_classify_command", "default_layer", "load_classifier", "load_image"]
 

@@ -1,0 +1,77 @@
+"""Regenerate docs/report.png: the HTML report of the shipped captioner and VQA model, in headless Chromium.
+
+Needs the Debian packages ``chromium`` and ``chromium-driver`` and the ``selenium`` package
+(``pip install -e '.[test]'``). Run from anywhere:
+
+    python docs/make_report_screenshot.py            # writes docs/report.png
+    python docs/make_report_screenshot.py --html out.html --png out.png --word circle
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # this checkout's mmexplain
+
+import mmexplain as mx  # noqa: E402
+
+
+def _driver(width: int, height: int):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    if binary is None or driver_path is None:
+        raise SystemExit("needs chromium and chromedriver (apt-get install -y chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--hide-scrollbars", f"--window-size={width},{height}", "--force-device-scale-factor=1"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--png", type=Path, default=HERE / "report.png", help="screenshot to write")
+    parser.add_argument("--html", type=Path, default=None, help="also keep the report here")
+    parser.add_argument("--seed", type=int, default=7, help="ShapeWorld scene")
+    parser.add_argument("--word", default="circle", help="caption word to select (its last occurrence)")
+    parser.add_argument("--width", type=int, default=1200, help="browser window width, CSS pixels")
+    args = parser.parse_args(argv)
+
+    image = mx.world.generate(args.seed).image
+    ex = mx.explain_caption(mx.zoo.load("captioner"), image)
+    ax = mx.explain_answer(mx.zoo.load("vqa"), image, "what color is the circle ?", top_k=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        html = mx.viz.write_report([ex, ax], args.html or Path(tmp) / "report.html", title="mmexplain report")
+        driver = _driver(args.width, 900)
+        try:
+            driver.get(html.resolve().as_uri())
+            canvases = driver.find_elements("css selector", "canvas.mmx-canvas")
+            deadline = time.monotonic() + 10
+            while not all(c.get_attribute("data-ready") for c in canvases) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            words = driver.find_elements("css selector", "section[data-kind=caption] .mmx-words .mmx-chip")
+            index = max((i for i, w in enumerate(ex.words) if w == args.word), default=len(ex.words) - 1)
+            words[index].click()
+            driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0);")
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(args.width, height)
+            time.sleep(0.2)
+            args.png.parent.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(args.png))
+        finally:
+            driver.quit()
+    print(f"wrote {args.png} ({ex.caption!r}; selected {ex.words[index]!r})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""How a model family is driven: adapter protocols, the zoo and Hugging Face adapters, image loading."""

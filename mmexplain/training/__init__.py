@@ -1,0 +1,1 @@
+"""Training loops and model cards for the shipped models; imported only by ``mmexplain train``."""
