@@ -44,14 +44,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--html", type=Path, default=None, help="also keep the report here")
     parser.add_argument("--seed", type=int, default=7, help="ShapeWorld scene")
     parser.add_argument("--word", default="circle", help="caption word to select (its last occurrence)")
+    parser.add_argument("--scenes", type=int, default=200,
+                        help="scenes dissected to name the captioner's units for the word descriptions (0: none)")
     parser.add_argument("--width", type=int, default=1200, help="browser window width, CSS pixels")
     args = parser.parse_args(argv)
 
     image = mx.world.generate(args.seed).image
-    ex = mx.explain_caption(mx.zoo.load("captioner"), image)
+    captioner = mx.zoo.load("captioner")
+    ex = mx.explain_caption(captioner, image)
     ax = mx.explain_answer(mx.zoo.load("vqa"), image, "what color is the circle ?", top_k=3)
+    descriptions = None
+    if args.scenes > 0:  # textual explanations: the named units behind each word (Network Dissection)
+        from mmexplain.dissect import describe, dissect, image_forward, shapeworld_concepts
+
+        data = shapeworld_concepts(args.scenes, seed=0, size=captioner.config.image_size)
+        labels = dissect(captioner, captioner.default_layer, data, forward=image_forward, progress=False)
+        descriptions = describe(ex, labels, k=3)
+    caption = mx.viz.caption_view(ex, descriptions=descriptions)
     with tempfile.TemporaryDirectory() as tmp:
-        html = mx.viz.write_report([ex, ax], args.html or Path(tmp) / "report.html", title="mmexplain report")
+        html = mx.viz.write_report([caption, ax], args.html or Path(tmp) / "report.html", title="mmexplain report")
         driver = _driver(args.width, 900)
         try:
             driver.get(html.resolve().as_uri())
@@ -64,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             words[index].click()
             driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0);")
             height = driver.execute_script("return document.documentElement.scrollHeight")
-            driver.set_window_size(args.width, height)
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                   {"width": args.width, "height": height, "deviceScaleFactor": 1, "mobile": False})
             time.sleep(0.2)
             args.png.parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(args.png))

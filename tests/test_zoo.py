@@ -102,7 +102,9 @@ def test_preprocess_inputs(fresh, tmp_path):
     with pytest.raises(ValueError, match="image"):
         m.preprocess(torch.rand(4, 96, 96))
     with pytest.raises(ValueError, match="image"):
-        m.preprocess(np.zeros((96, 96), dtype=np.uint8))
+        m.preprocess(np.zeros((96, 96, 2), dtype=np.uint8))
+    gray = m.preprocess(arr[..., 0])  # a grayscale array is read as three equal channels
+    assert torch.equal(gray[0, 1], ref[0, 0]) and torch.equal(gray[0, 2], ref[0, 0])
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)

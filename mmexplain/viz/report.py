@@ -118,7 +118,8 @@ def _texts(values: Any, name: str, *, count: int, extra: int = 0) -> list[str | 
 
 
 def _numbers(value: Any) -> list[float]:
-    return [round(float(x), 6) for x in _as_float(value, "values").flatten()]
+    """Floats to 7 significant digits (float32 precision), for the JSON."""
+    return [float(f"{float(x):.7g}") for x in _as_float(value, "values").flatten()]
 
 
 # ---------------------------------------------------------------- views
@@ -143,7 +144,7 @@ def caption_view(
             methods; ``ex`` joins them as ``method`` unless it is one of the values.
         descriptions: a text per word (T), optionally one more for the whole caption
             (T + 1), or ``{index: text}``; e.g. the units behind each word's map.
-        title: the section heading (default: the caption).
+        title: the section heading (default: none; the words stand below it).
         method: the name of ``ex``'s method.
         max_map_side: maps with a longer side are area-averaged down to it (None: never).
 
@@ -193,7 +194,7 @@ def caption_view(
         raise ValueError(f"ex.logprobs: expected {T} values (one per word), got {logprobs.numel()}")
     return {
         "kind": "caption",
-        "title": str(title) if title is not None else " ".join(words),
+        "title": str(title) if title is not None else None,
         "image": image, "width": width, "height": height,
         "map_width": int(shape[-1]), "map_height": int(shape[-2]),
         "words": words,
@@ -219,7 +220,7 @@ def answer_view(
             ``probabilities`` (k,) or None, ``maps`` and ``counterfactuals`` (k, H, W) in
             [0, 1], ``question_tokens`` (L), ``token_attributions`` (k, L) or None, ``image``.
         descriptions: a text per answer (k) or ``{index: text}``.
-        title: the section heading (default: the question).
+        title: the section heading (default: none; the question stands below it).
         max_map_side: maps with a longer side are area-averaged down to it (None: never).
 
     Returns:

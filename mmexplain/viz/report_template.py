@@ -64,6 +64,8 @@ CSS = """
 .mmx-legend { font-size: 12px; color: #56607a; display: flex; gap: 12px; flex-wrap: wrap; align-items: center; }
 .mmx-legend span { display: inline-flex; align-items: center; gap: 5px; }
 .mmx-legend i { display: inline-block; width: 14px; height: 10px; border-radius: 2px; }
+.mmx-row { display: flex; align-items: center; gap: 10px; flex-wrap: wrap; }
+.mmx-label { font-size: 12px; text-transform: uppercase; letter-spacing: .06em; color: #6b7590; }
 .mmx-hint { font-size: 12px; color: #6b7590; margin: 0; }
 .mmx-hint kbd { font: inherit; border: 1px solid #ccd3df; border-bottom-width: 2px; border-radius: 4px; padding: 0 4px; background: #fff; }
 """
@@ -231,6 +233,12 @@ SCRIPT = r"""
     panel.appendChild(el("p", "mmx-kicker", kicker));
     if (title) panel.appendChild(el("h2", "mmx-heading", title));
   }
+  function labelled(name, node) {
+    var row = el("div", "mmx-row");
+    row.appendChild(el("span", "mmx-label", name));
+    row.appendChild(node);
+    return row;
+  }
   function info() {
     var box = el("div", "mmx-info");
     box.name = el("div", "mmx-name");
@@ -287,8 +295,9 @@ SCRIPT = r"""
     var size = sec.map_width * sec.map_height, method = 0, selected = sec.start, chips = [];
     var toggle = null;
     if (methods.length > 1) {
-      toggle = toggleGroup(methods.map(function (m) { return m.name; }), function (i) { method = i; show(selected); });
-      fig.controls.insertBefore(toggle, fig.controls.firstChild);
+      toggle = toggleGroup(methods.map(function (m) { return m.name; }), function (i) { method = i; active = api; show(selected); });
+      toggle.classList.add("mmx-methods");
+      panel.appendChild(labelled("Method", toggle));
     }
     var words = el("div", "mmx-words");
     for (var i = 0; i < N; i++) {
@@ -359,13 +368,13 @@ SCRIPT = r"""
     panel.appendChild(question);
     if (sec.attributions) {
       var legend = el("div", "mmx-legend");
+      legend.appendChild(el("span", null, "Question words (gradient \u00d7 embedding):"));
       [["#2a9d3f", "supports the answer"], ["#d62728", "argues against it"]].forEach(function (x) {
         var s = el("span"), sw = el("i");
         sw.style.background = x[0];
         s.appendChild(sw); s.appendChild(document.createTextNode(x[1]));
         legend.appendChild(s);
       });
-      legend.appendChild(el("span", null, "(question words: gradient \u00d7 embedding)"));
       panel.appendChild(legend);
     }
     var answers = el("div", "mmx-answers");
@@ -381,9 +390,9 @@ SCRIPT = r"""
       answers.appendChild(b);
     });
     panel.appendChild(answers);
-    var toggle = toggleGroup(["answer", "counterfactual"], function (j) { cf = j === 1; active = api; show(selected); });
+    var toggle = toggleGroup(["evidence for the answer", "counterfactual"], function (j) { cf = j === 1; active = api; show(selected); });
     toggle.classList.add("mmx-cf");
-    fig.controls.insertBefore(toggle, fig.controls.firstChild);
+    panel.appendChild(labelled("Map", toggle));
     var box = info();
     panel.appendChild(box);
     hint(panel, "an answer");

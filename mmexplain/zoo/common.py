@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import numpy as np
 import torch
 from torch import nn
 
@@ -18,56 +14,18 @@ def preprocess(image: object, *, size: int | None = None, name: str = "image") -
     """Turn an image into a ``(1, 3, H, W)`` float tensor in ``[0, 1]``.
 
     Args:
-        image: a path (str or ``os.PathLike``), a PIL image, a numpy ``(H, W, 3)`` array
-            (uint8 in 0-255 or float in 0-1), or a ``(3, H, W)`` / ``(1, 3, H, W)`` tensor.
+        image: anything :func:`mmexplain.adapters.images.load_image` reads: a path, a PIL
+            image, a numpy array or a ``(3, H, W)`` / ``(1, 3, H, W)`` tensor.
         size: if given, resize (bilinear) to ``size x size``.
         name: the argument name used in error messages.
 
     Returns:
         ``(1, 3, H, W)`` float32 tensor.
-
-    Raises:
-        FileNotFoundError: a path that does not exist.
-        ValueError: a file that is not an image; an array/tensor of the wrong shape.
-        TypeError: anything else.
     """
-    from PIL import Image, UnidentifiedImageError
+    from ..adapters.images import load_image, resize
 
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: no such image file: {str(path)!r}")
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{name}: {str(path)!r} is not an image file PIL can read") from exc
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"{name}: a numpy image must be (H, W, 3), got shape {image.shape}")
-        if image.dtype == np.uint8:
-            t = torch.from_numpy(image.astype(np.float32) / 255.0)
-        elif np.issubdtype(image.dtype, np.floating):
-            t = torch.from_numpy(image.astype(np.float32))
-        else:
-            raise ValueError(f"{name}: a numpy image must be uint8 or float, got {image.dtype}")
-        image = t.permute(2, 0, 1)  # (3, H, W)
-    if not isinstance(image, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a path, PIL image, numpy (H, W, 3) array or (3, H, W) tensor, "
-            f"got {type(image).__name__}")
-    if image.dim() == 3:
-        image = image.unsqueeze(0)
-    if image.dim() != 4 or image.shape[:2] != (1, 3):
-        raise ValueError(f"{name}: a tensor image must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
-    if not image.is_floating_point():
-        image = image.float() / 255.0
-    image = image.float()
-    if size is not None and image.shape[-2:] != (size, size):
-        image = nn.functional.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-    return image.clamp(0.0, 1.0)
+    pixels = load_image(image, name=name)[None]  # (1, 3, H, W)
+    return pixels if size is None else resize(pixels, size)
 
 
 def check_images(images: object, name: str = "images") -> torch.Tensor:

@@ -1,0 +1,102 @@
+"""The one place that writes files: atomically, with the usual permissions.
+
+A file is written to a temporary sibling (``.NAME.XXXX.tmp``) and renamed over the
+destination, so a crash or an error mid-write leaves the old file (or nothing) at the
+destination, never a partial one. A folder is built as a temporary sibling and swapped
+in whole when complete.
+
+Example:
+    >>> from mmexplain._io import write_text
+    >>> write_text(path, "hello\\n")                             # doctest: +SKIP
+    >>> with atomic_folder("out") as tmp:                        # doctest: +SKIP
+    ...     (tmp / "report.md").write_text("...")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write", "write_text", "write_json", "atomic_folder"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    Parent folders are created. The file gets the permissions a plain ``open`` would
+    give (0o666 less the umask), not ``mkstemp``'s private 0o600.
+
+    Raises:
+        IsADirectoryError: ``path`` is an existing folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a folder; give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+
+    return atomic_write(path, write)
+
+
+def write_json(path: str | os.PathLike[str], data: Any, *, indent: int = 2) -> Path:
+    """Write ``data`` as JSON (with a final newline) to ``path`` atomically."""
+    return write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; on success it replaces ``out`` whole.
+
+    An existing ``out`` stays untouched until the new folder is complete; then the old
+    one is renamed aside, the new one renamed into place, and the old one deleted. On
+    an error the temporary folder is removed and ``out`` is as it was.
+
+    Raises:
+        NotADirectoryError: ``out`` exists and is not a folder.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{str(out)!r} exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        tmp.chmod(0o777 & ~_umask())
+        yield tmp
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
