@@ -9,9 +9,9 @@
 from .base import CAMResult, call_model, find_image, module_name, resolve_layer, upsample_and_normalize
 from .cam import CAM
 from .gradcam import GradCAM
-from .guided import Deconvolution, GuidedBackprop, GuidedGradCAM
+from .guided import Deconvolution, GuidedBackprop, GuidedGradCAM, guided_gradcam
 
 __all__ = [
     "CAMResult", "call_model", "find_image", "module_name", "resolve_layer", "upsample_and_normalize",
-    "GradCAM", "CAM", "GuidedBackprop", "Deconvolution", "GuidedGradCAM",
+    "GradCAM", "CAM", "GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam",
 ]

@@ -36,7 +36,7 @@ from .base import call_model
 Inputs = Tensor | tuple[Any, ...] | Mapping[str, Any]
 Target = Callable[[Any], Tensor]
 
-__all__ = ["GuidedBackprop", "Deconvolution", "GuidedGradCAM"]
+__all__ = ["GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam"]
 
 
 # --------------------------------------------------------------------------- ReLU rules
@@ -315,4 +315,22 @@ class GuidedGradCAM:
         if isinstance(target, tuple):
             target = list(target)
         maps = self.gradcam(inputs, target, size=size).maps  # (B, H, W) | (N, B, H, W)
-        return guided * maps.unsqueeze(-3).to(guided.dtype)  # map broadcast over channels
+        return guided_gradcam(guided, maps)
+
+
+def guided_gradcam(guided: Tensor, maps: Tensor) -> Tensor:
+    """Guided Grad-CAM from its two parts, for callers that already hold both.
+
+    Args:
+        guided: (..., C, H, W) guided-backprop gradients.
+        maps: (..., h, w) Grad-CAM maps in [0, 1] with the same leading axes; upsampled
+            (bilinear) to (H, W) when their size differs.
+
+    Returns:
+        (..., C, H, W) = guided x map, the map broadcast over the channels.
+    """
+    if tuple(maps.shape[-2:]) != tuple(guided.shape[-2:]):
+        lead = maps.shape[:-2]
+        flat = F.interpolate(maps.reshape(-1, 1, *maps.shape[-2:]), size=tuple(guided.shape[-2:]), mode="bilinear", align_corners=False)
+        maps = flat.reshape(*lead, *guided.shape[-2:])
+    return guided * maps.unsqueeze(-3).to(guided.dtype)
