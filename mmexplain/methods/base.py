@@ -193,12 +193,14 @@ class _Capture:
     """Forward hooks that capture each hooked output (a new leaf for the first) and switch autograd on.
 
     ``copies`` > 1 repeats the first layer's output that many times along the batch
-    axis (target-major) before it becomes the leaf: one copy per target.
+    axis (target-major) before it becomes the leaf: one copy per target. With
+    ``grad=False`` the output is only recorded (detached) and autograd stays off.
     """
 
-    def __init__(self, layers: dict[str, nn.Module], *, copies: int = 1) -> None:
+    def __init__(self, layers: dict[str, nn.Module], *, copies: int = 1, grad: bool = True) -> None:
         self.layers = layers
         self.copies = copies
+        self.grad = grad
         self.leaves: dict[str, Tensor] = {}
 
     def hook(self, name: str) -> Callable[..., Any]:
@@ -211,6 +213,9 @@ class _Capture:
             tensor = _first_tensor(output, name)
             if not tensor.is_floating_point():
                 raise TypeError(f"layer {name!r} output has dtype {tensor.dtype}; expected floating point")
+            if not self.grad:
+                self.leaves[name] = tensor.detach().clone()
+                return None  # the output is left as it is
             # the first hooked layer starts the graph; a later one (reached through it) keeps
             # its place in that graph, so gradients flow back to the earlier layer too
             if tensor.requires_grad:

@@ -19,13 +19,22 @@ How the engine computes it:
   backward (``is_grads_batched``), or N backwards over one retained graph when an op
   has no batching rule.
 - Hooks live for one call and are removed in ``finally``; grad mode is restored.
+
+The extension point: a method overrides ``_weights(activation, gradient, call)`` and
+returns channel weights (N, B, K) or element-wise weights (N, B, K, u, v); the engine
+combines them with the activation by broadcast-and-sum, applies the ReLU (unless
+``relu=False``), upsamples and normalises. A method with ``on_tokens = True`` gets a
+token-shaped layer's (B, T, D) activation before ``reshape`` and weights it per token
+(N, B, T, D) or per channel (N, B, D); the per-token map is then laid on the grid. A
+method with ``needs_gradient = False`` runs forward passes only (``gradient`` is None).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +43,26 @@ from torch import Tensor, nn
 from ..targets import Target
 from .base import CAMResult, LayerSpec, _batch_rows, _Capture, _detach, call_model, find_image, module_name, resolve_layer, upsample_and_normalize
 
-__all__ = ["GradCAM"]
+__all__ = ["GradCAM", "Call"]
+
+
+@dataclass
+class Call:
+    """What a method's ``_weights`` may read besides the activation and its gradient.
+
+    Attributes:
+        inputs: the model inputs of this call.
+        targets: the N explained targets.
+        output: the model output (detached).
+        scores: (N, B) each target's score on the unmodified inputs.
+        size: (H, W) of the maps that will be returned.
+    """
+
+    inputs: Any
+    targets: list[Target]
+    output: Any
+    scores: Tensor
+    size: tuple[int, int]
 
 
 class GradCAM:
@@ -48,8 +76,9 @@ class GradCAM:
     Args:
         model: any ``nn.Module``; left exactly as found (hooks, flags, weights, grads).
         layer: dotted module name (``"layer4"``, ``"features.28"``) or the module.
-        reshape: for token-shaped layers, ``tokens (B, 1+N, D) -> (B, D, h, w)``;
+        reshape: for token-shaped layers, ``tokens (B, T, D) -> (B, D, h, w)``;
             applied to the activation and its gradient alike.
+        relu: apply the ReLU to the combined map (``False`` keeps negative evidence).
 
     Example:
         >>> import torch, torchvision, mmexplain as mx
@@ -62,19 +91,38 @@ class GradCAM:
         >>> many.maps.shape   # three targets, one forward pass
         torch.Size([3, 2, 64, 64])
 
-    Departures from the paper: none in the formula. Variants (e.g. Grad-CAM++)
-    override ``_channel_weights`` only.
+    Departures from the paper: none in the formula. Variants override ``_weights``
+    only (see the module docstring).
     """
 
-    def __init__(self, model: nn.Module, layer: LayerSpec, *, reshape: Callable[[Tensor], Tensor] | None = None) -> None:
+    #: False for methods that use forward passes only (no backward is taken)
+    needs_gradient: ClassVar[bool] = True
+    #: True for methods that weight a token-shaped activation per token, before ``reshape``
+    on_tokens: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec,
+        *,
+        reshape: Callable[[Tensor], Tensor] | None = None,
+        relu: bool = True,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if reshape is not None and not callable(reshape):
             raise TypeError(f"reshape: expected a callable tokens -> (B, D, h, w), got {type(reshape).__name__}")
+        if not isinstance(relu, bool):
+            raise TypeError(f"relu: expected True or False, got {type(relu).__name__}")
         self.model = model
         self.layer = resolve_layer(model, layer)
         self.layer_name = layer if isinstance(layer, str) else module_name(model, layer)
         self.reshape = reshape
+        self.relu = relu
+
+    def _weights(self, activation: Tensor, gradient: Tensor | None, call: Call) -> Tensor:
+        """alpha_k = mean_ij dy/dA^k_ij: activation (B, K, u, v), gradient (N, B, K, u, v) -> (N, B, K)."""
+        return gradient.mean(dim=(-2, -1))
 
     def __call__(
         self,
@@ -113,8 +161,10 @@ class GradCAM:
         for i, t in enumerate(target_list):
             if not callable(t):
                 raise TypeError(f"targets[{i}]: expected a callable output -> (B,), got {type(t).__name__}")
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError("GradCAM needs autograd: call it outside torch.inference_mode()")
+        if size is not None:
+            size = _check_size(size)
+        if self.needs_gradient and torch.is_inference_mode_enabled():
+            raise RuntimeError(f"{type(self).__name__} needs autograd: call it outside torch.inference_mode()")
         if self.model.training:
             warnings.warn(
                 "model is in training mode: dropout and batch-norm statistics change the explanation "
@@ -126,36 +176,53 @@ class GradCAM:
             if name == self.layer_name:
                 raise ValueError(f"extra_layers: name {name!r} is the explained layer's own name")
             layers[name] = resolve_layer(self.model, spec)
+        if extra_layers and not self.needs_gradient:
+            raise ValueError(f"extra_layers: {type(self).__name__} takes no gradient, so it has none to return")
 
-        copies = len(target_list) if targets_in_batch else 1
+        copies = len(target_list) if targets_in_batch and self.needs_gradient else 1
         if copies > 1 and extra_layers:
             raise ValueError("extra_layers: not supported together with targets_in_batch=True")
         output, leaves = self._forward(inputs, layers, copies=copies)
-        scores, grads = self._backward(output, target_list, leaves, copies=copies)
+        if self.needs_gradient:
+            scores, grads = self._backward(output, target_list, leaves, copies=copies)
+        else:
+            scores, grads = self._scores(output, target_list, batch=leaves[self.layer_name].shape[0]), [None]
         if copies > 1:
             batch = leaves[self.layer_name].shape[0] // copies
             leaves = {self.layer_name: leaves[self.layer_name][:batch]}  # the copies are equal
             output = _batch_rows(output, 0, batch, copies * batch)
 
-        activation = self._grid(leaves[self.layer_name].detach(), "activation")  # (B, K, u, v)
-        n_targets = len(target_list)
-        grad = grads[0]  # (N, B, ...)
-        grad = self._grid(grad.flatten(0, 1), "gradient").unflatten(0, (n_targets, -1))  # (N, B, K, u, v)
-        weights = self._channel_weights(activation, grad)  # (N, B, K)
-        pre_relu = torch.einsum("nbk,bkuv->nbuv", weights, activation)  # (N, B, u, v)
-        raw = F.relu(pre_relu)
+        layer_act = leaves[self.layer_name].detach()  # the layer's own layout: (B, K, u, v) or (B, T, D)
+        grad = grads[0]  # (N, B, ...) or None
+        activation = self._grid(layer_act, "activation")  # (B, K, u, v)
+        grid_grad = None if grad is None else self._grid(grad.flatten(0, 1), "gradient").unflatten(0, (len(target_list), -1))
         if size is None:
             image = find_image(inputs)
-            size = tuple(image.shape[-2:]) if image is not None else tuple(raw.shape[-2:])
+            size = tuple(image.shape[-2:]) if image is not None else tuple(activation.shape[-2:])
+        call = Call(inputs, target_list, _detach(output), scores, size)
+        with torch.no_grad():  # a forward-only method's own passes build no graph either
+            if self.on_tokens and layer_act.dim() == 3:
+                weights = self._weights(layer_act, grad, call).detach()  # (N, B, T, D) or (N, B, D)
+                pre_relu = self._token_map_to_grid(_combine(weights, layer_act, who=type(self).__name__))  # (N, B, u, v)
+            else:
+                weights = self._weights(activation, grid_grad, call).detach()  # (N, B, K) or (N, B, K, u, v)
+                pre_relu = _combine(weights, activation, who=type(self).__name__)  # (N, B, u, v)
+        if grid_grad is not None:
+            channel_weights = grid_grad.mean(dim=(-2, -1))  # (N, B, K)
+        elif weights.dim() == 3 and weights.shape[-1] == activation.shape[1]:
+            channel_weights = weights
+        else:
+            channel_weights = weights.flatten(3).mean(dim=-1) if weights.dim() > 3 else weights
+        raw = F.relu(pre_relu) if self.relu else pre_relu
         maps = upsample_and_normalize(raw, size)  # (N, B, H, W)
 
         extra = {name: (leaves[name].detach(), g) for name, g in zip(list(layers)[1:], grads[1:])}
-        result = CAMResult(maps, raw, pre_relu, weights, scores, activation, _detach(output), extra, many=True)
+        result = CAMResult(maps, raw, pre_relu, channel_weights, scores, activation, call.output, extra, many=True)
         return result if many else result[0]
 
     def _forward(self, inputs: Any, layers: dict[str, nn.Module], *, copies: int) -> tuple[Any, dict[str, Tensor]]:
         """Run the model once: no graph before the first hooked layer; returns output and leaves."""
-        capture = _Capture(layers, copies=copies)
+        capture = _Capture(layers, copies=copies, grad=self.needs_gradient)
         handles = []
         grad_was = torch.is_grad_enabled()
         try:
@@ -171,6 +238,18 @@ class GradCAM:
         if missing:
             raise ValueError(f"layer {missing[0]!r} did not run during the forward pass; choose a layer the model uses")
         return output, {name: capture.leaves[name] for name in layers}  # explained layer first
+
+    def _score(self, i: int, target: Target, output: Any, batch: int) -> Tensor:
+        score = target(output)
+        if not isinstance(score, Tensor) or score.shape != (batch,):
+            got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+            raise ValueError(f"target {i} ({target!r}) must return one scalar per sample, shape ({batch},); got {got}")
+        return score
+
+    def _scores(self, output: Any, targets: list[Target], *, batch: int) -> Tensor:
+        """(N, B) scores of the targets on a forward-only output."""
+        with torch.no_grad():
+            return torch.stack([self._score(i, t, output, batch) for i, t in enumerate(targets)]).detach()
 
     def _backward(
         self, output: Any, targets: list[Target], leaves: dict[str, Tensor], *, copies: int
@@ -188,10 +267,7 @@ class GradCAM:
             scores = []
             for i, target in enumerate(targets):
                 mine = output if copies == 1 else _batch_rows(output, i * batch, (i + 1) * batch, rows)
-                score = target(mine)
-                if not isinstance(score, Tensor) or score.shape != (batch,):
-                    got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
-                    raise ValueError(f"target {i} ({target!r}) must return one scalar per sample, shape ({batch},); got {got}")
+                score = self._score(i, target, mine, batch)
                 if not score.requires_grad:
                     raise ValueError(
                         f"target {i} ({target!r}) does not depend on layer {self.layer_name!r} "
@@ -235,8 +311,38 @@ class GradCAM:
             raise ValueError(f"layer {self.layer_name!r} {what} has shape {tuple(tensor.shape)}, expected (B, K, u, v){hint}")
         return tensor
 
-    def _channel_weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
-        """alpha_k = mean_ij dy/dA^k_ij. activation (B, K, u, v), gradient (N, B, K, u, v) -> (N, B, K)."""
-        return gradient.mean(dim=(-2, -1))
+    def _token_map_to_grid(self, token_map: Tensor) -> Tensor:
+        """(N, B, T) per-token map -> (N, B, u, v) through ``reshape`` (one channel)."""
+        n = token_map.shape[0]
+        grid = self._grid(token_map.flatten(0, 1)[..., None], "token map")  # (N*B, 1, u, v)
+        return grid[:, 0].unflatten(0, (n, -1))
 
 
+def _combine(weights: Tensor, activation: Tensor, *, who: str) -> Tensor:
+    """Broadcast-and-sum over the channel axis.
+
+    Args:
+        weights: (N, B, K) channel weights or (N, B, K, u, v) element-wise; for a token
+            layer (N, B, D) or (N, B, T, D).
+        activation: (B, K, u, v), or (B, T, D) for a token layer.
+
+    Returns:
+        (N, B, u, v), or (N, B, T) for a token layer.
+    """
+    if activation.dim() == 4 and weights.dim() == 3:
+        return torch.einsum("nbk,bkuv->nbuv", weights, activation)
+    if activation.dim() == 3 and weights.dim() == 3:
+        return torch.einsum("nbd,btd->nbt", weights, activation)
+    if weights.dim() == activation.dim() + 1 and weights.shape[1:] == activation.shape:
+        return (weights * activation.unsqueeze(0)).sum(dim=2 if activation.dim() == 4 else -1)
+    raise ValueError(
+        f"{who}._weights returned shape {tuple(weights.shape)}; expected (N, B, K) or (N, B, *{tuple(activation.shape[1:])}) "
+        f"for an activation of shape {tuple(activation.shape)}"
+    )
+
+
+def _check_size(size: Any) -> tuple[int, int]:
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ValueError(f"size: expected (H, W) with two positive ints, got {size!r}")
+    return (size[0], size[1])
