@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import json
 import os
 import re
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import mmexplain as mx
 from mmexplain.viz import report as rp
@@ -78,9 +79,6 @@ def test_caption_maps_decode_back_to_the_explanation(ex):
     np.testing.assert_allclose(sec["probabilities"], ex.logprobs.exp().numpy(), rtol=1e-5)
     assert sec["caption_probability"] == pytest.approx(float(ex.logprobs.sum().exp()), rel=1e-5)
     png = base64.b64decode(sec["image"].removeprefix("data:image/png;base64,"))
-    from PIL import Image
-    import io
-
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64) / 255  # (H, W, 3)
     assert np.abs(pixels - ex.image.permute(1, 2, 0).double().numpy()).max() <= QUANT
 
@@ -154,7 +152,7 @@ def test_write_report_is_atomic(ex, ax, tmp_path, monkeypatch):
     before = path.read_bytes()
     with pytest.raises(ValueError, match=r"ex\.maps: contains NaN"):  # rendering fails: nothing written
         rp.write_report(dataclasses.replace(ex, maps=torch.full_like(ex.maps, float("nan"))), path)
-    monkeypatch.setattr(rp.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):  # writing fails at the rename: the temp file goes
         rp.write_report(ax, path)
     assert path.read_bytes() == before and os.listdir(path.parent) == ["report.html"]
@@ -373,3 +371,32 @@ def test_no_console_errors_and_no_requests(page):
     names = page.execute_script("return performance.getEntriesByType('resource').map(function (e) { return e.name; })")
     assert all(n.startswith(("file:", "data:")) for n in names), names
     assert page.current_url.startswith("file:")
+
+
+def test_notebook_view_draws_when_inserted_twice(driver, ex, ax, tmp_path):
+    """As JupyterLab does: the fragment set as innerHTML, its scripts re-created; twice on one page."""
+    fragment = mx.viz.show([ex, ax])._repr_html_()
+    host = (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><link rel="icon" href="data:,"></head><body>'
+        '<div class="out"></div><div class="out"></div><script>var fragment = ' + json.dumps(fragment).replace("</", "<\\/")
+        + ';document.querySelectorAll(".out").forEach(function (out) {'
+        '  out.innerHTML = fragment;'
+        '  out.querySelectorAll("script").forEach(function (old) {'
+        '    var s = document.createElement("script");'
+        '    Array.from(old.attributes).forEach(function (a) { s.setAttribute(a.name, a.value); });'
+        '    s.textContent = old.textContent; old.parentNode.replaceChild(s, old); }); });</script></body></html>'
+    )
+    path = tmp_path / "notebook.html"
+    path.write_text(host, encoding="utf-8")
+    driver.get(path.resolve().as_uri())
+    deadline = time.monotonic() + 10
+    while driver.execute_script("return document.querySelectorAll('canvas.mmx-canvas[data-ready]').length") < 4:
+        assert time.monotonic() < deadline, "the inserted views did not draw"
+        time.sleep(0.02)
+    assert driver.execute_script("return document.querySelectorAll('[data-mmx-root][data-mmx-bound]').length") == 2
+    second = driver.find_elements("css selector", ".out")[1]
+    second.find_elements("css selector", ".mmx-words .mmx-chip")[3].click()
+    canvases = driver.find_elements("css selector", "canvas.mmx-canvas")
+    assert canvases[2].get_attribute("data-word-index") == "3"  # the second copy answers its own clicks
+    assert canvases[0].get_attribute("data-word-index") == str(len(ex.words))
+    assert not [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]

@@ -29,7 +29,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._io import write_text
 from .core import to_image_array
 from .report_template import CSS, SCRIPT
 
@@ -277,6 +277,8 @@ def _sections(items: Any, **options: Any) -> list[dict[str, Any]]:
     out = []
     for i, item in enumerate(items):
         if isinstance(item, Mapping):
+            if options:
+                raise ValueError(f"{', '.join(sorted(options))}: sections[{i}] is already a view; pass the explanation")
             if item.get("kind") not in ("caption", "answer"):
                 raise ValueError(f"sections[{i}]: expected a section from caption_view or answer_view")
             out.append(dict(item))
@@ -358,20 +360,7 @@ def write_report(sections_or_explanations: Any, path: str | os.PathLike[str], *,
         raise ValueError(f"path {str(path)!r}: a report is an HTML file; use the .html extension")
     if path.is_dir():
         raise IsADirectoryError(f"path {str(path)!r} is a folder; give a file name such as report.html")
-    text = render_report(sections_or_explanations, title=title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, render_report(sections_or_explanations, title=title))
 
 
 class ReportView:

@@ -203,6 +203,7 @@ SCRIPT = r"""
     // bytes: uint8 maps; offset: where this map starts; rgb: 3 bytes a pixel (an image), else 1 (a map)
     this.setMap = function (bytes, offset, rgb) {
       hasMap = bytes !== null;
+      cbar.style.visibility = hasMap && !rgb ? "visible" : "hidden";  // an RGB image has no colour scale
       if (hasMap) {
         var d = pixels.data, n = mw * mh;
         for (var i = 0; i < n; i++) {
@@ -368,8 +369,9 @@ SCRIPT = r"""
     panel.appendChild(question);
     if (sec.attributions) {
       var legend = el("div", "mmx-legend");
-      legend.appendChild(el("span", null, "Question words (gradient \u00d7 embedding):"));
-      [["#2a9d3f", "supports the answer"], ["#d62728", "argues against it"]].forEach(function (x) {
+      legend.setAttribute("title", "each question word's gradient \u00d7 embedding for the selected answer");
+      legend.appendChild(el("span", null, "Question words:"));
+      [["#2a9d3f", "for the answer"], ["#d62728", "against it"]].forEach(function (x) {
         var s = el("span"), sw = el("i");
         sw.style.background = x[0];
         s.appendChild(sw); s.appendChild(document.createTextNode(x[1]));
