@@ -31,7 +31,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     import mmexplain as mx
-    from mmexplain.dissect import dissect, image_forward, shapeworld_concepts
+    from mmexplain.dissect import dissect, image_forward
 
     torch.set_num_threads(args.threads)
     if args.untrained:
@@ -41,9 +41,9 @@ def child(args: argparse.Namespace) -> None:
         model = new_model(args.model).eval()
     else:
         model = mx.zoo.load(args.model)
-    data = shapeworld_concepts(args.child)
+    data = mx.world.concept_dataset(args.child)
     # warm-up on a few images (allocator, kernels), not timed
-    dissect(model, model.default_layer, shapeworld_concepts(8, seed=50_000), forward=image_forward, progress=False)
+    dissect(model, model.default_layer, mx.world.concept_dataset(8, seed=50_000), forward=image_forward, progress=False)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     labels = dissect(model, model.default_layer, data, batch_size=args.batch_size, forward=image_forward,

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mmexplain as mx  # noqa: E402
 from mmexplain import targets as T  # noqa: E402
-from mmexplain.dissect import NeuronLabels, dissect, image_forward, shapeworld_concepts, unit_evidence  # noqa: E402
+from mmexplain.dissect import NeuronLabels, dissect, image_forward, unit_evidence  # noqa: E402
 
 
 @dataclass
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     scenes = [mx.world.generate(s) for s in mx.world.split_seeds("test", args.n_eval)]
-    data = shapeworld_concepts(args.n_dissect)
+    data = mx.world.concept_dataset(args.n_dissect)
     dissect_rows, agree_rows = [], []
     for name in args.models:
         try:

@@ -330,6 +330,16 @@ def concept_names() -> list[str]:
     return list(COLORS) + list(SHAPES) + list(SIZES)
 
 
+def concept_categories() -> dict[str, str]:
+    """``{concept: category}`` for every name of :func:`concept_names`.
+
+    Example:
+        >>> concept_categories()["red"], concept_categories()["circle"], concept_categories()["small"]
+        ('color', 'shape', 'size')
+    """
+    return {**dict.fromkeys(COLORS, "color"), **dict.fromkeys(SHAPES, "shape"), **dict.fromkeys(SIZES, "size")}
+
+
 def concepts(scene: Scene) -> dict[str, torch.Tensor]:
     """Pixel masks of every concept (colour, shape, size), for Network Dissection.
 
@@ -348,11 +358,29 @@ def concepts(scene: Scene) -> dict[str, torch.Tensor]:
 
 
 class ConceptDataset:
-    """``n`` validation scenes as ``(image (3, H, W), {concept: (H, W) bool})`` pairs."""
+    """``n`` validation scenes as ``(image (3, H, W), {concept: (H, W) bool})`` pairs.
+
+    Scenes are generated on access (nothing is cached), so memory does not grow with
+    ``n``, and the dataset can be read any number of times (``mx.dissect`` reads it
+    twice). Every item lists every concept (all False when absent), so every category
+    counts as annotated on every image.
+
+    Args:
+        n: how many scenes.
+        seed: offset into the validation seeds (``SPLITS["val"]``).
+        size: image side in pixels.
+
+    Attributes:
+        seeds: the scenes' seeds.
+        size: the image side.
+        categories: ``{concept: category}`` (:func:`concept_categories`), which
+            ``mx.dissect`` reads.
+    """
 
     def __init__(self, n: int, seed: int = 0, *, size: int = 96):
         self.seeds = split_seeds("val", n, start=seed)
         self.size = size
+        self.categories = concept_categories()
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -367,9 +395,22 @@ class ConceptDataset:
 
 
 def concept_dataset(n: int, seed: int = 0, *, size: int = 96) -> ConceptDataset:
-    """An iterable (with ``len``) of ``(image (3, H, W), concepts)`` for ``mx.dissect``.
+    """``n`` validation scenes as ``(image (3, H, W), {concept: (H, W) bool mask})`` for ``mx.dissect``.
 
-    Scenes come from the validation split, starting ``seed`` seeds into it.
+    Args:
+        n: how many scenes.
+        seed: offset into the validation seeds (``SPLITS["val"]``).
+        size: image side in pixels.
+
+    Returns:
+        A re-iterable :class:`ConceptDataset` (with ``len`` and indexing) that carries
+        its ``categories`` (colour, shape, size).
+
+    Example:
+        >>> data = concept_dataset(2, seed=5)
+        >>> image, masks = data[0]
+        >>> image.shape, masks["red"].shape, data.categories["red"]
+        (torch.Size([3, 96, 96]), torch.Size([96, 96]), 'color')
     """
     return ConceptDataset(n, seed, size=size)
 

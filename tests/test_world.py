@@ -179,6 +179,25 @@ def test_concepts_are_unions(scenes):
     assert torch.equal(image, world.generate(world.SPLITS["val"][2]).image)
 
 
+def test_concept_categories_and_the_dataset_that_carries_them():
+    cats = world.concept_categories()
+    assert list(cats) == world.concept_names()
+    assert {c for c, k in cats.items() if k == "color"} == set(world.COLORS)
+    assert {c for c, k in cats.items() if k == "shape"} == set(world.SHAPES)
+    assert {c for c, k in cats.items() if k == "size"} == set(world.SIZES)
+    ds = world.concept_dataset(3, seed=10, size=48)
+    assert ds.categories == cats and list(ds.seeds) == list(world.SPLITS["val"][10:13])
+    ds.categories["red"] = "changed"
+    assert world.concept_categories()["red"] == "color"  # each call builds a new dict
+    image, masks = ds[2]
+    scene = world.generate(world.SPLITS["val"][12], size=48)
+    assert image.shape == (3, 48, 48) and torch.equal(image, scene.image)
+    assert all(torch.equal(masks[c], m) for c, m in world.concepts(scene).items())
+    assert [torch.equal(a[0], b[0]) for a, b in zip(ds, ds)] == [True] * 3  # re-iterable, same scenes
+    with pytest.raises(ValueError, match="exceeds"):
+        world.concept_dataset(10, seed=len(world.SPLITS["val"]))
+
+
 def test_dataset_and_collate():
     ds = world.SceneDataset("val", 6, bias={"square": "blue"})
     assert len(ds) == 6

@@ -40,7 +40,7 @@ def add_dissect_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
 def _dissect_handler(args: argparse.Namespace) -> int:
     import mmexplain as mx
 
-    from ..dissect import dissect, image_forward, shapeworld_concepts
+    from ..dissect import dissect, image_forward, top_activating
 
     if args.n < 1:
         raise ValueError(f"--n must be a positive number of scenes, got {args.n}")
@@ -55,14 +55,17 @@ def _dissect_handler(args: argparse.Namespace) -> int:
         raise ValueError(f"MODEL must be one of {', '.join(names)}, got {args.model!r}")
     model = mx.zoo.load(args.model, root=args.root)
     layer = args.layer or model.default_layer
-    data = shapeworld_concepts(args.n, seed=args.seed, size=getattr(getattr(model, "config", None), "image_size", 96))
+    size = getattr(getattr(model, "config", None), "image_size", 96)
+    data = mx.world.concept_dataset(args.n, seed=args.seed, size=size)
     labels = dissect(model, layer, data, quantile=args.quantile, iou_threshold=args.iou_threshold,
                      batch_size=args.batch_size, forward=image_forward, progress=not args.quiet)
     out.mkdir(parents=True, exist_ok=True)
     labels.save(out / "tally.csv")
     labels.save(out / "labels.json")
-    fig = mx.viz.plot_unit_gallery(labels, model, layer, data, top=args.top, max_units=args.units,
-                                   batch_size=args.batch_size, forward=image_forward, progress=not args.quiet)
+    units = [u.unit for u in labels.detectors()[:args.units] or labels.top(args.units)]
+    tops = top_activating(model, layer, data, units, top=args.top, batch_size=args.batch_size,
+                          forward=image_forward, progress=not args.quiet)
+    fig = mx.viz.plot_unit_gallery(tops, labels)
     mx.viz.save_figure(fig, out / "units.png")
     print(f"{args.model} {labels.summary()}")
     print(f"wrote {out / 'tally.csv'}, {out / 'labels.json'}, {out / 'units.png'}")

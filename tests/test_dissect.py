@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,14 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import mmexplain as mx
+from mmexplain import world
 from mmexplain.dissect import (
     BrodenDataset,
     NeuronLabels,
     StreamingQuantile,
+    TopActivations,
     UnitLabel,
     describe,
     dissect,
     iou_counts,
+    shapeworld_categories,
     shapeworld_concepts,
     top_activating,
     unit_evidence,
@@ -43,6 +48,42 @@ def _mask(h: int, w: int, cells: list[tuple[int, int]]) -> torch.Tensor:
     for y, x in cells:
         m[y, x] = True
     return m
+
+
+# ----------------------------------------------------------------------------- package and concept data
+
+
+def test_package_names_and_the_callable_package():
+    import importlib.util
+
+    import mmexplain.dissect as pkg
+
+    assert callable(mx.dissect) and mx.dissect.dissect is dissect
+    assert mx.describe is describe and mx.NeuronLabels is NeuronLabels
+    for name in pkg.__all__:
+        assert getattr(mx.dissect, name) is getattr(pkg, name)
+    assert importlib.util.find_spec("mmexplain.dissect.core") is None
+    homes = {"StreamingQuantile": "quantile", "iou_counts": "iou", "upsample_bilinear": "iou", "UnitLabel": "labels",
+             "NeuronLabels": "labels", "BrodenDataset": "datasets", "dissect": "network", "image_forward": "network",
+             "TopActivations": "top", "top_activating": "top", "Evidence": "describe", "unit_evidence": "describe",
+             "describe": "describe"}
+    for name, module in homes.items():
+        assert getattr(pkg, name).__module__ == f"mmexplain.dissect.{module}", name
+
+
+def test_shapeworld_concepts_is_world_concept_dataset():
+    data = shapeworld_concepts(5, seed=7, size=48)
+    same = world.concept_dataset(5, 7, size=48)
+    assert isinstance(data, world.ConceptDataset) and len(data) == 5
+    assert list(data.seeds) == list(range(1_000_007, 1_000_012)) == list(world.SPLITS["val"][7:12])
+    for (image, masks), (image2, masks2), seed in zip(data, same, data.seeds):
+        scene = world.generate(seed, size=48)
+        assert image.shape == (3, 48, 48) and torch.equal(image, scene.image) and torch.equal(image, image2)
+        assert list(masks) == world.concept_names() and masks.keys() == masks2.keys()
+        assert all(torch.equal(masks[c], masks2[c]) and torch.equal(masks[c], world.concepts(scene)[c]) for c in masks)
+    assert data.categories == world.concept_categories() == shapeworld_categories()
+    assert shapeworld_categories()["purple"] == "color" and shapeworld_categories()["large"] == "size"
+    assert torch.equal(shapeworld_concepts(2)[1][0], world.generate(world.SPLITS["val"][1]).image)  # defaults
 
 
 # ----------------------------------------------------------------------------- IoU
@@ -131,6 +172,47 @@ def test_dissect_threshold_quantile_changes_result():
     assert loose[0].threshold <= 0.0 + 1e-12
 
 
+def test_dissect_without_categories_puts_every_concept_in_one_category():
+    data, cats = _known_dataset()
+    labels = dissect(Probe(), "body", data, quantile=0.1, progress=False)
+    assert labels.categories == dict.fromkeys(["a", "b", "c"], "concept")
+    u0 = labels[0]
+    assert u0.ious["a"] == pytest.approx(4 / 10) and u0.ious["b"] == 0.0
+    # 'c' now shares the category of 'a' and 'b', annotated on both images: 2 / (4 + 2 + 2 - 2)
+    assert u0.ious["c"] == pytest.approx(2 / 6)
+    assert (u0.concept, u0.category) == ("a", "concept")
+    # ShapeWorld names in a plain list: no ShapeWorld categories are guessed
+    plain = [world.concept_dataset(3, size=64)[i] for i in range(3)]
+    named = dissect(PlantedColors(), "features.2", plain, progress=False)
+    assert set(named.categories.values()) == {"concept"} and named[0].category == "concept"
+
+
+def test_dissect_reads_categories_from_the_dataset_or_the_argument():
+    data, cats = _known_dataset()
+
+    class WithCategories(list):
+        categories = cats
+
+    labels = dissect(Probe(), "body", WithCategories(data), quantile=0.1, progress=False)
+    assert labels.categories == cats and labels[0].ious["c"] == pytest.approx(1.0)
+    # the argument wins over the dataset's: 'c' in the category of 'a' and 'b', annotated on both images
+    override = dissect(Probe(), "body", WithCategories(data), quantile=0.1, categories=dict.fromkeys("abc", "letter"),
+                       progress=False)
+    assert override.categories == dict.fromkeys("abc", "letter")
+    assert override[0].ious["c"] == pytest.approx(2 / 6)
+    partial = dissect(Probe(), "body", data, quantile=0.1, categories={"c": "other"}, progress=False)
+    assert partial.categories == {"a": "concept", "b": "concept", "c": "other"}
+    assert partial[0].ious["c"] == pytest.approx(1.0)
+    with pytest.raises(TypeError, match="categories"):
+        dissect(Probe(), "body", data, categories=["a", "b"], progress=False)
+
+    class BadCategories(list):
+        categories = ["letter"]
+
+    with pytest.raises(TypeError, match="dataset.categories"):
+        dissect(Probe(), "body", BadCategories(data), progress=False)
+
+
 # ----------------------------------------------------------------------------- streaming quantile
 
 
@@ -197,7 +279,7 @@ def test_planted_red_unit_is_named_red_and_model_is_left_as_found():
     torch.manual_seed(0)
     model = PlantedColors().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    data = shapeworld_concepts(48, size=64)
+    data = world.concept_dataset(48, size=64)
     labels = dissect(model, "features.2", data, batch_size=16, progress=False)
     assert (labels[0].concept, labels[0].category) == ("red", "color")
     assert labels[1].concept == "blue"
@@ -320,6 +402,25 @@ def test_labels_json_and_csv_round_trip(tmp_path):
         labels.save(tmp_path / "labels.txt")
 
 
+def test_labels_files_are_written_by_the_project_writer(tmp_path, monkeypatch):
+    data, cats = _known_dataset()
+    labels = dissect(Probe(), "body", data, quantile=0.1, categories=cats, progress=False)
+    written = []
+    import mmexplain._io as io_mod
+
+    real = io_mod.atomic_write
+    monkeypatch.setattr(io_mod, "atomic_write", lambda path, write: written.append(path) or real(path, write))
+    old = os.umask(0o022)
+    try:
+        labels.save(tmp_path / "sub" / "labels.json")
+        labels.save(tmp_path / "sub" / "tally.csv")
+    finally:
+        os.umask(old)
+    assert [p.name for p in written] == ["labels.json", "tally.csv"]
+    assert all((tmp_path / "sub" / n).stat().st_mode & 0o777 == 0o644 for n in ("labels.json", "tally.csv"))
+    assert (tmp_path / "sub" / "labels.json").read_text(encoding="utf-8") == json.dumps(labels.to_dict(), indent=1) + "\n"
+
+
 # ----------------------------------------------------------------------------- Broden
 
 
@@ -383,22 +484,76 @@ def test_broden_fixture_loads_and_dissects(tmp_path):
 # ----------------------------------------------------------------------------- figure and CLI
 
 
-def test_unit_gallery_shows_top_images_with_labels():
-    import mmexplain as mx
+def _hand_tops() -> tuple[TopActivations, NeuronLabels]:
+    """Two units, two images each: known images, maps and thresholds."""
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(2, 2, 3, 8, 8, generator=g)  # (U, top, 3, H, W)
+    maps = torch.zeros(2, 2, 4, 4)  # (U, top, h, w)
+    maps[0, 0, :2, :2] = 1.0
+    maps[0, 1, 3, 3] = 1.0
+    maps[1, :, :, 2:] = 2.0
+    tops = TopActivations([1, 3], images, maps, torch.tensor([[1.0, 1.0], [2.0, 2.0]]), torch.tensor([[0, 1], [1, 0]]))
+    spec = [("red", "color", 0.01), ("circle", "shape", 0.2), ("blue", "color", 0.0), ("small", "size", 0.03)]
+    units = [UnitLabel(i, c, cat, iou, threshold=0.5) for i, (c, cat, iou) in enumerate(spec)]
+    return tops, NeuronLabels(units, categories={c: cat for c, cat, _ in spec}, layer="features", quantile=0.005)
 
+
+def test_unit_gallery_draws_a_top_activations_without_running_a_model(monkeypatch):
+    tops, labels = _hand_tops()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the gallery ran a model")
+
+    monkeypatch.setattr(nn.Module, "__call__", no_model)
+    monkeypatch.setattr("mmexplain.dissect.top.top_activating", no_model)
+    fig = mx.viz.plot_unit_gallery(tops, labels, dim=0.25)
+    assert len(fig.axes) == 4
+    assert fig.axes[0].get_title(loc="left") == "unit 1: circle (shape), IoU 0.200"
+    assert fig.axes[2].get_title(loc="left") == "unit 3: small (size), IoU 0.030 (not a detector)"
+    # the drawn pixels: the image inside M = upsample(map) > T, dimmed to 0.25 outside
+    for ax, (row, col) in zip(fig.axes, [(0, 0), (0, 1), (1, 0), (1, 1)]):
+        up = F.interpolate(tops.maps[row, col][None, None], size=(8, 8), mode="bilinear", align_corners=False)[0, 0]
+        inside = (up > 0.5).numpy()[..., None]  # (H, W, 1)
+        img = tops.images[row, col].permute(1, 2, 0).numpy()  # (H, W, 3)
+        drawn = np.asarray(ax.images[0].get_array())
+        assert np.allclose(drawn, np.where(inside, img, 0.25 * img), atol=1e-6)
+        assert 0 < inside.sum() < 64
+
+
+def test_unit_gallery_draws_what_top_activating_found_after_the_model_is_gone():
     torch.manual_seed(0)
     model = PlantedColors()
-    data = shapeworld_concepts(16, size=64)
+    data = world.concept_dataset(16, size=64)
     labels = dissect(model, "features.2", data, progress=False)
-    fig = mx.viz.plot_unit_gallery(labels, model, "features.2", data, units=[0, 1], top=3)
+    tops = top_activating(model, "features.2", data, [0, 1], top=3)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("forward must not run")
+
+    model.forward = broken
+    fig = mx.viz.plot_unit_gallery(tops, labels)
     assert len(fig.axes) == 6
     assert fig.axes[0].get_title(loc="left").startswith(f"unit 0: {labels[0].concept} (color), IoU")
-    with pytest.raises(ValueError, match="units"):
-        mx.viz.plot_unit_gallery(labels, model, "features.2", data, units=[7])
+
+
+def test_unit_gallery_rejects_mismatched_input():
+    tops, labels = _hand_tops()
+    with pytest.raises(TypeError, match="tops"):
+        mx.viz.plot_unit_gallery(labels, labels)
+    with pytest.raises(TypeError, match="labels"):
+        mx.viz.plot_unit_gallery(tops, {"units": []})
+    small = NeuronLabels(labels.units[:2], categories=labels.categories)
+    with pytest.raises(ValueError, match="unit 3"):
+        mx.viz.plot_unit_gallery(tops, small)
+    bad = TopActivations(tops.units, tops.images, tops.maps[:, :1], tops.scores, tops.indices)
+    with pytest.raises(ValueError, match="tops.maps"):
+        mx.viz.plot_unit_gallery(bad, labels)
+    with pytest.raises(ValueError, match="dim"):
+        mx.viz.plot_unit_gallery(tops, labels, dim=2.0)
+
 
 
 def test_cli_dissect_writes_labels_and_gallery(tmp_path, monkeypatch, capsys):
-    import mmexplain as mx
     from mmexplain.cli import main
 
     torch.manual_seed(0)
