@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 import mmexplain as mx
 from mmexplain import world, zoo
+from mmexplain.adapters import AnswerAdapter, CaptionAdapter, as_answer_adapter, as_caption_adapter
 from mmexplain.methods import upsample_and_normalize
-from mmexplain.targets import AnswerScore, Scalar, SequenceLogProb
+from mmexplain.targets import AnswerScore, ClassLogit, Scalar, SequenceLogProb
 from mmexplain.training import zoo as training
 from mmexplain.zoo.vocab import tokenize
 
@@ -128,10 +129,58 @@ def test_caption_leaves_model_untouched(models, scene):
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in captioner.modules())
 
 
-def test_guided_caption(models, scene):
-    ex = mx.explain_caption(models[0], scene.image, "a small", method="guided")
-    assert ex.guided is not None and ex.guided.shape == (2, 3, 96, 96)
-    assert torch.isfinite(ex.guided).all() and float(ex.guided.abs().sum()) > 0
+def test_guided_caption_equals_guided_gradcam_word_by_word(models, scene):
+    captioner = models[0]
+    caption = "a small red diamond"
+    ex = mx.explain_caption(captioner, scene.image, caption, method="guided")
+    assert ex.guided is not None and ex.guided.shape == (4, 3, 96, 96)
+    assert float(ex.guided.abs().sum()) > 0
+    inputs, ids = _teacher_forced(captioner, scene.image, caption)
+    ggc = mx.GuidedGradCAM(captioner, captioner.default_layer)
+    for t in range(4):  # an independent call per word: guided backprop x that word's own Grad-CAM map
+        one = ggc(inputs, SequenceLogProb([ids[t]], positions=[t]))  # (1, 3, H, W)
+        assert torch.allclose(ex.guided[t], one[0], atol=1e-6, rtol=1e-4), t
+    plain = mx.explain_caption(captioner, scene.image, caption)
+    assert plain.guided is None and torch.allclose(plain.maps, ex.maps, atol=1e-6)
+
+
+def test_guided_answer_and_class_equal_guided_gradcam(models, scene):
+    vqa = models[1]
+    ax = mx.explain_answer(vqa, scene.image, QUESTION, top_k=2, method="guided")
+    inputs = (vqa.preprocess(scene.image), vqa.encode_question(QUESTION)[None])
+    expected = mx.GuidedGradCAM(vqa, vqa.default_layer)(inputs, [AnswerScore(vqa.answers.index(a)) for a in ax.answers])
+    assert ax.guided.shape == (2, 3, 96, 96) and torch.allclose(ax.guided, expected[:, 0], atol=1e-6, rtol=1e-4)
+    torch.manual_seed(0)
+    classifier = training.new_model("classifier").eval()
+    cx = mx.explain_class(classifier, scene.image, top_k=2, method="guided")
+    pixels = classifier.preprocess(scene.image)
+    expected = mx.GuidedGradCAM(classifier, classifier.default_layer)(pixels, [ClassLogit(int(i)) for i in cx.indices])
+    assert torch.allclose(cx.guided, expected[:, 0], atol=1e-6, rtol=1e-4)
+    assert mx.explain_class(classifier, scene.image).guided is None
+
+
+def test_zoo_adapters_follow_the_protocols(models, scene):
+    captioner, vqa = models
+    cap, ans = as_caption_adapter(captioner), as_answer_adapter(vqa)
+    assert isinstance(cap, CaptionAdapter) and isinstance(ans, AnswerAdapter)
+    assert as_caption_adapter(cap) is cap and cap.targets_in_batch is True
+    pixels = cap.load_image(scene.image)  # (1, 3, 96, 96)
+    words = CAPTION.split()
+    (image1, tokens1), spans = cap.teacher_forced(pixels, words)
+    (image5, tokens5), spans5 = cap.teacher_forced(pixels, words, copies=5)
+    assert spans5 == spans and image5 is image1 is pixels  # one image row: the engine copies the activation
+    assert tokens5.shape == (5, len(words) + 1) and torch.equal(tokens5, tokens1.expand(5, -1))
+    with pytest.raises(ValueError, match="copies"):
+        cap.teacher_forced(pixels, words, copies=0)
+    assert cap.reshape_for(pixels) is None
+    query = ans.query(pixels, QUESTION, None, 2)
+    assert query.answers is None and query.question_tokens == tokenize(QUESTION)
+    with torch.no_grad():
+        logits = vqa(*query.inputs)  # (1, A)
+    assert ans.answers(query, logits) == [vqa.answers[i] for i in logits[0].topk(2).indices]
+    assert torch.allclose(ans.probabilities(query, logits), logits[0].softmax(-1).topk(2).values)
+    with pytest.raises(ValueError, match="top_k"):
+        ans.query(pixels, QUESTION, None, len(vqa.answers) + 1)
 
 
 # ----------------------------------------------------------------------------- VQA
@@ -202,6 +251,7 @@ def test_token_attributions_are_grad_times_embedding(models, scene):
     (lambda cap, vqa, img: mx.explain_caption(cap, img, "a small zebra"), r"caption.*'zebra'"),
     (lambda cap, vqa, img: mx.explain_caption(cap, img, "   "), "caption"),
     (lambda cap, vqa, img: mx.explain_caption(cap, img, CAPTION, method="saliency"), "method"),
+    (lambda cap, vqa, img: mx.explain_answer(vqa, img, QUESTION, method="saliency"), "method"),
     (lambda cap, vqa, img: mx.explain_answer(vqa, img, "  "), "question"),
     (lambda cap, vqa, img: mx.explain_answer(vqa, img, QUESTION, answer="banana"), r"answer.*'banana'"),
     (lambda cap, vqa, img: mx.explain_answer(vqa, img, QUESTION, top_k=0), "top_k"),

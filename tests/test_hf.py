@@ -5,11 +5,16 @@ Checks per architecture: shapes, finiteness, non-zero maps; word scores against 
 model's own log-softmax and its own training loss; the per-word identity (ReLU of the
 summed pre-ReLU word maps == the whole-caption map); the image map against a direct
 autograd reference computed here (forward hook + torch.autograd.grad by hand); the model
-untouched after a call (weights, flags, requires_grad, grads, hooks), also after an error.
+untouched after a call (weights, flags, requires_grad, grads, hooks), also after an error;
+images read through the one loader (the processor's own 8-bit path as the reference);
+the ViLT patch grid computed per call; ``AnswerQuery`` holding data only.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,6 +24,9 @@ tokenizers = pytest.importorskip("tokenizers")
 
 import mmexplain as mx  # noqa: E402
 from mmexplain.adapters import hf  # noqa: E402
+from mmexplain.adapters.grids import conv_grid  # noqa: E402
+from mmexplain.adapters.hf.common import pixels_of  # noqa: E402
+from mmexplain.adapters.protocols import AnswerAdapter, AnswerQuery, CaptionAdapter  # noqa: E402
 
 WORDS = "a red blue green circle square left of what color is the shape yes no small large ?".split()
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[DEC]", "[BOS]", "[EOS]"]
@@ -184,6 +192,12 @@ def test_patch_grid_reads_the_last_tokens_row_major():
         hf.PatchGrid((3, 3))(torch.zeros(1, 5, 2))
     with pytest.raises(ValueError, match="grid"):
         hf.PatchGrid((0, 3))
+    # the grid a patch convolution makes of an image: the formula against the convolution itself
+    for conv in (torch.nn.Conv2d(3, 2, 8, stride=8), torch.nn.Conv2d(3, 2, 7, stride=4, padding=3)):
+        for size in ((32, 48), (37, 21)):
+            assert conv_grid(conv, size) == tuple(conv(torch.zeros(1, 3, *size)).shape[-2:]), (conv, size)
+    with pytest.raises(TypeError, match="conv"):
+        conv_grid(torch.nn.Linear(2, 2), (8, 8))
 
 
 def test_tokenize_words_merges_subwords_and_skips_specials():
@@ -198,16 +212,25 @@ def test_tokenize_words_merges_subwords_and_skips_specials():
         hf.tokenize_words(TOK, ["two words"])
 
 
-def test_adapter_dispatch_and_argument_errors(blip_captioner):
+def test_adapter_dispatch_and_argument_errors(blip_captioner, vilt_vqa):
     with pytest.raises(TypeError, match="no caption adapter for Linear"):
         hf.caption_adapter(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="no VQA adapter"):
         hf.answer_adapter(blip_captioner.model)
+    with pytest.raises(TypeError, match="no adapter for Linear"):
+        hf.adapter(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="image_processor"):
         hf.caption_adapter(blip_captioner.model, tokenizer=TOK)
     with pytest.raises(ValueError, match="unknown word 'octagon'"):
         blip_captioner.split_words("a red octagon")
-    assert isinstance(blip_captioner, mx.explain.CaptionAdapter)
+    # mx.hf.adapter picks the role from the model class
+    pieces = {"image_processor": blip_captioner.image_processor, "tokenizer": TOK}
+    assert type(hf.adapter(blip_captioner.model, **pieces)) is hf.BlipCaptioner
+    assert type(hf.adapter(vilt_vqa.hf_model, image_processor=vilt_vqa.image_processor, tokenizer=TOK)) is hf.ViltVQA
+    assert isinstance(blip_captioner, CaptionAdapter) and not isinstance(blip_captioner, AnswerAdapter)
+    assert isinstance(vilt_vqa, AnswerAdapter) and not isinstance(vilt_vqa, CaptionAdapter)
+    assert mx.adapters.as_caption_adapter(blip_captioner) is blip_captioner
+    assert mx.adapters.as_answer_adapter(vilt_vqa) is vilt_vqa
 
 
 def test_load_and_display_image_round_trip(ved_captioner):
@@ -219,6 +242,70 @@ def test_load_and_display_image_round_trip(ved_captioner):
     assert shown.shape == (3, 32, 32)
     assert (shown - expected).abs().mean() < 0.03
     assert torch.allclose(ved_captioner.load_image((img * 255).round().to(torch.uint8)), pixels, atol=0.02)
+    with pytest.raises(ValueError, match=r"image: a float image must lie in \[0, 1\]"):
+        ved_captioner.load_image(img * 3)  # the loader's own error, naming the argument
+
+
+PROCESSORS = {
+    "vit bilinear": lambda: __import__("transformers").ViTImageProcessor(size={"height": 32, "width": 32}),
+    "blip bicubic": lambda: __import__("transformers").BlipImageProcessor(size={"height": 32, "width": 32}),
+    "vilt bicubic": lambda: __import__("transformers").ViltImageProcessor(size={"shortest_edge": 32}, size_divisor=8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSORS))
+def test_images_reach_the_processor_through_the_one_loader(name, tmp_path):
+    """PIL image / path / uint8 array: the loader's floats with do_rescale=False == the processor's own 8-bit path.
+
+    The reference is what the adapters did before reading through ``load_image``: the
+    processor given the 8-bit image itself (``do_rescale=True``). Equal within 1e-6 when
+    the image is already at the processor's size (the shipped models' 64 x 64 scenes);
+    when the processor resizes, its 8-bit path rounds the resampled pixels to 1/255
+    (and bicubic clamps each pass to [0, 255]), so only the bilinear case is bounded by
+    one grey level there.
+    """
+    from PIL import Image
+
+    processor = PROCESSORS[name]()
+    rng = np.random.default_rng(0)
+    at_size = rng.integers(0, 256, size=(32, 40 if name.startswith("vilt") else 32, 3), dtype=np.uint8)
+    resized = rng.integers(0, 256, size=(45, 61, 3), dtype=np.uint8)
+    std = torch.tensor(processor.image_std)[:, None, None]  # (3, 1, 1): normalized units -> grey levels
+    for array, tol in [(at_size, 1e-6), (resized, 1 / 255 if name.startswith("vit") else None)]:
+        Image.fromarray(array).save(tmp_path / "x.png")
+        reference = processor(images=Image.fromarray(array), return_tensors="pt")["pixel_values"]  # (1, 3, h, w)
+        for source in (Image.fromarray(array), tmp_path / "x.png", str(tmp_path / "x.png"), array):
+            ours = pixels_of(processor, source)["pixel_values"]
+            assert ours.shape == reference.shape, (type(source), ours.shape, reference.shape)
+            if tol is not None:
+                gap = float(((ours - reference) * std).abs().max())  # in [0, 1] pixel units
+                assert gap <= tol + 1e-6, (type(source).__name__, gap)
+    floats = torch.from_numpy(at_size).permute(2, 0, 1).float() / 255  # (3, H, W)
+    assert torch.allclose(pixels_of(processor, floats)["pixel_values"],
+                          processor(images=Image.fromarray(at_size), return_tensors="pt")["pixel_values"], atol=1e-6)
+
+
+def test_teacher_forced_copies_repeat_the_text_rows(blip_captioner, ved_captioner):
+    for captioner in (blip_captioner, ved_captioner):
+        pixels = captioner.load_image(image())
+        one, spans = captioner.teacher_forced(pixels, CAPTION)
+        three, spans3 = captioner.teacher_forced(pixels, CAPTION, copies=3)
+        assert spans3 == spans and captioner.targets_in_batch is False
+        assert three["pixel_values"] is pixels  # one image row: the engine copies the layer's activation
+        for key in set(one) - {"pixel_values"}:
+            assert three[key].shape == (3, one[key].shape[1])
+            assert torch.equal(three[key], one[key].expand(3, -1)), key
+        with pytest.raises(ValueError, match="copies"):
+            captioner.teacher_forced(pixels, CAPTION, copies=0)
+    # the copies serve GradCAM(targets_in_batch=True): the same maps as the batched backward
+    pixels = ved_captioner.load_image(image())
+    inputs, spans = ved_captioner.teacher_forced(pixels, CAPTION)
+    copies, _ = ved_captioner.teacher_forced(pixels, CAPTION, copies=len(spans))
+    cam = mx.GradCAM(ved_captioner.model, ved_captioner.default_layer, reshape=ved_captioner.reshape_for(pixels))
+    batched = cam(inputs, word_targets(spans))
+    in_batch = cam(copies, word_targets(spans), targets_in_batch=True)
+    assert torch.allclose(in_batch.scores, batched.scores, atol=1e-5)
+    assert torch.allclose(in_batch.raw, batched.raw, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- captioners
@@ -230,7 +317,9 @@ def test_caption_words_scores_and_maps(name, request):
     model = captioner.model
     before = snapshot(model)
     pixels = captioner.load_image(image())
-    assert all(isinstance(w, str) for w in captioner.generate(pixels))
+    words = captioner.generate(pixels)
+    start = TOK.convert_ids_to_tokens(captioner.start_token_id)  # BLIP's [DEC] is no special token of TOK
+    assert start not in words and all(isinstance(w, str) and w.split() == [w] for w in words)
     inputs, spans = captioner.teacher_forced(pixels, CAPTION)
     assert [len(p) for p, _ in spans] == [1, 1, 3, 1, 1, 1, 1, 2]  # sub-words merged per word
 
@@ -245,7 +334,8 @@ def test_caption_words_scores_and_maps(name, request):
     logp = logits.log_softmax(-1)
     by_hand = torch.stack([sum(logp[p, t] for p, t in zip(pos, toks)) for pos, toks in spans])
 
-    cam = mx.GradCAM(model, captioner.default_layer, reshape=captioner.reshape)
+    cam = mx.GradCAM(model, captioner.default_layer, reshape=captioner.reshape_for(pixels))
+    assert captioner.reshape_for(pixels).grid == (4, 4)  # from the patch convolution, not guessed
     res = cam(inputs, word_targets(spans))
     assert torch.allclose(res.scores[:, 0], by_hand, atol=1e-5)
     assert torch.allclose(res.scores.sum(), -loss * len(ids), atol=1e-4)
@@ -279,6 +369,12 @@ def test_explain_caption_on_hf_models(blip_captioner, ved_captioner):
         assert torch.isfinite(ex.maps).all() and torch.isfinite(ex.logprobs).all()
         assert (ex.logprobs < 0).all()
         assert_untouched(captioner.model, before)
+    # Guided Grad-CAM through the adapter == mx.GuidedGradCAM on the same inputs
+    ex = mx.explain_caption(ved_captioner, image(), " ".join(CAPTION[:3]), method="guided")
+    pixels = ved_captioner.load_image(image())
+    inputs, spans = ved_captioner.teacher_forced(pixels, CAPTION[:3])
+    ggc = mx.GuidedGradCAM(ved_captioner.model, ved_captioner.default_layer, reshape=ved_captioner.reshape_for(pixels))
+    assert torch.allclose(ex.guided, ggc(inputs, word_targets(spans))[:, 0], atol=1e-6, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- VQA
@@ -293,7 +389,7 @@ def test_blip_vqa_answer_map_and_question_tokens(blip_vqa):
     assert query.question_tokens == ["what", "color", "is", "the", "tri", "##ang", "##le", "?"]
     assert query.token_positions == list(range(1, 9))  # [CLS] at 0 and [SEP] at 9 excluded
 
-    cam = mx.GradCAM(blip_vqa.model, blip_vqa.default_layer, reshape=blip_vqa.reshape)
+    cam = mx.GradCAM(blip_vqa.model, blip_vqa.default_layer, reshape=blip_vqa.reshape_for(pixels))
     res = cam(query.inputs, query.targets[0], extra_layers={"q": blip_vqa.question_layer})
     assert res.maps.shape == (1, 32, 32) and torch.isfinite(res.maps).all() and res.maps.max() > 0
     emb, grad = res.extra["q"]
@@ -333,8 +429,17 @@ def test_blip_vqa_generated_answer_and_cleanup_after_error(blip_vqa):
     hf_model = blip_vqa.hf_model
     before = snapshot(hf_model)
     pixels = blip_vqa.load_image(image())
-    answer = blip_vqa.answer(pixels, "what color is the shape ?")
-    assert isinstance(answer, str)
+    question = "what color is the shape ?"
+    answer = blip_vqa.answer(pixels, question)
+    # the generated answer is the decoder's own greedy choice: every token is the argmax of the
+    # teacher-forced logits, and generation stopped where the model puts [SEP] (or at max_new_tokens)
+    query = blip_vqa.query(pixels, question, None, 1)
+    assert query.answers == [answer] and blip_vqa.answers(query, None) == [answer]
+    ids, _ = hf.tokenize_words(TOK, answer.split())
+    with torch.no_grad():
+        logits = blip_vqa.model(**query.inputs).logits[0]  # (1+n, V)
+    assert logits[:len(ids)].argmax(-1).tolist() == ids
+    assert len(ids) == blip_vqa.max_new_tokens - 1 or int(logits[len(ids)].argmax()) == TOK.sep_token_id
     assert blip_vqa.model.training is False  # the wrapper's flag is the wrapped model's
     hf_model.train()
     assert blip_vqa.model.training is True
@@ -346,7 +451,7 @@ def test_blip_vqa_generated_answer_and_cleanup_after_error(blip_vqa):
         raise RuntimeError("target failed")
 
     query = blip_vqa.query(pixels, "what color is the shape ?", "red", 1)
-    cam = mx.GradCAM(blip_vqa.model, blip_vqa.default_layer, reshape=blip_vqa.reshape)
+    cam = mx.GradCAM(blip_vqa.model, blip_vqa.default_layer, reshape=blip_vqa.reshape_for(pixels))
     with pytest.raises(RuntimeError, match="target failed"):
         cam(query.inputs, mx.targets.Scalar(broken), extra_layers={"q": blip_vqa.question_layer})
     assert_untouched(hf_model, before)
@@ -361,26 +466,20 @@ def test_vilt_patch_order_keeps_the_output_and_fixes_the_grid(vilt_vqa):
         ours = vilt_vqa.model(**query.inputs).logits
         theirs = hf_model(**query.inputs).logits  # random patch order inside
     assert torch.allclose(ours, theirs, atol=1e-5)
-    assert vilt_vqa.model.grid == (4, 6)
+    assert vilt_vqa.patch_grid(pixels) == (4, 6) and vilt_vqa.reshape_for(pixels).grid == (4, 6)
 
 
-def test_vilt_answer_map_against_a_reference_in_the_models_own_order(vilt_vqa):
-    hf_model = vilt_vqa.hf_model
-    before = snapshot(hf_model)
-    pixels = vilt_vqa.load_image(image(32, 48, seed=5))
-    query = vilt_vqa.query(pixels, "what color is the triangle ?", "green", 1)
-    assert query.question_tokens == ["what", "color", "is", "the", "tri", "##ang", "##le", "?"]
-    cam = mx.GradCAM(vilt_vqa.model, vilt_vqa.default_layer, reshape=vilt_vqa.reshape)
-    res = cam(query.inputs, query.targets[0], extra_layers={"q": vilt_vqa.question_layer})
-    assert res.maps.shape == (1, 32, 48) and res.raw.shape == (1, 4, 6)
-    assert torch.isfinite(res.maps).all() and res.maps.max() > 0
+def vilt_reference(vqa, pixels, query, answer_index):
+    """Score and raw map of one answer by hand, on the unwrapped model in its own random patch order.
 
-    # reference: the unwrapped model in its own random patch order; the order is recovered by
-    # replaying the RNG, and the tokens are scattered to their patches by hand
-    layer = vilt_vqa.default_layer.removeprefix("model.")
+    The order is recovered by replaying the RNG, and the tokens are scattered to their
+    patches by hand; the grid is ViLT's own (``visual_embed``).
+    """
+    hf_model = vqa.hf_model
+    layer = vqa.default_layer.removeprefix("model.")
     with torch.random.fork_rng():
         torch.manual_seed(123)
-        mask = torch.ones(1, 32, 48, dtype=torch.long)
+        mask = torch.ones(1, *pixels.shape[-2:], dtype=torch.long)
         _, _, (patch_index, (gh, gw)) = hf_model.vilt.embeddings.visual_embed(
             pixels, mask, max_image_length=hf_model.config.max_image_length)
         torch.manual_seed(123)
@@ -392,16 +491,79 @@ def test_vilt_answer_map_against_a_reference_in_the_models_own_order(vilt_vqa):
             handle.remove()
     assert not torch.equal(patch_index[0, :, 0] * gw + patch_index[0, :, 1], torch.arange(gh * gw)), \
         "the model's own order should be shuffled (else this test checks nothing)"
-    score = out.logits[0, ANSWERS.index("green")]
+    score = out.logits[0, answer_index]
     (grad,) = torch.autograd.grad(score, store["act"])
     n = gh * gw
     act_img, grad_img = store["act"][0, -n:].detach(), grad[0, -n:]  # (N, D) in the model's order
     alpha = grad_img.mean(0)  # (D,): the mean over patches does not depend on the order
-    raw = torch.zeros(gh, gw)
+    raw = torch.zeros(int(gh), int(gw))
     raw[patch_index[0, :, 0], patch_index[0, :, 1]] = F.relu(act_img @ alpha)
-    assert torch.allclose(res.scores, score.detach()[None], atol=1e-5)
+    return score.detach(), raw
+
+
+def test_vilt_answer_map_against_a_reference_in_the_models_own_order(vilt_vqa):
+    hf_model = vilt_vqa.hf_model
+    before = snapshot(hf_model)
+    pixels = vilt_vqa.load_image(image(32, 48, seed=5))
+    query = vilt_vqa.query(pixels, "what color is the triangle ?", "green", 1)
+    assert query.question_tokens == ["what", "color", "is", "the", "tri", "##ang", "##le", "?"]
+    cam = mx.GradCAM(vilt_vqa.model, vilt_vqa.default_layer, reshape=vilt_vqa.reshape_for(pixels))
+    res = cam(query.inputs, query.targets[0], extra_layers={"q": vilt_vqa.question_layer})
+    assert res.maps.shape == (1, 32, 48) and res.raw.shape == (1, 4, 6)
+    assert torch.isfinite(res.maps).all() and res.maps.max() > 0
+    score, raw = vilt_reference(vilt_vqa, pixels, query, ANSWERS.index("green"))
+    assert torch.allclose(res.scores, score[None], atol=1e-5)
     assert torch.allclose(res.raw[0], raw, atol=1e-5)
     assert_untouched(hf_model, before)
+
+
+def test_vilt_patch_grid_is_computed_per_call(vilt_vqa):
+    """Images of different shapes through ONE adapter, interleaved: each gets its own grid, and its map
+    equals the reference in ViLT's own order (a grid kept from the previous call would misplace it)."""
+    question = "what color is the square ?"
+    seen = []
+    for h, w, seed in [(32, 48, 1), (48, 32, 2), (32, 64, 3), (32, 48, 1)]:
+        pixels = vilt_vqa.load_image(image(h, w, seed=seed))
+        grid = (pixels.shape[-2] // 8, pixels.shape[-1] // 8)  # patch_size 8
+        query = vilt_vqa.query(pixels, question, "red", 1)
+        reshape = vilt_vqa.reshape_for(pixels)
+        assert reshape.grid == grid
+        res = mx.GradCAM(vilt_vqa.model, vilt_vqa.default_layer, reshape=reshape)(query.inputs, query.targets[0])
+        score, raw = vilt_reference(vilt_vqa, pixels, query, ANSWERS.index("red"))
+        assert res.raw.shape == (1, *grid) and torch.allclose(res.raw[0], raw, atol=1e-5), (h, w)
+        ax = mx.explain_answer(vilt_vqa, image(h, w, seed=seed), question, "red")
+        assert torch.allclose(ax.result.raw[0, 0], raw, atol=1e-5) and ax.maps.shape == (1, *pixels.shape[-2:])
+        seen.append(grid)
+    assert seen == [(4, 6), (6, 4), (3, 6), (4, 6)]  # 32 x 64 is shrunk to 24 x 48 (ViLT caps the longer side)
+    assert vars(vilt_vqa.model).keys() == vars(hf.ViltPatchOrder(vilt_vqa.hf_model)).keys()  # nothing kept by calls
+
+
+def test_answer_query_holds_data_only(blip_vqa, vilt_vqa):
+    """AnswerQuery stores no functions: names and probabilities come from the adapter's declared methods."""
+    assert [f.name for f in dataclasses.fields(AnswerQuery)] == [
+        "inputs", "targets", "question_tokens", "token_positions", "answers"]
+    pixels = vilt_vqa.load_image(image())
+    queries = [vilt_vqa.query(pixels, "what color is the square ?", None, 3),
+               vilt_vqa.query(pixels, "what color is the square ?", "red", 1),
+               blip_vqa.query(blip_vqa.load_image(image()), "what color is the square ?", "red", 1)]
+    for query in queries:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            query.answers = ["blue"]
+        for field in dataclasses.fields(query):
+            value = getattr(query, field.name)
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            if field.name == "targets":  # target specs: instances of mx.targets classes, no bare functions
+                assert all(type(t).__module__ == "mmexplain.targets" and not isinstance(t, mx.targets.Scalar)
+                           for t in items), value
+            else:
+                assert not any(callable(v) for v in items), (field.name, value)
+    top, given = queries[0], queries[1]
+    assert top.answers is None and given.answers == ["red"]
+    with torch.no_grad():
+        logits = vilt_vqa.model(**top.inputs).logits  # (1, A)
+    assert vilt_vqa.answers(top, logits) == [ANSWERS[i] for i in logits[0].topk(3).indices]
+    assert torch.allclose(vilt_vqa.probabilities(top, logits), logits[0].topk(3).values.sigmoid())
+    assert vilt_vqa.answers(given, logits) == ["red"]
 
 
 def test_explain_answer_on_vilt_top_k(vilt_vqa):
@@ -419,6 +581,9 @@ def test_explain_answer_on_vilt_top_k(vilt_vqa):
     assert ax.question_tokens == "what color is the square ?".split()
     with pytest.raises(ValueError, match="'purple' is not one of"):
         mx.explain_answer(vilt_vqa, image(), "what color is the square ?", "purple")
+    guided = mx.explain_answer(vilt_vqa, image(32, 32, seed=7), "what color is the square ?", top_k=2, method="guided")
+    assert guided.answers == ax.answers[:2] and guided.guided.shape == (2, 3, 32, 32)
+    assert torch.isfinite(guided.guided).all() and torch.allclose(guided.maps, ax.maps[:2], atol=1e-6)
     assert_untouched(vilt_vqa.hf_model, before)
 
 
@@ -428,19 +593,21 @@ def test_explain_answer_on_vilt_top_k(vilt_vqa):
 def test_shipped_checkpoints_load_locally_as_safetensors():
     from pathlib import Path
 
-    from mmexplain.training.hf import load_tiny_ved, load_tiny_vilt, vocabulary
-
     root = Path(__file__).resolve().parents[1] / "models"
     for name in ("tiny-ved", "tiny-vilt"):
         files = {p.name for p in (root / name).iterdir()}
         assert {"model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json", "CARD.md"} <= files
         assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files), files
-    captioner = load_tiny_ved(root / "tiny-ved")
+    captioner = mx.zoo.load("tiny-ved")
+    assert isinstance(captioner, hf.VisionEncoderDecoderCaptioner) and isinstance(captioner, CaptionAdapter)
     scene = mx.world.generate(mx.world.split_seeds("test", 1)[0], size=64)
     words = captioner.generate(captioner.load_image(scene.image))
-    assert words and set(words) <= set(vocabulary())
-    vqa = load_tiny_vilt(root / "tiny-vilt")
+    assert words and set(words) <= set(captioner.tokenizer.get_vocab())
+    vqa = mx.zoo.load("tiny-vilt")
+    assert isinstance(vqa, hf.ViltVQA) and isinstance(vqa, AnswerAdapter)
     qa = scene.questions[0]
     ax = mx.explain_answer(vqa, scene.image, qa.question, top_k=2)
-    assert len(ax.answers) == 2 and set(ax.answers) <= set(mx.world.answers())
+    with torch.no_grad():
+        logits = vqa.model(**vqa.query(vqa.load_image(scene.image), qa.question, None, 1).inputs).logits[0]  # (A,)
+    assert ax.answers == [vqa.labels[i] for i in logits.topk(2).indices] and set(ax.answers) <= set(mx.world.answers())
     assert ax.maps.shape == (2, 64, 64) and ax.token_attributions.shape == (2, len(qa.question.split()))

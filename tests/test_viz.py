@@ -132,3 +132,14 @@ def test_viz_imports_matplotlib_lazily() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert core.__name__ == "mmexplain.viz.core"
+
+
+def test_viz_does_not_import_the_explainers() -> None:
+    """viz draws results and never runs a model: importing it leaves mmexplain.explain unloaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mmexplain.viz.caption, mmexplain.viz.core; from mmexplain.words import FUNCTION_WORDS; "
+            "print('mmexplain.explain' in sys.modules, 'a' in FUNCTION_WORDS)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]

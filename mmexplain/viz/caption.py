@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..words import FUNCTION_WORDS
 from .core import _add_colorbar, overlay, to_image_array
 
 if TYPE_CHECKING:
@@ -62,15 +63,13 @@ def plot_caption(ex: CaptionExplanation, *, hide_function_words: bool = False) -
 
     Args:
         ex: the result of :func:`mmexplain.explain_caption`.
-        hide_function_words: leave out "a", "of", ... (``mmexplain.explain.FUNCTION_WORDS``);
+        hide_function_words: leave out "a", "of", ... (``mmexplain.words.FUNCTION_WORDS``);
             the whole-caption map still covers every word.
 
     Returns:
         The figure.
     """
     from matplotlib.figure import Figure
-
-    from ..explain import FUNCTION_WORDS
 
     words = list(ex.words)
     shown = [i for i, w in enumerate(words) if not (hide_function_words and w in FUNCTION_WORDS)]

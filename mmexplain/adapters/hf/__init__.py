@@ -1,0 +1,68 @@
+"""Adapters that let the Grad-CAM engine and the explainers run on Hugging Face models (``mx.hf``).
+
+An adapter holds an unmodified ``transformers`` model with its image processor and
+tokenizer, and knows the four things the engine cannot guess:
+
+* which layer to explain (``default_layer``) and how its tokens form a grid
+  (``reshape_for(pixels)``: the image patch tokens, class/prefix tokens dropped, to
+  ``(B, D, h, w)``, with the grid of those pixels);
+* how to turn an image into the model's pixels and back (``load_image``,
+  ``display_image``; images are read by ``mmexplain.adapters.images.load_image``);
+* how to produce the words or the answer (``generate`` / ``query``);
+* which logits and token ids score each *word* as a person reads it: sub-word tokens
+  of one word are merged by summing their log-probabilities
+  (``mx.targets.SequenceLogProb`` with explicit positions).
+
+Supported models (all on the installed transformers, nothing downloads):
+
+========================================  ======================================  ================================
+model                                     adapter                                 explained scalar
+========================================  ======================================  ================================
+``BlipForConditionalGeneration``          :class:`BlipCaptioner`                  log p(word) per word
+``VisionEncoderDecoderModel`` (ViT+GPT2)  :class:`VisionEncoderDecoderCaptioner`  log p(word) per word
+``BlipForQuestionAnswering``              :class:`BlipVQA`                        sum of the answer tokens' log p
+``ViltForQuestionAnswering``              :class:`ViltVQA`                        the answer's logit
+========================================  ======================================  ================================
+
+Two models need a thin wrapper module (``adapter.model``, see :mod:`.wrappers`), which
+calls the real model's own ``forward`` and changes nothing in it: :class:`DecoderLogits`
+for BLIP VQA, :class:`ViltPatchOrder` for ViLT's shuffled patch tokens.
+
+Modules: ``common`` (tokens, images, shared adapter base), ``wrappers``, ``captioners``,
+``vqa``, ``dispatch`` (``adapter``, ``caption_adapter``, ``answer_adapter``).
+
+Example:
+    >>> import mmexplain as mx
+    >>> from transformers import BlipForConditionalGeneration, BlipProcessor     # doctest: +SKIP
+    >>> model = BlipForConditionalGeneration.from_pretrained(local_dir).eval()    # doctest: +SKIP
+    >>> captioner = mx.hf.adapter(model, BlipProcessor.from_pretrained(local_dir))  # doctest: +SKIP
+    >>> pixels = captioner.load_image("cat.jpg")                                  # doctest: +SKIP
+    >>> words = captioner.generate(pixels)                                        # doctest: +SKIP
+    >>> inputs, spans = captioner.teacher_forced(pixels, words)                   # doctest: +SKIP
+    >>> cam = mx.GradCAM(captioner.model, captioner.default_layer, reshape=captioner.reshape_for(pixels))  # doctest: +SKIP
+    >>> res = cam(inputs, [mx.targets.SequenceLogProb(t, positions=p) for p, t in spans])  # doctest: +SKIP
+    >>> res.maps.shape   # (words, 1, H, W)                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from ..grids import PatchGrid
+from .captioners import BlipCaptioner, VisionEncoderDecoderCaptioner
+from .common import tokenize_words
+from .dispatch import adapter, answer_adapter, caption_adapter
+from .vqa import BlipVQA, ViltVQA
+from .wrappers import DecoderLogits, ViltPatchOrder
+
+__all__ = [
+    "PatchGrid",
+    "DecoderLogits",
+    "ViltPatchOrder",
+    "tokenize_words",
+    "BlipCaptioner",
+    "VisionEncoderDecoderCaptioner",
+    "BlipVQA",
+    "ViltVQA",
+    "adapter",
+    "caption_adapter",
+    "answer_adapter",
+]
