@@ -72,13 +72,22 @@ def write_json(path: str | os.PathLike[str], data: Any, *, indent: int = 2) -> P
     return write_text(path, json.dumps(data, indent=indent) + "\n")
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
+
+
 @contextlib.contextmanager
 def atomic_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out`` whole.
 
-    An existing ``out`` stays untouched until the new folder is complete; then the old
-    one is renamed aside, the new one renamed into place, and the old one deleted. On
-    an error the temporary folder is removed and ``out`` is as it was.
+    An existing ``out`` stays untouched until the new folder is complete. Then entries
+    of the old ``out`` that the new one does not have (the user's own files) are carried
+    over (hard links where possible), the old folder is renamed aside, the new one is
+    renamed into place, and the old one is deleted. On an error or an interrupt the
+    temporary folder is removed and ``out`` is as it was.
 
     Raises:
         NotADirectoryError: ``out`` exists and is not a folder.
@@ -93,6 +102,12 @@ def atomic_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         old = None
         if out.exists():
+            for entry in out.iterdir():
+                if not (tmp / entry.name).exists() and not entry.is_symlink():
+                    if entry.is_dir():
+                        shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
+                    else:
+                        _link_or_copy(str(entry), str(tmp / entry.name))
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / out.name)
         os.replace(tmp, out)

@@ -9,7 +9,6 @@ import torch
 
 from mmexplain import metrics
 
-torch.set_num_threads(2)
 
 
 def _mask(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:

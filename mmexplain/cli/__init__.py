@@ -1,68 +1,79 @@
-"""The ``mmexplain`` command.
+"""The ``mmexplain`` command: one file per subcommand in this package.
 
-Each subcommand lives beside the code it drives: the module named in ``COMMANDS``
-defines ``add_<name>_command(subparsers)``, which adds its parser and sets
-``func=`` to a handler ``handler(args) -> int``. This file only wires them up, so
-importing the CLI stays cheap and a subcommand's heavy imports happen when it runs.
+Each module named in ``COMMANDS`` defines ``add_<name>_command(subparsers)``, which adds
+its parser and sets ``func=`` to a handler ``handler(args) -> int``. This file only
+wires them up, so importing the CLI stays cheap and a subcommand's heavy imports
+happen when it runs. Shared option spellings and checks live in ``common``.
 
-Errors the user can fix (``CLIError``, ``ValueError``, ``FileNotFoundError``) are
-printed as one line on stderr with exit status 2; nothing is left half-written
-because every writer in the package writes atomically.
+Errors the user can fix (``CLIError``, ``ValueError``, ``TypeError`` from argument
+checks, missing or unwritable files) are printed as one line on stderr with exit
+status 2 (set ``MMEXPLAIN_TRACEBACK=1`` to see the traceback instead); nothing is
+left half-written because every writer goes through ``mmexplain._io``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from .common import CLIError
+
+__all__ = ["main", "build_parser", "CLIError", "COMMANDS"]
 
 # subcommand -> module that defines add_<subcommand>_command(subparsers)
 COMMANDS: dict[str, str] = {
     "demo": "mmexplain.cli.demo",
-    "classify": "mmexplain.cli.classify",
     "caption": "mmexplain.cli.caption",
-    "vqa": "mmexplain.cli.caption",
-    "evaluate": "mmexplain.evaluation.grounding",
-    "train": "mmexplain.training.zoo",
+    "vqa": "mmexplain.cli.vqa",
+    "classify": "mmexplain.cli.classify",
+    "evaluate": "mmexplain.cli.evaluate",
     "dissect": "mmexplain.cli.dissect",
+    "train": "mmexplain.cli.train",
 }
 
+# errors a user can fix from the command line: one line, exit 2
+USER_ERRORS = (CLIError, ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+               PermissionError, OSError)
 
-class CLIError(Exception):
-    """An error in the user's command line or input files: printed as one line, exit 2."""
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): ``mmexplain CMD: error: argument --x: ...``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mmexplain",
         description="Show what vision and vision-language models look at (Grad-CAM for any scalar).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # a subcommand whose module is not part of this build
-        getattr(module, f"add_{name}_command")(sub)
+        getattr(importlib.import_module(module_name), f"add_{name}_command")(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad option (already printed as one line)
+        return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, IsADirectoryError) as exc:
-        print(f"mmexplain {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if os.environ.get("MMEXPLAIN_TRACEBACK"):
+            raise
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"mmexplain {args.command}: error: {text}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":  # run through the package so CLIError is one class, not __main__.CLIError
-    from mmexplain.cli import main as _main
-
-    sys.exit(_main())
+    except KeyboardInterrupt:
+        print(f"mmexplain {args.command}: interrupted; nothing was left half-written", file=sys.stderr)
+        return 130

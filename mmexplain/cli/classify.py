@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import CLIError
+from .common import FIGURE_SUFFIXES, CLIError, add_threads, apply_threads, check_image, check_out, positive_int
 
-__all__ = ["add_classify_command", "default_layer", "load_classifier", "load_image"]
+__all__ = ["add_classify_command", "load_classifier", "load_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,8 +44,9 @@ def add_classify_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layer", help="layer to explain (dotted name); default the last conv block of the arch")
     parser.add_argument("--target", type=int, help="class index to explain; default the predicted class")
     parser.add_argument("--method", choices=METHODS, default="gradcam", help="default gradcam")
-    parser.add_argument("--size", type=int, help="input side in pixels; default 224 (299 for inception_v3)")
+    parser.add_argument("--size", type=positive_int, help="input side in pixels; default 224 (299 for inception_v3)")
     parser.add_argument("--out", required=True, help="figure to write (.png, .pdf, .svg, ...)")
+    add_threads(parser)
     parser.set_defaults(func=run_classify)
 
 
@@ -58,41 +59,6 @@ def _check_arch(arch: str) -> None:
         nearest = difflib.get_close_matches(arch, names, n=3, cutoff=0.5)
         hint = f"; nearest: {', '.join(nearest)}" if nearest else "; see torchvision.models.list_models()"
         raise CLIError(f"--arch {arch!r} is not a torchvision classifier{hint}")
-
-
-def default_layer(arch: str, model: Any) -> tuple[str, Callable | None]:
-    """The Grad-CAM layer for a torchvision architecture and its ``reshape`` (or None).
-
-    The last convolutional block, as in the Grad-CAM paper: ``layer4`` for ResNets,
-    the last ``Conv2d`` for VGG/AlexNet, ``features`` for DenseNet, MobileNet,
-    EfficientNet and ConvNeXt; transformers get a token reshape.
-    """
-    from torch import nn
-
-    family = arch.split("_")[0].rstrip("0123456789")
-    named = {
-        "resnet": "layer4", "resnext": "layer4", "wide": "layer4",
-        "densenet": "features", "mobilenet": "features", "efficientnet": "features",
-        "convnext": "features", "squeezenet": "features", "regnet": "trunk_output",
-        "shufflenet": "conv5", "mnasnet": "layers", "googlenet": "inception5b", "inception": "Mixed_7c",
-    }  # fmt: skip
-    if family in named:
-        return named[family], None
-    if family == "swin":  # (B, h, w, C) -> (B, C, h, w)
-        return "features", lambda t: t.permute(0, 3, 1, 2)
-    if family == "vit":  # last block's input norm: patch tokens still carry gradient there
-        last = len(model.encoder.layers) - 1
-
-        def tokens_to_grid(t):  # (B, 1 + h*w, D) -> (B, D, h, w)
-            patches = t[:, 1:]
-            side = int(round(patches.shape[1] ** 0.5))
-            return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
-
-        return f"encoder.layers.encoder_layer_{last}.ln_1", tokens_to_grid
-    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]  # vgg, alexnet, others
-    if not convs:
-        raise CLIError(f"--arch {arch!r}: no default layer known; pass --layer")
-    return convs[-1], None
 
 
 def _state_dict(path: Path) -> dict[str, Any]:
@@ -157,38 +123,19 @@ def load_classifier(arch: str, weights: str | Path | None) -> Any:
 
 
 def load_image(path: str | Path, size: int) -> Any:
-    """The image at ``path`` as a (3, size, size) float tensor in [0, 1] (RGB, bilinear resize)."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
+    """The image at ``path`` as a (3, size, size) float tensor in [0, 1].
 
-    path = Path(path)
-    if not path.exists():
-        raise CLIError(f"image {str(path)!r}: no such file")
-    if not path.is_file():
-        raise CLIError(f"image {str(path)!r}: not a file")
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CLIError(f"image {str(path)!r}: not an image file Pillow can read") from exc
-    array = np.asarray(rgb, dtype=np.float32) / 255.0  # (H, W, 3)
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (3, H, W)
+    The shorter side is resized (bilinear) to ``size`` and the centre cropped to a square,
+    as torchvision's ImageNet evaluation does (resize, centre crop), so nothing is squashed.
+    """
+    from ..adapters.images import load_image as read, resize
 
-
-def _check_out(out: str) -> Path:
-    from matplotlib.figure import Figure
-
-    path = Path(out)
-    supported = Figure().canvas.get_supported_filetypes()
-    if path.suffix.lower().lstrip(".") not in supported:
-        raise CLIError(
-            f"--out {out!r}: extension {path.suffix or '(none)'!r} is not a figure format; "
-            f"use one of {', '.join('.' + k for k in sorted(supported))}"
-        )
-    if path.is_dir():
-        raise CLIError(f"--out {out!r} is a folder; give a file name such as figure.png")
-    return path
+    image = read(check_image(str(path), name="IMAGE"), name="IMAGE")  # (3, H, W)
+    h, w = image.shape[-2:]
+    scale = size / min(h, w)
+    image = resize(image, (max(size, round(h * scale)), max(size, round(w * scale))))
+    top, left = (image.shape[-2] - size) // 2, (image.shape[-1] - size) // 2
+    return image[:, top:top + size, left:left + size].contiguous()  # (3, size, size)
 
 
 def _categories(arch: str, num_classes: int) -> list[str] | None:
@@ -205,8 +152,9 @@ def _categories(arch: str, num_classes: int) -> list[str] | None:
 # ----------------------------------------------------------------------------- command
 def run_classify(args: argparse.Namespace) -> int:
     """Handler of ``mmexplain classify``; returns the exit status."""
-    out = _check_out(args.out)
+    out = check_out(args.out, kind="file", suffixes=FIGURE_SUFFIXES)
     _check_arch(args.arch)
+    apply_threads(args)
     size = args.size or (299 if args.arch == "inception_v3" else 224)
     if size < 32:
         raise CLIError(f"--size must be at least 32 pixels; got {size}")
@@ -222,7 +170,10 @@ def run_classify(args: argparse.Namespace) -> int:
     import torch
 
     import mmexplain as mx
-    from mmexplain.viz.core import overlay, save_figure, to_image_array
+
+    from ..adapters.torchvision import default_layer
+    from ..methods import guided_gradcam
+    from ..viz.core import overlay, save_figure, to_image_array
 
     layer, reshape = (args.layer, None) if args.layer else default_layer(args.arch, model)
     cam = mx.GradCAM(model, layer, reshape=reshape)  # bad --layer: ValueError naming the nearest layers
@@ -258,8 +209,7 @@ def run_classify(args: argparse.Namespace) -> int:
     note = "\n(map is zero: no region raises this score)" if empty else ""
     overlay(image, res.maps[0], ax=axes[1], title=f"{what}, {layer}{note}", colorbar=True)
     if args.method == "guided":
-        guided = mx.GuidedBackprop(model)(x, target)  # (1, 3, H, W)
-        ggc = guided * res.maps[:, None]  # Guided Grad-CAM, same map as the middle panel
+        ggc = guided_gradcam(mx.GuidedBackprop(model)(x, target), res.maps)  # (1, 3, H, W), the middle panel's map
         axes[2].imshow(to_image_array(ggc[0], normalize=True), interpolation="nearest")
         axes[2].set_title("Guided Grad-CAM\n(guided backprop x Grad-CAM)", fontsize=10)
         axes[2].set_xticks([])

@@ -7,14 +7,16 @@ Writes, to ``--out`` (default ``./mmexplain-demo``):
   questions about scene k;
 - ``classes.png``: the classifier's class maps for the objects of one scene;
 - ``report.md``: a one-page report with the figures, captions, answers and word
-  log-probabilities (and textual explanations from Network Dissection).
+  log-probabilities (and textual explanations from Network Dissection);
+- ``report.html``: the same scenes as one interactive page (point at a word or an
+  answer to see its map over the image), self-contained.
 
-Everything is written to a temporary folder beside ``--out`` first and moved into
-place only when all of it succeeded; a failure leaves ``--out`` as it was.
+Everything is written to a temporary folder beside ``--out`` first and swapped in whole
+only when all of it succeeded; a failure or an interrupt leaves ``--out`` as it was.
 
 Example:
     $ mmexplain demo --out demo
-    $ open demo/report.md
+    $ open demo/report.html
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from .common import add_models, add_threads, apply_threads, check_out, nonnegative_int, positive_int
 
 __all__ = ["add_demo_command", "run_demo"]
 
@@ -139,10 +141,10 @@ def _naming_section(captioner: Any, explanation: Any, *, scenes: int = 200, seed
 
 def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: str | os.PathLike[str] | None = None,
              naming_scenes: int = 200, log: Any = print) -> Path:
-    """Explain the shipped models on ``n`` held-out scenes and write figures + ``report.md`` to ``out``.
+    """Explain the shipped models on ``n`` held-out scenes; write figures, ``report.md`` and ``report.html``.
 
     Args:
-        out: output folder (created; existing files of the same names are replaced).
+        out: output folder (created; an existing one is replaced whole once the new one is complete).
         seed: offset into the test split: scenes are ``mx.world.split_seeds("test", n, start=seed)``.
         n: number of scenes.
         root: models directory (default: the repository's ``models/``).
@@ -153,11 +155,14 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
         The path of ``report.md``.
     """
     from .. import world
+    from .._io import atomic_folder, write_text
     from ..explain import explain_answer, explain_caption, explain_class
-    from ..viz import save_figure
+    from ..viz import answer_view, caption_view, save_figure, write_report
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"--n: expected a number of scenes >= 1, got {n!r}")
+        raise ValueError(f"--scenes: expected a number of scenes >= 1, got {n!r}")
+    if isinstance(naming_scenes, bool) or not isinstance(naming_scenes, int) or naming_scenes < 0:
+        raise ValueError(f"--naming-scenes: expected an integer >= 0, got {naming_scenes!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"--seed: expected an integer >= 0, got {seed!r}")
     out = Path(out)
@@ -168,12 +173,8 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
     seeds = world.split_seeds("test", n, start=seed)
     start = time.perf_counter()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the folder becomes --out
+    with atomic_folder(out) as tmp:
+        sections: list[Any] = []
         md = [
             "# mmexplain demo: what the reference models look at",
             "",
@@ -194,6 +195,7 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
         scenes = [world.generate(s, size=captioner.config.image_size) for s in seeds]
         for k, scene in enumerate(scenes):
             ex = explain_caption(captioner, scene.image)
+            sections.append(caption_view(ex, title=f"Scene {k + 1} (seed {scene.seed}): caption"))
             if k == 0:
                 first_caption = ex
             name = f"caption_{k}.png"
@@ -220,7 +222,8 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
         ]
         for k, scene in enumerate(scenes):
             for j, qa in enumerate(pick_questions(scene)):
-                ax = explain_answer(vqa, scene.image, qa.question)
+                ax = explain_answer(vqa, scene.image, qa.question, top_k=3)
+                sections.append(answer_view(ax, title=f"Scene {k + 1} (seed {scene.seed}): {qa.question}"))
                 name = f"vqa_{k}_{j}.png"
                 save_figure(ax.plot(), tmp / name)
                 p = float(ax.probabilities[0]) if ax.probabilities is not None else math.nan
@@ -252,53 +255,41 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
         if naming_md:
             md += [naming_md]
         md += [
-            f"_Made by `mmexplain demo --seed {seed} --n {n}` in {time.perf_counter() - start:.0f} s._",
+            "The interactive version of these scenes: [report.html](report.html) (point at a word or an answer).",
+            "",
+            f"_Made by `mmexplain demo --seed {seed} --scenes {n}` in {time.perf_counter() - start:.0f} s._",
             "",
         ]
-        (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
-        _move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_report(sections, tmp / "report.html", title="mmexplain demo")
+        write_text(tmp / "report.md", "\n".join(md))
     return out / "report.md"
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """``tmp``'s files -> ``out``: rename the folder when ``out`` is new, else replace file by file."""
-    if not out.exists():
-        try:
-            os.rename(tmp, out)
-            return
-        except OSError:
-            out.mkdir(parents=True, exist_ok=True)  # appeared meanwhile, or another filesystem
-    for item in sorted(tmp.iterdir(), key=lambda p: p.name == "report.md"):  # the report last
-        os.replace(item, out / item.name)
-
-
 def _demo_handler(args: argparse.Namespace) -> int:
-    import torch
-
-    torch.set_num_threads(args.threads)
+    check_out(args.out, kind="folder")
+    apply_threads(args)
     start = time.perf_counter()
-    report = run_demo(args.out, seed=args.seed, n=args.n, root=args.models, naming_scenes=args.naming_scenes)
-    files = sorted(p.name for p in report.parent.iterdir() if p.name.endswith((".png", ".md")))
+    report = run_demo(args.out, seed=args.seed, n=args.scenes, root=args.models, naming_scenes=args.naming_scenes)
+    files = sorted(p.name for p in report.parent.iterdir() if p.name.endswith((".png", ".md", ".html")))
     print(f"wrote {len(files)} files to {report.parent} in {time.perf_counter() - start:.0f} s; "
-          f"open {report} to read the report")
+          f"open {report.with_suffix('.html')} (interactive) or {report}")
     return 0
 
 
 def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``mmexplain demo [--out DIR] [--seed N] [--n SCENES]``."""
     p = subparsers.add_parser(
-        "demo", help="explain the shipped models on held-out scenes: figures + report.md",
+        "demo", help="explain the shipped models on held-out scenes: figures, report.md, report.html",
         description="Run the shipped captioner, VQA model and classifier on held-out ShapeWorld scenes and "
-                    "write per-word caption maps, VQA answer/counterfactual maps, class maps and a one-page "
-                    "report (report.md) to DIR.")
+                    "write per-word caption maps, VQA answer/counterfactual maps, class maps, a one-page "
+                    "report (report.md) and an interactive one (report.html: point at a word) to DIR.")
     p.add_argument("--out", default="mmexplain-demo", metavar="DIR", help="output folder (default ./mmexplain-demo)")
-    p.add_argument("--seed", type=int, default=0, help="offset into the held-out test scenes (default 0)")
-    p.add_argument("--n", type=int, default=4, metavar="SCENES", help="number of scenes (default 4)")
-    p.add_argument("--models", default=None, metavar="DIR", help="models folder (default: the repository's models/)")
-    p.add_argument("--naming-scenes", type=int, default=200, metavar="N",
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="offset into the held-out test scenes (default 0)")
+    p.add_argument("--scenes", "--n", dest="scenes", type=positive_int, default=4, metavar="N",
+                   help="number of scenes (default 4)")
+    add_models(p)
+    p.add_argument("--naming-scenes", type=nonnegative_int, default=200, metavar="N",
                    help="scenes dissected to name units for the textual explanations (0: skip; default 200)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    add_threads(p)
     p.set_defaults(func=_demo_handler)
     return p

@@ -5,17 +5,28 @@ every concept's IoU), ``DIR/labels.json`` (:class:`~mmexplain.dissect.NeuronLabe
 and ``DIR/units.png`` (the unit gallery), and prints the summary.
 
 Example:
-    $ mmexplain dissect classifier --n 1000 --out runs/dissect_classifier
+    $ mmexplain dissect classifier --scenes 1000 --out runs/dissect_classifier
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from .common import CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, nonnegative_int, positive_int
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    return value
 
 
 def add_dissect_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """``mmexplain dissect MODEL [--layer L] [--n N] --out DIR``."""
+    """``mmexplain dissect MODEL [--layer L] [--scenes N] --out DIR``."""
     p = subparsers.add_parser(
         "dissect", help="name the units of a reference model's layer (Network Dissection)",
         description="Network Dissection (Bau et al. 2017) of a reference model on ShapeWorld concept masks "
@@ -23,16 +34,17 @@ def add_dissect_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
                     "label = best concept. Writes tally.csv, labels.json and units.png to --out.")
     p.add_argument("model", metavar="MODEL", help="a reference model: classifier, captioner or vqa")
     p.add_argument("--layer", default=None, help="dotted layer name (default: the model's default_layer)")
-    p.add_argument("--n", type=int, default=1000, help="ShapeWorld validation scenes to dissect on (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="offset into the validation seeds")
-    p.add_argument("--quantile", type=float, default=0.005, help="top activation quantile per unit (default 0.005)")
-    p.add_argument("--iou-threshold", type=float, default=0.04, help="IoU above which a unit is a detector")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--root", default=None, help="models directory (default: the repository's models/)")
-    p.add_argument("--units", type=int, default=10, help="rows of the gallery (best detectors)")
-    p.add_argument("--top", type=int, default=4, help="images per unit in the gallery")
-    p.add_argument("--out", required=True, help="output directory")
+    add_scenes(p, default=1000, what="ShapeWorld validation scenes to dissect on")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="offset into the validation seeds")
+    p.add_argument("--quantile", type=_fraction, default=0.005, help="top activation quantile per unit (default 0.005)")
+    p.add_argument("--iou-threshold", type=_fraction, default=0.04, help="IoU above which a unit is a detector")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    add_models(p)
+    p.add_argument("--units", type=positive_int, default=10, help="rows of the gallery (best detectors)")
+    p.add_argument("--top", type=positive_int, default=4, help="images per unit in the gallery")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced whole when complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads(p)
     p.set_defaults(func=_dissect_handler)
     return p
 
@@ -40,33 +52,27 @@ def add_dissect_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
 def _dissect_handler(args: argparse.Namespace) -> int:
     import mmexplain as mx
 
+    from .._io import atomic_folder
     from ..dissect import dissect, image_forward, top_activating
 
-    if args.n < 1:
-        raise ValueError(f"--n must be a positive number of scenes, got {args.n}")
-    for flag, value in (("--units", args.units), ("--top", args.top), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise ValueError(f"{flag} must be positive, got {value}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a directory")
-    names = mx.zoo.NAMES
+    out = check_out(args.out, kind="folder")
+    names = ("classifier", "captioner", "vqa")
     if args.model not in names:
-        raise ValueError(f"MODEL must be one of {', '.join(names)}, got {args.model!r}")
-    model = mx.zoo.load(args.model, root=args.root)
+        raise CLIError(f"MODEL must be one of {', '.join(names)}, got {args.model!r}")
+    apply_threads(args)
+    model = mx.zoo.load(args.model, root=args.models)
     layer = args.layer or model.default_layer
     size = getattr(getattr(model, "config", None), "image_size", 96)
-    data = mx.world.concept_dataset(args.n, seed=args.seed, size=size)
+    data = mx.world.concept_dataset(args.scenes, seed=args.seed, size=size)
     labels = dissect(model, layer, data, quantile=args.quantile, iou_threshold=args.iou_threshold,
                      batch_size=args.batch_size, forward=image_forward, progress=not args.quiet)
-    out.mkdir(parents=True, exist_ok=True)
-    labels.save(out / "tally.csv")
-    labels.save(out / "labels.json")
     units = [u.unit for u in labels.detectors()[:args.units] or labels.top(args.units)]
     tops = top_activating(model, layer, data, units, top=args.top, batch_size=args.batch_size,
                           forward=image_forward, progress=not args.quiet)
-    fig = mx.viz.plot_unit_gallery(tops, labels)
-    mx.viz.save_figure(fig, out / "units.png")
+    with atomic_folder(out) as tmp:
+        labels.save(tmp / "tally.csv")
+        labels.save(tmp / "labels.json")
+        mx.viz.save_figure(mx.viz.plot_unit_gallery(tops, labels), tmp / "units.png")
     print(f"{args.model} {labels.summary()}")
     print(f"wrote {out / 'tally.csv'}, {out / 'labels.json'}, {out / 'units.png'}")
     return 0

@@ -32,7 +32,7 @@ questions of a batch of scenes go through the VQA model as one batch.
 
 Command line::
 
-    mmexplain evaluate grounding [--n 500] [--layer L] [--vqa-layer L] [--seed S] [--json FILE]
+    mmexplain evaluate grounding [--scenes 500] [--layer L] [--vqa-layer L] [--seed S] [--json FILE]
 
 Example:
     >>> import mmexplain as mx
@@ -44,17 +44,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -74,8 +69,6 @@ WORD_KINDS = ("size", "color", "shape")
 QUESTION_KINDS = ("color", "shape", "size", "count", "exist")
 CENTER_SIGMA = 0.25
 ZHANG_TOLERANCE = 15 / 224  # Zhang et al.'s pointing-game tolerance (15 px at 224 px), as a fraction of the side
-# issue 4: caption-word pointing, energy ratio, discrimination, VQA pointing (Grad-CAM)
-GOALS = {"caption_pointing": 0.85, "caption_energy_ratio": 3.3, "caption_discrimination": 0.90, "vqa_pointing": 0.80}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -448,78 +441,4 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [""]
     lines += _table("VQA questions the model answers right / wrong, Grad-CAM", vqa["by_correct"], ("right", "wrong"),
                     ["gradcam"])
-    goals = _goal_lines(report)
-    return "\n".join(lines + [""] + goals)
-
-
-def _goal_lines(report: dict[str, Any]) -> list[str]:
-    cap = report["caption"]["groups"].get("all", {}).get("gradcam", {})
-    vqa = report["vqa"]["groups"].get("all", {}).get("gradcam", {})
-    got = {
-        "caption_pointing": cap.get("pointing", math.nan),
-        "caption_energy_ratio": cap.get("energy_ratio", math.nan),
-        "caption_discrimination": cap.get("discrimination", math.nan),
-        "vqa_pointing": vqa.get("pointing", math.nan),
-    }
-    lines = ["Goals (Grad-CAM, all items):"]
-    for key, goal in GOALS.items():
-        value = got[key]
-        ok = "met" if value >= goal else "MISSED"
-        lines.append(f"- {key}: {value:.3f} (goal >= {goal}) {ok}")
-    return lines
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _grounding_handler(args: argparse.Namespace) -> int:
-    from .. import zoo
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.n < 1:
-        raise ValueError(f"--n: expected at least 1 scene, got {args.n}")
-    captioner = zoo.load("captioner", args.models)
-    vqa = zoo.load("vqa", args.models)
-    seeds = world.split_seeds("test", args.n, start=args.start)
-    report = grounding_report(captioner, vqa, seeds, layer=args.layer, vqa_layer=args.vqa_layer, seed=args.seed,
-                              guided=not args.no_guided, batch_size=args.batch_size)
-    print(format_report(report))
-    if args.json:
-        _write_json(Path(args.json), report)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``mmexplain evaluate grounding``."""
-    parser = subparsers.add_parser("evaluate", help="measure how well explanations ground what models say",
-                                   description="Measure explanations against ShapeWorld ground truth.")
-    sub = parser.add_subparsers(dest="evaluation", metavar="EVALUATION")
-    g = sub.add_parser("grounding", help="pointing game / energy ratio / discrimination of caption words and VQA answers",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
-    g.add_argument("--n", type=int, default=500, help="held-out test scenes (default 500)")
-    g.add_argument("--start", type=int, default=0, help="offset into the test split (default 0)")
-    g.add_argument("--layer", default=None, help="layer to explain (default: the models' default_layer)")
-    g.add_argument("--vqa-layer", default=None, help="VQA layer, if not --layer")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random-map baseline (default 0)")
-    g.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
-    g.add_argument("--models", default=None, metavar="DIR", help="directory holding captioner/ and vqa/ (default models/)")
-    g.add_argument("--no-guided", action="store_true", help="skip Guided Grad-CAM (faster)")
-    g.add_argument("--batch-size", type=int, default=32, help="scenes / questions per engine call (default 32)")
-    g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    g.set_defaults(func=_grounding_handler)
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
-    return parser
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""What every command shares: the one error type, option spellings and their checks.
+
+Each option is spelled once here (``--models``, ``--out``, ``--threads``, ``--scenes``)
+so that every command accepts and checks it the same way. Checks run before any model
+is loaded, and nothing is created by a check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CLIError", "positive_int", "nonnegative_int", "add_threads", "apply_threads", "add_models", "add_scenes",
+    "check_out", "check_image", "load_zoo_model", "FIGURE_SUFFIXES",
+]
+
+# what matplotlib writes without extra packages (checked without importing matplotlib)
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
+
+
+class CLIError(Exception):
+    """An error in the user's command line or input files: printed as one line, exit 2."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def add_threads(parser: argparse.ArgumentParser, *, default: int | None = 2) -> None:
+    what = f"default {default}" if default is not None else "default: torch's own"
+    parser.add_argument("--threads", type=positive_int, default=default, metavar="N", help=f"torch CPU threads ({what})")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU threads from ``--threads`` (when given)."""
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def add_models(parser: argparse.ArgumentParser) -> None:
+    """``--models DIR``: the folder holding the shipped models (old spelling ``--root`` kept)."""
+    parser.add_argument("--models", "--root", dest="models", default=None, metavar="DIR",
+                        help="models folder holding captioner/, vqa/, ... (default: the package's models/)")
+
+
+def add_scenes(parser: argparse.ArgumentParser, *, default: int, what: str = "ShapeWorld scenes") -> None:
+    """``--scenes N`` (alias ``--n``; the long name survives torchrun's own option parser)."""
+    parser.add_argument("--scenes", "--n", dest="scenes", type=positive_int, default=default, metavar="N",
+                        help=f"{what} (default {default})")
+
+
+def check_out(out: str, *, kind: str, suffixes: Sequence[str] = ()) -> Path:
+    """Validate ``--out`` before any work; nothing is created.
+
+    Args:
+        out: the option's value.
+        kind: ``"file"`` (``suffixes`` lists the accepted extensions) or ``"folder"``.
+
+    Raises:
+        CLIError: a wrong extension, a folder where a file is wanted (or the reverse), or a
+            parent that is not a writable folder.
+    """
+    path = Path(out)
+    if kind == "file":
+        if path.suffix.lower() not in suffixes:
+            raise CLIError(f"--out {out!r}: expected a file ending in {', '.join(suffixes)}")
+        if path.is_dir():
+            raise CLIError(f"--out {out!r} is a folder; give a file name such as result{suffixes[0]}")
+    elif kind == "folder":
+        if path.exists() and not path.is_dir():
+            raise CLIError(f"--out {out!r} exists and is not a folder")
+    else:
+        raise ValueError(f"kind: expected 'file' or 'folder', got {kind!r}")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CLIError(f"--out {out!r}: {str(parent)!r} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out!r}: the folder {str(parent)!r} is not writable")
+    return path
+
+
+def check_image(image: str, *, name: str = "IMAGE") -> str:
+    """A missing or unreadable image file fails before any model is loaded."""
+    path = Path(image)
+    if not path.exists():
+        raise CLIError(f"{name}: no such image file: {image!r}")
+    if not path.is_file():
+        raise CLIError(f"{name}: {image!r} is not a file")
+    if not os.access(path, os.R_OK):
+        raise CLIError(f"{name}: {image!r} is not readable")
+    return image
+
+
+def load_zoo_model(kind: str, spec: str | None, models: str | None = None) -> Any:
+    """A reference model of ``kind`` from a name or a checkpoint folder.
+
+    Args:
+        kind: ``"captioner"``, ``"vqa"`` or ``"classifier"``: what the command needs.
+        spec: None or ``kind`` for the shipped model; otherwise a folder holding
+            ``<kind>/`` or the checkpoint files themselves.
+        models: the models folder (``--models``); default the package's models/.
+
+    Raises:
+        CLIError: the model is missing, or ``spec`` names another kind or no folder.
+    """
+    from .. import zoo
+
+    if spec is None or spec == kind:
+        root = Path(models) if models is not None else zoo.default_root()
+        if not (root / kind / zoo.WEIGHTS).is_file():
+            raise CLIError(
+                f"the {kind} model is missing ({root / kind / zoo.WEIGHTS}); "
+                f"train it with `mmexplain train {kind}` (minutes on a CPU)"
+            )
+        return zoo.load(kind, root)
+    if spec in zoo.NAMES:
+        raise CLIError(f"--model: this command needs a {kind}, got {spec!r}")
+    path = Path(spec)
+    if not path.exists():
+        raise CLIError(f"--model: no such model folder: {spec!r} (or give the name {kind!r})")
+    if not path.is_dir():
+        raise CLIError(f"--model: {spec!r} is not a folder")
+    return zoo.load(kind, path)
