@@ -31,7 +31,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -119,7 +118,7 @@ def token_gradient_explainer(captioner, mode: str) -> Callable[[torch.Tensor, st
         grads = torch.cat([torch.autograd.grad(sc, store["act"], retain_graph=True)[0] for sc in scores])  # (T, L, D)
         act = store["act"].detach()  # (1, L, D)
         per_token = grads.norm(dim=-1) if mode == "grad_norm" else torch.relu((grads * act).sum(-1))  # (T, L)
-        grid = captioner.reshape(per_token[..., None])[:, 0]  # (T, h, w)
+        grid = captioner.reshape_for(pixels)(per_token[..., None])[:, 0]  # (T, h, w)
         return upsample_and_normalize(grid, tuple(pixels.shape[-2:]))  # (T, H, W)
 
     return explain
@@ -199,7 +198,7 @@ def answer_token_gradient(vqa) -> Callable:
         finally:
             handle.remove()
         (grad,) = torch.autograd.grad(query.targets[0](output).sum(), store["act"])  # (1, L, D)
-        grid = vqa.reshape(grad.norm(dim=-1, keepdim=True))[:, 0]  # (1, h, w)
+        grid = vqa.reshape_for(pixels)(grad.norm(dim=-1, keepdim=True))[:, 0]  # (1, h, w)
         return upsample_and_normalize(grid, tuple(pixels.shape[-2:]))[0], question.split(), None
 
     return explain
@@ -213,15 +212,11 @@ def constant_answer(make: Callable[[int, int], torch.Tensor]) -> Callable:
 
 
 def vqa_table(args: argparse.Namespace) -> None:
-    from mmexplain.training.hf import TinyViltConfig, build_vilt, load_tiny_vilt
-
     seeds = mx.world.split_seeds(args.split, args.n_vqa)
-    trained = load_tiny_vilt(args.vilt)
-    saved = json.loads((args.vilt / "train_config.json").read_text())
-    cfg = TinyViltConfig(**{k: v for k, v in saved.items() if k in TinyViltConfig.__dataclass_fields__})
+    trained = mx.zoo.load("tiny-vilt", args.vilt)
+    cfg = mx.zoo.tiny_hf.config_of(trained)
     size = cfg.image_size
-    random_vqa = mx.hf.answer_adapter(build_vilt(cfg, trained.tokenizer).eval(),
-                                      image_processor=trained.image_processor, tokenizer=trained.tokenizer)
+    random_vqa = mx.zoo.new("tiny-vilt", config=cfg, seed=0)  # same architecture, seeded random weights
     generator = torch.Generator().manual_seed(0)
     rows = []
     for name, explain, chance in [
@@ -252,27 +247,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="held-out scenes for the caption table (0: skip)")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--model", type=Path, default=Path("models/tiny-ved"))
+    parser.add_argument("--model", type=Path, default=mx.zoo.default_root() / "tiny-ved")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared, oversubscribed CPU 2 threads ran 10x slower)")
     parser.add_argument("--no-zoo", action="store_true", help="skip the mx.zoo CNN+LSTM captioner row")
-    parser.add_argument("--vilt", type=Path, default=Path("models/tiny-vilt"))
+    parser.add_argument("--vilt", type=Path, default=mx.zoo.default_root() / "tiny-vilt")
     parser.add_argument("--n-vqa", type=int, default=100, help="held-out scenes for the VQA table (0: skip)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from mmexplain.training.hf import TinyVEDConfig, build_model, load_tiny_ved
-
     if not args.n:
         vqa_table(args)
         return 0
     seeds = mx.world.split_seeds(args.split, args.n)
-    trained = load_tiny_ved(args.model)
+    trained = mx.zoo.load("tiny-ved", args.model)
     size = int(trained.image_processor.size["height"])
-    saved = json.loads((args.model / "train_config.json").read_text())
-    cfg = TinyVEDConfig(**{k: v for k, v in saved.items() if k in TinyVEDConfig.__dataclass_fields__})
-    random_model = build_model(cfg, trained.tokenizer).eval()  # same architecture, seeded random weights
-    random_captioner = mx.hf.caption_adapter(random_model, image_processor=trained.image_processor,
-                                             tokenizer=trained.tokenizer)
+    # same architecture, seeded random weights
+    random_captioner = mx.zoo.new("tiny-ved", config=mx.zoo.tiny_hf.config_of(trained), seed=0)
 
     rows: list[tuple[str, int, dict, float]] = []
 

@@ -5,10 +5,9 @@ LSTM state and is fed again at every step next to the word embedding. The pixel
 coordinates enter the CNN as two extra input channels (CoordConv), so channels can
 encode where an object is and the decoder can tell left from right through the
 global average alone; Grad-CAM of a word then decomposes the word's (linearised)
-score over the 12 x 12 map exactly as CAM does. Departures
-from the paper, found necessary by a probe run (see issue 3): BatchNorm in the CNN
-and the image feature at every step; without them the decoder learns only the
-language prior.
+score over the 12 x 12 map exactly as CAM does. Departures from the paper, found
+necessary by a probe run: BatchNorm in the CNN and the image feature at every step;
+without them the decoder learns only the language prior.
 
 Example:
     >>> import torch
@@ -37,8 +36,6 @@ class CaptionerConfig:
     widths: tuple[int, int, int] = (16, 32, 64)  # CNN channels at stride 2, 4, 8
     extra: int = 1  # extra 3x3 conv blocks at 12 x 12 (more receptive field)
     coords: bool = True  # CoordConv input: x, y channels, so GAP features can say where (for "left of")
-    grid: int = 0  # coarse spatial pooling grid fed next to the global average (0: GAP only)
-    grid_channels: int = 16  # 1x1-reduced channels for the grid summary
     feat_dim: int = 256  # image embedding size
     embed_dim: int = 64  # word embedding size
     hidden_dim: int = 256  # LSTM hidden size
@@ -70,11 +67,8 @@ class Captioner(nn.Module):
         self.norm = Normalize()
         self.encoder = Encoder(c.widths, extra=c.extra, coords=c.coords)
         ch = self.encoder.out_channels
-        if c.grid:
-            self.reduce = nn.Conv2d(ch, c.grid_channels, 1)
-            self.pool = nn.AdaptiveAvgPool2d(c.grid)
         self.image_fc = nn.Sequential(
-            nn.Linear(ch + c.grid_channels * c.grid * c.grid, c.feat_dim),
+            nn.Linear(ch, c.feat_dim),
             nn.BatchNorm1d(c.feat_dim),
             nn.ReLU(),
         )
@@ -93,10 +87,7 @@ class Captioner(nn.Module):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, feat_dim)``."""
         a = self.encoder(self.norm(check_images(images)))  # (B, C, h, w)
-        feat = a.mean(dim=(2, 3))  # (B, C)
-        if self.config.grid:
-            feat = torch.cat([feat, self.pool(self.reduce(a)).flatten(1)], dim=1)  # (B, C + g*g*G)
-        return self.image_fc(feat)  # (B, F)
+        return self.image_fc(a.mean(dim=(2, 3)))  # (B, F)
 
     def _state(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.tanh(self.init_h(f)).unsqueeze(0), torch.tanh(self.init_c(f)).unsqueeze(0)  # (1, B, H) x2

@@ -77,3 +77,20 @@ class Vocab:
         if not isinstance(itos, list) or list(itos[:4]) != list(SPECIALS):
             raise ValueError("vocab json must be {'itos': ['<pad>', '<bos>', '<eos>', '<unk>', ...]}")
         return cls(itos[4:])
+
+
+def caption_vocab() -> Vocab:
+    """Every word a ShapeWorld caption can contain, sorted (the captioner's vocabulary)."""
+    from .. import world
+
+    words = {"a", *world.RELATION.split(), *world.SIZES, *world.COLORS, *world.SHAPES}
+    return Vocab(sorted(words))
+
+
+def question_vocab() -> Vocab:
+    """Every word a ShapeWorld question can contain, sorted (the VQA model's vocabulary)."""
+    from .. import world
+
+    words = {"what", "color", "shape", "size", "is", "the", "object", "objects", "how", "many", "are", "there",
+             "a", "?", *world.COLORS, *world.SHAPES, *(s + "s" for s in world.SHAPES)}
+    return Vocab(sorted(words))
