@@ -35,7 +35,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     if args.untrained:
-        from mmexplain.training.zoo import new_model
+        from mmexplain.zoo import new as new_model
 
         torch.manual_seed(0)
         model = new_model(args.model).eval()

@@ -63,7 +63,7 @@ class Tally:
 
 def _load(name: str, root: str | None, untrained: bool) -> torch.nn.Module:
     if untrained:
-        from mmexplain.training.zoo import new_model
+        from mmexplain.zoo import new as new_model
 
         torch.manual_seed(0)
         return new_model(name).eval()

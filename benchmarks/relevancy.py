@@ -44,9 +44,8 @@ from mmexplain.targets import SequenceLogProb, WordLogProb  # noqa: E402
 
 def tiny_ved() -> tuple[torch.nn.Module, dict, list]:
     """The shipped captioner, its caption of one ShapeWorld scene, one target per word."""
-    from mmexplain.training.hf import load_tiny_ved
 
-    cap = load_tiny_ved(ROOT / "models" / "tiny-ved")
+    cap = mx.zoo.load("tiny-ved", ROOT / "models" / "tiny-ved")
     pixels = cap.load_image(mx.world.generate(2_000_000, size=64).image)
     words = cap.generate(pixels)
     inputs, spans = cap.teacher_forced(pixels, words)

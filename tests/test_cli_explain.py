@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from mmexplain import cli, world, zoo
-from mmexplain.training import zoo as training
 
 
 QUESTION = "what color is the square ?"
@@ -19,10 +18,10 @@ def models_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     for name in ("classifier", "vqa"):
-        training.save(training.new_model(name).eval(), root / name)
+        zoo.save(zoo.new(name), root / name)
     # short generated captions keep the demo fast (random weights never emit <eos>)
-    captioner = zoo.build("captioner", {"max_len": 5}, training.caption_vocab().to_json())
-    training.save(captioner.eval(), root / "captioner")
+    captioner = zoo.build("captioner", {"max_len": 5}, zoo.caption_vocab().to_json())
+    zoo.save(captioner.eval(), root / "captioner")
     return root
 
 

@@ -11,7 +11,6 @@ import mmexplain as mx
 from mmexplain import metrics, zoo
 from mmexplain.cli import main
 from mmexplain.evaluation.grounding import caption_word_maps, format_report, grounding_report
-from mmexplain.training import zoo as training
 
 
 
@@ -27,7 +26,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def random_models():
     torch.manual_seed(0)
-    return training.new_model("captioner").eval(), training.new_model("vqa").eval()
+    return zoo.new("captioner", seed=None), zoo.new("vqa", seed=None)
 
 
 def _shipped(name: str):
@@ -109,8 +108,8 @@ def test_report_counts_and_baselines(random_models):
 
 def test_cli_writes_json(random_models, tmp_path, capsys):
     captioner, vqa = random_models
-    training.save(captioner, tmp_path / "models" / "captioner")
-    training.save(vqa, tmp_path / "models" / "vqa")
+    zoo.save(captioner, tmp_path / "models" / "captioner")
+    zoo.save(vqa, tmp_path / "models" / "vqa")
     out = tmp_path / "report.json"
     code = main(["evaluate", "grounding", "--n", "2", "--models", str(tmp_path / "models"), "--json", str(out),
                  "--no-guided"])

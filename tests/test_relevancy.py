@@ -202,9 +202,8 @@ def test_model_untouched_and_logits_equal_eager():
 
 
 def test_shipped_tiny_ved_every_word():
-    from mmexplain.training.hf import load_tiny_ved
 
-    cap = load_tiny_ved(MODELS / "tiny-ved")
+    cap = mx.zoo.load("tiny-ved", MODELS / "tiny-ved")
     pixels = cap.load_image(mx.world.generate(2_000_000, size=64).image)
     words = cap.generate(pixels)
     inputs, spans = cap.teacher_forced(pixels, words)
@@ -220,9 +219,8 @@ def test_shipped_tiny_ved_every_word():
 
 def test_shipped_tiny_vilt_reads_the_cls_row():
     from mmexplain.adapters.hf import ViltPatchOrder
-    from mmexplain.training.hf import load_tiny_vilt
 
-    vqa = load_tiny_vilt(MODELS / "tiny-vilt")
+    vqa = mx.zoo.load("tiny-vilt", MODELS / "tiny-vilt")
     wrapper = ViltPatchOrder(vqa.hf_model)  # image tokens in row-major patch order
     side = 64 // vqa.hf_model.config.patch_size
     pixels = vqa.load_image(mx.world.generate(2_000_001, size=64).image)

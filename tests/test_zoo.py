@@ -18,7 +18,6 @@ from mmexplain.training import evaluate as ev
 from mmexplain.training import loop
 from mmexplain.training import zoo as training
 
-torch.set_num_threads(2)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -60,7 +60,7 @@ from ..methods import GradCAM
 from ..methods import GuidedBackprop
 from ..targets import AnswerScore, logits_of
 
-__all__ = ["grounding_report", "format_report", "caption_word_maps", "WordMaps", "add_evaluate_command", "METHODS", "GOALS"]
+__all__ = ["grounding_report", "format_report", "caption_word_maps", "WordMaps", "METHODS"]
 
 METHODS = ("gradcam", "guided", "uniform", "center", "random")
 METHOD_NAMES = {"gradcam": "Grad-CAM", "guided": "Guided Grad-CAM", "uniform": "uniform",

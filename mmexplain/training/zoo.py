@@ -28,12 +28,11 @@ from torch import nn
 from .. import world, zoo
 from ..zoo.captioner import Captioner
 from ..zoo.classifier import Classifier
-from ..zoo.vocab import Vocab, caption_vocab, question_vocab
+from ..zoo.vocab import Vocab
 from ..zoo.vqa import VQA
 from .loop import LoopConfig, fit
 
-__all__ = ["caption_tensors", "make_batch", "batch_loss", "init_encoder", "train",
-           "new_model", "save", "caption_vocab", "question_vocab"]
+__all__ = ["caption_tensors", "make_batch", "batch_loss", "init_encoder", "train"]
 
 
 def caption_tensors(vocab: Vocab, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,15 +174,3 @@ def train(name: str, config: LoopConfig, *, model: nn.Module | None = None,
     if name == "vqa":
         info["questions_per_scene"] = questions_per_scene
     return model, info
-
-
-# names kept for callers that have not moved to mx.zoo yet: new_model -> zoo.new, save -> zoo.save;
-# caption_vocab / question_vocab live in mmexplain.zoo.vocab
-
-
-def new_model(name: str) -> nn.Module:
-    """An untrained CNN model with the default config, drawn from the global torch generator (``zoo.new``)."""
-    return zoo.new(name, seed=None)
-
-
-save = zoo.save
