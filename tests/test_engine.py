@@ -401,3 +401,39 @@ def test_training_mode_warns():
     with pytest.warns(UserWarning, match="training mode"):
         mx.GradCAM(model, "2")(torch.rand(1, 3, 8, 8), T.ClassLogit(0))
     assert model.training
+
+
+# ---------------------------------------------------------------- where the tensor is read
+
+
+def test_input_of_a_module_called_with_a_keyword_tensor():
+    class Keyword(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+            self.block = Block()
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.block(hidden=torch.relu(self.stem(x))).mean(dim=(2, 3)))
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 1)
+
+        def forward(self, hidden):
+            return torch.tanh(self.conv(hidden))
+
+    model = Keyword().eval()
+    x = torch.rand(2, 3, 5, 5)
+    before = snapshot(model)
+    got = mx.GradCAM(model, "block", input=True)(x, T.ClassLogit(1))
+    expected = mx.GradCAM(model, "block.conv", input=True)(x, T.ClassLogit(1))  # the same tensor, positionally
+    torch.testing.assert_close(got.raw, expected.raw)
+    assert_same(before, snapshot(model))
+    with pytest.raises(ValueError, match="call"):
+        mx.GradCAM(model, "block", call=True)
+    with pytest.raises(TypeError, match="input"):
+        mx.GradCAM(model, "block", input=1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -297,3 +300,157 @@ def test_model_forward_raising_leaves_no_mode(images) -> None:
         mx.GuidedBackprop(model)(images, mx.targets.ClassLogit(0))
     _assert_same_state(before, _state(model))
     assert _plain_relu_rule_active()
+
+
+# ----------------------------------------------------------------------------- ReLU6, hardtanh(0, m), LeakyReLU
+# x = (1, 2) -> z = W1 x = (8, 3, -3, 1): above 6, inside (0, 6), negative, inside; w2 = (1, 2, 3, -1).
+W1 = torch.tensor([[4.0, 2.0], [1.0, 1.0], [-1.0, -1.0], [1.0, 0.0]])
+W2 = torch.tensor([[1.0, 2.0, 3.0, -1.0]])
+
+
+class Unit(nn.Module):
+    """x (B, 1, 1, 2) -> w2 . f(W1 x); ``kind`` picks how the ReLU-like unit f is called."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2, 4, bias=False)
+        self.fc2 = nn.Linear(4, 1, bias=False)
+        with torch.no_grad():
+            self.fc1.weight.copy_(W1)
+            self.fc2.weight.copy_(W2)
+        self.kind = kind
+        modules = {
+            "nn.ReLU6": nn.ReLU6, "nn.ReLU6_inplace": lambda: nn.ReLU6(inplace=True),
+            "nn.Hardtanh(0,6)": lambda: nn.Hardtanh(0.0, 6.0), "nn.LeakyReLU": lambda: nn.LeakyReLU(0.1),
+            "nn.LeakyReLU_inplace": lambda: nn.LeakyReLU(0.1, inplace=True), "nn.Hardtanh(-1,1)": nn.Hardtanh,
+            "nn.SiLU": nn.SiLU,
+        }
+        self.act = modules[kind]() if kind in modules else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.fc1(x)  # (B, 1, 1, 4)
+        kind = self.kind
+        if self.act is not None:
+            h = self.act(z)
+        elif kind == "F.relu6":
+            h = F.relu6(z)
+        elif kind == "F.relu6_inplace":
+            h = F.relu6(z, inplace=True)
+        elif kind == "F.hardtanh(0,6)":
+            h = F.hardtanh(z, 0.0, 6.0)
+        elif kind == "F.hardtanh_(0,6)":
+            h = F.hardtanh_(z, 0.0, 6.0)
+        elif kind == "F.leaky_relu":
+            h = F.leaky_relu(z, 0.1)
+        elif kind == "F.leaky_relu_":
+            h = F.leaky_relu_(z, 0.1)
+        else:
+            raise AssertionError(kind)
+        return self.fc2(h).flatten(1)  # (B, 1)
+
+
+RELU6_KINDS = ["nn.ReLU6", "nn.ReLU6_inplace", "nn.Hardtanh(0,6)", "F.relu6", "F.relu6_inplace", "F.hardtanh(0,6)", "F.hardtanh_(0,6)"]
+LEAKY_KINDS = ["nn.LeakyReLU", "nn.LeakyReLU_inplace", "F.leaky_relu", "F.leaky_relu_"]
+X12 = torch.tensor([1.0, 2.0]).view(1, 1, 1, 2)
+
+
+def _plain_input_gradient(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(target(model(leaf)).sum(), leaf)
+    return grad
+
+
+@pytest.mark.parametrize("kind", RELU6_KINDS)
+def test_relu6_rules_by_hand(kind) -> None:
+    """z = (8, 3, -3, 1): ReLU6 passes where 0 < z < 6, i.e. units 2 and 4.
+
+    plain:   w2 [0<z<6]          = (0, 2, 0, -1)  -> dx = W1^T (.) = (2 - 1, 2) = (1, 2)
+    guided:  relu(w2) [0<z<6]    = (0, 2, 0, 0)   -> (2, 2)
+    deconv:  relu(w2)            = (1, 2, 3, 0)   -> (4 + 2 - 3, 2 + 2 - 3) = (3, 1)
+    """
+    model = Unit(kind).eval()
+    target = lambda out: out[:, 0]  # noqa: E731
+    torch.testing.assert_close(mx.GuidedBackprop(model)(X12, target).view(2), torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(mx.Deconvolution(model)(X12, target).view(2), torch.tensor([3.0, 1.0]))
+    torch.testing.assert_close(_plain_input_gradient(model, X12, target).view(2), torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("kind", LEAKY_KINDS)
+def test_leaky_relu_rules_by_hand(kind) -> None:
+    """Slope 0.1, z = (8, 3, -3, 1): f'(z) = (1, 1, .1, 1); the leak is kept by the guided rule.
+
+    plain:   w2 f'(z)            = (1, 2, .3, -1) -> dx = (4 + 2 - .3 - 1, 2 + 2 - .3) = (4.7, 3.7)
+    guided:  relu(w2) f'(z)      = (1, 2, .3, 0)  -> (5.7, 3.7)
+    deconv:  relu(w2)            = (1, 2, 3, 0)   -> (3, 1)
+    """
+    model = Unit(kind).eval()
+    target = lambda out: out[:, 0]  # noqa: E731
+    torch.testing.assert_close(mx.GuidedBackprop(model)(X12, target).view(2), torch.tensor([5.7, 3.7]))
+    torch.testing.assert_close(mx.Deconvolution(model)(X12, target).view(2), torch.tensor([3.0, 1.0]))
+    torch.testing.assert_close(_plain_input_gradient(model, X12, target).view(2), torch.tensor([4.7, 3.7]))
+
+
+def test_guided_relu6_equals_a_hand_written_hook_rule() -> None:
+    """The classic way, by hand: a full backward hook on each (non-inplace) ReLU6 that keeps the
+    positive part of its gradient (grad_input = grad_out [0 < x < 6] already)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU6(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(20.0)  # some inputs above 6, so the upper clip matters
+    x = torch.rand(2, 3, 8, 8)
+    hooks = [model[i].register_full_backward_hook(lambda m, gi, go: (gi[0].clamp(min=0),)) for i in (1, 3)]
+    try:
+        expected = _plain_input_gradient(model, x, mx.targets.ClassLogit(2))
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        assert (model[:2](x) == 6).any()
+    got = mx.GuidedBackprop(model)(x, mx.targets.ClassLogit(2))
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, _plain_input_gradient(model, x, mx.targets.ClassLogit(2)))
+
+
+def test_guided_on_mobilenet_v2_differs_from_the_plain_gradient() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(weights=None, num_classes=10).eval()  # ReLU6(inplace=True) modules
+    x = torch.rand(1, 3, 32, 32)
+    target = mx.targets.ClassLogit(4)
+    before = _state(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ReLU6 units are met: no warning
+        guided = mx.GuidedBackprop(model)(x, target)
+        deconv = mx.Deconvolution(model)(x, target)
+    plain = _plain_input_gradient(model, x, target)
+    _assert_same_state(before, _state(model))
+    scale = plain.abs().max()  # random-init input gradients are ~1e-12: compare relative to it
+    assert scale > 0 and guided.abs().max() > 0
+    assert (guided - plain).abs().max() > 0.1 * scale and (deconv - plain).abs().max() > 0.1 * scale
+    # the same, by hand: backward hooks on out-of-place copies of every ReLU6
+    ref = copy.deepcopy(model)
+    hooks = []
+    for m in ref.modules():
+        if isinstance(m, nn.ReLU6):
+            m.inplace = False
+            hooks.append(m.register_full_backward_hook(lambda m, gi, go: (gi[0].clamp(min=0),)))
+    expected = _plain_input_gradient(ref, x, target)
+    torch.testing.assert_close(guided / scale, expected / scale, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["nn.SiLU", "nn.Hardtanh(-1,1)"])
+@pytest.mark.parametrize("method", [mx.GuidedBackprop, mx.Deconvolution])
+def test_no_relu_like_unit_warns_and_returns_the_plain_gradient(kind, method) -> None:
+    model = Unit(kind).eval()  # SiLU; a hardtanh that is not a clipped ReLU
+    target = lambda out: out[:, 0]  # noqa: E731
+    with pytest.warns(UserWarning, match=r"no ReLU-like unit .* rule is undefined there .* plain input gradient"):
+        got = method(model)(X12, target)
+    torch.testing.assert_close(got, _plain_input_gradient(model, X12, target))
+
+
+def test_guided_gradcam_warns_on_a_silu_model() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    with pytest.warns(UserWarning, match="GuidedBackprop: the model ran no ReLU-like unit"):
+        mx.GuidedGradCAM(model, "1")(torch.rand(1, 3, 6, 6), mx.targets.ClassLogit(1))

@@ -1,15 +1,19 @@
 """What every method shares: hook capture, the result type, layer lookup, upsampling.
 
-A method runs the model once through ``capture`` hooks, gets the hooked layer's
+A method runs the model once through ``_Capture`` hooks, gets the hooked layer's
 activation (and, for gradient methods, its gradient per target), and returns a
-``CAMResult``. Hooks live for one call and are removed in ``finally``.
+``CAMResult``. The tensor is read at the layer's output, or at its first tensor input
+(``input=True``, a forward pre-hook), at its only call or at its ``call``-th call when
+the module runs several times in one forward. ``edited_forward`` runs one more forward
+with that tensor replaced (Ablation-CAM). ``replace_image`` and ``_repeat_rows`` build
+perturbed copies of multimodal inputs. Hooks live for one call and are removed in
+``finally``.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-__all__ = ["CAMResult", "resolve_layer", "upsample_and_normalize", "call_model", "find_image", "module_name"]
+__all__ = [
+    "CAMResult", "resolve_layer", "upsample_and_normalize", "call_model", "find_image", "replace_image",
+    "edited_forward", "module_name",
+]
 
 LayerSpec = str | nn.Module
 
@@ -35,7 +42,9 @@ class CAMResult:
         maps: (B, H, W) in [0, 1], bilinearly upsampled and min-max normalised per map.
         raw: (B, u, v) ReLU(sum_k alpha_k A^k) at the layer's resolution.
         pre_relu: (B, u, v) sum_k alpha_k A^k before the ReLU (linear in the target).
-        weights: (B, K) alpha_k = mean_ij dy/dA^k_ij.
+        weights: (B, K) alpha_k = mean_ij dy/dA^k_ij for gradient methods; a forward-only
+            method's own channel weights (Score-CAM, Ablation-CAM, Eigen-CAM); (B, 0) for
+            occlusion, which has no channels.
         scores: (B,) the explained scalar y.
         activations: (B, K, u, v) the layer's activation A (detached).
         output: the model's output, detached.
@@ -144,6 +153,47 @@ def find_image(inputs: Any) -> Tensor | None:
     return None
 
 
+def replace_image(inputs: Any, image: Tensor) -> Any:
+    """``inputs`` with its image (the tensor ``find_image`` returns) replaced by ``image``.
+
+    Raises:
+        ValueError: the inputs hold no floating 4-D tensor.
+    """
+    if isinstance(inputs, Tensor):
+        if find_image(inputs) is None:
+            raise ValueError(f"inputs: expected a floating (B, C, H, W) image tensor, got shape {tuple(inputs.shape)}")
+        return image
+    old = find_image(inputs)
+    if old is None:
+        raise ValueError("inputs: no floating (B, C, H, W) image tensor found in the tuple/dict")
+    if isinstance(inputs, Mapping):
+        out = copy.copy(inputs) if isinstance(inputs, dict) else dict(inputs)
+        key = next(k for k, v in inputs.items() if v is old)
+        out[key] = image
+        return out
+    i = next(i for i, v in enumerate(inputs) if v is old)
+    values = [*inputs[:i], image, *inputs[i + 1 :]]
+    return values if isinstance(inputs, list) else tuple(values)
+
+
+def _repeat_rows(obj: Any, copies: int, rows: int) -> Any:
+    """Every tensor in ``obj`` whose first axis has ``rows`` rows, repeated ``copies`` times (copy-major)."""
+    if isinstance(obj, Tensor):
+        if copies == 1 or obj.dim() == 0 or obj.shape[0] != rows:
+            return obj
+        return obj.repeat(copies, *([1] * (obj.dim() - 1)))  # (copies*rows, ...)
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_repeat_rows(o, copies, rows) for o in obj)
+    if isinstance(obj, list):
+        return [_repeat_rows(o, copies, rows) for o in obj]
+    if isinstance(obj, Mapping):
+        out = copy.copy(obj) if isinstance(obj, dict) else dict(obj)
+        for key, value in obj.items():
+            out[key] = _repeat_rows(value, copies, rows)
+        return out
+    return obj
+
+
 def _detach(obj: Any) -> Any:
     if isinstance(obj, Tensor):
         return obj.detach()
@@ -190,32 +240,79 @@ def _replace_first(output: Any, tensor: Tensor) -> Any:
 
 
 class _Capture:
-    """Forward hooks that capture each hooked output (a new leaf for the first) and switch autograd on.
+    """Hooks that capture each hooked tensor (a new leaf for the first) and switch autograd on.
 
-    ``copies`` > 1 repeats the first layer's output that many times along the batch
+    The first layer of ``layers`` is the explained one: its tensor is read from its
+    output, or from its first tensor input with ``input=True`` (a forward pre-hook), and
+    at its ``call``-th call (0-based) when the module runs several times in one forward;
+    without ``call`` a second call is an error. Extra layers are read from their output
+    at their only call.
+
+    ``copies`` > 1 repeats the first layer's tensor that many times along the batch
     axis (target-major) before it becomes the leaf: one copy per target. With
-    ``grad=False`` the output is only recorded (detached) and autograd stays off.
+    ``grad=False`` the tensor is only recorded (detached) and autograd stays off.
     """
 
-    def __init__(self, layers: dict[str, nn.Module], *, copies: int = 1, grad: bool = True) -> None:
+    def __init__(
+        self,
+        layers: dict[str, nn.Module],
+        *,
+        copies: int = 1,
+        grad: bool = True,
+        input: bool = False,
+        call: int | None = None,
+    ) -> None:
         self.layers = layers
         self.copies = copies
         self.grad = grad
+        self.input = input
+        self.call = call
         self.leaves: dict[str, Tensor] = {}
+        self.calls: dict[str, int] = dict.fromkeys(layers, 0)
+
+    def register(self) -> list[Any]:
+        """Register one hook per layer; the caller removes the returned handles in ``finally``."""
+        handles: list[Any] = []
+        try:
+            for i, (name, module) in enumerate(self.layers.items()):
+                first = i == 0
+                take = _at_call(self.calls, name, self.call if first else None, self._take(name))
+                handles.append(_hook_tensor(module, name, take, input=self.input and first))
+        except BaseException:
+            for handle in handles:
+                handle.remove()
+            raise
+        return handles
 
     def hook(self, name: str) -> Callable[..., Any]:
+        """A forward hook ``fn(module, args, output)`` capturing ``name``'s output at its only call."""
+        take = _at_call(self.calls, name, None, self._take(name))
+
         def fn(module: nn.Module, args: Any, output: Any) -> Any:
-            if name in self.leaves:
-                raise ValueError(
-                    f"layer {name!r} ran twice in one forward pass; Grad-CAM explains one activation: "
-                    "hook a layer that runs once"
-                )
-            tensor = _first_tensor(output, name)
+            new = take(_first_tensor(output, name))
+            return None if new is None else _replace_first(output, new)
+
+        return fn
+
+    def check(self) -> None:
+        """After the forward: every layer ran, and the explained one often enough for ``call``."""
+        missing = [name for name in self.layers if self.calls[name] == 0]
+        if missing:
+            raise ValueError(f"layer {missing[0]!r} did not run during the forward pass; choose a layer the model uses")
+        name = next(iter(self.layers))
+        if self.call is not None and name not in self.leaves:
+            raise ValueError(
+                f"call: layer {name!r} ran {self.calls[name]} time(s) in the forward pass; "
+                f"call={self.call} (0-based) needs at least {self.call + 1}"
+            )
+
+    def _take(self, name: str) -> Callable[[Tensor], Tensor | None]:
+        def fn(tensor: Tensor) -> Tensor | None:
             if not tensor.is_floating_point():
-                raise TypeError(f"layer {name!r} output has dtype {tensor.dtype}; expected floating point")
+                raise TypeError(f"layer {name!r} tensor has dtype {tensor.dtype}; expected floating point")
             if not self.grad:
                 self.leaves[name] = tensor.detach().clone()
-                return None  # the output is left as it is
+                return None  # the tensor is left as it is
             # the first hooked layer starts the graph; a later one (reached through it) keeps
             # its place in that graph, so gradients flow back to the earlier layer too
             if tensor.requires_grad:
@@ -227,9 +324,94 @@ class _Capture:
             self.leaves[name] = leaf
             torch.set_grad_enabled(True)  # the rest of the forward builds the graph
             # clone: in-place ops right after the layer (ReLU(inplace=True)) must not touch the leaf
-            return _replace_first(output, leaf.clone())
+            return leaf.clone()
 
         return fn
+
+
+def _at_call(
+    counts: dict[str, int], name: str, call: int | None, fn: Callable[[Tensor], Tensor | None]
+) -> Callable[[Tensor], Tensor | None]:
+    """``fn`` applied at the ``call``-th call of layer ``name`` only; without ``call``, a second call raises."""
+
+    def at(tensor: Tensor) -> Tensor | None:
+        index = counts[name]
+        counts[name] = index + 1
+        if call is None:
+            if index > 0:
+                raise ValueError(
+                    f"layer {name!r} ran twice in one forward pass; Grad-CAM explains one activation: "
+                    "hook a layer that runs once, or pass call=k to explain its k-th call (0-based)"
+                )
+            return fn(tensor)
+        return fn(tensor) if index == call else None
+
+    return at
+
+
+def _hook_tensor(module: nn.Module, name: str, fn: Callable[[Tensor], Tensor | None], *, input: bool) -> Any:
+    """Register ``fn(tensor) -> replacement | None`` on the module's output, or on its first tensor input.
+
+    Returns:
+        The hook's handle.
+    """
+    if not input:
+
+        def post(module: nn.Module, args: Any, output: Any) -> Any:
+            new = fn(_first_tensor(output, name))
+            return None if new is None else _replace_first(output, new)
+
+        return module.register_forward_hook(post)
+
+    def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        for i, value in enumerate(args):
+            if isinstance(value, Tensor):
+                new = fn(value)
+                return None if new is None else ((*args[:i], new, *args[i + 1 :]), kwargs)
+        for key, value in kwargs.items():
+            if isinstance(value, Tensor):
+                new = fn(value)
+                return None if new is None else (args, {**kwargs, key: new})
+        raise TypeError(f"layer {name!r} was called with no tensor argument; input=True explains its first tensor input")
+
+    return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def edited_forward(
+    model: nn.Module,
+    inputs: Any,
+    layer: nn.Module,
+    edit: Callable[[Tensor], Tensor],
+    *,
+    name: str = "layer",
+    input: bool = False,
+    call: int | None = None,
+) -> Any:
+    """One forward pass with the layer's tensor replaced by ``edit(tensor)``.
+
+    The tensor is the layer's output, or its first tensor input with ``input=True``, at
+    its ``call``-th call (0-based; without ``call`` the layer must run once). The hook
+    lives for this call only.
+
+    Returns:
+        The model's output.
+    """
+    counts = {name: 0}
+    handle = _hook_tensor(layer, name, _at_call(counts, name, call, edit), input=input)
+    try:
+        output = call_model(model, inputs)
+    finally:
+        handle.remove()
+    if counts[name] <= (call or 0):
+        raise ValueError(f"layer {name!r} ran {counts[name]} time(s) in the forward pass; call={call} was not reached")
+    return output
+
+
+def _check_site(input: Any, call: Any) -> None:
+    if not isinstance(input, bool):
+        raise TypeError(f"input: expected True or False, got {type(input).__name__}")
+    if call is not None and (isinstance(call, bool) or not isinstance(call, int) or call < 0):
+        raise ValueError(f"call: expected None or a call index >= 0 (0-based), got {call!r}")
 
 
 def module_name(model: nn.Module, module: nn.Module) -> str:

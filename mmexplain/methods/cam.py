@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import CAMResult, call_model, find_image, resolve_layer, upsample_and_normalize
+from .base import CAMResult, _Capture, _check_site, call_model, find_image, module_name, resolve_layer, upsample_and_normalize
 from ..targets import ClassLogit, logits_of
 
 __all__ = ["CAM"]
@@ -43,6 +43,8 @@ class CAM:
         fc: the linear classifier (``nn.Linear`` with ``in_features == K``), a dotted
             name or a module.
         relu: apply ReLU to the map (Grad-CAM convention).
+        input, call: where the layer's tensor is read (its first input; its k-th call),
+            as for :class:`mmexplain.GradCAM`.
 
     Example:
         >>> import torch, mmexplain as mx
@@ -61,15 +63,21 @@ class CAM:
         fc: str | nn.Module,
         *,
         relu: bool = True,
+        input: bool = False,
+        call: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
         self.model = model
         self.layer = resolve_layer(model, layer)
+        self.layer_name = layer if isinstance(layer, str) else module_name(model, layer)
         self.fc = resolve_layer(model, fc)
         if not isinstance(self.fc, nn.Linear):
             raise TypeError(f"fc must be an nn.Linear (the classifier after global pooling); got {type(self.fc).__name__}")
         self.relu = relu
+        _check_site(input, call)
+        self.input = input
+        self.call = call
 
     def __call__(
         self,
@@ -96,21 +104,17 @@ class CAM:
             if image is None:
                 raise ValueError("size: inputs hold no floating 4-D tensor; pass size=(H, W)")
             size = (int(image.shape[-2]), int(image.shape[-1]))
-        captured: list[Tensor] = []
-
-        def keep(module: nn.Module, args: Any, output: Any) -> None:
-            # clone: an in-place op after the layer (ReLU(inplace=True)) would overwrite it
-            captured.append(output.detach().clone() if isinstance(output, Tensor) else output)
-
-        handle = self.layer.register_forward_hook(keep)
+        # the shared capture: a detached clone (an in-place op after the layer would overwrite it)
+        capture = _Capture({self.layer_name: self.layer}, grad=False, input=self.input, call=self.call)
+        handles = capture.register()
         try:
             with torch.no_grad():
                 output = call_model(self.model, inputs)
         finally:
-            handle.remove()
-        if len(captured) != 1:
-            raise ValueError(f"layer: expected it to run once per forward pass; it ran {len(captured)} times")
-        activations = captured[0]  # (B, K, u, v)
+            for handle in handles:
+                handle.remove()
+        capture.check()
+        activations = capture.leaves[self.layer_name]  # (B, K, u, v)
         k = self.fc.in_features
         if not isinstance(activations, Tensor) or activations.dim() != 4 or activations.shape[1] != k:
             got = tuple(activations.shape) if isinstance(activations, Tensor) else type(activations).__name__

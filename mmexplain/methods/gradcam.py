@@ -26,7 +26,16 @@ combines them with the activation by broadcast-and-sum, applies the ReLU (unless
 ``relu=False``), upsamples and normalises. A method with ``on_tokens = True`` gets a
 token-shaped layer's (B, T, D) activation before ``reshape`` and weights it per token
 (N, B, T, D) or per channel (N, B, D); the per-token map is then laid on the grid. A
-method with ``needs_gradient = False`` runs forward passes only (``gradient`` is None).
+method with ``needs_gradient = False`` runs forward passes only (``gradient`` is None);
+``_forward_edited`` runs one more forward with the explained tensor edited (AblationCAM).
+A method whose map is not a plain weighted sum adjusts the combined map before the ReLU
+in ``_adjust_map`` (the Eigen methods centre it: a principal-component projection).
+
+Where the explained tensor is read: the layer's output (default), its first tensor input
+(``input=True``, a forward pre-hook, for a layer whose input has no module of its own),
+at its ``call``-th call (``call=k``, 0-based) when one module runs several times in a
+forward (EfficientNet-Lite's single ReLU6 module serves stem and head). Without
+``call`` a module that runs twice is an error.
 """
 
 from __future__ import annotations
@@ -41,7 +50,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..targets import Target
-from .base import CAMResult, LayerSpec, _batch_rows, _Capture, _detach, call_model, find_image, module_name, resolve_layer, upsample_and_normalize
+from .base import (
+    CAMResult, LayerSpec, _batch_rows, _Capture, _check_site, _detach, call_model, edited_forward, find_image, module_name,
+    resolve_layer, upsample_and_normalize,
+)
 
 __all__ = ["GradCAM", "Call"]
 
@@ -79,6 +91,10 @@ class GradCAM:
         reshape: for token-shaped layers, ``tokens (B, T, D) -> (B, D, h, w)``;
             applied to the activation and its gradient alike.
         relu: apply the ReLU to the combined map (``False`` keeps negative evidence).
+        input: explain the layer's first tensor *input* (a forward pre-hook) instead of
+            its output.
+        call: explain the layer's ``call``-th call (0-based) in a forward pass where the
+            module runs several times; ``None`` (default) requires it to run once.
 
     Example:
         >>> import torch, torchvision, mmexplain as mx
@@ -107,6 +123,8 @@ class GradCAM:
         *,
         reshape: Callable[[Tensor], Tensor] | None = None,
         relu: bool = True,
+        input: bool = False,
+        call: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -114,15 +132,30 @@ class GradCAM:
             raise TypeError(f"reshape: expected a callable tokens -> (B, D, h, w), got {type(reshape).__name__}")
         if not isinstance(relu, bool):
             raise TypeError(f"relu: expected True or False, got {type(relu).__name__}")
+        _check_site(input, call)
         self.model = model
         self.layer = resolve_layer(model, layer)
         self.layer_name = layer if isinstance(layer, str) else module_name(model, layer)
         self.reshape = reshape
         self.relu = relu
+        self.input = input
+        self.call = call
 
     def _weights(self, activation: Tensor, gradient: Tensor | None, call: Call) -> Tensor:
         """alpha_k = mean_ij dy/dA^k_ij: activation (B, K, u, v), gradient (N, B, K, u, v) -> (N, B, K)."""
         return gradient.mean(dim=(-2, -1))
+
+    def _adjust_map(self, pre_relu: Tensor, call: Call) -> Tensor:
+        """The combined map (N, B, u, v) before the ReLU; a method may adjust it (default: as it is)."""
+        return pre_relu
+
+    def _forward_edited(self, inputs: Any, edit: Callable[[Tensor], Tensor]) -> Any:
+        """One more forward (no autograd) with the explained tensor replaced by ``edit(tensor)``.
+
+        The tensor is read where the method reads it (output or input, the same call).
+        """
+        with torch.no_grad():
+            return edited_forward(self.model, inputs, self.layer, edit, name=self.layer_name, input=self.input, call=self.call)
 
     def __call__(
         self,
@@ -207,6 +240,7 @@ class GradCAM:
             else:
                 weights = self._weights(activation, grid_grad, call).detach()  # (N, B, K) or (N, B, K, u, v)
                 pre_relu = _combine(weights, activation, who=type(self).__name__)  # (N, B, u, v)
+            pre_relu = self._adjust_map(pre_relu, call)  # (N, B, u, v)
         if grid_grad is not None:
             channel_weights = grid_grad.mean(dim=(-2, -1))  # (N, B, K)
         elif weights.dim() == 3 and weights.shape[-1] == activation.shape[1]:
@@ -222,21 +256,18 @@ class GradCAM:
 
     def _forward(self, inputs: Any, layers: dict[str, nn.Module], *, copies: int) -> tuple[Any, dict[str, Tensor]]:
         """Run the model once: no graph before the first hooked layer; returns output and leaves."""
-        capture = _Capture(layers, copies=copies, grad=self.needs_gradient)
+        capture = _Capture(layers, copies=copies, grad=self.needs_gradient, input=self.input, call=self.call)
         handles = []
         grad_was = torch.is_grad_enabled()
         try:
-            for name, module in layers.items():
-                handles.append(module.register_forward_hook(capture.hook(name)))
+            handles = capture.register()
             torch.set_grad_enabled(False)
             output = call_model(self.model, inputs)
         finally:
             torch.set_grad_enabled(grad_was)
             for handle in handles:
                 handle.remove()
-        missing = [name for name in layers if name not in capture.leaves]
-        if missing:
-            raise ValueError(f"layer {missing[0]!r} did not run during the forward pass; choose a layer the model uses")
+        capture.check()
         return output, {name: capture.leaves[name] for name in layers}  # explained layer first
 
     def _score(self, i: int, target: Target, output: Any, batch: int) -> Tensor:

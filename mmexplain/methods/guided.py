@@ -1,27 +1,45 @@
 """Pixel-space gradient methods: Guided Backpropagation, Deconvolution, Guided Grad-CAM.
 
 All three return a gradient with respect to the *image* tensor, ``(B, C, H, W)``,
-and differ only in the rule applied when the gradient flows back through a ReLU:
+and differ only in the rule applied when the gradient flows back through a ReLU-like
+unit ``f`` (``f'`` its ordinary derivative, ``g`` the incoming gradient):
 
-====================  ==================================================
-plain gradient        ``grad_in = grad_out * [x > 0]``
-Deconvolution         ``grad_in = grad_out * [grad_out > 0]``   (Zeiler & Fergus 2014)
-Guided Backprop       ``grad_in = grad_out * [x > 0] * [grad_out > 0]``  (Springenberg et al. 2015)
-====================  ==================================================
+=====================  ==============  =====================================  ==================
+unit                   plain gradient  Guided Backprop ``f'(x) * ReLU(g)``    Deconvolution
+=====================  ==============  =====================================  ==================
+ReLU                   ``g [x > 0]``   ``g [x > 0] [g > 0]``                  ``g [g > 0]``
+ReLU6, hardtanh(0, m)  ``g [0<x<m]``   ``g [0 < x < m] [g > 0]``              ``g [g > 0]``
+LeakyReLU (slope s)    ``g (1 | s)``   ``g (1 if x > 0 else s) [g > 0]``      ``g [g > 0]``
+=====================  ==============  =====================================  ==================
+
+Guided Backprop (Springenberg et al. 2015) is the unit's ordinary backward with the
+negative incoming gradient removed; Deconvolution (Zeiler & Fergus 2014) passes the
+positive part of the incoming gradient whatever the forward input was. For ReLU6 the
+clip at 6 is part of the unit's derivative, so guided passes only where 0 < x < 6.
+For LeakyReLU the leak is kept (a unit at negative input still passes ``s`` times the
+positive gradient): it is the unit's own derivative, the rule reduces to the ReLU rule
+as ``s -> 0``, and treating the unit as a plain ReLU would drop evidence the network
+does propagate. A hardtanh whose lower bound is not 0 is not ReLU-like and keeps its
+ordinary gradient, as do SiLU, GELU and hardswish; a call that meets no ReLU-like unit
+at all warns that the rule was undefined there and that the plain input gradient was
+returned.
 
 The rule is swapped in for the duration of one call by a
-:class:`torch.overrides.TorchFunctionMode` that replaces every ReLU *call* —
-``nn.ReLU`` modules, ``F.relu``, ``torch.relu``, ``Tensor.relu`` and the in-place
-variants (``inplace=True``, ``relu_``) — by a custom ``autograd.Function``. Peer
-libraries that swap ``nn.ReLU`` modules silently compute plain gradients through
-functional ReLUs (e.g. torchvision's DenseNet, which calls ``F.relu`` in ``forward``).
-Nothing on the model is modified: no module is replaced, no hook registered, no
-flag changed, and ``param.grad`` is never touched (``torch.autograd.grad`` is taken
-with respect to a detached copy of the image only).
+:class:`torch.overrides.TorchFunctionMode` that replaces every ReLU-like *call* —
+``nn.ReLU`` / ``nn.ReLU6`` / ``nn.Hardtanh`` / ``nn.LeakyReLU`` modules, ``F.relu``,
+``torch.relu``, ``Tensor.relu``, ``F.relu6``, ``F.hardtanh``, ``F.leaky_relu`` and the
+in-place variants (``inplace=True``, ``relu_``, ``hardtanh_``, ``leaky_relu_``) — by a
+custom ``autograd.Function``. Peer libraries that swap ``nn.ReLU`` modules silently
+compute plain gradients through functional ReLUs (e.g. torchvision's DenseNet, which
+calls ``F.relu`` in ``forward``) and through ReLU6 (MobileNet-v2). Nothing on the model
+is modified: no module is replaced, no hook registered, no flag changed, and
+``param.grad`` is never touched (``torch.autograd.grad`` is taken with respect to a
+detached copy of the image only).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,57 +57,86 @@ Target = Callable[[Any], Tensor]
 __all__ = ["GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam"]
 
 
-# --------------------------------------------------------------------------- ReLU rules
-class _GuidedReLUFunction(torch.autograd.Function):
-    """ReLU forward; backward ``grad_out * [x > 0] * [grad_out > 0]`` (Springenberg et al.)."""
+# --------------------------------------------------------------------------- unit rules
+def _unit_forward(x: Tensor, high: float, slope: float) -> tuple[Tensor, Tensor]:
+    """The unit's output and its derivative f'(x): ReLU (high=inf, slope=0), clipped ReLU, LeakyReLU."""
+    if slope:
+        return torch.where(x > 0, x, x * slope), torch.where(x > 0, 1.0, slope).to(x.dtype)
+    out = x.clamp(min=0) if math.isinf(high) else x.clamp(min=0, max=high)
+    deriv = (x > 0) if math.isinf(high) else (x > 0) & (x < high)
+    return out, deriv.to(x.dtype)  # a saved mask, so a later in-place write to x is harmless
+
+
+class _GuidedFunction(torch.autograd.Function):
+    """Unit forward; backward ``f'(x) * ReLU(grad_out)`` (Springenberg et al.)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        out = x.clamp(min=0)
-        ctx.save_for_backward(x > 0)  # a mask, so a later in-place write to x is harmless
+    def forward(ctx: Any, x: Tensor, high: float, slope: float) -> Tensor:
+        out, deriv = _unit_forward(x, high, slope)
+        ctx.save_for_backward(deriv)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> Tensor:
-        (positive_input,) = ctx.saved_tensors
-        return grad_out.clamp(min=0) * positive_input
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None]:
+        (deriv,) = ctx.saved_tensors
+        return grad_out.clamp(min=0) * deriv, None, None
 
 
-class _DeconvReLUFunction(torch.autograd.Function):
-    """ReLU forward; backward ``grad_out * [grad_out > 0]`` (Zeiler & Fergus deconvnet)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        return x.clamp(min=0)
+class _DeconvFunction(torch.autograd.Function):
+    """Unit forward; backward ``ReLU(grad_out)`` (Zeiler & Fergus deconvnet)."""
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> Tensor:
-        return grad_out.clamp(min=0)
+    def forward(ctx: Any, x: Tensor, high: float, slope: float) -> Tensor:
+        return _unit_forward(x, high, slope)[0]
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None]:
+        return grad_out.clamp(min=0), None, None
 
 
-_OUT_OF_PLACE = (F.relu, torch.relu, Tensor.relu)
-_IN_PLACE = (torch.relu_, Tensor.relu_)  # F.relu_ is torch.relu_
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str, default: Any) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _unit(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[float, float, bool] | None:
+    """(high, slope, inplace) when ``func(*args, **kwargs)`` is a ReLU-like unit, else None."""
+    if any(func is f for f in (F.relu, torch.relu, Tensor.relu)):  # identity: some funcs are unhashable
+        return math.inf, 0.0, bool(_arg(args, kwargs, 1, "inplace", False)) if func is F.relu else False
+    if any(func is f for f in (torch.relu_, Tensor.relu_)):  # F.relu_ is torch.relu_
+        return math.inf, 0.0, True
+    if func is F.relu6:
+        return 6.0, 0.0, bool(_arg(args, kwargs, 1, "inplace", False))
+    if func is F.hardtanh or func is F.hardtanh_:
+        low, high = float(_arg(args, kwargs, 1, "min_val", -1.0)), float(_arg(args, kwargs, 2, "max_val", 1.0))
+        if low != 0.0 or high <= 0.0:
+            return None  # not a clipped ReLU: its ordinary gradient
+        return high, 0.0, func is F.hardtanh_ or bool(_arg(args, kwargs, 3, "inplace", False))
+    if func is F.leaky_relu or func is F.leaky_relu_:
+        slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
+        return math.inf, slope, func is F.leaky_relu_ or bool(_arg(args, kwargs, 2, "inplace", False))
+    return None
 
 
 class _ReLURuleMode(TorchFunctionMode):
-    """Routes every ReLU call made while active through ``function`` (a ReLU autograd.Function)."""
+    """Routes every ReLU-like call made while active through ``function``; counts them in ``units``."""
 
     def __init__(self, function: type[torch.autograd.Function]) -> None:
         super().__init__()
         self.function = function
+        self.units = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        inplace = any(func is f for f in _IN_PLACE)
-        if inplace or any(func is f for f in _OUT_OF_PLACE):  # identity: some funcs are unhashable
-            x = args[0] if args else kwargs["input"]
-            if func is F.relu:
-                inplace = bool(args[1] if len(args) > 1 else kwargs.get("inplace", False))
-            out = self.function.apply(x)
-            if inplace:  # keep in-place semantics: the caller may read x afterwards
-                return x.copy_(out)
-            return out
-        return func(*args, **kwargs)
+        unit = _unit(func, args, kwargs)
+        if unit is None:
+            return func(*args, **kwargs)
+        high, slope, inplace = unit
+        x = args[0] if args else kwargs["input"]
+        self.units += 1
+        out = self.function.apply(x, high, slope)
+        if inplace:  # keep in-place semantics: the caller may read x afterwards
+            return x.copy_(out)
+        return out
 
 
 # --------------------------------------------------------------------------- inputs
@@ -156,6 +203,7 @@ class _ReLURuleGradient:
     """Input gradient of a target with one ReLU backward rule swapped in (one call, no state)."""
 
     _function: type[torch.autograd.Function]
+    _rule: str
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
@@ -196,9 +244,17 @@ class _ReLURuleGradient:
         new_inputs, image = _with_image_leaf(inputs, image_key)  # image: (B, C, H, W) leaf
         batch = image.shape[0]
         grads = []
-        with torch.enable_grad(), _ReLURuleMode(self._function):
+        mode = _ReLURuleMode(self._function)
+        with torch.enable_grad(), mode:
             output = call_model(self.model, new_inputs)
             scores = [_score(t, output, batch, i if many else None) for i, t in enumerate(targets)]
+        if mode.units == 0:
+            warnings.warn(
+                f"{type(self).__name__}: the model ran no ReLU-like unit (ReLU, ReLU6, hardtanh(0, m), LeakyReLU), "
+                f"so the {self._rule} rule is undefined there (SiLU, GELU, ...); the plain input gradient was computed instead",
+                UserWarning,
+                stacklevel=3,
+            )
         for n, score in enumerate(scores):  # autograd.grad outside the mode: plain backward ops
             (grad,) = torch.autograd.grad(
                 score.sum(), image, retain_graph=n < len(scores) - 1, allow_unused=True
@@ -215,9 +271,11 @@ class GuidedBackprop(_ReLURuleGradient):
 
     .. math:: R^{l} = R^{l+1} \cdot [f^{l} > 0] \cdot [R^{l+1} > 0]
 
-    ReLUs are caught however they are called (``nn.ReLU``, ``F.relu``, ``torch.relu``,
-    ``Tensor.relu``, in-place variants). Other activations (ReLU6, GELU, SiLU,
-    hardswish) keep their ordinary gradient. The per-sample gradient is that of the batch sum, so a model whose
+    ReLU-like units are caught however they are called (``nn.ReLU``, ``F.relu``,
+    ``torch.relu``, ``Tensor.relu``, ReLU6 / ``hardtanh(0, m)``, LeakyReLU, in-place
+    variants), with the rules of the module docstring's table. Other activations (GELU,
+    SiLU, hardswish) keep their ordinary gradient; a call that meets no ReLU-like unit
+    warns and returns the plain input gradient. The per-sample gradient is that of the batch sum, so a model whose
     samples interact (BatchNorm in training mode) mixes them — call it in ``eval()``.
 
     Example:
@@ -230,14 +288,15 @@ class GuidedBackprop(_ReLURuleGradient):
         torch.Size([2, 3, 8, 8])
     """
 
-    _function = _GuidedReLUFunction
+    _function = _GuidedFunction
+    _rule = "guided backprop"
 
 
 class Deconvolution(_ReLURuleGradient):
     r"""Deconvolution (Zeiler & Fergus, "Visualizing and Understanding CNNs", ECCV 2014).
 
-    The gradient of the target with respect to the image, where every ReLU passes back
-    the positive part of the incoming gradient regardless of its forward input:
+    The gradient of the target with respect to the image, where every ReLU-like unit
+    passes back the positive part of the incoming gradient regardless of its forward input:
 
     .. math:: R^{l} = R^{l+1} \cdot [R^{l+1} > 0]
 
@@ -253,7 +312,8 @@ class Deconvolution(_ReLURuleGradient):
         torch.Size([2, 3, 8, 8])
     """
 
-    _function = _DeconvReLUFunction
+    _function = _DeconvFunction
+    _rule = "deconvolution"
 
 
 class GuidedGradCAM:
@@ -272,6 +332,7 @@ class GuidedGradCAM:
         model: the network.
         layer: the Grad-CAM layer, a dotted name or a module.
         reshape: for token-shaped layers, ``(B, T, D) -> (B, D, h, w)``.
+        input, call: where the Grad-CAM layer is read, as for :class:`mmexplain.GradCAM`.
 
     Example:
         >>> import torch, mmexplain as mx
@@ -289,11 +350,13 @@ class GuidedGradCAM:
         layer: str | nn.Module,
         *,
         reshape: Callable[[Tensor], Tensor] | None = None,
+        input: bool = False,
+        call: int | None = None,
     ) -> None:
         from .gradcam import GradCAM
 
         self.model = model
-        self.gradcam = GradCAM(model, layer, reshape=reshape)
+        self.gradcam = GradCAM(model, layer, reshape=reshape, input=input, call=call)
         self.guided = GuidedBackprop(model)
 
     def __call__(
