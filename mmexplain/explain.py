@@ -9,9 +9,12 @@ models of ``mx.zoo`` are adapted automatically (``adapters.as_caption_adapter`` 
 ``as_answer_adapter``); transformers models get theirs from ``mx.hf``. The explainers
 and the engine stay model-agnostic.
 
-``method=`` names a row of :data:`METHODS`: the map method's class, and whether
-Guided Backprop is combined with its maps (Guided Grad-CAM, through
-:func:`mmexplain.methods.guided_gradcam`).
+``method=`` names any row of :data:`METHODS`: every map method of
+:mod:`mmexplain.methods` (the CAM family, the forward-only maps, transformer
+relevancy), and ``"guided"``: Grad-CAM combined with Guided Backprop (Guided Grad-CAM,
+through :func:`mmexplain.methods.guided_gradcam`). Gradient methods explain every word
+(or answer) from one forward and one batched backward; forward-only methods run their
+own masked forwards.
 
 Example:
     >>> import mmexplain as mx
@@ -32,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters.zoo import as_answer_adapter, as_caption_adapter
-from .methods import CAMResult, GradCAM, GuidedBackprop, guided_gradcam, upsample_and_normalize
+from .adapters.grids import PatchGrid
+from .methods import DESCRIPTIONS, CAMResult, GradCAM, GuidedBackprop, get_method, guided_gradcam, upsample_and_normalize
 from .targets import ClassLogit, Counterfactual, SequenceLogProb, Target, TopClass
 from .words import FUNCTION_WORDS
 
@@ -49,10 +53,12 @@ __all__ = [
     "METHODS",
 ]
 
-#: method name -> (the map method's class, combine Guided Backprop with its maps)
-METHODS: dict[str, tuple[type[GradCAM], bool]] = {
-    "gradcam": (GradCAM, False),
-    "guided": (GradCAM, True),
+#: method name -> one line saying what it computes
+METHODS: dict[str, str] = {
+    **DESCRIPTIONS,
+    "guided": "Guided Grad-CAM (Selvaraju et al.): Grad-CAM's map x guided backprop, at pixel resolution",
+    "relevancy": "Relevancy (Chefer et al. 2021): gradient-weighted attention through self- and cross-attention; "
+                 "transformers models only",
 }
 
 
@@ -192,11 +198,43 @@ class ClassExplanation:
 # ---------------------------------------------------------------- explainers
 
 
-def _method(method: Any) -> tuple[type[GradCAM], bool]:
-    """The row of METHODS for ``method``; ValueError naming the argument otherwise."""
+@dataclass(frozen=True)
+class _Method:
+    """How one ``method=`` name runs: its class (None: relevancy) and whether guided backprop is added."""
+
+    name: str
+    cls: type | None
+    guided: bool = False
+
+    @property
+    def gradient(self) -> bool:
+        """True when the method takes the engine's batched backward (targets in batch, extra layers)."""
+        return self.cls is not None and issubclass(self.cls, GradCAM) and self.cls.needs_gradient
+
+    def run(self, model: nn.Module, layer: Any, reshape: Any, inputs: Any, targets: list[Target], *,
+            size: tuple[int, int], extra: dict[str, str] | None = None, in_batch: bool = False) -> CAMResult:
+        if self.cls is None:  # relevancy reads attention, not a layer
+            from .methods.relevancy import Relevancy
+
+            grid = reshape.grid if isinstance(reshape, PatchGrid) else None
+            return Relevancy(model, grid=grid)(inputs, targets, size=size)
+        if not issubclass(self.cls, GradCAM):  # occlusion: the image itself, no layer
+            return self.cls(model)(inputs, targets, size=size)
+        cam = self.cls(model, layer, reshape=reshape)
+        if not self.gradient:
+            return cam(inputs, targets, size=size)
+        return cam(inputs, targets, size=size, extra_layers=extra, targets_in_batch=in_batch)
+
+
+def _method(method: Any) -> _Method:
+    """The :class:`_Method` for ``method``; ValueError naming the argument otherwise."""
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    return METHODS[method]
+    if method == "guided":
+        return _Method(method, GradCAM, guided=True)
+    if method == "relevancy":
+        return _Method(method, None)
+    return _Method(method, get_method(method))
 
 
 def _guided(model: nn.Module, inputs: Any, targets: list[Target], maps: Tensor) -> Tensor:
@@ -231,13 +269,13 @@ def explain_caption(
         image: a path, PIL image, numpy array or (3, H, W) tensor in [0, 1].
         caption: the caption to explain; None explains the model's own caption.
         layer: the layer to explain (default: the adapter's ``default_layer``).
-        method: a name in :data:`METHODS`: ``"gradcam"``, or ``"guided"`` to add Guided
-            Grad-CAM per word.
+        method: a name in :data:`METHODS` (default ``"gradcam"``; ``"guided"`` adds Guided
+            Grad-CAM per word; forward-only methods run their own masked forwards).
 
     Returns:
         CaptionExplanation with ``words``, ``maps`` (T, H, W), ``logprobs`` (T,).
     """
-    cam_class, guided = _method(method)
+    plan = _method(method)
     if caption is not None and not isinstance(caption, str):
         raise TypeError(f"caption: expected a str or None, got {type(caption).__name__}")
     adapter = as_caption_adapter(captioner)
@@ -252,15 +290,14 @@ def explain_caption(
         if not words:
             raise ValueError("caption: expected at least one word, got an empty caption")
     plain_inputs, spans = adapter.teacher_forced(pixels, words)
-    in_batch = adapter.targets_in_batch and len(words) > 1
+    in_batch = adapter.targets_in_batch and len(words) > 1 and plan.gradient
     inputs = adapter.teacher_forced(pixels, words, copies=len(words))[0] if in_batch else plain_inputs
     targets: list[Target] = [SequenceLogProb(tokens, positions=positions) for positions, tokens in spans]
     size = tuple(shown.shape[-2:])
-    cam = cam_class(adapter.model, layer if layer is not None else adapter.default_layer,
-                    reshape=adapter.reshape_for(pixels))
-    res = cam(inputs, targets, size=size, targets_in_batch=in_batch)
+    layer = layer if layer is not None else adapter.default_layer
+    res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), inputs, targets, size=size, in_batch=in_batch)
     caption_map = upsample_and_normalize(F.relu(res.pre_relu.sum(dim=0)), size)[0]  # (H, W)
-    guided_maps = _guided(adapter.model, plain_inputs, targets, res.maps[:, 0]) if guided else None  # (T, C, H, W)
+    guided_maps = _guided(adapter.model, plain_inputs, targets, res.maps[:, 0]) if plan.guided else None  # (T, C, H, W)
     return CaptionExplanation(list(words), res.maps[:, 0], res.scores[:, 0], caption_map, shown, res, guided_maps)
 
 
@@ -287,12 +324,14 @@ def explain_answer(
         answer: explain this answer instead of the prediction.
         top_k: how many predicted answers to explain (ignored when ``answer`` is given).
         layer: the layer to explain (default: the adapter's ``default_layer``).
-        method: a name in :data:`METHODS`; ``"guided"`` adds Guided Grad-CAM per answer.
+        method: a name in :data:`METHODS`; ``"guided"`` adds Guided Grad-CAM per answer. The
+            question-word attributions always come from a gradient (one extra backward for
+            forward-only methods).
 
     Returns:
         AnswerExplanation with ``answers``, ``maps`` (k, H, W), ``counterfactuals`` (k, H, W).
     """
-    cam_class, guided = _method(method)
+    plan = _method(method)
     if not isinstance(question, str):
         raise TypeError(f"question: expected a str, got {type(question).__name__}")
     if not question.strip():
@@ -308,19 +347,23 @@ def explain_answer(
     k = len(query.targets)
     targets = [*query.targets, *(Counterfactual(t) for t in query.targets)]
     extra = {"question": adapter.question_layer} if adapter.question_layer else None
-    cam = cam_class(adapter.model, layer if layer is not None else adapter.default_layer,
-                    reshape=adapter.reshape_for(pixels))
-    res = cam(query.inputs, targets, size=tuple(shown.shape[-2:]), extra_layers=extra)
+    layer = layer if layer is not None else adapter.default_layer
+    reshape = adapter.reshape_for(pixels)
+    size = tuple(shown.shape[-2:])
+    res = plan.run(adapter.model, layer, reshape, query.inputs, targets, size=size, extra=extra)
     names = adapter.answers(query, res.output)
     attributions = None
     if extra:
-        embedding, grad = res.extra["question"]  # (1, L, E), (2k, 1, L, E)
+        # a forward-only method takes no gradient: the question words get one Grad-CAM backward
+        grads = res if plan.gradient else GradCAM(adapter.model, layer, reshape=reshape)(
+            query.inputs, list(query.targets), size=size, extra_layers=extra)
+        embedding, grad = grads.extra["question"]  # (1, L, E), (k or 2k, 1, L, E)
         per_token = (grad[:k, 0] * embedding[0]).sum(dim=-1)  # (k, L)
         attributions = per_token[:, query.token_positions]  # (k, len(question_tokens))
     probabilities = adapter.probabilities(query, res.output)
     if probabilities is not None:
         probabilities = probabilities.detach()  # (k,)
-    guided_maps = _guided(adapter.model, query.inputs, list(query.targets), res.maps[:k, 0]) if guided else None
+    guided_maps = _guided(adapter.model, query.inputs, list(query.targets), res.maps[:k, 0]) if plan.guided else None
     return AnswerExplanation(
         question, names, res.scores[:k, 0], probabilities, res.maps[:k, 0], res.maps[k:, 0],
         list(query.question_tokens), attributions, shown, res, guided_maps,
@@ -350,7 +393,7 @@ def explain_class(
     Returns:
         ClassExplanation with ``labels``, ``maps`` (k, H, W), ``scores`` (k,).
     """
-    cam_class, guided = _method(method)
+    plan = _method(method)
     if layer is None:
         layer = getattr(classifier, "default_layer", None)
         if layer is None:
@@ -362,7 +405,6 @@ def explain_class(
         pixels = image if image.dim() == 4 else image[None]  # (1, 3, H, W)
     else:
         raise TypeError(f"image: a plain nn.Module classifier takes a (3, H, W) tensor, got {type(image).__name__}")
-    cam = cam_class(classifier, layer)
     if classes is None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
@@ -377,9 +419,9 @@ def explain_class(
                 c = names.index(c)
             indices.append(c)
         targets = [ClassLogit(i) for i in indices]
-    res = cam(pixels, targets)
+    res = plan.run(classifier, layer, None, pixels, targets, size=tuple(pixels.shape[-2:]))
     chosen = torch.stack([t.indices(res.output)[0] if isinstance(t, TopClass) else torch.tensor(t.index) for t in targets])
     labels = [names[int(i)] if names else str(int(i)) for i in chosen]
     shown = pixels[0].detach().clamp(0, 1)
-    guided_maps = _guided(classifier, pixels, targets, res.maps[:, 0]) if guided else None  # (k, C, H, W)
+    guided_maps = _guided(classifier, pixels, targets, res.maps[:, 0]) if plan.guided else None  # (k, C, H, W)
     return ClassExplanation(labels, chosen, res.scores[:, 0], res.maps[:, 0], shown, res, guided_maps)

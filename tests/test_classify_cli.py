@@ -55,10 +55,10 @@ def test_gradcam_figure_from_safetensors(files, tmp_path, capsys) -> None:
     assert sorted(p.name for p in out.parent.iterdir()) == ["cam.png"]  # no temp file left
 
 
-@pytest.mark.parametrize("method", ["guided", "counterfactual"])
+@pytest.mark.parametrize("method", ["guided", "counterfactual", "hirescam", "scorecam", "occlusion"])
 def test_other_methods_and_torch_state_dicts(files, tmp_path, capsys, method) -> None:
     out = tmp_path / f"{method}.png"
-    weights = files["pt"] if method == "guided" else files["wrapped"]
+    weights = files["pt"] if method in ("guided", "hirescam") else files["wrapped"]
     rc, stdout, stderr = _run(capsys, [files["image"], "--arch", "resnet18", "--weights", weights, "--size", "64", "--method", method, "--out", str(out)])
     assert rc == 0, stderr
     assert _is_png(out) and f"method {method}" in stdout
@@ -145,3 +145,11 @@ def test_default_layers_per_family() -> None:
 def test_help_lists_classify(capsys) -> None:
     assert main(["classify", "--help"]) == 0
     assert "--weights" in capsys.readouterr().out
+
+
+def test_method_list_and_unknown_method(files, tmp_path, capsys) -> None:
+    assert main(["classify", "--method", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "counterfactual" in listed and "scorecam" in listed and "relevancy" not in listed
+    rc, _, stderr = _run(capsys, [files["image"], "--arch", "resnet18", "--method", "saliency", "--out", str(tmp_path / "x.png")])
+    assert rc == 2 and "--method 'saliency'" in stderr and not (tmp_path / "x.png").exists()

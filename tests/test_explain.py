@@ -337,3 +337,32 @@ def test_shipped_captioner_points_at_words():
             total += 1
     assert total > 3 * POINTING_SCENES
     assert hits / total >= POINTING_FLOOR, f"word pointing {hits / total:.3f} < floor {POINTING_FLOOR}"
+
+
+# ----------------------------------------------------------------------------- every method
+
+
+@pytest.mark.parametrize("method", [m for m in mx.explain.METHODS if m not in ("gradcam", "guided", "relevancy")])
+def test_every_method_through_the_explainers_equals_a_direct_call(models, scene, method):
+    """``method=NAME`` gives the maps of ``get_method(NAME)`` called on the same inputs and word targets."""
+    captioner, vqa = models
+    ex = mx.explain_caption(captioner, scene.image, CAPTION, method=method)
+    inputs, ids = _teacher_forced(captioner, scene.image, CAPTION)
+    targets = [SequenceLogProb([t], positions=[i]) for i, t in enumerate(ids)]
+    cls = mx.methods.get_method(method)
+    cam = cls(captioner) if method == "occlusion" else cls(captioner, captioner.default_layer)
+    direct = cam(inputs, targets, size=(96, 96))
+    torch.testing.assert_close(ex.maps, direct.maps[:, 0], rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(ex.maps).all() and ex.maps.shape == (len(ids), 96, 96)
+    ax = mx.explain_answer(vqa, scene.image, QUESTION, "red", method=method)
+    assert ax.maps.shape == (1, 96, 96) and torch.isfinite(ax.maps).all()
+    # question words keep their gradient attributions, also for forward-only methods
+    plain = mx.explain_answer(vqa, scene.image, QUESTION, "red")
+    torch.testing.assert_close(ax.token_attributions, plain.token_attributions)
+
+
+def test_relevancy_on_a_model_without_attention_is_a_clear_error(models, scene):
+    with pytest.raises(TypeError, match="no transformers attention"):
+        mx.explain_caption(models[0], scene.image, CAPTION, method="relevancy")
+    with pytest.raises(ValueError, match="method: expected one of"):
+        mx.explain_caption(models[0], scene.image, CAPTION, method="saliency")

@@ -25,7 +25,6 @@ __all__ = ["add_classify_command", "load_classifier", "load_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-METHODS = ("gradcam", "guided", "counterfactual")
 
 
 def add_classify_command(subparsers: argparse._SubParsersAction) -> None:
@@ -38,14 +37,15 @@ def add_classify_command(subparsers: argparse._SubParsersAction) -> None:
             "Weights are read from a local file (safetensors or a torch state dict); nothing is downloaded."
         ),
     )
-    parser.add_argument("image", help="image file (PNG, JPEG, ...)")
-    parser.add_argument("--arch", required=True, help="torchvision model name, e.g. resnet50, vgg16, densenet121")
+    parser.add_argument("image", nargs="?", help="image file (PNG, JPEG, ...)")
+    parser.add_argument("--arch", help="torchvision model name, e.g. resnet50, vgg16, densenet121")
     parser.add_argument("--weights", help="local weights: .safetensors, or a torch state dict (.pt/.pth)")
     parser.add_argument("--layer", help="layer to explain (dotted name); default the last conv block of the arch")
     parser.add_argument("--target", type=int, help="class index to explain; default the predicted class")
-    parser.add_argument("--method", choices=METHODS, default="gradcam", help="default gradcam")
+    parser.add_argument("--method", default="gradcam", metavar="NAME",
+                        help="gradcam (default), counterfactual, guided, or any map method; --method list prints them")
     parser.add_argument("--size", type=positive_int, help="input side in pixels; default 224 (299 for inception_v3)")
-    parser.add_argument("--out", required=True, help="figure to write (.png, .pdf, .svg, ...)")
+    parser.add_argument("--out", help="figure to write (.png, .pdf, .svg, ...)")
     add_threads(parser)
     parser.set_defaults(func=run_classify)
 
@@ -152,6 +152,20 @@ def _categories(arch: str, num_classes: int) -> list[str] | None:
 # ----------------------------------------------------------------------------- command
 def run_classify(args: argparse.Namespace) -> int:
     """Handler of ``mmexplain classify``; returns the exit status."""
+    from ..explain import METHODS
+
+    methods = {"counterfactual": "counterfactual Grad-CAM (negated gradient, paper Sec. 3.2)",
+               **{k: v for k, v in METHODS.items() if k != "relevancy"}}
+    if args.method == "list":
+        from .caption import print_methods
+
+        return print_methods(methods)
+    if args.method not in methods:
+        raise CLIError(f"--method {args.method!r} is not a method; one of: {', '.join(methods)}")
+    for value, what in ((args.image, "IMAGE: give an image file"), (args.arch, "--arch: give a torchvision model name"),
+                        (args.out, "--out: give the figure to write")):
+        if value is None:
+            raise CLIError(what)
     out = check_out(args.out, kind="file", suffixes=FIGURE_SUFFIXES)
     _check_arch(args.arch)
     apply_threads(args)
@@ -192,8 +206,12 @@ def run_classify(args: argparse.Namespace) -> int:
 
     if args.method == "counterfactual":
         res = cam(x, mx.targets.Counterfactual(target))
-    else:
+    elif args.method in ("gradcam", "guided"):
         res = cam(x, target)
+    elif args.method == "occlusion":
+        res = mx.methods.Occlusion(model)(x, target)
+    else:
+        res = mx.methods.get_method(args.method)(model, layer, reshape=reshape)(x, target)
     panels = 3 if args.method == "guided" else 2
 
     from matplotlib.figure import Figure
@@ -204,7 +222,8 @@ def run_classify(args: argparse.Namespace) -> int:
     axes[0].set_title("input", fontsize=10)
     axes[0].set_xticks([])
     axes[0].set_yticks([])
-    what = "counterfactual Grad-CAM (negated gradient)" if args.method == "counterfactual" else "Grad-CAM"
+    what = {"counterfactual": "counterfactual Grad-CAM (negated gradient)", "guided": "Grad-CAM"}.get(
+        args.method, mx.methods.METHODS[args.method].__name__ if args.method in mx.methods.METHODS else args.method)
     empty = bool(res.raw.amax() <= 0)  # ReLU removed everything: nothing raises this score
     note = "\n(map is zero: no region raises this score)" if empty else ""
     overlay(image, res.maps[0], ax=axes[1], title=f"{what}, {layer}{note}", colorbar=True)

@@ -2,10 +2,13 @@
 
 ``mmexplain evaluate grounding`` explains the ground-truth caption words and VQA answers
 of held-out ShapeWorld scenes and prints pointing game, energy ratio, discrimination and
-localisation tables (see :mod:`mmexplain.evaluation.grounding`).
+localisation tables (see :mod:`mmexplain.evaluation.grounding`). With ``--methods all``
+or ``--on NAMES`` it prints one leaderboard instead: every applicable method on every
+named shipped model (captioner, vqa, classifier, tiny-ved, tiny-vilt, ...).
 
 Example:
     $ mmexplain evaluate grounding --scenes 500 --json grounding.json
+    $ mmexplain evaluate grounding --methods all --scenes 200
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import add_models, add_scenes, add_threads, apply_threads, check_out, nonnegative_int, positive_int
+from .evaluate_protocols import add_protocol_commands
+from .common import CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, nonnegative_int
 
 __all__ = ["add_evaluate_command"]
 
@@ -21,21 +25,47 @@ __all__ = ["add_evaluate_command"]
 def _grounding_handler(args: argparse.Namespace) -> int:
     from .. import world, zoo
     from .._io import write_json
-    from ..evaluation.grounding import format_report, grounding_report
+    from ..evaluation import grounding
 
     if args.json is not None:
         check_out(args.json, kind="file", suffixes=(".json",))
+    methods = _methods(args)
+    on = None if args.on is None else [n.strip() for n in args.on.split(",") if n.strip()]
+    if on is not None:
+        unknown = [n for n in on if n not in zoo.ALL_NAMES]
+        if unknown or not on:
+            raise CLIError(f"--on: expected shipped model names from {', '.join(zoo.ALL_NAMES)}, got {args.on!r}")
     apply_threads(args)
-    captioner = zoo.load("captioner", args.models)
-    vqa = zoo.load("vqa", args.models)
     seeds = world.split_seeds("test", args.scenes, start=args.start)
-    report = grounding_report(captioner, vqa, seeds, layer=args.layer, vqa_layer=args.vqa_layer, seed=args.seed,
-                              guided=not args.no_guided, batch_size=args.batch_size)
-    print(format_report(report))
+    if on is not None or args.methods == "all":
+        names = on or [n for n in zoo.ALL_NAMES if (zoo.folder(n, args.models)).is_dir()]
+        models = {n: zoo.load(n, args.models) for n in names}
+        report = grounding.leaderboard(models, seeds, methods=methods, seed=args.seed)
+        print(grounding.format_leaderboard(report))
+    else:
+        captioner = zoo.load("captioner", args.models)
+        vqa = zoo.load("vqa", args.models)
+        report = grounding.grounding_report(captioner, vqa, seeds, methods=methods, layer=args.layer,
+                                            vqa_layer=args.vqa_layer, seed=args.seed)
+        print(grounding.format_report(report))
     if args.json is not None:
         write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0
+
+
+def _methods(args: argparse.Namespace) -> list[str] | str:
+    from ..explain import METHODS
+
+    if args.methods == "all":
+        return "all"
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.no_guided:
+        names = [m for m in names if m != "guided"]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise CLIError(f"--methods: expected 'all' or names from {', '.join(METHODS)}, got {args.methods!r}")
+    return names
 
 
 def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -53,9 +83,13 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random-map baseline (default 0)")
     g.add_argument("--json", default=None, metavar="FILE.json", help="also write the report as JSON")
     add_models(g)
-    g.add_argument("--no-guided", action="store_true", help="skip Guided Grad-CAM (faster)")
-    g.add_argument("--batch-size", type=positive_int, default=32, help="scenes / questions per engine call (default 32)")
+    g.add_argument("--methods", default="gradcam,guided", metavar="NAMES",
+                   help="comma-separated method names, or 'all' for the leaderboard (default gradcam,guided)")
+    g.add_argument("--on", default=None, metavar="NAMES",
+                   help="shipped models for the leaderboard, comma-separated (default with --methods all: every one)")
+    g.add_argument("--no-guided", action="store_true", help="leave Guided Grad-CAM out (faster)")
     add_threads(g, default=None)
     g.set_defaults(func=_grounding_handler)
+    add_protocol_commands(sub)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
     return parser

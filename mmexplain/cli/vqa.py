@@ -39,7 +39,8 @@ def _vqa_handler(args: argparse.Namespace) -> int:
         raise CLIError(f"--answer {args.answer!r} is not one of the model's answers: {', '.join(model.answers)}")
     apply_threads(args)
     top_k = min(args.top_k, len(model.answers))
-    ex = explain_answer(model, args.image, args.question, args.answer, top_k=top_k, layer=args.layer)
+    ex = explain_answer(model, args.image, args.question, args.answer, top_k=top_k, layer=args.layer,
+                        method=args.method)
     print(f"question: {args.question}")
     label = "answer (given)" if args.answer is not None else "answer"
     for i, answer in enumerate(ex.answers):

@@ -1,38 +1,32 @@
-"""Measured grounding: do caption words and VQA answers point at the objects they name?
+"""Measured grounding: do caption words, VQA answers and class maps point at the objects they name?
 
 The Grad-CAM paper claims that even a captioner without attention localises what it
 talks about. ShapeWorld knows the truth (every content word of a caption and every
-question is linked to its object's pixel mask), so the claim can be measured:
+question is linked to its object's pixel mask), so the claim can be measured, for any
+model and any method of ``mx.explain.METHODS``:
 
 * caption words: the GROUND-TRUTH caption of each held-out scene is explained
-  teacher-forced (as ``mx.explain_caption(captioner, scene.image, scene.caption)``
-  does), so word i's map is compared with the mask of ``scene.alignment[i]`` exactly;
-  reported per word kind (size / colour / shape), for all content words, and split
-  into words whose value is unique to their object in the scene and words whose value
-  another object shares ("red" in a scene with two red objects names a concept that
-  an attention-free explanation may rightly mark on both);
+  teacher-forced (``mx.explain_caption(model, scene.image, scene.caption, method=M)``),
+  so word i's map is compared with the mask of ``scene.alignment[i]`` exactly; reported
+  per word kind (size / colour / shape), for all content words, and split into words
+  whose value is unique to their object in the scene and words whose value another
+  object shares ("red" in a scene with two red objects names a concept that an
+  attention-free explanation may rightly mark on both);
 * VQA: the ground-truth answer of every question that refers to at least one object
-  is explained (as ``mx.explain_answer(vqa, image, question, answer)``); the mask is
-  the union of the referred objects' masks; reported per question kind.
+  (``mx.explain_answer(model, image, question, answer, method=M)``); the mask is the
+  union of the referred objects' masks; reported per question kind;
+* classes: the map of each present class ("red circle") against the union of its
+  objects (``mx.explain_class``).
 
-Metrics (:mod:`mmexplain.metrics`): pointing game (map maximum inside the mask; a
-uniform map scores the chance level, the mask's share of the image; also with Zhang
-et al.'s tolerance, 15 px at 224 px scaled to the image, 6 px at 96 px), energy ratio
-(mean inside / mean outside; uniform = 1.0), discrimination on two-object scenes
-(higher mean map value on the referred object than on the other one) and
+Metrics (:mod:`mmexplain.evaluation.scoring`): pointing game (uniform map: the chance
+level, the mask's share of the image; also with Zhang et al.'s tolerance), energy ratio
+(mean inside / mean outside; uniform = 1.0), discrimination on two-object scenes and
 weakly-supervised localisation (15% threshold, largest segment's box, IoU >= 0.5).
-Methods: Grad-CAM, Guided Grad-CAM (``|guided backprop x Grad-CAM|`` summed over the
-colour channels), and the baselines uniform, centre prior (Gaussian, sigma = 1/4 of
-the side) and random (i.i.d. uniform, seeded).
+Guided Grad-CAM is scored as ``|guided backprop x Grad-CAM|`` summed over the colour
+channels; the baselines are uniform, a centre prior and a seeded random map.
 
-Speed: scenes whose captions have the same length are explained together, one
-forward and one batched backward per batch (the engine treats the batch's samples
-independently, so each map is exactly the one ``explain_caption`` gives); all the
-questions of a batch of scenes go through the VQA model as one batch.
-
-Command line::
-
-    mmexplain evaluate grounding [--scenes 500] [--layer L] [--vqa-layer L] [--seed S] [--json FILE]
+Every item goes through the public explainers, one call per scene (caption) or
+question (VQA), so a model's numbers are exactly what ``explain_*`` shows a user.
 
 Example:
     >>> import mmexplain as mx
@@ -44,345 +38,278 @@ Example:
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .. import metrics, world
-from ..methods import GradCAM
-from ..methods import GuidedBackprop
-from ..targets import AnswerScore, logits_of
+from .. import world
+from ..adapters import as_answer_adapter, as_caption_adapter
+from ..explain import METHODS as EXPLAIN_METHODS
+from ..explain import explain_answer, explain_caption, explain_class
+from ..methods import call_model
+from ..targets import logits_of
+from .scoring import BASELINES, Baselines, Tally, fmt, metric_tables
 
-__all__ = ["grounding_report", "format_report", "caption_word_maps", "WordMaps", "METHODS"]
+__all__ = ["grounding_report", "format_report", "leaderboard", "format_leaderboard", "applicable_methods",
+           "kind_of", "METHOD_NAMES", "WORD_KINDS", "QUESTION_KINDS"]
 
-METHODS = ("gradcam", "guided", "uniform", "center", "random")
-METHOD_NAMES = {"gradcam": "Grad-CAM", "guided": "Guided Grad-CAM", "uniform": "uniform",
-                "center": "centre prior", "random": "random"}
 WORD_KINDS = ("size", "color", "shape")
 QUESTION_KINDS = ("color", "shape", "size", "count", "exist")
-CENTER_SIGMA = 0.25
-ZHANG_TOLERANCE = 15 / 224  # Zhang et al.'s pointing-game tolerance (15 px at 224 px), as a fraction of the side
+METHOD_NAMES = {
+    "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM",
+    "layercam": "LayerCAM", "eigengradcam": "Eigen-Grad-CAM", "scorecam": "Score-CAM", "ablationcam": "Ablation-CAM",
+    "eigencam": "Eigen-CAM", "occlusion": "Occlusion", "guided": "Guided Grad-CAM", "relevancy": "Relevancy",
+    "uniform": "uniform", "center": "centre prior", "random": "random",
+}
+_RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh)
 
 
-# ----------------------------------------------------------------------------- scoring
+# ----------------------------------------------------------------------------- models and methods
 
 
-class _Tally:
-    """Per (group, method) lists of per-item metric values."""
+def kind_of(model: Any) -> str:
+    """``"caption"``, ``"answer"`` or ``"class"``: which explainer drives ``model``."""
+    if isinstance(model, nn.Module) and hasattr(model, "classes") and hasattr(model, "preprocess"):
+        return "class"
+    for kind, resolve in (("caption", as_caption_adapter), ("answer", as_answer_adapter)):
+        try:
+            resolve(model)
+            return kind
+        except TypeError:
+            continue
+    raise TypeError(f"model: expected an mx.zoo model or an mx.hf adapter, got {type(model).__name__}")
 
-    def __init__(self) -> None:
-        self.values: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
-    def add(self, groups: Iterable[str], maps: dict[str, Tensor], mask: Tensor, other: Tensor | None,
-            box: tuple[int, int, int, int] | None) -> None:
-        groups = list(groups)
-        for g in groups:
-            self.counts[g]["n"] += 1
-            self.counts[g]["n_two"] += other is not None
-        for method, m in maps.items():
-            tolerance = round(ZHANG_TOLERANCE * max(m.shape))
-            tie_aware = method == "uniform"
-            values = {
-                "pointing": metrics.pointing_expected(m, mask) if tie_aware else float(metrics.pointing_game(m, mask)),
-                "pointing_tolerance": (metrics.pointing_expected(m, mask, tolerance=tolerance) if tie_aware
-                                       else float(metrics.pointing_game(m, mask, tolerance=tolerance))),
-                "energy_ratio": metrics.energy_ratio(m, mask),
-                "energy_inside": metrics.energy_inside(m, mask),
-            }
-            if other is not None:
-                values["discrimination"] = float(metrics.discrimination(m, mask, other))
-            if box is not None:
-                values["localization"] = float(metrics.localization(m, box))
-            for g in groups:
-                for key, v in values.items():
-                    self.values[g][method][key].append(v)
+def _module(model: Any) -> nn.Module:
+    return model if isinstance(model, nn.Module) else model.model
 
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for g, per_method in self.values.items():
-            entry: dict[str, Any] = dict(self.counts[g])
-            for method, per_metric in per_method.items():
-                row: dict[str, float] = {}
-                for key, vals in per_metric.items():
-                    if key == "energy_ratio":
-                        finite = [v for v in vals if math.isfinite(v)]
-                        row["energy_ratio"] = statistics.fmean(finite) if finite else math.nan
-                        row["energy_ratio_median"] = statistics.median(vals)
-                        row["energy_ratio_infinite"] = len(vals) - len(finite)
-                    else:
-                        row[key] = statistics.fmean(vals)
-                entry[method] = row
-            out[g] = entry
+
+def applicable_methods(model: Any, methods: Iterable[str]) -> list[str]:
+    """The methods of ``methods`` that are defined for ``model``.
+
+    Relevancy needs transformers attention (``mx.hf`` adapters); Guided Grad-CAM needs
+    ReLU-like units (its rule is undefined for GELU/SiLU networks).
+    """
+    module = _module(model)
+    is_zoo = isinstance(model, nn.Module)
+    has_relu = any(isinstance(m, _RELU_LIKE) for m in module.modules())
+    out = []
+    for m in methods:
+        if m == "relevancy" and is_zoo:
+            continue
+        if m == "guided" and not has_relu:
+            continue
+        out.append(m)
+    return out
+
+
+def _check_methods(methods: Sequence[str] | str) -> list[str]:
+    if methods == "all":
+        return list(EXPLAIN_METHODS)
+    if isinstance(methods, str) or not methods:
+        raise ValueError(f"methods: expected 'all' or a non-empty list of names, got {methods!r}")
+    bad = [m for m in methods if m not in EXPLAIN_METHODS]
+    if bad:
+        raise ValueError(f"methods: unknown {', '.join(map(repr, bad))}; expected names of: {', '.join(EXPLAIN_METHODS)}")
+    return list(dict.fromkeys(methods))
+
+
+def image_size(model: Any) -> int:
+    """The side of the maps an explainer gives for ``model`` (scenes are drawn at that size)."""
+    config = getattr(model, "config", None)
+    if isinstance(model, nn.Module) and hasattr(config, "image_size"):
+        return int(config.image_size)
+    adapter = as_caption_adapter(model) if kind_of(model) == "caption" else as_answer_adapter(model)
+    shown = adapter.display_image(adapter.load_image(torch.full((3, 96, 96), 0.5)))  # (3, H, W)
+    if shown.shape[-1] != shown.shape[-2]:
+        raise ValueError(f"model: its images are {tuple(shown.shape[-2:])}; grounding needs square maps")
+    return int(shown.shape[-1])
+
+
+def _maps(explanation: Any, method: str, field: str) -> Tensor:
+    """(k, H, W) maps of an explanation; Guided Grad-CAM as |guided x map| summed over channels."""
+    if method == "guided":
+        return explanation.guided.abs().sum(dim=-3)
+    return getattr(explanation, field)
+
+
+def _mask_of(scene: world.Scene, objects: Sequence[int]) -> Tensor:
+    mask = torch.zeros_like(scene.objects[0].mask)
+    for j in objects:
+        mask |= scene.objects[j].mask
+    return mask
+
+
+# ----------------------------------------------------------------------------- one model
+
+
+class _Run:
+    """Tallies of one model over scenes: the items' groups, every method's maps, seconds per method."""
+
+    def __init__(self, methods: list[str], baselines: Baselines) -> None:
+        self.methods, self.baselines = methods, baselines
+        self.tally, self.by_correct = Tally(), Tally()
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.items = 0
+        self.stats: dict[str, int] = defaultdict(int)
+
+    def explain(self, method: str, fn: Any) -> Any:
+        start = time.perf_counter()
+        out = fn(method)
+        self.seconds[method] += time.perf_counter() - start
         return out
 
+    def add(self, groups: list[str], maps: dict[str, Tensor], mask: Tensor, other: Tensor | None,
+            box: Any, correct: bool | None) -> None:
+        h, w = mask.shape
+        self.items += 1
+        self.tally.count(groups, two_objects=other is not None)
+        self.tally.add(groups, maps | self.baselines(h, w), mask, other, box)
+        if correct is not None:
+            first = self.methods[0]
+            self.by_correct.count(["right" if correct else "wrong"], two_objects=other is not None)
+            self.by_correct.add(["right" if correct else "wrong"], {first: maps[first]}, mask, other, box)
 
-class _Baselines:
-    """The baseline maps of one item: uniform and centre prior (fixed), random (fresh from a seeded generator)."""
-
-    def __init__(self, seed: int) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
-        self.fixed: dict[tuple[int, int], dict[str, Tensor]] = {}
-
-    def __call__(self, h: int, w: int) -> dict[str, Tensor]:
-        if (h, w) not in self.fixed:
-            self.fixed[(h, w)] = {"uniform": metrics.uniform_map(h, w), "center": metrics.center_prior(h, w, sigma=CENTER_SIGMA)}
-        return self.fixed[(h, w)] | {"random": metrics.random_map(h, w, generator=self.generator)}
-
-
-def _check_models(captioner: nn.Module, vqa: nn.Module) -> None:
-    if not (isinstance(captioner, nn.Module) and all(hasattr(captioner, a) for a in ("vocab", "generate", "default_layer"))):
-        raise TypeError(f"captioner: expected an mx.zoo captioner, got {type(captioner).__name__}")
-    if not (isinstance(vqa, nn.Module) and all(hasattr(vqa, a) for a in ("answers", "encode_questions", "default_layer"))):
-        raise TypeError(f"vqa: expected an mx.zoo VQA model, got {type(vqa).__name__}")
+    def result(self) -> dict[str, Any]:
+        return {"groups": self.tally.summary(), "by_correct": self.by_correct.summary(), "items": self.items,
+                "seconds_per_item": {m: self.seconds[m] / max(self.items, 1) for m in self.methods}}
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-# ----------------------------------------------------------------------------- captions
-
-
-class _WordPerSample:
-    """Target: log p(tokens[i] at positions[i]) of sample i, from sequence logits (B, L, V)."""
-
-    def __init__(self, positions: Tensor, tokens: Tensor) -> None:
-        self.positions, self.tokens = positions, tokens  # (B,), (B,)
-
-    def __call__(self, output: Any) -> Tensor:  # (B,)
-        logits = logits_of(output)  # (B, L, V)
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        return logits[rows, self.positions].log_softmax(dim=-1)[rows, self.tokens]
-
-    def __repr__(self) -> str:
-        return f"_WordPerSample(positions={self.positions.tolist()}, tokens={self.tokens.tolist()})"
-
-
-@dataclass
-class WordMaps:
-    """Grad-CAM maps of N words of B equal-length captions (see :func:`caption_word_maps`).
-
-    Attributes:
-        maps: (N, B, H, W) in [0, 1]; row n, sample b explains word ``words[n]`` of caption b.
-        raw: (N, B, u, v) ReLU(sum_k alpha_k A^k) before upsampling.
-        logits: (B, T+1, V) teacher-forced logits of the captions.
-        inputs: the replicated model inputs (images (N*B, 3, H, W), tokens (N*B, T+1)).
-        target: the target of those inputs (sample n*B + b: word ``words[n]`` of caption b).
-    """
-
-    maps: Tensor
-    raw: Tensor
-    logits: Tensor
-    inputs: tuple[Tensor, Tensor]
-    target: _WordPerSample
-
-
-def caption_word_maps(
-    captioner: nn.Module,
-    images: Tensor,
-    captions: Sequence[str],
-    words: Sequence[int],
-    *,
-    layer: str | None = None,
-    cam: GradCAM | None = None,
-) -> WordMaps:
-    """Grad-CAM of the given words of B teacher-forced captions of equal length, in one engine call.
-
-    Word i of caption b is explained by ``log p(w_i | image_b, w_<i)`` (read at logit
-    position i of the input ``[<bos>, w_1 .. w_T]``), so ``maps[n, b]`` equals
-    ``explain_caption(captioner, images[b], captions[b]).maps[words[n]]``.
-
-    The N words go through the batch axis instead of the engine's batched backward: the
-    inputs are repeated N times (N*B samples, sample n*B + b explains word n of caption
-    b) and one ordinary backward gives every map. Samples are independent in eval mode,
-    so the maps are the same; on CPU this is several times faster for an LSTM decoder,
-    whose backward has no vmap batching rule (measured in ``benchmarks/caption.py``).
-
-    Args:
-        captioner: an ``mx.zoo`` captioner.
-        images: (B, 3, H, W) in [0, 1].
-        captions: B captions with the same number of words.
-        words: the word indices to explain (the same for every caption).
-        layer: the layer (default ``captioner.default_layer``); or pass a ready ``cam``.
-
-    Returns:
-        :class:`WordMaps` with ``maps`` (N, B, H, W).
-    """
-    vocab = captioner.vocab
-    split = [c.split() for c in captions]
-    if len({len(w) for w in split}) != 1:
-        raise ValueError(f"captions: expected captions of equal length, got lengths {sorted({len(w) for w in split})}")
-    if not words or not all(0 <= i < len(split[0]) for i in words):
-        raise ValueError(f"words: expected word indices in [0, {len(split[0])}), got {list(words)}")
-    n, b = len(words), len(split)
-    ids = torch.tensor([vocab.encode(w) for w in split], device=images.device)  # (B, T)
-    tokens = torch.cat([torch.full((b, 1), vocab.bos, device=images.device), ids], dim=1)  # (B, T+1)
-    index = torch.tensor(list(words), device=images.device)  # (N,)
-    positions = index.repeat_interleave(b)  # (N*B,) word i is read at logit position i
-    target = _WordPerSample(positions, ids[:, index].T.flatten())  # (N*B,) token of word n, caption b
-    inputs = (images.repeat(n, 1, 1, 1), tokens.repeat(n, 1))  # (N*B, 3, H, W), (N*B, T+1)
-    if cam is None:
-        cam = GradCAM(captioner, layer if layer is not None else captioner.default_layer)
-    res = cam(inputs, target)  # maps (N*B, H, W)
-    return WordMaps(res.maps.unflatten(0, (n, b)), res.raw.unflatten(0, (n, b)), logits_of(res.output)[:b],
-                    inputs, target)
-
-
-def _caption_part(captioner: nn.Module, scenes: list[world.Scene], layer: str, *, guided: bool, batch_size: int,
-                  baselines: _Baselines, tally: _Tally, by_correct: _Tally) -> dict[str, Any]:
-    cam = GradCAM(captioner, layer)
-    backprop = GuidedBackprop(captioner) if guided else None
-    exact = 0
-    right = total = 0
-    by_length: dict[int, list[world.Scene]] = defaultdict(list)
+def _captions(model: Any, scenes: list[world.Scene], run: _Run, layer: Any) -> dict[str, Any]:
+    adapter = as_caption_adapter(model)
+    exact = right = total = 0
     for scene in scenes:
-        by_length[len(scene.caption.split())].append(scene)
-    for _, group in sorted(by_length.items()):
-        for batch in _batches(group, batch_size):
-            images = torch.stack([s.image for s in batch])  # (B, 3, H, W)
-            generated = captioner.generate(images)
-            exact += sum(g == s.caption.split() for g, s in zip(generated, batch))
-            words = sorted(batch[0].alignment)  # content-word indices: the same for equal-length captions
-            res = caption_word_maps(captioner, images, [s.caption for s in batch], words, cam=cam)
-            ids = res.inputs[1][:len(batch), 1:]  # (B, T)
-            maps = {"gradcam": res.maps}  # (N, B, H, W)
-            if backprop is not None:
-                grads = backprop(res.inputs, res.target)  # (N*B, 3, H, W)
-                maps["guided"] = grads.abs().sum(dim=1).unflatten(0, res.maps.shape[:2]) * res.maps  # (N, B, H, W)
-            predicted = res.logits.argmax(dim=-1)[:, :-1]  # (B, T) teacher-forced prediction of each word
-            h, w = images.shape[-2:]
-            for b, scene in enumerate(batch):
-                words_b = scene.caption.split()
-                for n, i in enumerate(words):
-                    j = scene.alignment[i]
-                    obj = scene.objects[j]
-                    kind = next(k for k, names in (("size", world.SIZES), ("color", world.COLORS), ("shape", world.SHAPES))
-                                if words_b[i] in names)
-                    other = scene.objects[1 - j].mask if len(scene.objects) == 2 else None
-                    item = {m: v[n, b] for m, v in maps.items()} | baselines(h, w)
-                    # a word whose value another object shares ("red" with two red objects) names a concept,
-                    # not an instance: an attention-free explanation may rightly mark both
-                    shared = any(words_b[i] in (o.size, o.color, o.shape) for k, o in enumerate(scene.objects) if k != j)
-                    tally.add([kind, "all", "shared" if shared else "unique"], item, obj.mask, other, obj.box)
-                    ok = bool(predicted[b, i] == ids[b, i])
-                    right += ok
-                    total += 1
-                    by_correct.add(["right" if ok else "wrong"], {"gradcam": item["gradcam"]}, obj.mask, other, obj.box)
-    return {"exact_match": exact / len(scenes), "word_accuracy": right / max(total, 1)}
+        words = scene.caption.split()
+        pixels = adapter.load_image(scene.image)
+        exact += adapter.generate(pixels) == words
+        maps = {m: _maps(run.explain(m, lambda m: explain_caption(adapter, scene.image, scene.caption, layer=layer,
+                                                                  method=m)), m, "maps") for m in run.methods}
+        with torch.no_grad():  # teacher-forced argmax of each word
+            inputs, spans = adapter.teacher_forced(pixels, words)
+            logits = logits_of(call_model(adapter.model, inputs))[0]  # (L, V)
+        for i, j in sorted(scene.alignment.items()):
+            positions, tokens = spans[i]
+            ok = all(int(logits[p].argmax()) == t for p, t in zip(positions, tokens))
+            right, total = right + ok, total + 1
+            obj = scene.objects[j]
+            kind = next(k for k, names in zip(WORD_KINDS, (world.SIZES, world.COLORS, world.SHAPES)) if words[i] in names)
+            shared = any(words[i] in (o.size, o.color, o.shape) for k, o in enumerate(scene.objects) if k != j)
+            other = scene.objects[1 - j].mask if len(scene.objects) == 2 else None
+            run.add([kind, "all", "shared" if shared else "unique"], {m: v[i] for m, v in maps.items()},
+                    obj.mask, other, obj.box, ok)
+    return run.result() | {"exact_match": exact / len(scenes), "word_accuracy": right / max(total, 1)}
 
 
-# ----------------------------------------------------------------------------- VQA
-
-
-def _vqa_part(vqa: nn.Module, scenes: list[world.Scene], layer: str, *, guided: bool, batch_size: int,
-              baselines: _Baselines, tally: _Tally, by_correct: _Tally) -> dict[str, Any]:
-    cam = GradCAM(vqa, layer)
-    backprop = GuidedBackprop(vqa) if guided else None
-    answers = list(vqa.answers)
-    items = [(scene, qa) for scene in scenes for qa in scene.questions if qa.objects]
+def _answers(model: Any, scenes: list[world.Scene], run: _Run, layer: Any) -> dict[str, Any]:
+    adapter = as_answer_adapter(model)
     right = 0
-    for batch in _batches(items, batch_size):
-        images = torch.stack([scene.image for scene, _ in batch])  # (B, 3, H, W)
-        questions = vqa.encode_questions([qa.question for _, qa in batch])  # (B, L)
-        target = AnswerScore([answers.index(qa.answer) for _, qa in batch])
-        res = cam((images, questions), target)  # maps (B, H, W)
-        maps = {"gradcam": res.maps}
-        if backprop is not None:
-            maps["guided"] = backprop((images, questions), target).abs().sum(dim=1) * res.maps  # (B, H, W)
-        correct = res.output.argmax(dim=-1) == torch.as_tensor(target.index)  # (B,)
-        right += int(correct.sum())
-        h, w = images.shape[-2:]
-        for b, (scene, qa) in enumerate(batch):
-            mask = torch.zeros_like(scene.objects[0].mask)
-            for j in qa.objects:
-                mask |= scene.objects[j].mask
+    for scene in scenes:
+        for qa in scene.questions:
+            if not qa.objects:
+                continue
+            predicted = explain_answer(adapter, scene.image, qa.question, layer=layer).answer
+            right += predicted == qa.answer
+            maps = {m: _maps(run.explain(m, lambda m: explain_answer(adapter, scene.image, qa.question, qa.answer,
+                                                                     layer=layer, method=m)), m, "maps")[0]
+                    for m in run.methods}
             one = len(qa.objects) == 1
             other = scene.objects[1 - qa.objects[0]].mask if one and len(scene.objects) == 2 else None
             box = scene.objects[qa.objects[0]].box if one else None
-            item = {m: v[b] for m, v in maps.items()} | baselines(h, w)
-            tally.add([qa.kind, "all"], item, mask, other, box)
-            by_correct.add(["right" if correct[b] else "wrong"], {"gradcam": item["gradcam"]}, mask, other, box)
-    return {"accuracy": right / max(len(items), 1), "questions": len(items)}
+            run.add([qa.kind, "all"], maps, _mask_of(scene, qa.objects), other, box, predicted == qa.answer)
+    return run.result() | {"accuracy": right / max(run.items, 1), "questions": run.items}
 
 
-# ----------------------------------------------------------------------------- report
+def _classes(model: nn.Module, scenes: list[world.Scene], run: _Run, layer: Any) -> dict[str, Any]:
+    for scene in scenes:
+        names = [f"{o.color} {o.shape}" for o in scene.objects]
+        present = list(dict.fromkeys(names))
+        maps = {m: _maps(run.explain(m, lambda m: explain_class(model, scene.image, present, layer=layer, method=m)),
+                         m, "maps") for m in run.methods}
+        for c, name in enumerate(present):
+            objects = [j for j, n in enumerate(names) if n == name]
+            others = [j for j, n in enumerate(names) if n != name]
+            other = scene.objects[others[0]].mask if len(scene.objects) == 2 and others else None
+            box = scene.objects[objects[0]].box if len(objects) == 1 else None
+            run.add(["all", "unique" if len(objects) == 1 else "shared"], {m: v[c] for m, v in maps.items()},
+                    _mask_of(scene, objects), other, box, None)
+    return run.result()
+
+
+_PARTS = {"caption": _captions, "answer": _answers, "class": _classes}
+
+
+def _evaluate(model: Any, seeds: list[int], methods: list[str], *, layer: Any, seed: int) -> dict[str, Any]:
+    size = image_size(model)
+    scenes = [world.generate(s, size=size) for s in seeds]
+    run = _Run(methods, Baselines(seed))
+    return _PARTS[kind_of(model)](model, scenes, run, layer)
+
+
+def _check_seeds(seeds: Iterable[int]) -> list[int]:
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds: expected at least one scene seed, got none")
+    return seeds
+
+
+# ----------------------------------------------------------------------------- reports
 
 
 def grounding_report(
-    captioner: nn.Module,
-    vqa: nn.Module,
+    captioner: Any,
+    vqa: Any,
     seeds: Iterable[int],
     *,
+    methods: Sequence[str] | str = ("gradcam", "guided"),
     layer: str | None = None,
     vqa_layer: str | None = None,
     seed: int = 0,
-    guided: bool = True,
-    batch_size: int = 32,
 ) -> dict[str, Any]:
     """Pointing game, energy ratio, discrimination and localisation of caption words and VQA answers.
 
     Args:
-        captioner: an ``mx.zoo`` captioner (``forward(images, [<bos>, w1..wT]) -> (B, L, V)``).
-        vqa: an ``mx.zoo`` VQA model.
+        captioner: an ``mx.zoo`` captioner or a caption adapter (``mx.hf``).
+        vqa: an ``mx.zoo`` VQA model or an answer adapter.
         seeds: ShapeWorld seeds, e.g. ``mx.world.split_seeds("test", 500)``.
-        layer: captioner layer to explain (default ``captioner.default_layer``); also the
-            VQA layer unless ``vqa_layer`` is given.
-        vqa_layer: VQA layer to explain (default ``layer``, else ``vqa.default_layer``).
+        methods: names of ``mx.explain.METHODS`` (or ``"all"``); those a model does not
+            support (see :func:`applicable_methods`) are left out for it.
+        layer: captioner layer (default its adapter's); also the VQA layer unless
+            ``vqa_layer`` is given.
         seed: seed of the random-map baseline.
-        guided: also score Guided Grad-CAM (costs one guided backward per word / question).
-        batch_size: scenes (captions) or questions (VQA) explained per engine call.
 
     Returns:
         A JSON-ready dict: ``caption`` (``exact_match`` of the greedy caption,
-        teacher-forced ``word_accuracy``, ``groups`` by word kind, ``all``, and
-        ``unique`` / ``shared`` (the word's value is / is not unique to its object),
-        ``by_correct`` = Grad-CAM on words the model predicts right / wrong), ``vqa``
-        (``accuracy`` on the explained questions, ``groups`` by question kind and
-        ``all``, ``by_correct``), ``n_scenes``, the layers and ``seconds``. Each group holds ``n``,
-        ``n_two`` (items in two-object scenes) and per method the means of
-        ``pointing``, ``pointing_tolerance`` (Zhang et al.'s 15 px at 224 px, scaled), ``energy_ratio`` (over finite values; ``energy_ratio_median``,
-        ``energy_ratio_infinite`` beside it), ``energy_inside``, ``discrimination``
-        (two-object scenes) and ``localization`` (single-object references).
+        teacher-forced ``word_accuracy``, ``groups`` by word kind, ``all``, ``unique`` /
+        ``shared``, ``by_correct``: the first method on words the model predicts right /
+        wrong, ``seconds_per_item`` per method), ``vqa`` (``accuracy``, ``questions``,
+        ``groups`` by question kind and ``all``, ``by_correct``, ``seconds_per_item``),
+        ``n_scenes``, the layers, ``methods`` (with the baselines) and ``seconds``. Each
+        group holds ``n``, ``n_two`` and per method the means of ``pointing``,
+        ``pointing_tolerance``, ``energy_ratio`` (finite values; median and count of
+        infinite ones beside it), ``energy_inside``, ``discrimination`` and ``localization``.
     """
-    _check_models(captioner, vqa)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("seeds: expected at least one scene seed, got none")
-    cap_layer = layer if layer is not None else captioner.default_layer
-    vqa_layer = vqa_layer if vqa_layer is not None else layer if layer is not None else vqa.default_layer
+    if kind_of(captioner) != "caption":
+        raise TypeError(f"captioner: expected a captioner, got {type(captioner).__name__}")
+    if kind_of(vqa) != "answer":
+        raise TypeError(f"vqa: expected a VQA model, got {type(vqa).__name__}")
+    chosen = _check_methods(methods)
+    seeds = _check_seeds(seeds)
     start = time.perf_counter()
-    sizes = {getattr(getattr(m, "config", None), "image_size", 96) for m in (captioner, vqa)}
-    if len(sizes) != 1:
-        raise ValueError(f"captioner and vqa take different image sizes {sorted(sizes)}; expected one")
-    size = sizes.pop()
-    scenes = [world.generate(s, size=size) for s in seeds]
-    baselines = _Baselines(seed)
-    caption_tally, correct_tally, vqa_tally, vqa_correct = _Tally(), _Tally(), _Tally(), _Tally()
-    caption = _caption_part(captioner, scenes, cap_layer, guided=guided, batch_size=batch_size,
-                            baselines=baselines, tally=caption_tally, by_correct=correct_tally)
+    cap_methods = applicable_methods(captioner, chosen)
+    vqa_methods = applicable_methods(vqa, chosen)
+    vqa_layer = vqa_layer if vqa_layer is not None else layer
+    caption = _evaluate(captioner, seeds, cap_methods, layer=layer, seed=seed)
     caption_seconds = time.perf_counter() - start
-    answer = _vqa_part(vqa, scenes, vqa_layer, guided=guided, batch_size=batch_size, baselines=baselines,
-                       tally=vqa_tally, by_correct=vqa_correct)
-    caption["groups"] = caption_tally.summary()
-    caption["by_correct"] = correct_tally.summary()
-    answer["groups"] = vqa_tally.summary()
-    answer["by_correct"] = vqa_correct.summary()
+    answer = _evaluate(vqa, seeds, vqa_methods, layer=vqa_layer, seed=seed)
     return {
-        "n_scenes": len(scenes),
-        "layer": cap_layer,
-        "vqa_layer": vqa_layer,
-        "methods": [m for m in METHODS if guided or m != "guided"],
+        "n_scenes": len(seeds),
+        "layer": layer if layer is not None else as_caption_adapter(captioner).default_layer,
+        "vqa_layer": vqa_layer if vqa_layer is not None else as_answer_adapter(vqa).default_layer,
+        "methods": [m for m in chosen if m in cap_methods or m in vqa_methods] + list(BASELINES),
         "caption": caption,
         "vqa": answer,
         "seconds": time.perf_counter() - start,
@@ -390,35 +317,11 @@ def grounding_report(
     }
 
 
-def _fmt(row: dict[str, float] | None, key: str, percent: bool) -> str:
-    if row is None or key not in row or (isinstance(row[key], float) and math.isnan(row[key])):
-        return "-"
-    return f"{100 * row[key]:.1f}%" if percent else f"{row[key]:.2f}"
-
-
-METRIC_COLUMNS = (("pointing", "pointing game", True),
-                  ("pointing_tolerance", "pointing game, 15/224-of-the-side tolerance (Zhang et al.)", True),
-                  ("energy_ratio", "energy ratio", False),
-                  ("discrimination", "discrimination (2-object scenes)", True),
-                  ("localization", "localisation (IoU >= 0.5)", True))
-
-
-def _table(title: str, groups: dict[str, Any], order: Sequence[str], methods: Sequence[str]) -> list[str]:
-    """One small table per metric: rows = methods, columns = groups."""
-    present = [g for g in order if g in groups]
-    lines = [f"## {title}", ""]
-    lines.append("items: " + ", ".join(f"{g} {groups[g]['n']} ({groups[g]['n_two']} in 2-object scenes)" for g in present))
-    for key, name, percent in METRIC_COLUMNS:
-        lines += ["", f"{name}:", "", "| method | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
-        for m in methods:
-            lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(_fmt(groups[g].get(m), key, percent) for g in present) + " |")
-    return lines
-
-
 def format_report(report: dict[str, Any]) -> str:
     """The report as Markdown tables (caption words, caption words by correctness, VQA)."""
     methods = report["methods"]
     cap, vqa = report["caption"], report["vqa"]
+    first = methods[0]
     lines = [
         f"Grounding on {report['n_scenes']} held-out ShapeWorld scenes (layer {report['layer']}, "
         f"VQA layer {report['vqa_layer']}); {report['seconds']:.0f} s.",
@@ -430,15 +333,73 @@ def format_report(report: dict[str, Any]) -> str:
         "(two-object scenes). Localisation: 15%-of-max segment box IoU >= 0.5.",
         "",
     ]
-    lines += _table("Caption content words (ground-truth caption, teacher-forced); unique / shared: the word's value "
-                    "is / is not unique to its object in the scene", cap["groups"], (*WORD_KINDS, "all", "unique", "shared"),
-                    methods)
+    lines += metric_tables("Caption content words (ground-truth caption, teacher-forced); unique / shared: the word's "
+                           "value is / is not unique to its object in the scene", cap["groups"],
+                           (*WORD_KINDS, "all", "unique", "shared"), methods, METHOD_NAMES)
     lines += [""]
-    lines += _table("Caption words the model predicts right / wrong (teacher-forced argmax), Grad-CAM",
-                    cap["by_correct"], ("right", "wrong"), ["gradcam"])
+    lines += metric_tables(f"Caption words the model predicts right / wrong (teacher-forced argmax), {METHOD_NAMES[first]}",
+                           cap["by_correct"], ("right", "wrong"), [first], METHOD_NAMES)
     lines += [""]
-    lines += _table("VQA questions that refer to objects (ground-truth answer)", vqa["groups"], (*QUESTION_KINDS, "all"), methods)
+    lines += metric_tables("VQA questions that refer to objects (ground-truth answer)", vqa["groups"],
+                           (*QUESTION_KINDS, "all"), methods, METHOD_NAMES)
     lines += [""]
-    lines += _table("VQA questions the model answers right / wrong, Grad-CAM", vqa["by_correct"], ("right", "wrong"),
-                    ["gradcam"])
+    lines += metric_tables(f"VQA questions the model answers right / wrong, {METHOD_NAMES[first]}", vqa["by_correct"],
+                           ("right", "wrong"), [first], METHOD_NAMES)
+    return "\n".join(lines)
+
+
+def leaderboard(models: Mapping[str, Any], seeds: Iterable[int], *, methods: Sequence[str] | str = "all",
+                seed: int = 0) -> dict[str, Any]:
+    """Every applicable method on every model, side by side: one row per (model, method).
+
+    Args:
+        models: display name -> an ``mx.zoo`` model or an ``mx.hf`` adapter (captioner,
+            VQA model or classifier).
+        seeds: ShapeWorld seeds.
+        methods: names of ``mx.explain.METHODS``, or ``"all"``.
+        seed: seed of the random-map baseline.
+
+    Returns:
+        ``{"n_scenes", "rows": [{"model", "kind", "method", "n", "pointing", "pointing_unique",
+        "energy_ratio", "discrimination", "seconds_per_item"}, ...], "seconds"}``; baseline
+        rows have no seconds.
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models: expected a non-empty mapping name -> model")
+    chosen = _check_methods(methods)
+    seeds = _check_seeds(seeds)
+    start = time.perf_counter()
+    rows = []
+    for name, model in models.items():
+        usable = applicable_methods(model, chosen)
+        result = _evaluate(model, seeds, usable, layer=None, seed=seed)
+        groups = result["groups"]
+        for m in [*usable, *BASELINES]:
+            row_all, row_unique = groups["all"].get(m, {}), groups.get("unique", {}).get(m, {})
+            rows.append({
+                "model": name, "kind": kind_of(model), "method": m, "n": groups["all"]["n"],
+                "pointing": row_all.get("pointing"), "pointing_unique": row_unique.get("pointing"),
+                "energy_ratio": row_all.get("energy_ratio"), "discrimination": row_all.get("discrimination"),
+                "seconds_per_item": result["seconds_per_item"].get(m),
+            })
+    return {"n_scenes": len(seeds), "rows": rows, "seconds": time.perf_counter() - start}
+
+
+def format_leaderboard(report: dict[str, Any]) -> str:
+    """The leaderboard as one Markdown table."""
+    lines = [
+        f"Grounding leaderboard on {report['n_scenes']} held-out ShapeWorld scenes; {report['seconds']:.0f} s. "
+        "Pointing: map maximum inside the referred object; unique: words whose value no other object shares "
+        "(classes: one object of the class); energy ratio: mean inside / outside; discrimination: two-object scenes.",
+        "",
+        "| model | items | method | pointing | pointing, unique | energy ratio | discrimination | s / item |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        secs = "-" if r["seconds_per_item"] is None else f"{r['seconds_per_item']:.3f}"
+        lines.append(
+            f"| {r['model']} | {r['n']} | {METHOD_NAMES.get(r['method'], r['method'])} | "
+            f"{fmt(r, 'pointing', True)} | {fmt(r, 'pointing_unique', True)} | {fmt(r, 'energy_ratio', False)} | "
+            f"{fmt(r, 'discrimination', True)} | {secs} |"
+        )
     return "\n".join(lines)
