@@ -43,6 +43,8 @@ from .words import FUNCTION_WORDS
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from .viz.report import ReportView
+
 __all__ = [
     "CaptionExplanation",
     "AnswerExplanation",
@@ -106,6 +108,15 @@ class CaptionExplanation:
             save_figure(fig, path)
         return fig
 
+    def show(self, **options: Any) -> ReportView:
+        """The interactive HTML report of this result: renders inline in a notebook; ``.save(path)`` writes it.
+
+        Options go to ``mx.viz.caption_view`` / ``answer_view`` (``descriptions=``, ``methods=``, ``section_title=``).
+        """
+        from .viz import show
+
+        return show(self, **options)
+
 
 @dataclass
 class AnswerExplanation:
@@ -162,6 +173,15 @@ class AnswerExplanation:
         if path is not None:
             save_figure(fig, path)
         return fig
+
+    def show(self, **options: Any) -> ReportView:
+        """The interactive HTML report of this result: renders inline in a notebook; ``.save(path)`` writes it.
+
+        Options go to ``mx.viz.caption_view`` / ``answer_view`` (``descriptions=``, ``methods=``, ``section_title=``).
+        """
+        from .viz import show
+
+        return show(self, **options)
 
 
 @dataclass

@@ -83,6 +83,15 @@ should point at objects. A given caption is explained the same way (an unknown w
 ex_ref = mx.explain_caption(captioner, scene.image, scene.caption)
 ex_ref.plot(hide_function_words=True)"""),
     ("md", """\
+## The interactive view, with other methods beside Grad-CAM
+
+`ex.show()` renders the report inline: point at a word to see its map over the image, step with the arrow keys,
+and switch between the methods passed in `methods=` (every name of `mx.explain.METHODS` works)."""),
+    ("code", """\
+others = {name: mx.explain_caption(captioner, scene.image, scene.caption, method=m)
+          for name, m in (("HiResCAM", "hirescam"), ("Score-CAM", "scorecam"), ("Guided Grad-CAM", "guided"))}
+ex_ref.show(methods=others)"""),
+    ("md", """\
 ## The whole-caption map is the sum of the word maps
 
 The caption's log-probability is the sum of its words' log-probabilities, and Grad-CAM is linear in the target
@@ -219,6 +228,11 @@ print("max |counterfactual - map of -score| =", float((ax.counterfactual - negat
 top = mx.explain_answer(vqa, scene.image, qa.question, top_k=3)
 print([(a, round(float(p), 3)) for a, p in zip(top.answers, top.probabilities)])
 top.plot()"""),
+    ("md", """\
+The same three answers as an interactive view: click an answer to see its map, toggle the counterfactual, and read
+the question words coloured by their attribution."""),
+    ("code", """\
+top.show()"""),
     ("md", """\
 ## The map follows the question
 

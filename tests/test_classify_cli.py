@@ -55,7 +55,7 @@ def test_gradcam_figure_from_safetensors(files, tmp_path, capsys) -> None:
     assert sorted(p.name for p in out.parent.iterdir()) == ["cam.png"]  # no temp file left
 
 
-@pytest.mark.parametrize("method", ["guided", "counterfactual", "hirescam", "scorecam", "occlusion"])
+@pytest.mark.parametrize("method", ["guided", "counterfactual", "hirescam", "eigencam", "occlusion"])
 def test_other_methods_and_torch_state_dicts(files, tmp_path, capsys, method) -> None:
     out = tmp_path / f"{method}.png"
     weights = files["pt"] if method in ("guided", "hirescam") else files["wrapped"]

@@ -9,6 +9,7 @@ notebooks (with their figures) for reading.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -39,5 +40,9 @@ def test_notebook_runs(name, tmp_path, monkeypatch, run_notebook):
     nb, _ = run_notebook(name, cwd=tmp_path)
     figures = displayed_figures(nb)
     assert figures >= 4, f"{name}: only {figures} figures displayed"
+    views = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+             if "text/html" in o.get("data", {})]
+    assert views and all("data-mmx-root" in v and not re.search(r"(src|href)=[\"']?https?:", v) for v in views), \
+        f"{name}: the interactive report (ex.show()) was not displayed"
     assert (REPO / "notebooks" / name).read_bytes() == source  # the committed notebook stays clean
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nor into the working folder
