@@ -7,11 +7,14 @@ run, so load from other processes hits all of them; the table shows the median s
 per call over ``--runs`` runs and the largest absolute difference of each peer's maps from
 mmexplain's (equal maps: ~1e-6).
 
-Conventions bridged so the maps are comparable (see tests/test_methods.py): torchcam's and
-pytorch-grad-cam's Score-CAM get a ``reshape_transform`` that upsamples the layer
-(bilinear, align_corners=False), so their masks are normalised after upsampling as in the
-paper and ours; their maps are then at the image's size, and ours is compared as
-``norm(ReLU(up(pre_relu)))``. torchcam has no Ablation-CAM. pytorch-grad-cam's progress
+Conventions bridged so the maps are comparable (see tests/test_methods.py): torchcam's
+Score-CAM gets a ``reshape_transform`` that upsamples the layer (bilinear,
+align_corners=False), so its masks are normalised after upsampling as in the paper and
+ours; its maps are then at the image's size, and ours is compared as
+``norm(ReLU(up(pre_relu)))``. pytorch-grad-cam's Score-CAM runs as shipped: its masks are
+upsampled with align_corners=True, so its maps differ by ~1e-3 (the tests bridge that with
+the same ``reshape_transform``; here it would cost memory: pytorch-grad-cam's hooks keep
+the hooked activation of every masked forward, which the transform makes image-sized). torchcam has no Ablation-CAM. pytorch-grad-cam's progress
 bars are silenced. "mmexplain reuse_prefix" runs the network before the layer on the B
 inputs only and makes the ablated copies at the layer (valid for a backbone block followed
 by the head; checked once per call).
@@ -21,7 +24,7 @@ CPU use a small image and an earlier layer.
 
 Usage:
     python benchmarks/methods.py --device cuda                          # ResNet-50, 224x224, layer4
-    python benchmarks/methods.py --size 32 --layer layer3 --runs 3      # two CPU cores, a few minutes
+    python benchmarks/methods.py --size 32 --layer layer3 --runs 3 --flush-denormal   # two CPU cores, minutes
     python benchmarks/methods.py --threads 8 --chunk 64
 """
 
@@ -45,6 +48,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=224, help="image side")
     parser.add_argument("--layer", default="layer4", help="explained ResNet-50 layer")
     parser.add_argument("--chunk", type=int, default=32, help="perturbed inputs per forward pass, every library")
+    parser.add_argument("--flush-denormal", action="store_true",
+                        help="torch.set_flush_denormal(True) for every library (CPU): masked inputs of a random-init "
+                             "ResNet-50 produce denormal floats, which slow a CPU forward ~40x")
     return parser.parse_args()
 
 
@@ -79,7 +85,7 @@ def _calls(model: Any, layer: str, x: Any, classes: list[int], chunk: int) -> di
             return extractor(classes, scores)[0]
 
     def pgc_score():
-        with pgc.ScoreCAM(model=model, target_layers=[module], reshape_transform=up) as cam:
+        with pgc.ScoreCAM(model=model, target_layers=[module]) as cam:  # its own masks: see the docstring
             cam.batch_size = chunk
             with contextlib.redirect_stderr(io.StringIO()):
                 return torch.from_numpy(cam(input_tensor=x, targets=pgc_targets()))
@@ -111,6 +117,8 @@ def main() -> None:
     import torchvision
 
     torch.set_num_threads(args.threads)
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval().to(device)
@@ -142,7 +150,7 @@ def main() -> None:
     k, u, v = probe["a"].shape[1:]
     print(f"ResNet-50 {args.layer} (K={k}, {u}x{v}), batch {args.batch} at {args.size}x{args.size}, "
           f"{k * args.batch} perturbed forwards per call, {args.chunk} rows per forward, "
-          f"device {args.device}, {args.threads} threads, median of {args.runs} run(s)")
+          f"device {args.device}, {args.threads} threads, flush denormals {args.flush_denormal}, median of {args.runs} run(s)")
     print()
     print("| method | library | median s / call | x mmexplain | max abs diff of maps vs mmexplain |")
     print("| --- | --- | ---: | ---: | ---: |")
