@@ -338,14 +338,19 @@ def test_scorecam_matches_torchcam_and_pytorch_grad_cam(arch, images32):
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11"])
 def test_ablationcam_matches_pytorch_grad_cam(arch, images32):
     """pytorch-grad-cam ablates with 0 when the layer's minimum is 0 (else min - 1e7); these
-    layers follow a ReLU, so both ablate with 0. It loops over samples, ours batches copies."""
+    layers follow a ReLU, so both ablate with 0. It loops over samples, ours batches copies.
+    It divides the drop by y, we by |y|: they agree for positive scores, so both explain the logit
+    shifted by 1000 (random weights give negative logits)."""
     import pytorch_grad_cam as pgc
 
     model, layer, x = _net(arch), FREE_LAYERS[arch], images32
-    ours = mx.AblationCAM(model, layer, batch_size=64)(x, T.ClassLogit(CLASSES))
+    logit = T.ClassLogit(CLASSES)
+    ours = mx.AblationCAM(model, layer, batch_size=64)(x, T.Scalar(lambda out: logit(out) + 1000))
     assert float(ours.activations.min()) == 0.0  # the peer's zero-ablation branch
+    assert bool((ours.scores > 0).all())
+    shifted = [lambda out, c=c: out[..., c] + 1000 for c in CLASSES]
     with pgc.AblationCAM(model=model, target_layers=[model.get_submodule(layer)], batch_size=64) as cam:
-        theirs = torch.from_numpy(cam(input_tensor=x, targets=_pgc_targets(CLASSES)))
+        theirs = torch.from_numpy(cam(input_tensor=x, targets=shifted))
     torch.testing.assert_close(ours.maps, theirs, atol=2e-5, rtol=0)
 
 
@@ -740,3 +745,18 @@ def test_bad_arguments_are_named():
         mx.ScoreCAM(FromFlat().eval(), "squares.conv")(X.view(1, 4), T.ClassLogit(0))
     with pytest.raises(ValueError, match="layer 'cnv' not found; nearest: conv"):
         mx.LayerCAM(model, "cnv")
+
+
+def test_ablation_weights_keep_their_sign_for_negative_scores():
+    """A channel whose removal lowers a negative score (a word's log-probability) is evidence FOR it: w_k > 0."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Flatten(), nn.Linear(2 * 4, 1)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].bias.zero_()
+        model[2].weight.fill_(1.0)
+        model[2].bias.fill_(-100.0)  # the score is about -92: negative, like a log-probability
+    x = torch.ones(1, 1, 2, 2)
+    res = mx.AblationCAM(model, "0")(x, T.ClassLogit(0))
+    assert float(res.scores[0]) < 0
+    # each channel carries 4 of the score; removing it lowers y by 4: w = 4 / |y|
+    np.testing.assert_allclose(res.weights[0].numpy(), [4 / 92, 4 / 92], rtol=1e-5)

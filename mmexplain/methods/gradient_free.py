@@ -8,7 +8,7 @@ the batch:
 method          perturbed copy p of the batch                 weight / map value
 ==============  ============================================  =====================
 Score-CAM       image ⊙ normalised upsampled A_k              softmax_k y(copy k)
-Ablation-CAM    channel k of the layer's tensor set to 0      (y - y(copy k)) / y
+Ablation-CAM    channel k of the layer's tensor set to 0      (y - y(copy k)) / |y|
 Occlusion       window p of the image set to the baseline     y - y(copy p)
 Eigen-CAM       (none: first principal component of A)        projection on it
 ==============  ============================================  =====================
@@ -183,6 +183,10 @@ class AblationCAM(GradCAM):
     (B, T, D) channel ``d`` is feature ``d`` of every token, and the per-token map is laid
     on the grid by ``reshape`` (``on_tokens``). ``res.weights`` holds ``w``.
 
+    Departure from the paper: the drop is divided by ``|y|``, not ``y``. For a positive
+    class score that is the same; for a negative score (a caption word's log-probability)
+    dividing by ``y`` would turn the evidence for the word into evidence against it.
+
     Args:
         model, layer: as for :class:`GradCAM`.
         batch_size: ablated inputs per forward pass (``batch_size // B`` copies of the batch).
@@ -277,7 +281,8 @@ class AblationCAM(GradCAM):
 
         ablated = _copy_scores(self, call.targets, k, build, batch=batch, batch_size=self.batch_size)  # (N, K, B)
         y = call.scores.unsqueeze(-1)  # (N, B, 1)
-        return _safe_div(y - ablated.transpose(1, 2), y.expand(-1, -1, k))  # (N, B, K)
+        # |y|: a negative score (a word's log-probability) must not flip the sign of the drop
+        return _safe_div(y - ablated.transpose(1, 2), y.abs().expand(-1, -1, k))  # (N, B, K)
 
 
 class EigenCAM(GradCAM):
