@@ -34,6 +34,7 @@ _LAZY_NAMES = {
     "AblationCAM": "methods",
     "EigenCAM": "methods",
     "Occlusion": "methods",
+    "Relevancy": "methods",
     "explain_caption": "explain",
     "explain_answer": "explain",
     "explain_class": "explain",

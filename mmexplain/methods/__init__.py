@@ -5,6 +5,7 @@
 - ``variants``: Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, Eigen-Grad-CAM.
 - ``gradient_free``: Score-CAM, Ablation-CAM, Eigen-CAM (forward passes only).
 - ``occlusion``: sliding-window occlusion (forward passes only, no layer needed).
+- ``relevancy``: transformer relevancy (Chefer et al. 2021) through recorded attention; no layer.
 - ``cam``: CAM for GAP + linear models.
 - ``guided``: pixel-space gradients (guided backprop, deconvolution, Guided Grad-CAM).
 
@@ -22,11 +23,12 @@ from .cam import CAM
 from .gradcam import GradCAM
 from .gradient_free import AblationCAM, EigenCAM, ScoreCAM
 from .occlusion import Occlusion
+from .relevancy import Relevancy
 from .guided import Deconvolution, GuidedBackprop, GuidedGradCAM, guided_gradcam
 from .variants import EigenGradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 
 # name -> class: every method here takes (model, layer, **keywords) and returns a CAMResult.
-# Transformer attention relevancy (methods/relevancy.py, "relevancy": Relevancy) belongs here as well.
+# Relevancy takes no layer (it reads the attention), so ``mx.explain.METHODS`` lists it beside these.
 METHODS: dict[str, type] = {
     "gradcam": GradCAM,
     "gradcam++": GradCAMPlusPlus,
@@ -71,7 +73,7 @@ def get_method(name: str) -> type:
 __all__ = [
     "CAMResult", "call_model", "find_image", "module_name", "replace_image", "resolve_layer", "upsample_and_normalize",
     "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenGradCAM",
-    "ScoreCAM", "AblationCAM", "EigenCAM", "Occlusion",
+    "ScoreCAM", "AblationCAM", "EigenCAM", "Occlusion", "Relevancy",
     "CAM", "GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam",
     "METHODS", "DESCRIPTIONS", "get_method",
 ]
