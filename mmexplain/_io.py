@@ -1,9 +1,12 @@
 """The one place that writes files: atomically, with the usual permissions.
 
-A file is written to a temporary sibling (``.NAME.XXXX.tmp``) and renamed over the
+A file is written to a temporary sibling (``.NAME.PID.XXXX.tmp``) and renamed over the
 destination, so a crash or an error mid-write leaves the old file (or nothing) at the
-destination, never a partial one. A folder is built as a temporary sibling and swapped
-in whole when complete.
+destination, never a partial one. A folder is built as a temporary sibling
+(``.DIR.PID.XXXX.tmp/``) and swapped in whole when complete. The writer's process id
+is part of each temporary's name: a process killed mid-write (SIGKILL, power loss)
+leaves its temporary behind, and the next write beside it removes the temporaries of
+processes no longer alive, so they never accumulate.
 
 Example:
     >>> from mmexplain._io import write_text
@@ -15,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -32,6 +36,40 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: keep its files
+    return True
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove temporaries beside ``path`` (``.NAME.PID.*.tmp`` / ``.old``) left by dead processes."""
+    try:
+        entries = list(path.parent.glob(f".{glob.escape(path.name)}.*"))
+    except OSError:
+        return
+    for entry in entries:
+        rest = entry.name[len(path.name) + 2:]
+        pid, _, tail = rest.partition(".")
+        if not pid.isdigit() or not (tail.endswith(".tmp") or tail.endswith(".old")) or _alive(int(pid)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
@@ -45,7 +83,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     if path.is_dir():
         raise IsADirectoryError(f"{str(path)!r} is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
@@ -96,7 +135,8 @@ def atomic_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{str(out)!r} exists and is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    _remove_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(out), suffix=".tmp", dir=out.parent))
     try:
         tmp.chmod(0o777 & ~_umask())
         yield tmp
@@ -108,7 +148,7 @@ def atomic_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
                         shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
                     else:
                         _link_or_copy(str(entry), str(tmp / entry.name))
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=_prefix(out), suffix=".old", dir=out.parent))
             os.replace(out, old / out.name)
         os.replace(tmp, out)
         if old is not None:

@@ -68,10 +68,23 @@ def logits_of(output: Any) -> Tensor:
     )
 
 
+def _check_index(index: Any, name: str) -> None:
+    """TypeError unless ``index`` is an int, a sequence of ints or an integer tensor."""
+    if isinstance(index, (bool, str, bytes)) or not isinstance(index, (int, Sequence, Tensor)):
+        raise TypeError(f"{name}: expected an int or one int per sample, got {type(index).__name__} {index!r}")
+    if isinstance(index, Tensor):
+        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool or index.dim() > 1:
+            raise TypeError(f"{name}: expected an integer tensor of shape () or (B,), got dtype {index.dtype}, "
+                            f"shape {tuple(index.shape)}")
+    elif isinstance(index, Sequence):
+        bad = [v for v in index if isinstance(v, bool) or not isinstance(v, int)]
+        if bad:
+            raise TypeError(f"{name}: expected one int per sample, got {type(bad[0]).__name__} {bad[0]!r} in the list")
+
+
 def _per_sample_index(index: Any, batch: int, size: int, *, name: str, device: torch.device) -> Tensor:
     """Turn an int / sequence / tensor index into a validated (B,) long tensor."""
-    if isinstance(index, bool) or not isinstance(index, (int, Sequence, Tensor)):
-        raise TypeError(f"{name}: expected an int or one int per sample, got {type(index).__name__}")
+    _check_index(index, name)
     idx = torch.as_tensor(index, device=device)
     if idx.is_floating_point() or idx.is_complex():
         raise TypeError(f"{name}: expected integer indices, got dtype {idx.dtype}")
@@ -100,6 +113,7 @@ class ClassLogit:
     _what = "ClassLogit index"
 
     def __init__(self, index: int | Sequence[int] | Tensor) -> None:
+        _check_index(index, self._what)
         self.index = index
 
     def __call__(self, output: Any) -> Tensor:  # (B,)

@@ -13,7 +13,9 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,19 +37,35 @@ def _read_file(path: Path, name: str) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"{name}: {str(path)!r} is not a file")
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise ValueError(
-                    f"{name}: {str(path)!r} is {im.width}x{im.height} pixels, over the limit of "
-                    f"{MAX_PIXELS:,} (mmexplain.adapters.images.MAX_PIXELS)"
-                )
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit) grayscale
-                gray = np.asarray(im, dtype=np.float64)
-                top = 65535.0 if im.mode.startswith("I;16") or gray.max() <= 65535 else float(gray.max())
-                return np.repeat((gray / top).astype(np.float32)[..., None], 3, axis=-1)
-            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
+        with warnings.catch_warnings():  # the pixel limit below speaks instead of Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return _from_pil(im, name, what=repr(str(path)))
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{name}: {str(path)!r} declares more pixels than the limit of {MAX_PIXELS:,} "
+                         f"(mmexplain.adapters.images.MAX_PIXELS): {exc}") from exc
+    except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{name}: {str(path)!r} is not an image file Pillow can read ({type(exc).__name__})") from exc
+
+
+def _from_pil(im: Any, name: str, *, what: str = "the PIL image") -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] from a PIL image; 16-bit (and 32-bit integer) grayscale keeps its range."""
+    if im.width * im.height > MAX_PIXELS:
+        raise ValueError(
+            f"{name}: {what} is {im.width}x{im.height} pixels, over the limit of "
+            f"{MAX_PIXELS:,} (mmexplain.adapters.images.MAX_PIXELS)"
+        )
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit) grayscale
+        gray = np.asarray(im, dtype=np.float64)
+        if gray.size and gray.min() < 0:
+            raise ValueError(f"{name}: {what} has negative integer pixels (mode {im.mode})")
+        top = 65535.0 if im.mode.startswith("I;16") or gray.size == 0 or gray.max() <= 65535 else float(gray.max())
+        return np.repeat((gray / top).astype(np.float32)[..., None], 3, axis=-1)
+    if im.mode == "F":
+        values = np.asarray(im, dtype=np.float32)
+        _check_unit_range(torch.from_numpy(values), name)
+        return np.repeat(values[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def _from_array(array: np.ndarray, name: str) -> Tensor:
@@ -55,6 +73,10 @@ def _from_array(array: np.ndarray, name: str) -> Tensor:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
         raise ValueError(f"{name}: a numpy image must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name}: the image is empty, shape {array.shape}")
+    if array.shape[0] * array.shape[1] > MAX_PIXELS:
+        raise ValueError(f"{name}: the image has {array.shape[0]}x{array.shape[1]} pixels, over the limit of {MAX_PIXELS:,}")
     array = array[..., :3]
     if array.dtype == np.uint8:
         values = array.astype(np.float32) / 255.0
@@ -97,7 +119,7 @@ def load_image(image: object, *, name: str = "image") -> Tensor:
         import PIL.Image
 
         if isinstance(image, PIL.Image.Image):
-            image = np.asarray(image) if image.mode.startswith("I;16") else np.asarray(image.convert("RGB"))
+            return torch.from_numpy(_from_pil(image, name)).permute(2, 0, 1).contiguous()
     if isinstance(image, np.ndarray):
         return _from_array(image, name).contiguous()
     if not isinstance(image, Tensor):
@@ -109,6 +131,8 @@ def load_image(image: object, *, name: str = "image") -> Tensor:
         img = img[0]
     if img.dim() != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"{name}: a tensor image must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
+    if img.shape[1] == 0 or img.shape[2] == 0:
+        raise ValueError(f"{name}: the image is empty, shape {tuple(image.shape)}")
     if img.dtype == torch.uint8:
         img = img.float() / 255.0
     elif not img.is_floating_point():

@@ -55,7 +55,7 @@ def check_outputs(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.out is None and args.html is None:
         raise CLIError("--out: give a figure (.png, ...) or a report (.html) to write, or --html FILE.html")
     out = check_out(args.out, kind="file", suffixes=OUT_SUFFIXES) if args.out is not None else None
-    html = check_out(args.html, kind="file", suffixes=(".html",)) if args.html is not None else None
+    html = check_out(args.html, kind="file", suffixes=(".html",), option="--html") if args.html is not None else None
     if out is not None and out.suffix.lower() == ".html":
         if html is not None and html != out:
             raise CLIError("--html: --out already names an .html report; give one of them")

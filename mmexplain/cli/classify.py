@@ -81,6 +81,9 @@ def _state_dict(path: Path) -> dict[str, Any]:
             state = state[key]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CLIError(f"--weights {str(path)!r}: expected a state dict (name -> tensor); got {type(state).__name__}")
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CLIError(f"--weights {str(path)!r}: tensor {key!r} holds NaN or inf values")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -111,7 +114,12 @@ def load_classifier(arch: str, weights: str | Path | None) -> Any:
     head = _head_key(model)
     if head is not None and head in state and state[head].shape[0] != model.get_submodule(head[: -len(".weight")]).out_features:
         model = models.get_model(arch, weights=None, num_classes=int(state[head].shape[0]))
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit the architecture
+        lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        detail = lines[0] if lines else (str(exc).strip().splitlines() or ["size mismatch"])[0]
+        raise CLIError(f"--weights {str(weights)!r} do not fit --arch {arch}: {detail[:240]}") from exc
     problems = []
     if result.missing_keys:
         problems.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,12 +74,13 @@ def add_scenes(parser: argparse.ArgumentParser, *, default: int, what: str = "Sh
                         help=f"{what} (default {default})")
 
 
-def check_out(out: str, *, kind: str, suffixes: Sequence[str] = ()) -> Path:
+def check_out(out: str, *, kind: str, suffixes: Sequence[str] = (), option: str = "--out") -> Path:
     """Validate ``--out`` before any work; nothing is created.
 
     Args:
         out: the option's value.
         kind: ``"file"`` (``suffixes`` lists the accepted extensions) or ``"folder"``.
+        option: the option's spelling in messages (``"--json"``, ``"--html"``).
 
     Raises:
         CLIError: a wrong extension, a folder where a file is wanted (or the reverse), or a
@@ -87,21 +89,26 @@ def check_out(out: str, *, kind: str, suffixes: Sequence[str] = ()) -> Path:
     path = Path(out)
     if kind == "file":
         if path.suffix.lower() not in suffixes:
-            raise CLIError(f"--out {out!r}: expected a file ending in {', '.join(suffixes)}")
+            raise CLIError(f"{option} {out!r}: expected a file ending in {', '.join(suffixes)}")
         if path.is_dir():
-            raise CLIError(f"--out {out!r} is a folder; give a file name such as result{suffixes[0]}")
+            raise CLIError(f"{option} {out!r} is a folder; give a file name such as result{suffixes[0]}")
     elif kind == "folder":
         if path.exists() and not path.is_dir():
-            raise CLIError(f"--out {out!r} exists and is not a folder")
+            raise CLIError(f"{option} {out!r} exists and is not a folder")
     else:
         raise ValueError(f"kind: expected 'file' or 'folder', got {kind!r}")
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise CLIError(f"--out {out!r}: {str(parent)!r} is not a folder")
+        raise CLIError(f"{option} {out!r}: {str(parent)!r} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise CLIError(f"--out {out!r}: the folder {str(parent)!r} is not writable")
+        raise CLIError(f"{option} {out!r}: the folder {str(parent)!r} is not writable")
+    try:  # root passes os.access even on /sys or /proc: try a nameless file there, gone at once
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise CLIError(f"{option} {out!r}: cannot write in the folder {str(parent)!r} ({exc.strerror or exc})") from exc
     return path
 
 

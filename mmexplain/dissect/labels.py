@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import operator
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -171,12 +172,18 @@ class NeuronLabels:
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise ValueError(f"data: not a {_FORMAT} document")
         try:
-            units = [UnitLabel(int(u["unit"]), str(u["concept"]), str(u["category"]), float(u["iou"]),
-                               float(u.get("threshold", 0.0)), float(u.get("threshold_error", 0.0)),
-                               {str(c): float(v) for c, v in u.get("ious", {}).items()}) for u in data["units"]]
+            units = [UnitLabel(_unit_id(u["unit"], f"units[{n}].unit"), str(u["concept"]), str(u["category"]),
+                               _number(u["iou"], f"units[{n}].iou"),
+                               _number(u.get("threshold", 0.0), f"units[{n}].threshold"),
+                               _number(u.get("threshold_error", 0.0), f"units[{n}].threshold_error"),
+                               {str(c): _number(v, f"units[{n}].ious[{c!r}]") for c, v in u.get("ious", {}).items()})
+                     for n, u in enumerate(data["units"])]
+            if not isinstance(data["categories"], Mapping):
+                raise TypeError(f"categories must be an object, got {type(data['categories']).__name__}")
             return cls(units, categories=data["categories"], layer=data.get("layer"), quantile=data.get("quantile"),
-                       iou_threshold=float(data.get("iou_threshold", 0.04)), n_images=int(data.get("n_images", 0)))
-        except (KeyError, TypeError) as exc:
+                       iou_threshold=_number(data.get("iou_threshold", 0.04), "iou_threshold"),
+                       n_images=_unit_id(data.get("n_images", 0), "n_images"))
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"data: malformed {_FORMAT} document ({exc!r})") from exc
 
     def to_csv_text(self) -> str:
@@ -206,27 +213,76 @@ class NeuronLabels:
         """Read labels written by :meth:`save` (``iou_threshold`` is used for CSV only,
         which does not store it)."""
         path = Path(path)
+        if path.suffix not in (".json", ".csv"):
+            raise ValueError(f"path: expected a .json or .csv file name, got {str(path)!r}")
+        if not path.is_file():
+            raise FileNotFoundError(f"path: no such labels file: {str(path)!r}")
+        if path.stat().st_size > _MAX_BYTES:
+            raise ValueError(f"path: {str(path)!r} is {path.stat().st_size} bytes, over the limit of {_MAX_BYTES}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"path: {str(path)!r} is not UTF-8 text ({exc.reason})") from exc
         if path.suffix == ".json":
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(text)
+            except RecursionError as exc:
+                raise ValueError(f"path: {str(path)!r} is JSON nested too deeply") from exc
             except json.JSONDecodeError as exc:
                 raise ValueError(f"path: {str(path)!r} is not valid JSON ({exc})") from exc
-            return cls.from_dict(data)
-        if path.suffix != ".csv":
-            raise ValueError(f"path: expected a .json or .csv file name, got {str(path)!r}")
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
+            try:
+                return cls.from_dict(data)
+            except ValueError as exc:
+                raise ValueError(f"path: {str(path)!r}: {exc}") from exc
+        try:
+            rows = list(csv.reader(io.StringIO(text, newline="")))
+        except csv.Error as exc:
+            raise ValueError(f"path: {str(path)!r} is not a readable CSV file ({exc})") from exc
         if not rows or rows[0][:4] != ["unit", "category", "label", "score"]:
             raise ValueError(f"path: {str(path)!r} is not a tally.csv (header unit,category,label,score)")
         header = rows[0]
         concept_cols = [(i, h.split(":", 2)) for i, h in enumerate(header) if h.startswith("iou:")]
+        if any(len(parts) != 3 for _, parts in concept_cols):
+            raise ValueError(f"path: {str(path)!r}: a column name starting iou: must be iou:<category>:<concept>")
         categories = {parts[2]: parts[1] for _, parts in concept_cols}
         col = {h: i for i, h in enumerate(header)}
         units = []
-        for row in rows[1:]:
-            units.append(UnitLabel(
-                int(row[0]), row[2], row[1], float(row[3]),
-                float(row[col["threshold"]]) if "threshold" in col else 0.0,
-                float(row[col["threshold_error"]]) if "threshold_error" in col else 0.0,
-                {parts[2]: float(row[i]) for i, parts in concept_cols}))
+        for n, row in enumerate(rows[1:], start=2):
+            where = f"path: {str(path)!r} line {n}"
+            if len(row) != len(header):
+                raise ValueError(f"{where} has {len(row)} fields, the header {len(header)}")
+            try:
+                units.append(UnitLabel(
+                    _unit_id(row[0], "unit"), row[2], row[1], _number(row[3], "score"),
+                    _number(row[col["threshold"]], "threshold") if "threshold" in col else 0.0,
+                    _number(row[col["threshold_error"]], "threshold_error") if "threshold_error" in col else 0.0,
+                    {parts[2]: _number(row[i], header[i]) for i, parts in concept_cols}))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}: {exc}") from exc
         return cls(units, categories=categories, iou_threshold=iou_threshold)
+
+
+# the largest labels file read (bytes)
+_MAX_BYTES = 64 * 1024 * 1024
+
+
+def _number(value: Any, what: str) -> float:
+    """A finite float from a JSON number or CSV field; ValueError naming ``what`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return number
+
+
+def _unit_id(value: Any, what: str) -> int:
+    """A non-negative int from a JSON number or CSV field; ValueError naming ``what`` otherwise."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"{what} must be a non-negative integer, got {value!r}")

@@ -8,13 +8,21 @@ the module runs several times in one forward. ``edited_forward`` runs one more f
 with that tensor replaced (Ablation-CAM). ``replace_image`` and ``_repeat_rows`` build
 perturbed copies of multimodal inputs. Hooks live for one call and are removed in
 ``finally``.
+
+Threads: a hook acts only in the thread that registered it (the capture records the
+thread's id); a forward of the same model in another thread passes through it untouched,
+so one model can be explained and used from several threads at once, each call seeing
+only its own forward. ``kept_buffers`` restores every buffer (BatchNorm running
+statistics) a training-mode forward updates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +33,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CAMResult", "resolve_layer", "upsample_and_normalize", "call_model", "find_image", "replace_image",
-    "edited_forward", "module_name",
+    "edited_forward", "module_name", "kept_buffers", "check_finite",
 ]
 
 LayerSpec = str | nn.Module
@@ -230,7 +238,11 @@ def _first_tensor(output: Any, name: str) -> Tensor:
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
-    raise TypeError(f"layer {name!r} returned {type(output).__name__}; expected a tensor or a tuple starting with one")
+    first = f" whose first item is {type(output[0]).__name__}" if isinstance(output, (tuple, list)) and output else ""
+    raise TypeError(
+        f"layer {name!r} returns a {type(output).__name__}{first}, not a tensor; Grad-CAM explains a tensor "
+        "activation: choose a layer whose output is a (B, K, u, v) tensor, or a (B, T, D) one with reshape="
+    )
 
 
 def _replace_first(output: Any, tensor: Tensor) -> Any:
@@ -269,6 +281,7 @@ class _Capture:
         self.call = call
         self.leaves: dict[str, Tensor] = {}
         self.calls: dict[str, int] = dict.fromkeys(layers, 0)
+        self.thread = threading.get_ident()  # hooks act only for forwards in this thread
 
     def register(self) -> list[Any]:
         """Register one hook per layer; the caller removes the returned handles in ``finally``."""
@@ -277,7 +290,7 @@ class _Capture:
             for i, (name, module) in enumerate(self.layers.items()):
                 first = i == 0
                 take = _at_call(self.calls, name, self.call if first else None, self._take(name))
-                handles.append(_hook_tensor(module, name, take, input=self.input and first))
+                handles.append(_hook_tensor(module, name, take, input=self.input and first, thread=self.thread))
         except BaseException:
             for handle in handles:
                 handle.remove()
@@ -289,6 +302,8 @@ class _Capture:
         take = _at_call(self.calls, name, None, self._take(name))
 
         def fn(module: nn.Module, args: Any, output: Any) -> Any:
+            if threading.get_ident() != self.thread:
+                return None  # another thread's forward: not this call's
             new = take(_first_tensor(output, name))
             return None if new is None else _replace_first(output, new)
 
@@ -349,21 +364,31 @@ def _at_call(
     return at
 
 
-def _hook_tensor(module: nn.Module, name: str, fn: Callable[[Tensor], Tensor | None], *, input: bool) -> Any:
+def _hook_tensor(
+    module: nn.Module, name: str, fn: Callable[[Tensor], Tensor | None], *, input: bool, thread: int | None = None
+) -> Any:
     """Register ``fn(tensor) -> replacement | None`` on the module's output, or on its first tensor input.
+
+    The hook acts only for forwards run by the thread ``thread`` (default: the calling
+    thread); other threads' forwards through the module pass untouched.
 
     Returns:
         The hook's handle.
     """
+    owner = threading.get_ident() if thread is None else thread
     if not input:
 
         def post(module: nn.Module, args: Any, output: Any) -> Any:
+            if threading.get_ident() != owner:
+                return None
             new = fn(_first_tensor(output, name))
             return None if new is None else _replace_first(output, new)
 
         return module.register_forward_hook(post)
 
     def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if threading.get_ident() != owner:
+            return None
         for i, value in enumerate(args):
             if isinstance(value, Tensor):
                 new = fn(value)
@@ -405,6 +430,37 @@ def edited_forward(
     if counts[name] <= (call or 0):
         raise ValueError(f"layer {name!r} ran {counts[name]} time(s) in the forward pass; call={call} was not reached")
     return output
+
+
+@contextlib.contextmanager
+def kept_buffers(model: nn.Module) -> Iterator[None]:
+    """Restore every buffer of ``model`` on exit (also after an exception).
+
+    A forward in training mode updates BatchNorm's ``running_mean``, ``running_var`` and
+    ``num_batches_tracked``; an explanation must not. Nothing is copied when no module
+    is in training mode (eval-mode forwards change no buffer).
+    """
+    if not any(m.training for m in model.modules()):
+        yield
+        return
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def check_finite(tensor: Tensor, what: str) -> None:
+    """ValueError naming ``what`` when ``tensor`` holds NaN or infinity."""
+    if tensor.is_floating_point() or tensor.is_complex():
+        bad = ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{what} is not finite ({int(bad.sum())} of {tensor.numel()} values are NaN or inf); "
+                "check the input image and the model's weights"
+            )
 
 
 def _check_site(input: Any, call: Any) -> None:

@@ -51,8 +51,8 @@ from torch import Tensor, nn
 
 from ..targets import Target
 from .base import (
-    CAMResult, LayerSpec, _batch_rows, _Capture, _check_site, _detach, call_model, edited_forward, find_image, module_name,
-    resolve_layer, upsample_and_normalize,
+    CAMResult, LayerSpec, _batch_rows, _Capture, _check_site, _detach, call_model, check_finite, edited_forward, find_image,
+    kept_buffers, module_name, resolve_layer, upsample_and_normalize,
 )
 
 __all__ = ["GradCAM", "Call"]
@@ -187,6 +187,19 @@ class GradCAM:
         Returns:
             CAMResult; see its docstring for shapes.
         """
+        with kept_buffers(self.model):  # a training-mode forward must not move BatchNorm statistics
+            return self._explain(inputs, targets, size=size, extra_layers=extra_layers, targets_in_batch=targets_in_batch)
+
+    def _explain(
+        self,
+        inputs: Any,
+        targets: Target | Sequence[Target],
+        *,
+        size: tuple[int, int] | None = None,
+        extra_layers: Mapping[str, LayerSpec] | None = None,
+        targets_in_batch: bool = False,
+    ) -> CAMResult:
+        """``__call__`` without the buffer bookkeeping."""
         many = isinstance(targets, (list, tuple))
         target_list = list(targets) if many else [targets]
         if not target_list:
@@ -200,8 +213,8 @@ class GradCAM:
             raise RuntimeError(f"{type(self).__name__} needs autograd: call it outside torch.inference_mode()")
         if self.model.training:
             warnings.warn(
-                "model is in training mode: dropout and batch-norm statistics change the explanation "
-                "(and batch-norm running stats); call model.eval() first",
+                "model is in training mode: dropout and batch-norm batch statistics change the explanation "
+                "(the running statistics are restored afterwards); call model.eval() first",
                 stacklevel=2,
             )
         layers = {self.layer_name: self.layer}
@@ -216,6 +229,7 @@ class GradCAM:
         if copies > 1 and extra_layers:
             raise ValueError("extra_layers: not supported together with targets_in_batch=True")
         output, leaves = self._forward(inputs, layers, copies=copies)
+        check_finite(leaves[self.layer_name].detach(), f"layer {self.layer_name!r} activation")
         if self.needs_gradient:
             scores, grads = self._backward(output, target_list, leaves, copies=copies)
         else:
@@ -275,6 +289,9 @@ class GradCAM:
         if not isinstance(score, Tensor) or score.shape != (batch,):
             got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
             raise ValueError(f"target {i} ({target!r}) must return one scalar per sample, shape ({batch},); got {got}")
+        if not score.is_floating_point():
+            raise TypeError(f"target {i} ({target!r}) must return a real floating-point score, got dtype {score.dtype}")
+        check_finite(score.detach(), f"target {i} ({target!r}) score")
         return score
 
     def _scores(self, output: Any, targets: list[Target], *, batch: int) -> Tensor:
@@ -315,6 +332,8 @@ class GradCAM:
         missing = [name for name, g in zip(leaves, grads) if g is None]
         if missing:
             raise ValueError(f"the targets do not depend on layer {missing[0]!r}: its gradient is None")
+        for name, g in zip(leaves, grads):
+            check_finite(g, f"gradient of the target score(s) at layer {name!r}")
         return stacked.detach(), grads
 
     @staticmethod

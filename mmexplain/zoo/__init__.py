@@ -49,7 +49,7 @@ ALL_NAMES = NAMES + HF_NAMES
 WEIGHTS, CONFIG, VOCAB, CARD = "weights.safetensors", "config.json", "vocab.json", "CARD.md"
 
 __all__ = ["NAMES", "HF_NAMES", "ALL_NAMES", "load", "new", "save", "build", "default_root", "folder", "check_name",
-           "config_class", "default_vocab", "model_name", "vocab_json", "write_checkpoint", "Captioner",
+           "config_class", "check_config", "default_vocab", "model_name", "vocab_json", "write_checkpoint", "Captioner",
            "CaptionerConfig", "Classifier", "ClassifierConfig", "VQA", "VQAConfig", "Vocab", "tokenize",
            "caption_vocab", "question_vocab"]
 
@@ -57,9 +57,53 @@ __all__ = ["NAMES", "HF_NAMES", "ALL_NAMES", "load", "new", "save", "build", "de
 _CAPTIONER_LEGACY = ("grid", "grid_channels")
 
 
+# the largest config.json / vocab.json read (bytes): the shipped ones are a few kB
+MAX_JSON_BYTES = 4 * 1024 * 1024
+# the largest size setting a config may ask for (channels, hidden sizes, image side)
+MAX_SIZE = 8192
+
+
 def default_root() -> Path:
-    """The package's ``models/`` folder (beside the ``mmexplain`` package)."""
-    return Path(__file__).resolve().parents[2] / "models"
+    """The shipped checkpoints: the repository's top-level ``models/`` (a source checkout or
+    an editable install), else the copy an installed wheel carries as ``mmexplain/shipped``."""
+    package = Path(__file__).resolve().parents[1]
+    repo = package.parent / "models"
+    if (repo / "classifier").is_dir():
+        return repo
+    installed = package / "shipped"
+    return installed if installed.is_dir() else repo
+
+
+def check_config(name: str, config: Mapping[str, Any]) -> None:
+    """Types and ranges of a CNN model's config fields, before anything is built.
+
+    Raises:
+        ValueError: a field of the wrong type or outside its range (named, with the value).
+    """
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(config_class(name))}
+    for key, value in config.items():
+        if key not in fields:
+            continue
+        default = fields[key].default
+        where = f"config: {name} setting {key!r}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{where} must be an integer, got {value!r}")
+            low = 0 if key in ("extra", "grid", "grid_channels") else 1
+            if not low <= value <= MAX_SIZE:
+                raise ValueError(f"{where} must be in {low}..{MAX_SIZE}, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{where} must be a number in [0, 1), got {value!r}")
+        elif isinstance(default, tuple):
+            if (not isinstance(value, (list, tuple)) or len(value) != len(default)
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE for v in value)):
+                raise ValueError(f"{where} must be {len(default)} integers in 1..{MAX_SIZE}, got {value!r}")
 
 
 def check_name(name: object, *, what: str = "name") -> str:
@@ -115,6 +159,7 @@ def build(name: str, config: Mapping[str, Any], vocab: Mapping[str, Any]) -> nn.
         near = difflib.get_close_matches(unknown[0], fields, n=1)
         raise ValueError(f"config: {name} has no setting {unknown[0]!r}"
                          + (f" (nearest: {near[0]})" if near else f"; it has {', '.join(sorted(fields))}"))
+    check_config(name, config)
     if name == "classifier":
         return Classifier(ClassifierConfig(**config), vocab.get("classes"))
     if name == "captioner":
@@ -231,8 +276,14 @@ def save(model: Any, out: str | os.PathLike) -> Path:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"missing checkpoint file: {path}")
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"corrupt checkpoint file {path}: {size} bytes, more than a checkpoint's JSON "
+                         f"holds ({MAX_JSON_BYTES} at most)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError as exc:
+        raise ValueError(f"corrupt checkpoint file {path}: JSON nested too deeply") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"corrupt checkpoint file {path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
@@ -272,6 +323,9 @@ def _load_cnn(name: str, path: Path) -> nn.Module:
 
     config = _read_json(path / CONFIG)
     vocab = _read_json(path / VOCAB)
+    if not isinstance(config.get("config"), dict):
+        raise ValueError(f"corrupt checkpoint file {path / CONFIG}: 'config' must be a JSON object, "
+                         f"got {type(config.get('config')).__name__}")
     if config.get("name") != name:
         raise ValueError(f"corrupt checkpoint file {path / CONFIG}: it describes {config.get('name')!r}, not {name!r}")
     try:
@@ -288,5 +342,12 @@ def _load_cnn(name: str, path: Path) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"checkpoint file {weights} does not match {CONFIG}: {exc}") from exc
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise ValueError(f"checkpoint file {weights} does not match {CONFIG}: {detail}") from exc
+    import torch
+
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"corrupt checkpoint file {weights}: weights {key!r} hold NaN or inf")
     return model.eval()

@@ -132,7 +132,7 @@ class Captioner(nn.Module):
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
         if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
             raise ValueError(f"beam must be a positive int, got {beam!r}")
-        was_training = self.training
+        flags = [(m, m.training) for m in self.modules()]  # every module's own flag, mixed ones included
         self.eval()
         try:
             f = self.image_features(images)  # (B, F)
@@ -140,7 +140,8 @@ class Captioner(nn.Module):
                 return self._greedy(f, max_len)
             return [self._beam(f[i:i + 1], max_len, beam) for i in range(f.shape[0])]
         finally:
-            self.train(was_training)
+            for module, training in flags:
+                module.training = training
 
     def _step(self, f: torch.Tensor, tok: torch.Tensor, state):
         x = torch.cat([self.embed(tok), f], dim=1).unsqueeze(1)  # (B, 1, E+F)
