@@ -21,6 +21,16 @@ Protocols (see DESIGN.md, "Protocols"):
 * Deletion / insertion (Petsiuk et al., "RISE", BMVC 2018): remove (or insert) pixels
   in order of decreasing saliency and take the area under the curve of the target's
   probability.
+* ROAD (Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution
+  Methods", ICML 2022): remove pixels by noisy linear imputation (each removed pixel is
+  the weighted mean of its 8 neighbours, solved jointly as a sparse linear system, plus
+  Gaussian noise) so that the perturbed image stays close to the data, and read the
+  target's probability most-relevant-first (MoRF, lower is better) and
+  least-relevant-first (LeRF, higher is better).
+* Map similarity for sanity checks (Adebayo et al., "Sanity Checks for Saliency Maps",
+  NeurIPS 2018): Spearman rank correlation (average ranks for ties, as
+  ``scipy.stats.spearmanr``) and SSIM (Wang et al. 2004, 7 x 7 uniform window, as
+  ``skimage.metrics.structural_similarity``).
 
 Baseline maps: :func:`uniform_map`, :func:`center_prior`, :func:`random_map`.
 
@@ -58,6 +68,12 @@ __all__ = [
     "DeletionInsertion",
     "deletion_insertion",
     "gaussian_blur",
+    "noisy_linear_imputation",
+    "ROAD",
+    "road",
+    "rank",
+    "spearman",
+    "ssim",
     "uniform_map",
     "center_prior",
     "random_map",
@@ -424,6 +440,220 @@ def deletion_insertion(
                 raise ValueError(f"model_fn: expected one probability per image, got {probs.numel()} for {steps + 1} images")
             curves.append(probs.detach().float())
     return DeletionInsertion(curves[0], curves[1], _auc(curves[0]), _auc(curves[1]))
+
+
+# ----------------------------------------------------------------------------- ROAD
+
+_NEIGHBOURS = ((1, 0, 1 / 6), (0, 1, 1 / 6), (-1, 0, 1 / 6), (0, -1, 1 / 6),
+               (1, 1, 1 / 12), (1, -1, 1 / 12), (-1, 1, 1 / 12), (-1, -1, 1 / 12))  # (dy, dx, weight), Rong et al.
+
+
+def noisy_linear_imputation(image: Tensor, removed: Tensor, *, noise: float = 0.01,
+                            generator: torch.Generator | None = None) -> Tensor:
+    """Replace the removed pixels by the weighted mean of their neighbours, plus noise (ROAD).
+
+    Rong et al. 2022: for every removed pixel i, with w_ij = 1/6 for the 4 direct and 1/12
+    for the 4 diagonal neighbours j inside the image,
+
+        (sum_j w_ij) x_i - sum_{j removed} w_ij x_j = sum_{j kept} w_ij v_j,
+
+    one sparse linear system over all removed pixels (every channel a right-hand side),
+    solved with ``scipy.sparse.linalg.spsolve``; then ``noise * N(0, 1)`` is added to the
+    imputed values. A removed region without any kept neighbour would make the system
+    singular; a ridge term ``1e-6 (x_i - m)`` (m: the mean of the kept pixels, 0.5 when
+    none is kept) fixes it and changes nothing measurable elsewhere. A constant image is
+    imputed as the constant, a linear ramp (away from the image border) as the ramp.
+
+    Args:
+        image: (C, H, W).
+        removed: (H, W) bool, the pixels to impute.
+        noise: standard deviation of the added Gaussian noise (Rong et al.: 0.01); 0 for none.
+        generator: seeds the noise.
+
+    Returns:
+        (C, H, W) on the image's device, equal to ``image`` on the kept pixels.
+    """
+    import numpy as np
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
+    if not isinstance(image, Tensor) or image.dim() != 3:
+        raise ValueError(f"image: expected a (C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
+    removed = _check_mask(removed, image.shape[-2:], "removed", nonempty=False)
+    if not noise >= 0:
+        raise ValueError(f"noise: expected a standard deviation >= 0, got {noise!r}")
+    if not bool(removed.any()):
+        return image.clone()
+    c, h, w = image.shape
+    values = image.detach().double().cpu().numpy().reshape(c, h * w).T  # (H*W, C)
+    hole = removed.cpu().numpy().reshape(-1)  # (H*W,)
+    index = np.full(h * w, -1)
+    index[hole] = np.arange(int(hole.sum()))
+    ys, xs = np.divmod(np.flatnonzero(hole), w)  # (n,), (n,)
+    n = len(ys)
+    kept_mean = values[~hole].mean(axis=0) if bool((~hole).any()) else np.full(c, 0.5)  # (C,)
+    ridge = 1e-6
+    diagonal = np.full(n, ridge)
+    rhs = np.tile(ridge * kept_mean, (n, 1))  # (n, C)
+    rows, cols, data = [], [], []
+    for dy, dx, weight in _NEIGHBOURS:
+        ny, nx = ys + dy, xs + dx
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        diagonal[inside] += weight
+        j = ny[inside] * w + nx[inside]
+        i = np.flatnonzero(inside)
+        known = ~hole[j]
+        rhs[i[known]] += weight * values[j[known]]
+        rows.append(i[~known]); cols.append(index[j[~known]]); data.append(np.full(int((~known).sum()), -weight))
+    matrix = sparse.csr_matrix((np.concatenate([diagonal, *data]),
+                                (np.concatenate([np.arange(n), *rows]), np.concatenate([np.arange(n), *cols]))),
+                               shape=(n, n))
+    solved = spsolve(matrix.tocsc(), rhs).reshape(n, c)  # (n, C)
+    out = image.detach().clone()
+    filled = torch.from_numpy(solved.T.copy()).to(image.dtype).to(image.device)  # (C, n)
+    if noise > 0:
+        filled = filled + noise * torch.randn(filled.shape, generator=generator).to(image.dtype).to(image.device)
+    flat = out.reshape(c, h * w)
+    flat[:, torch.from_numpy(np.flatnonzero(hole)).to(image.device)] = filled
+    return flat.reshape(c, h, w)
+
+
+@dataclass
+class ROAD:
+    """ROAD curves (Rong et al. 2022) at the removed fractions ``fractions``.
+
+    Attributes:
+        fractions: (S,) share of the pixels removed at each point.
+        morf: (S,) target probability, the most relevant pixels removed first (lower is better).
+        lerf: (S,) the least relevant pixels removed first (higher is better).
+        morf_auc: mean of ``morf`` (the area over the fractions, as Rong et al. report it).
+        lerf_auc: mean of ``lerf``.
+    """
+
+    fractions: Tensor
+    morf: Tensor
+    lerf: Tensor
+    morf_auc: float
+    lerf_auc: float
+
+
+def road(
+    model_fn: Callable[[Tensor], Tensor],
+    image: Tensor,
+    saliency: Tensor,
+    *,
+    fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    noise: float = 0.01,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> ROAD:
+    """Remove and debias (ROAD): pixels removed by noisy linear imputation, MoRF and LeRF curves.
+
+    Pixels are ranked by decreasing saliency (ties: row-major). At fraction f the top
+    (MoRF) or bottom (LeRF) ``ceil(f H W)`` pixels are imputed by
+    :func:`noisy_linear_imputation`; ``model_fn`` reads every imputed image.
+
+    Args:
+        model_fn: ``images (N, C, H, W) -> (N,)`` probability of the explained target.
+        image: (C, H, W).
+        saliency: (H, W) at the image's size.
+        fractions: removed shares, each in (0, 1].
+        noise: imputation noise (Rong et al.: 0.01).
+        seed: seeds the noise (the same noise for every map of one image).
+        batch_size: images per ``model_fn`` call.
+
+    Returns:
+        :class:`ROAD`.
+    """
+    saliency = _check_map(saliency)
+    if not isinstance(image, Tensor) or image.dim() != 3:
+        raise ValueError(f"image: expected a (C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
+    if tuple(image.shape[-2:]) != tuple(saliency.shape):
+        raise ValueError(f"saliency: expected the image's size {tuple(image.shape[-2:])}, got {tuple(saliency.shape)}")
+    fractions = [float(f) for f in fractions]
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions: expected shares in (0, 1], got {fractions!r}")
+    h, w = saliency.shape
+    order = torch.argsort(-saliency.flatten(), stable=True)  # (H*W,)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(h * w, device=order.device)  # (H*W,)
+    generator = torch.Generator().manual_seed(seed)
+    curves = []
+    for most_first in (True, False):
+        images = []
+        for f in fractions:
+            k = math.ceil(f * h * w)
+            chosen = (rank < k) if most_first else (rank >= h * w - k)
+            images.append(noisy_linear_imputation(image, chosen.reshape(h, w), noise=noise, generator=generator))
+        batch = torch.stack(images)  # (S, C, H, W)
+        with torch.no_grad():
+            probs = torch.cat([model_fn(batch[i:i + batch_size]).reshape(-1) for i in range(0, len(batch), batch_size)])
+        if probs.shape != (len(fractions),):
+            raise ValueError(f"model_fn: expected one probability per image, got {probs.numel()} for {len(fractions)}")
+        curves.append(probs.detach().float())
+    return ROAD(torch.tensor(fractions), curves[0], curves[1], float(curves[0].mean()), float(curves[1].mean()))
+
+
+# ----------------------------------------------------------------------------- map similarity
+
+
+def rank(values: Tensor) -> Tensor:
+    """Ranks 1..n of a 1-D tensor, ties given their average rank (``scipy.stats.rankdata``)."""
+    if not isinstance(values, Tensor) or values.dim() != 1:
+        raise ValueError(f"values: expected a 1-D tensor, got {getattr(values, 'shape', type(values).__name__)}")
+    order = torch.argsort(values, stable=True)
+    ordered = values[order]
+    _, counts = torch.unique_consecutive(ordered, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()  # (u,) last rank of each tie group
+    average = ends - (counts.double() - 1) / 2  # (u,)
+    out = torch.empty(values.numel(), dtype=torch.float64, device=values.device)
+    out[order] = torch.repeat_interleave(average, counts)
+    return out
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two maps of the same shape (Pearson of the average ranks).
+
+    A constant map has no ranking: the correlation is NaN (as ``scipy.stats.spearmanr``).
+    """
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape:
+        raise ValueError(f"a, b: expected two tensors of one shape, got {getattr(a, 'shape', a)} and {getattr(b, 'shape', b)}")
+    ra, rb = rank(a.detach().flatten().double()), rank(b.detach().flatten().double())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = torch.sqrt((ra**2).sum() * (rb**2).sum())
+    if bool(denominator == 0):
+        return math.nan
+    return float((ra * rb).sum() / denominator)
+
+
+def ssim(a: Tensor, b: Tensor, *, data_range: float = 1.0, window: int = 7) -> float:
+    """Mean structural similarity of two (H, W) maps (Wang et al. 2004).
+
+    SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2)) per
+    ``window`` x ``window`` uniform window, C1 = (0.01 R)^2, C2 = (0.03 R)^2, sample
+    covariances; averaged over the windows that lie wholly inside the image -- the
+    numbers of ``skimage.metrics.structural_similarity(a, b, data_range=R)``.
+
+    Args:
+        a, b: (H, W) maps, each side >= ``window``.
+        data_range: R, the value range of the maps (1 for maps in [0, 1]).
+        window: odd window side.
+    """
+    a, b = _check_map(a, "a").double(), _check_map(b, "b").double()
+    if a.shape != b.shape:
+        raise ValueError(f"b: expected the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
+    if window % 2 == 0 or min(a.shape) < window:
+        raise ValueError(f"window: expected an odd side <= the map's sides {tuple(a.shape)}, got {window}")
+    if not data_range > 0:
+        raise ValueError(f"data_range: expected a range > 0, got {data_range!r}")
+    kernel = torch.full((1, 1, window, window), 1.0 / window**2, dtype=torch.float64, device=a.device)
+    stack = torch.stack([a, b, a * a, b * b, a * b])[:, None]  # (5, 1, H, W)
+    mu_a, mu_b, aa, bb, ab = F.conv2d(stack, kernel)[:, 0]  # each (H-w+1, W-w+1)
+    norm = window**2 / (window**2 - 1)
+    var_a, var_b, cov = norm * (aa - mu_a**2), norm * (bb - mu_b**2), norm * (ab - mu_a * mu_b)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
 
 
 # ----------------------------------------------------------------------------- baselines

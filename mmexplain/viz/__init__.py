@@ -3,6 +3,7 @@
 - ``core``: overlays of a map on an image with an exact, aligned colour bar; batch figures.
 - ``caption``: one panel per caption word; VQA answer + counterfactual figures.
 - ``units``: Network Dissection unit galleries.
+- ``sanity``: sanity-check curves (map similarity per randomisation stage).
 - ``report``: a self-contained interactive HTML report (point at a word, see its map);
   ``show`` renders it inline in a notebook.
 """
@@ -20,6 +21,7 @@ _LAZY_NAMES = {
     "plot_caption": "caption",
     "plot_answer": "caption",
     "plot_unit_gallery": "units",
+    "plot_sanity": "sanity",
     "caption_view": "report",
     "answer_view": "report",
     "render_report": "report",
