@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "classify": "mmexplain.cli.classify",
     "evaluate": "mmexplain.cli.evaluate",
     "dissect": "mmexplain.cli.dissect",
+    "explain-dataset": "mmexplain.cli.explain_dataset",
     "train": "mmexplain.cli.train",
 }
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        getattr(importlib.import_module(module_name), f"add_{name}_command")(sub)
+        getattr(importlib.import_module(module_name), f"add_{name.replace('-', '_')}_command")(sub)
     return parser
 
 

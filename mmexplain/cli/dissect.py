@@ -4,8 +4,12 @@ Writes ``DIR/tally.csv`` (NetDissect columns: unit, category, label, score, then
 every concept's IoU), ``DIR/labels.json`` (:class:`~mmexplain.dissect.NeuronLabels`)
 and ``DIR/units.png`` (the unit gallery), and prints the summary.
 
+Under torchrun every rank dissects its share of the scenes; the thresholds' histograms
+and the IoU counts are all-reduced and rank 0 writes the folder (and draws the gallery).
+
 Example:
     $ mmexplain dissect classifier --scenes 1000 --out runs/dissect_classifier
+    $ torchrun --nproc-per-node 2 -m mmexplain dissect classifier --scenes 1000 --workers 2 --out runs/d
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from .common import CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, nonnegative_int, positive_int
+from .explain_dataset import add_runner_options, runner_from_args
 
 
 def _fraction(text: str) -> float:
@@ -44,7 +49,9 @@ def add_dissect_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--top", type=positive_int, default=4, help="images per unit in the gallery")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced whole when complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-gallery", action="store_true", help="skip units.png (the top images per unit)")
     add_threads(p)
+    add_runner_options(p)
     p.set_defaults(func=_dissect_handler)
     return p
 
@@ -64,15 +71,23 @@ def _dissect_handler(args: argparse.Namespace) -> int:
     layer = args.layer or model.default_layer
     size = getattr(getattr(model, "config", None), "image_size", 96)
     data = mx.world.concept_dataset(args.scenes, seed=args.seed, size=size)
-    labels = dissect(model, layer, data, quantile=args.quantile, iou_threshold=args.iou_threshold,
-                     batch_size=args.batch_size, forward=image_forward, progress=not args.quiet)
-    units = [u.unit for u in labels.detectors()[:args.units] or labels.top(args.units)]
-    tops = top_activating(model, layer, data, units, top=args.top, batch_size=args.batch_size,
-                          forward=image_forward, progress=not args.quiet)
-    with atomic_folder(out) as tmp:
-        labels.save(tmp / "tally.csv")
-        labels.save(tmp / "labels.json")
-        mx.viz.save_figure(mx.viz.plot_unit_gallery(tops, labels), tmp / "units.png")
-    print(f"{args.model} {labels.summary()}")
-    print(f"wrote {out / 'tally.csv'}, {out / 'labels.json'}, {out / 'units.png'}")
+    with runner_from_args(args, progress=not args.quiet) as runner:
+        model.to(runner.device)
+        labels = dissect(model, layer, data, quantile=args.quantile, iou_threshold=args.iou_threshold,
+                         batch_size=args.batch_size, forward=image_forward, progress=not args.quiet, runner=runner)
+        runner.report("dissect", 2 * len(runner.shard(len(data))))
+        if not runner.main:
+            return 0
+        written = [out / "tally.csv", out / "labels.json"]
+        with atomic_folder(out) as tmp:
+            labels.save(tmp / "tally.csv")
+            labels.save(tmp / "labels.json")
+            if not args.no_gallery:
+                units = [u.unit for u in labels.detectors()[:args.units] or labels.top(args.units)]
+                tops = top_activating(model, layer, data, units, top=args.top, batch_size=args.batch_size,
+                                      forward=image_forward, progress=not args.quiet)
+                mx.viz.save_figure(mx.viz.plot_unit_gallery(tops, labels), tmp / "units.png")
+                written.append(out / "units.png")
+        print(f"{args.model} {labels.summary()}")
+        print(f"wrote {', '.join(map(str, written))}")
     return 0

@@ -9,6 +9,7 @@ named shipped model (captioner, vqa, classifier, tiny-ved, tiny-vilt, ...).
 Example:
     $ mmexplain evaluate grounding --scenes 500 --json grounding.json
     $ mmexplain evaluate grounding --methods all --scenes 200
+    $ torchrun --nproc-per-node 2 -m mmexplain evaluate grounding --scenes 500 --workers 2
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from .evaluate_protocols import add_protocol_commands
 from .common import CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, nonnegative_int
+from .explain_dataset import add_runner_options, runner_from_args
 
 __all__ = ["add_evaluate_command"]
 
@@ -37,21 +39,31 @@ def _grounding_handler(args: argparse.Namespace) -> int:
             raise CLIError(f"--on: expected shipped model names from {', '.join(zoo.ALL_NAMES)}, got {args.on!r}")
     apply_threads(args)
     seeds = world.split_seeds("test", args.scenes, start=args.start)
-    if on is not None or args.methods == "all":
-        names = on or [n for n in zoo.ALL_NAMES if (zoo.folder(n, args.models)).is_dir()]
-        models = {n: zoo.load(n, args.models) for n in names}
-        report = grounding.leaderboard(models, seeds, methods=methods, seed=args.seed)
-        print(grounding.format_leaderboard(report))
-    else:
-        captioner = zoo.load("captioner", args.models)
-        vqa = zoo.load("vqa", args.models)
-        report = grounding.grounding_report(captioner, vqa, seeds, methods=methods, layer=args.layer,
-                                            vqa_layer=args.vqa_layer, seed=args.seed)
-        print(grounding.format_report(report))
-    if args.json is not None:
-        write_json(args.json, report)
-        print(f"wrote {args.json}")
+    with runner_from_args(args) as runner:
+        if on is not None or args.methods == "all":
+            names = on or [n for n in zoo.ALL_NAMES if (zoo.folder(n, args.models)).is_dir()]
+            models = {n: _placed(zoo.load(n, args.models), runner.device) for n in names}
+            report = grounding.leaderboard(models, seeds, methods=methods, seed=args.seed, runner=runner)
+            text = grounding.format_leaderboard(report)
+        else:
+            captioner = _placed(zoo.load("captioner", args.models), runner.device)
+            vqa = _placed(zoo.load("vqa", args.models), runner.device)
+            report = grounding.grounding_report(captioner, vqa, seeds, methods=methods, layer=args.layer,
+                                                vqa_layer=args.vqa_layer, seed=args.seed, runner=runner)
+            text = grounding.format_report(report)
+        runner.report("evaluate grounding", len(runner.shard(len(seeds))))
+        if runner.main:
+            print(text)
+            if args.json is not None:
+                write_json(args.json, report)
+                print(f"wrote {args.json}")
     return 0
+
+
+def _placed(model: Any, device: str) -> Any:
+    """``model`` (a zoo module or an adapter) with its weights on ``device``."""
+    (model if hasattr(model, "parameters") else model.model).to(device)
+    return model
 
 
 def _methods(args: argparse.Namespace) -> list[str] | str:
@@ -77,7 +89,9 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
                        description="Explain the ground-truth caption words and VQA answers of held-out ShapeWorld "
                                    "scenes and compare each map with the referred object's mask.")
     add_scenes(g, default=500, what="held-out test scenes")
-    g.add_argument("--start", type=nonnegative_int, default=0, help="offset into the test split (default 0)")
+    g.add_argument("--offset", "--start", dest="start", type=nonnegative_int, default=0,
+                   help="offset into the test split (default 0; --start is kept for plain runs, torchrun reads it "
+                        "as its --start-method)")
     g.add_argument("--layer", default=None, help="layer to explain (default: the models' default_layer)")
     g.add_argument("--vqa-layer", default=None, help="VQA layer, if not --layer")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random-map baseline (default 0)")
@@ -89,6 +103,7 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="shipped models for the leaderboard, comma-separated (default with --methods all: every one)")
     g.add_argument("--no-guided", action="store_true", help="leave Guided Grad-CAM out (faster)")
     add_threads(g, default=None)
+    add_runner_options(g)
     g.set_defaults(func=_grounding_handler)
     add_protocol_commands(sub)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,9 @@ from torch import Tensor, nn
 from .iou import IoUTally
 from .labels import NeuronLabels, UnitLabel
 from .quantile import StreamingQuantile
+
+if TYPE_CHECKING:
+    from ..evaluation.runner import Runner
 
 __all__ = ["dissect", "image_forward"]
 
@@ -170,6 +173,15 @@ def model_device(model: nn.Module, device: str | torch.device | None) -> torch.d
     return dev
 
 
+def _autocast(forward: ForwardFn, runner: Runner) -> ForwardFn:
+    """``forward`` run under the runner's autocast dtype."""
+    def run(model: nn.Module, images: Tensor) -> Any:
+        with runner.autocast():
+            return forward(model, images)
+
+    return run
+
+
 def check_reiterable(dataset: Any) -> None:
     """Reject a one-shot iterator: :func:`dissect` reads the dataset twice."""
     if iter(dataset) is dataset:
@@ -189,10 +201,60 @@ def resolve_categories(dataset: Any, categories: Mapping[str, str] | None) -> Ma
     return categories
 
 
+_LADDER = 1 + 1e-6
+
+
+def _start_histogram(acts: Tensor, bins: int) -> StreamingQuantile:
+    """A histogram whose starting range is on a fixed ladder: R_k = c 2^e, the smallest above max |a_k|.
+
+    Ranges on one ladder (c = 1 + 1e-6, so that values such as 1.0 or 0.5 fall inside
+    a bin, not on its edge) make every process's bins nest in every other's, so the
+    histograms of several ranks merge (:func:`_merge_histogram`) into the histogram
+    one process would have built; R_k <= 2 c max |a_k| keeps the error bound of
+    :class:`StreamingQuantile` (to a factor c).
+    """
+    hist = StreamingQuantile(acts.shape[1], bins=bins)
+    absmax = acts.detach().abs().amax(dim=(0, 2, 3)).double().cpu()  # (K,)
+    exponent = torch.floor(torch.log2(absmax.clamp(min=2.0 ** -40) / _LADDER)) + 1  # c 2^e > absmax
+    hist.radius = _LADDER * torch.pow(2.0, exponent).to(torch.float64)  # (K,)
+    return hist
+
+
+def _merge_histogram(hist: StreamingQuantile, runner: Runner) -> None:
+    """Sum every rank's histogram into ``hist``: grow each to the largest range, then all-reduce the counts."""
+    radius = runner.max(hist.radius)  # (K,)
+    hist._grow(radius / 2 * (1 + 1e-9))  # one ladder: each row doubles until it reaches the common range
+    hist.counts = runner.sum(hist.counts)  # (K, bins)
+    hist.count = int(runner.sum(torch.tensor([hist.count], dtype=torch.float64)).item())
+
+
+def _merge_concepts(concepts: dict[str, tuple[int, int]], runner: Runner | None) -> list[str]:
+    """The concept names in order of first appearance (item index, position in the item) over all ranks."""
+    first: dict[str, tuple[int, int]] = {}
+    for part in runner.gather(concepts) if runner is not None else [concepts]:
+        for name, where in part.items():
+            first[name] = min(where, first.get(name, where))
+    return sorted(first, key=first.__getitem__)
+
+
+def _sharded(dataset: Any, runner: Runner | None) -> tuple[Any, Callable[[int], int]]:
+    """This rank's items (through the runner's DataLoader) and local index -> dataset index."""
+    if runner is None:
+        return dataset, lambda n: n
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError("dataset: a runner needs a dataset with len() and indexing, got "
+                        f"{type(dataset).__name__}")
+    mine = runner.shard(len(dataset))
+    if len(mine) == 0:
+        raise ValueError(f"dataset: {len(dataset)} items cannot be split over {runner.world_size} processes")
+    return runner.loader(dataset, mine), mine.__getitem__
+
+
 def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Tensor, Mapping[str, Tensor]]], *,
             quantile: float = 0.005, iou_threshold: float = 0.04, batch_size: int = 32,
             device: str | torch.device | None = None, categories: Mapping[str, str] | None = None,
-            forward: ForwardFn | None = None, bins: int = 4096, progress: bool = True) -> NeuronLabels:
+            forward: ForwardFn | None = None, bins: int = 4096, progress: bool = True,
+            runner: Runner | None = None) -> NeuronLabels:
     """Network Dissection: name every unit of ``layer`` by the concept it detects best.
 
     Bau, Zhou, Khosla, Oliva, Torralba, "Network Dissection: Quantifying
@@ -215,6 +277,13 @@ def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Te
     Departures from NetDissect: the quantile is estimated from a histogram (bounded
     error) instead of a sample-based quantile; units are numbered from 0.
 
+    With a ``runner`` (:class:`~mmexplain.evaluation.runner.Runner`) the items are
+    loaded by its DataLoader workers onto its device, the forward runs under its
+    autocast dtype (activations are read in float32), and under torchrun each rank
+    takes the items ``rank::world_size``; the histograms (on power-of-two ranges, so
+    their bins nest), the image count and the IoU counts are all-reduced, so every
+    rank returns exactly the labels of a single-process run.
+
     Args:
         model: the network; put in eval mode during the call and restored after.
         layer: dotted module name or the module; its output must be (B, K, h, w).
@@ -230,7 +299,8 @@ def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Te
         forward: ``forward(model, images)`` runs the model (default ``model(images)``);
             for models that take more inputs. The forward stops once the layer has run.
         bins: histogram bins per unit (multiple of 4).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (with a runner: on rank 0 only).
+        runner: workers, device, dtype and rank; ``device`` must then be None.
 
     Returns:
         :class:`NeuronLabels` with one :class:`UnitLabel` per channel.
@@ -250,43 +320,58 @@ def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Te
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     check_reiterable(dataset)
     module, layer_name = resolve(model, layer)
-    dev = model_device(model, device)
+    if runner is not None and device is not None:
+        raise ValueError("device: give the device through the runner (runner.device), not both")
+    dev = model_device(model, device if runner is None else runner.device)
     forward = forward or default_forward
     categories = resolve_categories(dataset, categories)
+    if runner is not None:
+        progress = progress and runner.main
+        forward = _autocast(forward, runner)
+    items, where = _sharded(dataset, runner)
 
     with recording(model, module, forward) as run:
         # pass 1: per-unit thresholds and the concept vocabulary
         hist: StreamingQuantile | None = None
-        concepts: dict[str, None] = {}
+        concepts: dict[str, tuple[int, int]] = {}  # name -> (dataset index, position) of its first appearance
         n_images = 0
-        for images, masks in batches(dataset, batch_size, dev, desc="dissect 1/2 thresholds", progress=progress):
+        for images, masks in batches(items, batch_size, dev, desc="dissect 1/2 thresholds", progress=progress):
             acts = run(images)  # (B, K, h, w)
             if hist is None:
-                hist = StreamingQuantile(acts.shape[1], bins=bins)
+                hist = _start_histogram(acts, bins)
             elif acts.shape[1] != hist.num_units:
                 raise ValueError(f"layer: channel count changed from {hist.num_units} to {acts.shape[1]}")
             hist.update(acts.transpose(0, 1).reshape(acts.shape[1], -1))  # (K, B h w)
-            for m in masks:
-                concepts.update(dict.fromkeys(m))
+            for b, m in enumerate(masks):
+                for p, name in enumerate(m):
+                    concepts.setdefault(name, (where(n_images + b), p))
             n_images += images.shape[0]
         if hist is None:
             raise ValueError("dataset: no images")
-        if not concepts:
+        local_images = n_images
+        if runner is not None and runner.distributed:
+            _merge_histogram(hist, runner)
+            n_images = int(runner.sum(torch.tensor([n_images], dtype=torch.float64)).item())
+        names = _merge_concepts(concepts, runner if runner is not None and runner.distributed else None)
+        if not names:
             raise ValueError("dataset: no concept masks in any item")
         thresholds = hist.upper(quantile)  # (K,) float64
         errors = hist.bin_width  # (K,)
         k = hist.num_units
 
         # pass 2: IoU accumulators
-        names = list(concepts)
         cats = [str(categories.get(c, "concept")) for c in names]  # (C,)
         tally = IoUTally(thresholds, names, cats, dev)
         seen = 0
-        for images, masks in batches(dataset, batch_size, dev, desc="dissect 2/2 IoU", progress=progress):
+        for images, masks in batches(items, batch_size, dev, desc="dissect 2/2 IoU", progress=progress):
             tally.add(run(images), masks, seen)  # acts (B, K, h, w)
             seen += images.shape[0]
-        if seen != n_images:
-            raise ValueError(f"dataset: the first pass had {n_images} images, the second {seen}; it must be re-iterable")
+        if seen != local_images:
+            raise ValueError(f"dataset: the first pass had {local_images} images, the second {seen}; "
+                             "it must be re-iterable")
+        if runner is not None and runner.distributed:
+            tally.inter, tally.mask_area, tally.unit_area = (runner.sum(t) for t in
+                                                             (tally.inter, tally.mask_area, tally.unit_area))
 
     iou = tally.iou()  # (K, C)
     best = iou.argmax(dim=1)  # (K,) first best on ties
