@@ -16,7 +16,7 @@ import torch
 
 import mmexplain as mx
 from mmexplain.cli import build_parser, main
-from mmexplain.evaluation.runner import Runner, world_from_env
+from mmexplain.runner import Runner, world_from_env
 
 SCENES = 7  # does not divide by the world size 2
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MMEXPLAIN_TRACEBACK": "1"}

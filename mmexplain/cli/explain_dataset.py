@@ -38,7 +38,7 @@ def add_runner_options(parser: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def runner_from_args(args: argparse.Namespace, *, progress: bool = True) -> Iterator[Any]:
     """The runner of ``--workers/--device/--dtype``, inside torchrun's process group when started by torchrun."""
-    from ..evaluation.runner import distributed
+    from ..runner import distributed
 
     with distributed(workers=args.workers, device=args.device, dtype=args.dtype, progress=progress) as runner:
         yield runner

@@ -26,7 +26,7 @@ from .labels import NeuronLabels, UnitLabel
 from .quantile import StreamingQuantile
 
 if TYPE_CHECKING:
-    from ..evaluation.runner import Runner
+    from ..runner import Runner
 
 __all__ = ["dissect", "image_forward"]
 
@@ -277,7 +277,7 @@ def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Te
     Departures from NetDissect: the quantile is estimated from a histogram (bounded
     error) instead of a sample-based quantile; units are numbered from 0.
 
-    With a ``runner`` (:class:`~mmexplain.evaluation.runner.Runner`) the items are
+    With a ``runner`` (:class:`~mmexplain.runner.Runner`) the items are
     loaded by its DataLoader workers onto its device, the forward runs under its
     autocast dtype (activations are read in float32), and under torchrun each rank
     takes the items ``rank::world_size``; the histograms (on power-of-two ranges, so

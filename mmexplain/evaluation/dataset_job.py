@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import metrics
-from .runner import Runner
+from ..runner import Runner
 from .shards import FORMAT, MANIFEST, shard_files, write_shard
 
 __all__ = ["explain_dataset"]

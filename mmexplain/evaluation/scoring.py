@@ -21,7 +21,7 @@ from torch import Tensor
 from .. import metrics
 
 if TYPE_CHECKING:
-    from .runner import Runner
+    from ..runner import Runner
 
 __all__ = ["Tally", "ModelRun", "Baselines", "BASELINES", "METRIC_COLUMNS", "fmt", "metric_tables", "ZHANG_TOLERANCE"]
 

@@ -16,7 +16,7 @@ run their datasets through one :class:`Runner`:
   thresholds and IoU counts are computed in float32 from its outputs.
 
 Example:
-    >>> from mmexplain.evaluation.runner import distributed
+    >>> from mmexplain.runner import distributed
     >>> with distributed(workers=2, device="cpu") as runner:       # doctest: +SKIP
     ...     for item in runner.loader(dataset, runner.shard(len(dataset))):
     ...         ...
