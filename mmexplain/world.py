@@ -36,8 +36,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -451,3 +453,13 @@ def collate(scenes: Sequence[Scene]) -> dict[str, object]:
         "questions": [s.questions for s in scenes],
         "scenes": list(scenes),
     }
+
+
+def export_coco(seeds: Sequence[int], out_dir: str | os.PathLike, *, size: int = 96) -> dict[str, Path]:
+    """ShapeWorld as a COCO-format dataset (images, instances with RLE masks, captions, questions).
+
+    See :func:`mmexplain.world_coco.export_coco`; returns the paths written, by kind.
+    """
+    from .world_coco import export_coco as export
+
+    return export(seeds, out_dir, size=size)

@@ -414,8 +414,6 @@ def test_explainers_refuse_a_bomb(world):
             call()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="mx.dissect does not check mask sizes yet "
-                   "(mmexplain/dissect/network.py, owned elsewhere)")
 def test_dissect_refuses_empty_masks(classifier):
     before = snapshot(classifier)
     data = [(torch.rand(3, 96, 96), {"red": torch.zeros(0, 0, dtype=torch.bool)})]

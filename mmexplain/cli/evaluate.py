@@ -30,7 +30,7 @@ def _grounding_handler(args: argparse.Namespace) -> int:
     from ..evaluation import grounding
 
     if args.json is not None:
-        check_out(args.json, kind="file", suffixes=(".json",))
+        check_out(args.json, kind="file", suffixes=(".json",), option="--json")
     methods = _methods(args)
     on = None if args.on is None else [n.strip() for n in args.on.split(",") if n.strip()]
     if on is not None:

@@ -86,11 +86,11 @@ def _sanity_handler(args: argparse.Namespace) -> int:
     from ..evaluation.sanity import format_sanity, sanity_check
 
     if args.json is not None:
-        check_out(args.json, kind="file", suffixes=(".json",))
+        check_out(args.json, kind="file", suffixes=(".json",), option="--json")
     if args.plot is not None:
         from .common import FIGURE_SUFFIXES
 
-        check_out(args.plot, kind="file", suffixes=FIGURE_SUFFIXES)
+        check_out(args.plot, kind="file", suffixes=FIGURE_SUFFIXES, option="--plot")
     on, methods = _targets(args), _methods(args.methods)
     apply_threads(args)
     seeds = world.split_seeds("test", args.scenes)
@@ -120,7 +120,7 @@ def _faithfulness_handler(args: argparse.Namespace) -> int:
     from ..evaluation.faithfulness import faithfulness, format_faithfulness
 
     if args.json is not None:
-        check_out(args.json, kind="file", suffixes=(".json",))
+        check_out(args.json, kind="file", suffixes=(".json",), option="--json")
     on, methods = _targets(args), _methods(args.methods)
     apply_threads(args)
     seeds = world.split_seeds("test", args.scenes)
@@ -140,7 +140,7 @@ def _localization_handler(args: argparse.Namespace) -> int:
     from ..evaluation.localization import format_localization, localization_error, shapeworld_boxes
 
     if args.json is not None:
-        check_out(args.json, kind="file", suffixes=(".json",))
+        check_out(args.json, kind="file", suffixes=(".json",), option="--json")
     if not 0 < args.threshold <= 1:
         raise CLIError(f"--threshold: expected a fraction of the map's maximum in (0, 1], got {args.threshold}")
     methods = _methods(args.methods)
@@ -225,7 +225,7 @@ def _occlusion_handler(args: argparse.Namespace) -> int:
     from ..evaluation.occlusion import format_occlusion, occlusion_agreement
 
     if args.json is not None:
-        check_out(args.json, kind="file", suffixes=(".json",))
+        check_out(args.json, kind="file", suffixes=(".json",), option="--json")
     methods = _methods(args.methods)
     apply_threads(args)
     report = occlusion_agreement(_model("vqa", args.models), world.split_seeds("test", args.scenes), methods=methods)
@@ -241,7 +241,7 @@ def _diagnosis_handler(args: argparse.Namespace) -> int:
     from ..evaluation.diagnosis import adversarial_pointing, bias_evidence, format_adversarial, format_bias
 
     if args.json is not None:
-        check_out(args.json, kind="file", suffixes=(".json",))
+        check_out(args.json, kind="file", suffixes=(".json",), option="--json")
     apply_threads(args)
     model = _model("classifier", args.models)
     seeds = world.split_seeds("test", args.scenes)

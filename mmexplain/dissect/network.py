@@ -134,6 +134,10 @@ def batches(dataset: Iterable[Any], batch_size: int, device: torch.device, *, de
             if not isinstance(concept_masks, Mapping):
                 raise TypeError(f"dataset: item {n}'s concepts must be a dict {{name: (H, W) mask}}, "
                                 f"got {type(concept_masks).__name__}")
+            for concept, mask in concept_masks.items():
+                if not isinstance(mask, Tensor) or mask.dim() != 2 or 0 in mask.shape:
+                    got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+                    raise ValueError(f"dataset: item {n}'s mask {concept!r} must be a non-empty (H, W) tensor, got {got}")
             if images and image.shape != images[0].shape:
                 yield torch.stack(images).to(device), masks
                 bar.update(len(images))

@@ -30,6 +30,7 @@ require grad gets a fresh leaf there), so no graph is kept for the embeddings be
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["AttentionRecord", "AttentionRecorder", "has_cross_attention", "is_cross_attention"]
+
+# switching a model's attention implementation is visible to every thread that runs the model, so
+# recordings take turns (a lock, not data: nothing is kept between calls)
+_RECORDING = threading.RLock()
 
 #: attention module classes recorded with a forward hook -> whether they need output_attentions=True
 HOOKED_CLASSES = {"ViltSelfAttention": True, "BlipAttention": False, "BlipTextSelfAttention": False}
@@ -134,6 +139,7 @@ class AttentionRecorder:
             id(c): c for c in [*self.kernel_configs, *self.output_configs]}.values()]
         handles = []
         grad_was = torch.is_grad_enabled()
+        _RECORDING.acquire()  # the attention switch acts on the whole model: one recording at a time
         try:
             if self.kernel_configs:
                 AttentionInterface.register(key, _kernel(records, names))
@@ -156,6 +162,7 @@ class AttentionRecorder:
                 config._output_attentions = output_attentions
             AttentionInterface._global_mapping.pop(key, None)  # no public unregister in transformers 5.x
             AttentionMaskInterface._global_mapping.pop(key, None)
+            _RECORDING.release()
 
 
 def _under(name: str, prefix: str | None) -> bool:
