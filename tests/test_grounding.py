@@ -169,3 +169,20 @@ def test_shipped_models_report():
     assert report["caption"]["word_accuracy"] > 0.9
     assert cap["gradcam"]["pointing"] > cap["center"]["pointing"] and cap["gradcam"]["energy_ratio"] > 3.0
     assert ans["gradcam"]["energy_ratio"] > ans["uniform"]["energy_ratio"]
+
+
+def test_cli_grounding_on_coco_format_data(random_models, tmp_path, capsys):
+    """ShapeWorld exported as COCO files goes through --coco end to end; missing partners are one-line errors."""
+    captioner, _ = random_models
+    zoo.save(captioner, tmp_path / "models" / "captioner")
+    data = tmp_path / "coco"
+    mx.world.export_coco(mx.world.split_seeds("test", 3), data)
+    base = ["evaluate", "grounding", "--coco", str(data / "instances.json"), "--models", str(tmp_path / "models")]
+    assert main(base + ["--captions", str(data / "captions.json"), "--images", str(data / "images"),
+                        "--methods", "gradcam", "--json", str(tmp_path / "coco.json")]) == 0
+    out = capsys.readouterr().out
+    assert "matched caption words on 3 images" in out and "| Grad-CAM |" in out
+    report = json.loads((tmp_path / "coco.json").read_text())
+    assert report["words"] > 0 and report["groups"]["all"]["n"] == report["words"]
+    assert main(base + ["--images", str(data / "images")]) == 2
+    assert main(base + ["--captions", str(data / "captions.json")]) == 2

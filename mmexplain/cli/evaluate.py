@@ -37,6 +37,8 @@ def _grounding_handler(args: argparse.Namespace) -> int:
         unknown = [n for n in on if n not in zoo.ALL_NAMES]
         if unknown or not on:
             raise CLIError(f"--on: expected shipped model names from {', '.join(zoo.ALL_NAMES)}, got {args.on!r}")
+    if args.coco is not None:
+        return _coco_handler(args, methods)
     apply_threads(args)
     seeds = world.split_seeds("test", args.scenes, start=args.start)
     with runner_from_args(args) as runner:
@@ -57,6 +59,33 @@ def _grounding_handler(args: argparse.Namespace) -> int:
             if args.json is not None:
                 write_json(args.json, report)
                 print(f"wrote {args.json}")
+    return 0
+
+
+def _coco_handler(args: argparse.Namespace, methods: list[str] | str) -> int:
+    """``--coco``: caption words matched to annotated categories, scored like ShapeWorld's."""
+    from .. import zoo
+    from .._io import write_json
+    from ..evaluation.coco import coco_grounding, coco_items
+    from ..evaluation.grounding import METHOD_NAMES
+    from ..evaluation.scoring import metric_tables
+
+    if args.images is None:
+        raise CLIError("--coco needs --images DIR, the folder of its images")
+    if args.captions is None:
+        raise CLIError("--coco: caption-word grounding needs --captions CAPTIONS.json")
+    apply_threads(args)
+    captioner = zoo.load("captioner", args.models)
+    items = coco_items(args.coco, args.images, captions=args.captions, word_map=args.word_map,
+                       size=captioner.config.image_size, limit=args.scenes)
+    report = coco_grounding(captioner, items, methods=["gradcam"] if methods == "all" else methods, seed=args.seed)
+    print(f"COCO grounding: {report['words']} matched caption words on {report['items']} images")
+    order = sorted(report["groups"], key=lambda g: g != "all")
+    print("\n".join(metric_tables("Caption words matched to annotated categories", report["groups"], order,
+                                  report["methods"], METHOD_NAMES)))
+    if args.json is not None:
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -97,6 +126,12 @@ def add_evaluate_command(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random-map baseline (default 0)")
     g.add_argument("--json", default=None, metavar="FILE.json", help="also write the report as JSON")
     add_models(g)
+    g.add_argument("--coco", default=None, metavar="INSTANCES.json",
+                   help="score the captioner on your COCO-format data instead of ShapeWorld (with --captions, --images)")
+    g.add_argument("--captions", default=None, metavar="CAPTIONS.json", help="COCO captions (with --coco)")
+    g.add_argument("--images", default=None, metavar="DIR", help="the image folder of --coco")
+    g.add_argument("--word-map", default=None, metavar="FILE.json",
+                   help="caption word -> COCO category name, overriding the default map (with --coco)")
     g.add_argument("--methods", default="gradcam,guided", metavar="NAMES",
                    help="comma-separated method names, or 'all' for the leaderboard (default gradcam,guided)")
     g.add_argument("--on", default=None, metavar="NAMES",
