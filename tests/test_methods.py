@@ -760,3 +760,18 @@ def test_ablation_weights_keep_their_sign_for_negative_scores():
     assert float(res.scores[0]) < 0
     # each channel carries 4 of the score; removing it lowers y by 4: w = 4 / |y|
     np.testing.assert_allclose(res.weights[0].numpy(), [4 / 92, 4 / 92], rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda m: mx.Occlusion(m, window=4, stride=4), lambda m: mx.GuidedBackprop(m),
+                                  lambda m: mx.ScoreCAM(m, "1"), lambda m: mx.GradCAM(m, "1")],
+                         ids=["occlusion", "guided", "scorecam", "gradcam"])
+def test_training_mode_batch_norm_statistics_are_left_as_found(make):
+    from conftest import assert_unchanged, snapshot
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 2)).train()
+    before = snapshot(model)
+    with pytest.warns(UserWarning, match="training mode"):
+        make(model)(torch.rand(2, 3, 8, 8), T.ClassLogit(1))
+    assert_unchanged(model, before)  # running_mean, running_var, num_batches_tracked included

@@ -470,6 +470,18 @@ def _check_site(input: Any, call: Any) -> None:
         raise ValueError(f"call: expected None or a call index >= 0 (0-based), got {call!r}")
 
 
+def check_targets(targets: Any, *, name: str = "targets") -> tuple[bool, list[Any]]:
+    """(was a list given, the targets as a list): a target or a non-empty list of callables ``output -> (B,)``."""
+    many = isinstance(targets, (list, tuple))
+    target_list = list(targets) if many else [targets]
+    if not target_list:
+        raise ValueError(f"{name}: expected a target or a non-empty list of targets, got an empty list")
+    for i, t in enumerate(target_list):
+        if not callable(t):
+            raise TypeError(f"{name}[{i}]: expected a callable output -> (B,), got {type(t).__name__}")
+    return many, target_list
+
+
 def module_name(model: nn.Module, module: nn.Module) -> str:
     for name, m in model.named_modules():
         if m is module:

@@ -51,8 +51,8 @@ from torch import Tensor, nn
 
 from ..targets import Target
 from .base import (
-    CAMResult, LayerSpec, _batch_rows, _Capture, _check_site, _detach, call_model, check_finite, edited_forward, find_image,
-    kept_buffers, module_name, resolve_layer, upsample_and_normalize,
+    CAMResult, LayerSpec, _batch_rows, _Capture, _check_site, _detach, call_model, check_finite, check_targets,
+    edited_forward, find_image, kept_buffers, module_name, resolve_layer, upsample_and_normalize,
 )
 
 __all__ = ["GradCAM", "Call"]
@@ -200,13 +200,7 @@ class GradCAM:
         targets_in_batch: bool = False,
     ) -> CAMResult:
         """``__call__`` without the buffer bookkeeping."""
-        many = isinstance(targets, (list, tuple))
-        target_list = list(targets) if many else [targets]
-        if not target_list:
-            raise ValueError("targets: expected a target or a non-empty list of targets, got an empty list")
-        for i, t in enumerate(target_list):
-            if not callable(t):
-                raise TypeError(f"targets[{i}]: expected a callable output -> (B,), got {type(t).__name__}")
+        many, target_list = check_targets(targets)
         if size is not None:
             size = _check_size(size)
         if self.needs_gradient and torch.is_inference_mode_enabled():

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .base import call_model
+from .base import call_model, check_targets, kept_buffers
 
 Inputs = Tensor | tuple[Any, ...] | Mapping[str, Any]
 Target = Callable[[Any], Tensor]
@@ -231,16 +231,11 @@ class _ReLURuleGradient:
                 "(and batch-norm running stats); call model.eval() first",
                 stacklevel=2,
             )
-        return self._gradient(inputs, target, image_key)
+        with kept_buffers(self.model):  # a training-mode forward must not move BatchNorm statistics
+            return self._gradient(inputs, target, image_key)
 
     def _gradient(self, inputs: Inputs, target: Target | Sequence[Target], image_key: int | str | None) -> Tensor:
-        many = isinstance(target, (list, tuple))
-        targets = list(target) if many else [target]
-        if not targets:
-            raise ValueError("target list is empty")
-        for i, t in enumerate(targets):
-            if not callable(t):
-                raise TypeError(f"target must be callable output -> (B,); got {type(t).__name__} at {i}")
+        many, targets = check_targets(target, name="target")
         new_inputs, image = _with_image_leaf(inputs, image_key)  # image: (B, C, H, W) leaf
         batch = image.shape[0]
         grads = []

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from ..targets import Target
 from .base import (
-    CAMResult, LayerSpec, _Capture, _check_site, _detach, _repeat_rows, call_model, module_name, replace_image,
-    resolve_layer, upsample_and_normalize,
+    CAMResult, LayerSpec, _Capture, _check_site, _detach, _repeat_rows, call_model, check_targets, kept_buffers,
+    module_name, replace_image, resolve_layer, upsample_and_normalize,
 )
 from .gradcam import GradCAM, _check_size
 from .gradient_free import _check_batch_size, _copy_scores, _image_of
@@ -129,13 +129,12 @@ class Occlusion:
         Returns:
             CAMResult (see the class docstring); with N targets a leading N axis.
         """
-        many = isinstance(targets, (list, tuple))
-        target_list = list(targets) if many else [targets]
-        if not target_list:
-            raise ValueError("targets: expected a target or a non-empty list of targets, got an empty list")
-        for i, t in enumerate(target_list):
-            if not callable(t):
-                raise TypeError(f"targets[{i}]: expected a callable output -> (B,), got {type(t).__name__}")
+        with kept_buffers(self.model):  # a training-mode forward must not move BatchNorm statistics
+            return self._explain(inputs, targets, size=size)
+
+    def _explain(self, inputs: Any, targets: Target | Sequence[Target], *, size: tuple[int, int] | None) -> CAMResult:
+        """``__call__`` without the buffer bookkeeping."""
+        many, target_list = check_targets(targets)
         if self.model.training:
             warnings.warn(
                 "model is in training mode: dropout and batch-norm statistics change the explanation "

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..targets import Counterfactual, SequenceLogProb, Target, WordLogProb
 from .attention_record import AttentionRecord, AttentionRecorder, _under, has_cross_attention
-from .base import CAMResult, _detach, call_model, find_image, upsample_and_normalize
+from .base import CAMResult, _detach, call_model, check_targets, find_image, upsample_and_normalize
 from .gradcam import GradCAM, _check_size
 
 __all__ = ["Relevancy"]
@@ -144,13 +144,7 @@ class Relevancy:
             ``activations`` (B, Lq, Lk) the head-mean attention of the last recorded layer. The N
             axis is dropped for a single target.
         """
-        many = isinstance(targets, (list, tuple))
-        target_list = list(targets) if many else [targets]
-        if not target_list:
-            raise ValueError("targets: expected a target or a non-empty list of targets, got an empty list")
-        for i, t in enumerate(target_list):
-            if not callable(t):
-                raise TypeError(f"targets[{i}]: expected a callable output -> (B,), got {type(t).__name__}")
+        many, target_list = check_targets(targets)
         if rows is not None and (isinstance(rows, (str, int)) or len(rows) != len(target_list)):
             raise ValueError(f"rows: expected one entry per target ({len(target_list)}), got {rows!r}")
         if size is not None:
