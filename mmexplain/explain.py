@@ -310,7 +310,8 @@ def explain_caption(
         if not words:
             raise ValueError("caption: expected at least one word, got an empty caption")
     plain_inputs, spans = adapter.teacher_forced(pixels, words)
-    in_batch = adapter.targets_in_batch and len(words) > 1 and plan.gradient
+    # words through the batch axis only at the adapter's own layer, which it knows sits before the text
+    in_batch = adapter.targets_in_batch and len(words) > 1 and plan.gradient and layer is None
     inputs = adapter.teacher_forced(pixels, words, copies=len(words))[0] if in_batch else plain_inputs
     targets: list[Target] = [SequenceLogProb(tokens, positions=positions) for positions, tokens in spans]
     size = tuple(shown.shape[-2:])

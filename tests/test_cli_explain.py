@@ -108,6 +108,7 @@ BAD = {
     "empty caption": (["caption", "{img}", "--caption", " "], "caption"),
     "bad method": (["caption", "{img}", "--method", "saliency"], "method"),
     "bad layer": (["caption", "{img}", "--layer", "encoder.nope"], "encoder.nope"),
+    "token layer": (["caption", "{img}", "--layer", "embed"], "token-shaped"),
     "bad out extension": (["caption", "{img}", "--out-override", "{dir}/fig.txt"], ".png"),
     "empty question": (["vqa", "{img}", " "], "QUESTION"),
     "unknown question word": (["vqa", "{img}", "what is a zebra ?"], "zebra"),
