@@ -232,7 +232,8 @@ class _Method:
         return self.cls is not None and issubclass(self.cls, GradCAM) and self.cls.needs_gradient
 
     def run(self, model: nn.Module, layer: Any, reshape: Any, inputs: Any, targets: list[Target], *,
-            size: tuple[int, int], extra: dict[str, str] | None = None, in_batch: bool = False) -> CAMResult:
+            size: tuple[int, int], extra: dict[str, str] | None = None, in_batch: bool = False,
+            per_backward: int | None = None) -> CAMResult:
         if self.cls is None:  # relevancy reads attention, not a layer
             from .methods.relevancy import Relevancy
 
@@ -243,7 +244,8 @@ class _Method:
         cam = self.cls(model, layer, reshape=reshape)
         if not self.gradient:
             return cam(inputs, targets, size=size)
-        return cam(inputs, targets, size=size, extra_layers=extra, targets_in_batch=in_batch)
+        return cam(inputs, targets, size=size, extra_layers=extra, targets_in_batch=in_batch,
+                   targets_per_backward=per_backward)
 
 
 def _method(method: Any) -> _Method:
@@ -277,6 +279,7 @@ def explain_caption(
     *,
     layer: str | nn.Module | None = None,
     method: str = "gradcam",
+    words_per_pass: int | None = None,
 ) -> CaptionExplanation:
     """Grad-CAM of every word of a caption: one forward pass, one batched backward.
 
@@ -291,6 +294,8 @@ def explain_caption(
         layer: the layer to explain (default: the adapter's ``default_layer``).
         method: a name in :data:`METHODS` (default ``"gradcam"``; ``"guided"`` adds Guided
             Grad-CAM per word; forward-only methods run their own masked forwards).
+        words_per_pass: gradient methods: at most this many words per batched backward over
+            the one forward's graph (bounds the backward's memory on large models; same maps).
 
     Returns:
         CaptionExplanation with ``words``, ``maps`` (T, H, W), ``logprobs`` (T,).
@@ -316,7 +321,8 @@ def explain_caption(
     targets: list[Target] = [SequenceLogProb(tokens, positions=positions) for positions, tokens in spans]
     size = tuple(shown.shape[-2:])
     layer = layer if layer is not None else adapter.default_layer
-    res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), inputs, targets, size=size, in_batch=in_batch)
+    res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), inputs, targets, size=size, in_batch=in_batch,
+                   per_backward=words_per_pass)
     caption_map = upsample_and_normalize(F.relu(res.pre_relu.sum(dim=0)), size)[0]  # (H, W)
     guided_maps = _guided(adapter.model, plain_inputs, targets, res.maps[:, 0]) if plan.guided else None  # (T, C, H, W)
     return CaptionExplanation(list(words), res.maps[:, 0], res.scores[:, 0], caption_map, shown, res, guided_maps)

@@ -34,16 +34,16 @@ def _grounding_handler(args: argparse.Namespace) -> int:
     methods = _methods(args)
     on = None if args.on is None else [n.strip() for n in args.on.split(",") if n.strip()]
     if on is not None:
-        unknown = [n for n in on if n not in zoo.ALL_NAMES]
+        unknown = [n for n in on if n not in zoo.ALL_NAMES + zoo.VLM_NAMES]
         if unknown or not on:
-            raise CLIError(f"--on: expected shipped model names from {', '.join(zoo.ALL_NAMES)}, got {args.on!r}")
+            raise CLIError(f"--on: expected shipped model names from {', '.join(zoo.ALL_NAMES + zoo.VLM_NAMES)}, got {args.on!r}")
     if args.coco is not None:
         return _coco_handler(args, methods)
     apply_threads(args)
     seeds = world.split_seeds("test", args.scenes, start=args.start)
     with runner_from_args(args) as runner:
         if on is not None or args.methods == "all":
-            names = on or [n for n in zoo.ALL_NAMES if (zoo.folder(n, args.models)).is_dir()]
+            names = on or [n for n in zoo.ALL_NAMES + zoo.VLM_NAMES if (zoo.folder(n, args.models)).is_dir()]
             models = {n: _placed(zoo.load(n, args.models), runner.device) for n in names}
             report = grounding.leaderboard(models, seeds, methods=methods, seed=args.seed, runner=runner)
             text = grounding.format_leaderboard(report)

@@ -384,7 +384,7 @@ def _hook_tensor(
             new = fn(_first_tensor(output, name))
             return None if new is None else _replace_first(output, new)
 
-        return module.register_forward_hook(post)
+        return module.register_forward_hook(post, prepend=True)  # before the model's own hooks (transformers' hidden-state capture)
 
     def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if threading.get_ident() != owner:
@@ -399,7 +399,7 @@ def _hook_tensor(
                 return None if new is None else (args, {**kwargs, key: new})
         raise TypeError(f"layer {name!r} was called with no tensor argument; input=True explains its first tensor input")
 
-    return module.register_forward_pre_hook(pre, with_kwargs=True)
+    return module.register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
 
 
 def edited_forward(

@@ -165,6 +165,7 @@ class GradCAM:
         size: tuple[int, int] | None = None,
         extra_layers: Mapping[str, LayerSpec] | None = None,
         targets_in_batch: bool = False,
+        targets_per_backward: int | None = None,
     ) -> CAMResult:
         """Explain one target, or a list of N targets from one forward pass.
 
@@ -188,7 +189,8 @@ class GradCAM:
             CAMResult; see its docstring for shapes.
         """
         with kept_buffers(self.model):  # a training-mode forward must not move BatchNorm statistics
-            return self._explain(inputs, targets, size=size, extra_layers=extra_layers, targets_in_batch=targets_in_batch)
+            return self._explain(inputs, targets, size=size, extra_layers=extra_layers, targets_in_batch=targets_in_batch,
+                                 targets_per_backward=targets_per_backward)
 
     def _explain(
         self,
@@ -198,6 +200,7 @@ class GradCAM:
         size: tuple[int, int] | None = None,
         extra_layers: Mapping[str, LayerSpec] | None = None,
         targets_in_batch: bool = False,
+        targets_per_backward: int | None = None,
     ) -> CAMResult:
         """``__call__`` without the buffer bookkeeping."""
         many, target_list = check_targets(targets)
@@ -216,6 +219,9 @@ class GradCAM:
             if name == self.layer_name:
                 raise ValueError(f"extra_layers: name {name!r} is the explained layer's own name")
             layers[name] = resolve_layer(self.model, spec)
+        if targets_per_backward is not None and (isinstance(targets_per_backward, bool)
+                                                 or not isinstance(targets_per_backward, int) or targets_per_backward < 1):
+            raise ValueError(f"targets_per_backward: expected None or an int >= 1, got {targets_per_backward!r}")
         if extra_layers and not self.needs_gradient:
             raise ValueError(f"extra_layers: {type(self).__name__} takes no gradient, so it has none to return")
 
@@ -225,7 +231,7 @@ class GradCAM:
         output, leaves = self._forward(inputs, layers, copies=copies)
         check_finite(leaves[self.layer_name].detach(), f"layer {self.layer_name!r} activation")
         if self.needs_gradient:
-            scores, grads = self._backward(output, target_list, leaves, copies=copies)
+            scores, grads = self._backward(output, target_list, leaves, copies=copies, chunk=targets_per_backward)
         else:
             scores, grads = self._scores(output, target_list, batch=leaves[self.layer_name].shape[0]), [None]
         if copies > 1:
@@ -235,6 +241,9 @@ class GradCAM:
 
         layer_act = leaves[self.layer_name].detach()  # the layer's own layout: (B, K, u, v) or (B, T, D)
         grad = grads[0]  # (N, B, ...) or None
+        if layer_act.dtype in (torch.float16, torch.bfloat16):  # half models: weights and maps in float32
+            layer_act = layer_act.float()
+            grad = None if grad is None else grad.float()
         activation = self._grid(layer_act, "activation")  # (B, K, u, v)
         grid_grad = None if grad is None else self._grid(grad.flatten(0, 1), "gradient").unflatten(0, (len(target_list), -1))
         if size is None:
@@ -294,7 +303,7 @@ class GradCAM:
             return torch.stack([self._score(i, t, output, batch) for i, t in enumerate(targets)]).detach()
 
     def _backward(
-        self, output: Any, targets: list[Target], leaves: dict[str, Tensor], *, copies: int
+        self, output: Any, targets: list[Target], leaves: dict[str, Tensor], *, copies: int, chunk: int | None = None
     ) -> tuple[Tensor, list[Tensor]]:
         """Scores (N, B) and, per leaf, its gradient (N, B, ...) for every target.
 
@@ -322,7 +331,7 @@ class GradCAM:
                 grads = [grad.unflatten(0, (copies, batch))]
             else:
                 totals = stacked.sum(dim=1)  # (N,) samples are independent in eval mode
-                grads = self._gradients(totals, inputs)
+                grads = self._gradients(totals, inputs, chunk=chunk)
         missing = [name for name, g in zip(leaves, grads) if g is None]
         if missing:
             raise ValueError(f"the targets do not depend on layer {missing[0]!r}: its gradient is None")
@@ -331,9 +340,13 @@ class GradCAM:
         return stacked.detach(), grads
 
     @staticmethod
-    def _gradients(totals: Tensor, inputs: list[Tensor]) -> list[Tensor]:
-        """d totals[n] / d input for every n: list of (N, *input.shape)."""
+    def _gradients(totals: Tensor, inputs: list[Tensor], *, chunk: int | None = None) -> list[Tensor]:
+        """d totals[n] / d input for every n: list of (N, *input.shape); ``chunk`` targets per batched backward."""
         n = totals.shape[0]
+        if chunk is not None and 1 < n and chunk < n:
+            parts = [GradCAM._gradients_of(totals, inputs, slice(i, i + chunk), last=i + chunk >= n)
+                     for i in range(0, n, chunk)]
+            return [None if parts[0][j] is None else torch.cat([p[j] for p in parts]) for j in range(len(inputs))]
         if n == 1:
             grads = torch.autograd.grad(totals[0], inputs, allow_unused=True)
             return [None if g is None else g.unsqueeze(0) for g in grads]
@@ -345,6 +358,18 @@ class GradCAM:
         except RuntimeError:  # an op without a vmap batching rule: N backwards over one graph
             per_target = [torch.autograd.grad(totals[i], inputs, retain_graph=i < n - 1, allow_unused=True) for i in range(n)]
             return [None if per_target[0][j] is None else torch.stack([g[j] for g in per_target]) for j in range(len(inputs))]
+
+    @staticmethod
+    def _gradients_of(totals: Tensor, inputs: list[Tensor], rows: slice, *, last: bool) -> list[Tensor]:
+        """d totals[rows] / d input over a retained graph (kept unless ``last``): list of (len(rows), ...)."""
+        eye = torch.eye(totals.shape[0], dtype=totals.dtype, device=totals.device)[rows]  # (k, N)
+        try:
+            return list(torch.autograd.grad(totals, inputs, grad_outputs=eye, is_grads_batched=True,
+                                            allow_unused=True, retain_graph=True))
+        except RuntimeError:  # no vmap batching rule: one backward per target
+            per = [torch.autograd.grad(totals[i], inputs, retain_graph=True, allow_unused=True)
+                   for i in range(totals.shape[0])[rows]]
+            return [None if per[0][j] is None else torch.stack([g[j] for g in per]) for j in range(len(inputs))]
 
     def _grid(self, tensor: Tensor, what: str) -> Tensor:
         """Apply ``reshape`` and check the (B, K, u, v) layout."""

@@ -22,14 +22,20 @@ model                                     adapter                               
 ``VisionEncoderDecoderModel`` (ViT+GPT2)  :class:`VisionEncoderDecoderCaptioner`  log p(word) per word
 ``BlipForQuestionAnswering``              :class:`BlipVQA`                        sum of the answer tokens' log p
 ``ViltForQuestionAnswering``              :class:`ViltVQA`                        the answer's logit
+LLaVA, Qwen2-VL, Qwen2.5-VL, PaliGemma,   :class:`ImageTextToText`                log p(word) per word of the
+Idefics3, SmolVLM, BLIP-2, GIT,                                                   caption; the answer's summed
+Florence-2 (image-text-to-text)                                                   log p (generated answers)
 ========================================  ======================================  ================================
 
-Two models need a thin wrapper module (``adapter.model``, see :mod:`.wrappers`), which
-calls the real model's own ``forward`` and changes nothing in it: :class:`DecoderLogits`
-for BLIP VQA, :class:`ViltPatchOrder` for ViLT's shuffled patch tokens.
+Some models need a thin wrapper module (``adapter.model``, see :mod:`.wrappers`, :mod:`.tap`),
+which calls the real model's own ``forward`` and changes nothing in it: :class:`DecoderLogits`
+for BLIP VQA, :class:`ViltPatchOrder` for ViLT's shuffled patch tokens, :class:`VisionTap`
+for the vision layer a VLM's language model reads.
 
 Modules: ``common`` (tokens, images, shared adapter base), ``wrappers``, ``captioners``,
-``vqa``, ``dispatch`` (``adapter``, ``caption_adapter``, ``answer_adapter``).
+``vqa``, ``vlm`` (image-text-to-text), ``families`` (each VLM family's layer, prompt and
+image layout), ``layouts`` (token orders: CLS, merge blocks, windows, tiles, pixel
+shuffle), ``tap``, ``dispatch`` (``adapter``, ``caption_adapter``, ``answer_adapter``).
 
 Example:
     >>> import mmexplain as mx
@@ -50,6 +56,9 @@ from ..grids import PatchGrid
 from .captioners import BlipCaptioner, VisionEncoderDecoderCaptioner
 from .common import tokenize_words
 from .dispatch import adapter, answer_adapter, caption_adapter
+from .layouts import TokenGrid
+from .tap import VisionTap
+from .vlm import ImageTextToText
 from .vqa import BlipVQA, ViltVQA
 from .wrappers import DecoderLogits, ViltPatchOrder
 
@@ -62,6 +71,9 @@ __all__ = [
     "VisionEncoderDecoderCaptioner",
     "BlipVQA",
     "ViltVQA",
+    "ImageTextToText",
+    "TokenGrid",
+    "VisionTap",
     "adapter",
     "caption_adapter",
     "answer_adapter",

@@ -1,0 +1,276 @@
+"""``ImageTextToText``: per-word maps and answer grounding for LLM-based VLMs (one adapter, both roles).
+
+The model generates text after a prompt (the processor's chat template applied when it
+has one); every word of that text, a caption or an answer, is explained from ONE
+teacher-forced forward over ``prompt + words`` and one batched backward: word ``i``'s
+scalar is the sum of its sub-word tokens' log-probabilities. The logits are computed at
+the words' positions only (``logits_to_keep``, where the model takes it), so the memory
+of the backward grows with the words, not with the image tokens.
+
+The explained layer is the vision layer the language model reads (see
+:mod:`.families`), reached through a :class:`~.tap.VisionTap` (``adapter.model``):
+``default_layer`` is the tap's ``"features"``, and ``layer=`` names another layer of the
+transformers model to tap. ``reshape_for(pixels)`` lays its tokens on the image's patch
+grid (:class:`~.layouts.TokenGrid`: CLS dropped, merge blocks, windows, tiles stitched,
+pixel-shuffled tokens), computed per image from the processed inputs.
+
+Roles: ``explain_caption`` explains the words the model writes after ``prompt`` (a
+caption by default; ``with_prompt(question)`` makes the answer's words the "caption",
+so an answer gets per-word maps the same way). ``explain_answer`` explains the whole
+generated answer's log-probability (``SequenceLogProb`` over all its tokens, one
+target), its counterfactual, and the question tokens' gradient x embedding from the
+same backward (``question_layer``: the LM's input embedding). ``top_k`` > 1 is refused:
+a generated answer has no ranked alternatives.
+
+Example:
+    >>> import mmexplain as mx
+    >>> from transformers import AutoModelForImageTextToText, AutoProcessor               # doctest: +SKIP
+    >>> model = AutoModelForImageTextToText.from_pretrained(local_dir).eval()             # doctest: +SKIP
+    >>> vlm = mx.hf.adapter(model, AutoProcessor.from_pretrained(local_dir))              # doctest: +SKIP
+    >>> ex = mx.explain_caption(vlm, "cat.jpg")              # per-word maps of its caption  # doctest: +SKIP
+    >>> ax = mx.explain_answer(vlm, "cat.jpg", "What is the cat sitting on?")            # doctest: +SKIP
+    >>> words = mx.explain_caption(vlm.with_prompt("What is the cat sitting on?"), "cat.jpg")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...targets import SequenceLogProb
+from ..images import load_image
+from ..protocols import AnswerQuery, WordSpan, check_copies
+from .common import decode_words, device_of, split_processor, tokenize_words
+from .families import Family, chat_text, family_of
+from .layouts import TokenGrid
+from .tap import VisionTap
+
+__all__ = ["ImageTextToText", "chat_text"]
+
+
+class ImageTextToText:
+    """An image-text-to-text VLM as a caption adapter and an answer adapter (see the module docstring).
+
+    Args:
+        model: a supported transformers model (``mx.hf.adapters.hf.families.FAMILIES``).
+        processor: its processor (image processor, tokenizer, chat template).
+        image_processor, tokenizer: given separately (they win over the processor's).
+        layer: dotted name (in ``model``) of the vision layer to explain instead of the one
+            the language model reads.
+        prompt: the instruction whose continuation is the caption (default: the family's,
+            e.g. ``"Describe the image."``, PaliGemma's ``"caption en"``, Florence-2's ``"<CAPTION>"``).
+        chat: apply the processor's chat template (default: when it has one).
+        max_new_tokens: generation length limit (greedy decoding).
+
+    Attributes:
+        model: the :class:`~.tap.VisionTap` the engine hooks; ``hf_model``: the model itself.
+        default_layer: ``"features"``, the tap's output (the ``site`` layer's output).
+        site: the explained layer's name in ``hf_model``.
+        question_layer: the LM input embedding, relative to ``model``.
+    """
+
+    targets_in_batch = False  # one batched backward over the words
+
+    def __init__(self, model: nn.Module, processor: Any = None, *, image_processor: Any = None, tokenizer: Any = None,
+                 layer: str | None = None, prompt: str | None = None, chat: bool | None = None,
+                 max_new_tokens: int = 30) -> None:
+        family = family_of(model)
+        if family is None:
+            from .families import FAMILIES
+
+            names = ", ".join(n for f in FAMILIES for n in f.names)
+            raise TypeError(f"ImageTextToText model: expected one of {names}, got {type(model).__name__}")
+        if processor is None:
+            raise TypeError("ImageTextToText: expected processor= (the model's processor builds its prompts)")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
+        if prompt is not None and not isinstance(prompt, str):
+            raise TypeError(f"prompt: expected a str or None, got {type(prompt).__name__}")
+        if chat is not None and not isinstance(chat, bool):
+            raise TypeError(f"chat: expected True, False or None, got {type(chat).__name__}")
+        self.image_processor, self.tokenizer = split_processor("ImageTextToText", processor, image_processor, tokenizer)
+        self.processor = processor
+        self.hf_model = model
+        self.family: Family = family(model, processor, self.image_processor, self.tokenizer)
+        has_template = bool(getattr(processor, "chat_template", None))
+        if chat and not has_template:
+            raise ValueError("chat: the processor has no chat template")
+        self.chat = has_template if chat is None else chat
+        self.prompt = self.family.default_prompt if prompt is None else prompt
+        self.max_new_tokens = max_new_tokens
+        self.site = self.family.site() if layer is None else layer
+        self.model = VisionTap(model, self.site)
+        self.default_layer = "features"
+        embedding = model.get_input_embeddings()
+        self.question_layer = "model." + next(n for n, m in model.named_modules() if m is embedding)
+        self.logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def __repr__(self) -> str:
+        return (f"ImageTextToText({type(self.hf_model).__name__}, site={self.site!r}, prompt={self.prompt!r}, "
+                f"chat={self.chat})")
+
+    def with_prompt(self, prompt: str) -> ImageTextToText:
+        """The same adapter (model, processor, layer) writing after ``prompt``: e.g. a question, so that
+        ``explain_caption`` gives the per-word maps of its answer."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
+        other = copy.copy(self)
+        other.prompt = prompt
+        return other
+
+    # ------------------------------------------------------------- images
+
+    def load_image(self, image: Any) -> Tensor:
+        """A path, PIL image, array or (3, H, W) tensor -> the image itself, (1, 3, H, W) in [0, 1] (CPU).
+
+        The processor resizes, crops, tiles or patchifies it for each call, so every method
+        takes these pixels and derives the model's inputs, the grid and the view from them.
+        """
+        return load_image(image)[None]
+
+    def _image(self, pixels: Tensor) -> Tensor:
+        if not isinstance(pixels, Tensor) or pixels.dim() != 4 or pixels.shape[:2] != (1, 3):
+            got = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
+            raise ValueError(f"pixels: expected (1, 3, H, W) from load_image, got {got}")
+        return pixels[0].detach().cpu()
+
+    def display_image(self, pixels: Tensor) -> Tensor:
+        """(3, H', W') in [0, 1]: the picture the model's patch grid covers (resized, cropped, tiles stitched)."""
+        return self.family.view(self.family.images(self._image(pixels)))
+
+    def reshape_for(self, pixels: Tensor) -> TokenGrid:
+        """The :class:`~.layouts.TokenGrid` of the vision layers for these pixels (patch and merged levels)."""
+        return self.family.grid(self.family.images(self._image(pixels)))
+
+    # ------------------------------------------------------------- text
+
+    def prompt_inputs(self, pixels: Tensor, prompt: str | None = None) -> dict[str, Tensor]:
+        """The processor's inputs for ``prompt`` (default: the adapter's) and the image, on the model's device."""
+        enc = self.family.prompt_inputs(self._image(pixels), self.prompt if prompt is None else prompt, chat=self.chat)
+        device = device_of(self.hf_model)
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in enc.items()}
+
+    def _generate(self, pixels: Tensor, prompt: str) -> list[str]:
+        inputs = self.prompt_inputs(pixels, prompt)
+        with torch.no_grad():
+            out = self.hf_model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
+        new = out[0] if self.family.encoder_decoder else out[0, inputs["input_ids"].shape[1]:]  # (T,)
+        return decode_words(self.tokenizer, new)
+
+    def generate(self, pixels: Tensor) -> list[str]:
+        """The model's greedy continuation of the prompt, as words (special tokens dropped)."""
+        return self._generate(pixels, self.prompt)
+
+    def split_words(self, caption: str) -> list[str]:
+        """A given caption -> its words; a word the tokenizer only knows as unknown raises ValueError."""
+        if not isinstance(caption, str):
+            raise TypeError(f"caption: expected a str, got {type(caption).__name__}")
+        words = caption.split()
+        if words:
+            ids, groups = tokenize_words(self.tokenizer, words)
+            unk = self.tokenizer.unk_token_id
+            bad = [w for w, g in zip(words, groups) if unk is not None and any(ids[k] == unk for k in g)]
+            if bad:
+                raise ValueError(f"caption: unknown word {bad[0]!r} (the tokenizer maps it to {self.tokenizer.unk_token})")
+        return words
+
+    def teacher_forced(self, pixels: Tensor, words: Sequence[str], *,
+                       copies: int = 1) -> tuple[dict[str, Tensor], list[WordSpan]]:
+        """Inputs of one teacher-forced forward over ``prompt + words``, and per word (logit rows, token ids)."""
+        return self._forced(pixels, self.prompt, words, copies=copies)
+
+    def _forced(self, pixels: Tensor, prompt: str, words: Sequence[str], *,
+                copies: int = 1) -> tuple[dict[str, Tensor], list[WordSpan]]:
+        """``prompt + words`` teacher-forced; token ``j`` of the words is scored by logit row ``j``.
+
+        With ``logits_to_keep = n + 1`` the model returns the rows of the ``n + 1`` last
+        positions, the first of which (the prompt's last token) predicts word token 0;
+        without it, the rows are the absolute positions (prompt length - 1 + j).
+        """
+        if check_copies(copies) != 1:
+            raise ValueError(f"copies: {type(self).__name__} explains the words with one batched backward "
+                             f"(targets_in_batch=False), got copies={copies}")
+        ids, groups = tokenize_words(self.tokenizer, list(words))
+        inputs = self.prompt_inputs(pixels, prompt)
+        text = torch.tensor([ids], device=inputs["input_ids"].device)  # (1, n)
+        n = len(ids)
+        if self.family.encoder_decoder:
+            start = self.hf_model.generation_config.decoder_start_token_id
+            start = self.hf_model.config.get_text_config().decoder_start_token_id if start is None else start
+            full, _ = tokenize_words(self.tokenizer, list(words), add_special_tokens=True)
+            lead = full[:full.index(ids[0])] if ids[0] in full else []  # the tokenizer's own BOS before the words
+            prefix = torch.tensor([[int(start), *lead]], device=text.device)
+            inputs["decoder_input_ids"] = torch.cat([prefix, text], dim=1)  # (1, s + n)
+            inputs["decoder_attention_mask"] = torch.ones_like(inputs["decoder_input_ids"])
+            offset = prefix.shape[1] - 1
+        else:
+            length = inputs["input_ids"].shape[1]
+            for key, value in list(inputs.items()):
+                if key == "input_ids":
+                    inputs[key] = torch.cat([value, text], dim=1)  # (1, P + n)
+                elif isinstance(value, Tensor) and value.dim() == 2 and value.shape == (1, length):
+                    extra = value.new_ones(1, n) if key == "attention_mask" else self.family.continuation(key, value, n)
+                    inputs[key] = torch.cat([value, extra], dim=1)
+            offset = length - 1
+        if self.logits_to_keep:
+            inputs["logits_to_keep"] = n + 1
+            offset = 0
+        spans = [([offset + k for k in g], [ids[k] for k in g]) for g in groups]
+        return inputs, spans
+
+    # ------------------------------------------------------------- answers
+
+    def answer(self, pixels: Tensor, question: str) -> str:
+        """The model's greedy answer to ``question``, as text."""
+        return " ".join(self._generate(pixels, self._check_question(question)))
+
+    @staticmethod
+    def _check_question(question: Any) -> str:
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"question: expected a non-empty string, got {question!r}")
+        return question
+
+    def query(self, pixels: Tensor, question: str, answer: str | None = None, top_k: int = 1) -> AnswerQuery:
+        """The teacher-forced ``question + answer`` (default: the generated answer) and its log-probability target."""
+        self._check_question(question)
+        if answer is None and top_k != 1:
+            raise ValueError(f"top_k: a generated answer has no ranked alternatives (top_k=1), got {top_k}; "
+                             "pass answer= to explain another")
+        if answer is None:
+            answer = self.answer(pixels, question)
+            if not answer:
+                raise ValueError(f"the model generated an empty answer to {question!r}; pass answer=")
+        inputs, spans = self._forced(pixels, question, answer.split())
+        target = SequenceLogProb([t for _, tokens in spans for t in tokens],
+                                 positions=[p for positions, _ in spans for p in positions])
+        key = "input_ids"
+        tokens, positions = self.question_tokens(inputs[key][0], question)
+        return AnswerQuery(inputs, [target], tokens, positions, answers=[answer])
+
+    def question_tokens(self, input_ids: Tensor, question: str) -> tuple[list[str], list[int]]:
+        """The question's tokens in ``input_ids (L,)`` and their positions: the last place its tokens occur."""
+        seq = input_ids.tolist()
+        for ids in (self.tokenizer(question, add_special_tokens=False).input_ids,
+                    tokenize_words(self.tokenizer, question.split())[0]):
+            for start in range(len(seq) - len(ids), -1, -1):
+                if ids and seq[start:start + len(ids)] == ids:
+                    positions = list(range(start, start + len(ids)))
+                    return self.tokenizer.convert_ids_to_tokens(ids), positions
+        raise ValueError(f"question: its tokens are not found in the prompt the processor made ({question!r})")
+
+    def answers(self, query: AnswerQuery, output: Any) -> list[str]:
+        """The answer text the query was built for (given or generated)."""
+        return list(query.answers or [])
+
+    def probabilities(self, query: AnswerQuery, output: Any) -> Tensor:
+        """(1,) p(answer | image, question): the exponential of the answer's summed token log-probabilities."""
+        return torch.stack([t(output).detach()[0] for t in query.targets]).exp()  # (k,)
+
+    def image_positions(self, pixels: Tensor, prompt: str | None = None) -> Tensor:
+        """(K,) where the image's tokens sit in the sequence the language model (Florence-2: its encoder) reads."""
+        return self.family.image_positions(self.prompt_inputs(pixels, prompt)).cpu()
