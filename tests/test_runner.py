@@ -228,3 +228,17 @@ def test_folder_coco_and_hf_inputs(tmp_path):
     assert torch.equal(torch.stack(coco_ds.maps.all()), torch.stack(hf_ds.maps.all()))
     assert main(["explain-dataset", "--input", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert main(["explain-dataset", "--model", "vqa", "--input", str(images), "--out", str(tmp_path / "y")]) == 2
+
+
+def test_explain_dataset_writes_an_html_report(tmp_path, capsys):
+    """--html: the first items' explanations as one self-contained interactive page."""
+    from mmexplain.cli import main
+
+    out, page = tmp_path / "run", tmp_path / "report.html"
+    assert main(["explain-dataset", "--model", "captioner", "--scenes", "2", "--out", str(out), "--html", str(page),
+                 "--html-items", "1", "--quiet"]) == 0
+    text = page.read_text()
+    first = mx.world.generate(mx.world.split_seeds("test", 1)[0]).caption
+    assert "data-mmx-root" in text and all(w in text for w in first.split())
+    assert main(["explain-dataset", "--model", "captioner", "--scenes", "2", "--out", str(tmp_path / "b"),
+                 "--html", str(tmp_path / "r.txt"), "--quiet"]) == 2

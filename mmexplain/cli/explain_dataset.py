@@ -69,6 +69,9 @@ def add_explain_dataset_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="side of the stored maps (default: each image's own size)")
     p.add_argument("--shard-size", type=positive_int, default=64, metavar="N", help="items per shard (default 64)")
     p.add_argument("--resume", action="store_true", help="skip the shards an earlier run of the same options finished")
+    p.add_argument("--html", default=None, metavar="FILE.html",
+                   help="also write an interactive report of the first --html-items captions / answers (point at a word)")
+    p.add_argument("--html-items", type=positive_int, default=20, metavar="N", help="items in the --html report (default 20)")
     p.add_argument("--images", default=None, metavar="DIR", help="folder of a COCO file's images (default: the file's)")
     p.add_argument("--question", default=None, metavar="TEXT",
                    help="question asked of every image, for VQA models on inputs without questions")
@@ -87,6 +90,8 @@ def _handler(args: argparse.Namespace) -> int:
     from ..evaluation.inputs import open_input
 
     out = check_out(args.out, kind="folder")
+    if args.html is not None:
+        check_out(args.html, kind="file", suffixes=(".html",), option="--html")
     if args.model not in zoo.ALL_NAMES:
         raise CLIError(f"--model: expected one of {', '.join(zoo.ALL_NAMES)}, got {args.model!r}")
     apply_threads(args)
@@ -102,8 +107,9 @@ def _handler(args: argparse.Namespace) -> int:
         options = {"input": args.input, "model": args.model, "layer": args.layer, "items": len(data),
                    "images": args.images, "question": args.question, "dtype": args.dtype}
         manifest = explain_dataset(model, data, out, method=args.method, layer=args.layer, map_size=args.map_size,
-                                   shard_size=args.shard_size, resume=args.resume, runner=runner, options=options)
+                                   shard_size=args.shard_size, resume=args.resume, runner=runner, options=options,
+                                   html=args.html, html_items=args.html_items)
         if runner.main:
             print(f"explained {manifest['items']} items into {manifest['rows']} rows, "
-                  f"{len(manifest['shards'])} shards: wrote {out}")
+                  f"{len(manifest['shards'])} shards: wrote {out}" + (f" and {args.html}" if args.html else ""))
     return 0

@@ -51,8 +51,8 @@ def _scores(m: Tensor, mask: Tensor | None) -> dict[str, float | None]:
 
 
 def _explain_item(model: Any, kind: str, item: Mapping[str, Any], *, method: str, layer: Any,
-                  runner: Runner) -> list[tuple[dict[str, Any], Tensor]]:
-    """The rows of one item with their maps (H, W) at the model's image size."""
+                  runner: Runner, shown: list[Any] | None = None) -> list[tuple[dict[str, Any], Tensor]]:
+    """The rows of one item with their maps (H, W) at the model's image size; ``shown`` collects the explanations."""
     from ..explain import explain_answer, explain_caption, explain_class
     from .grounding import _maps
 
@@ -62,6 +62,8 @@ def _explain_item(model: Any, kind: str, item: Mapping[str, Any], *, method: str
     with runner.autocast():
         if kind == "caption":
             ex = explain_caption(model, image, item["caption"], layer=layer, method=method)
+            if shown is not None:
+                shown.append(ex)
             maps = _maps(ex, method, "maps")  # (T, S, S)
             for t, word in enumerate(ex.words):
                 row = base | {"kind": "word", "target": word, "position": t, "score": float(ex.logprobs[t])}
@@ -69,6 +71,8 @@ def _explain_item(model: Any, kind: str, item: Mapping[str, Any], *, method: str
         elif kind == "answer":
             for q, qa in enumerate(item["questions"]):
                 ex = explain_answer(model, image, qa["question"], layer=layer, method=method)
+                if shown is not None:
+                    shown.append(ex)
                 m = _maps(ex, method, "maps")[0]  # (S, S)
                 row = base | {"kind": "answer", "target": ex.answer, "position": q, "question": qa["question"],
                               "truth": qa["answer"], "score": float(ex.score)}
@@ -113,7 +117,8 @@ def _prepare(out: Path, options: Mapping[str, Any], n_items: int, *, resume: boo
 
 def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gradcam", layer: Any = None,
                     map_size: int | None = None, shard_size: int = 64, resume: bool = False,
-                    runner: Runner | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    runner: Runner | None = None, options: Mapping[str, Any] | None = None,
+                    html: str | Path | None = None, html_items: int = 20) -> dict[str, Any]:
     """Explain every item of ``data`` and write rows, maps and the manifest to ``out``.
 
     Args:
@@ -127,6 +132,8 @@ def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gr
         resume: skip the shards a previous run finished (its options must match).
         runner: workers, device, dtype and rank (default one process, no workers).
         options: what produced the run (stored in the manifest, compared on resume).
+        html: also write an interactive report (``mx.viz.write_report``) of the first
+            ``html_items`` captions / answers that rank 0 explains in this run.
 
     Returns:
         The manifest (every rank returns it after the run).
@@ -153,9 +160,11 @@ def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gr
     rows: list[dict[str, Any]] = []
     maps: list[Tensor] = []
     done_items = 0
+    shown: list[Any] | None = [] if html is not None and runner.main else None
     items = runner.bar(zip(indices, runner.loader(data, indices)), total=len(indices), desc="explain")
     for i, item in items:
-        for row, m in _explain_item(model, kind, item, method=method, layer=layer, runner=runner):
+        keep = shown if shown is not None and len(shown) < html_items else None
+        for row, m in _explain_item(model, kind, item, method=method, layer=layer, runner=runner, shown=keep):
             rows.append(row)
             maps.append(_fit(m, (map_size, map_size) if map_size else tuple(item["size"])))
         done_items += 1
@@ -176,5 +185,9 @@ def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gr
                            "rows": pq.read_metadata(str(rows_file)).num_rows,
                            "rows_file": rows_file.name, "maps_file": maps_file.name})
         write_json(out / MANIFEST, _manifest(options, shards, n, complete=True))
+        if shown:
+            from ..viz import write_report
+
+            write_report(shown[:html_items], html, title=f"mmexplain explain-dataset: {method}")
     runner.barrier()
     return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
