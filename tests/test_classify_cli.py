@@ -153,3 +153,32 @@ def test_method_list_and_unknown_method(files, tmp_path, capsys) -> None:
     assert "counterfactual" in listed and "scorecam" in listed and "relevancy" not in listed
     rc, _, stderr = _run(capsys, [files["image"], "--arch", "resnet18", "--method", "saliency", "--out", str(tmp_path / "x.png")])
     assert rc == 2 and "--method 'saliency'" in stderr and not (tmp_path / "x.png").exists()
+
+
+def test_a_users_model_from_a_factory(files, tmp_path, capsys, monkeypatch) -> None:
+    """--model pkg.module:factory with --mean/--std: the model's own class names and default layer are used."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "userfactory.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                      nn.Linear(4, 3))\n"
+        "    m.classes = ['cat', 'dog', 'cup']\n"
+        "    m.default_layer = '0'\n"
+        "    return m\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    out = tmp_path / "user.png"
+    rc, stdout, stderr = _run(capsys, [files["image"], "--model", "userfactory:build", "--mean", "0", "0", "0",
+                                       "--std", "1", "1", "1", "--size", "48", "--target", "1", "--out", str(out)])
+    assert rc == 0, stderr
+    assert _is_png(out) and "class 1 (dog)" in stdout and "layer 0" in stdout
+    for argv, message in (
+        (["--model", "userfactory:nothing"], "cannot import"),
+        (["--model", "userfactory"], "PKG.MODULE:FACTORY"),
+        (["--model", "userfactory:build", "--arch", "resnet18"], "give one of them"),
+        (["--model", "userfactory:build", "--std", "1", "0", "1"], "--std"),
+    ):
+        rc, _, stderr = _run(capsys, [files["image"], *argv, "--out", str(tmp_path / "bad.png")])
+        assert rc == 2 and message in stderr and not (tmp_path / "bad.png").exists()

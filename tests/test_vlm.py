@@ -420,12 +420,15 @@ def test_no_gradient_at_a_layer_the_lm_does_not_read():
     for _ in range(2):  # the default layer gets gradient, on every call (the tap runs before transformers' hooks)
         ex = mx.explain_caption(vlm, image, CAPTION)
         assert ex.caption_map.amax() > 0 and ex.result.weights.abs().sum() > 0
-    # hooking the block directly: transformers' own hidden-state hook ran first and kept the unhooked output
+    # hooking the block directly works too, also on a second call: the engine's hooks run before the hooks
+    # transformers 5 installs on the model's first forward to record hidden states
     pixels = vlm.load_image(image)
     inputs, spans = vlm.teacher_forced(pixels, CAPTION.split())
     direct = mx.GradCAM(vlm.model, "model." + vlm.site, reshape=vlm.reshape_for(pixels))
-    with pytest.raises(ValueError, match="do not depend on layer|does not depend on layer"):
-        direct(inputs, mx.targets.SequenceLogProb(spans[0][1], positions=spans[0][0]))
+    target = mx.targets.SequenceLogProb(spans[0][1], positions=spans[0][0])
+    first, second = direct(inputs, target), direct(inputs, target)
+    torch.testing.assert_close(first.raw, second.raw)
+    assert first.weights.abs().sum() > 0
 
 
 def test_bf16_model_gives_float32_maps():

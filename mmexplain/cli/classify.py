@@ -39,6 +39,13 @@ def add_classify_command(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("image", nargs="?", help="image file (PNG, JPEG, ...)")
     parser.add_argument("--arch", help="torchvision model name, e.g. resnet50, vgg16, densenet121")
+    parser.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
+                        help="instead of --arch: a callable that returns your nn.Module (its .classes, if any, name "
+                             "the classes; its .default_layer, if any, is the default --layer)")
+    parser.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN, metavar=("R", "G", "B"),
+                        help="per-channel mean the model expects (default ImageNet's)")
+    parser.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD, metavar=("R", "G", "B"),
+                        help="per-channel standard deviation (default ImageNet's; --mean 0 0 0 --std 1 1 1: none)")
     parser.add_argument("--weights", help="local weights: .safetensors, or a torch state dict (.pt/.pth)")
     parser.add_argument("--layer", help="layer to explain (dotted name); default the last conv block of the arch")
     parser.add_argument("--target", type=int, help="class index to explain; default the predicted class")
@@ -157,6 +164,32 @@ def _categories(arch: str, num_classes: int) -> list[str] | None:
         return None
 
 
+def _factory_model(spec: str, weights: str | None) -> Any:
+    """``pkg.module:factory`` -> the nn.Module it returns (in eval mode), with ``weights`` loaded if given."""
+    import importlib
+
+    from torch import nn
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise CLIError(f"--model {spec!r}: expected PKG.MODULE:FACTORY, e.g. mypkg.models:build")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CLIError(f"--model {spec!r}: cannot import it ({type(exc).__name__}: {exc})") from exc
+    if not callable(factory):
+        raise CLIError(f"--model {spec!r}: {attr} is not callable")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise CLIError(f"--model {spec!r}: the factory returned {type(model).__name__}, expected an nn.Module")
+    if weights is not None:
+        result = model.load_state_dict(_state_dict(Path(weights)), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CLIError(f"--weights {weights!r} do not fit --model {spec}: {len(result.missing_keys)} missing, "
+                           f"{len(result.unexpected_keys)} unexpected keys")
+    return model.eval()
+
+
 # ----------------------------------------------------------------------------- command
 def run_classify(args: argparse.Namespace) -> int:
     """Handler of ``mmexplain classify``; returns the exit status."""
@@ -170,24 +203,29 @@ def run_classify(args: argparse.Namespace) -> int:
         return print_methods(methods)
     if args.method not in methods:
         raise CLIError(f"--method {args.method!r} is not a method; one of: {', '.join(methods)}")
-    for value, what in ((args.image, "IMAGE: give an image file"), (args.arch, "--arch: give a torchvision model name"),
-                        (args.out, "--out: give the figure to write")):
+    for value, what in ((args.image, "IMAGE: give an image file"), (args.out, "--out: give the figure to write")):
         if value is None:
             raise CLIError(what)
+    if (args.arch is None) == (args.model is None):
+        raise CLIError("--arch / --model: give one of them (a torchvision name, or PKG.MODULE:FACTORY)")
+    if any(v <= 0 for v in args.std):
+        raise CLIError(f"--std: expected three positive numbers, got {args.std}")
     out = check_out(args.out, kind="file", suffixes=FIGURE_SUFFIXES)
-    _check_arch(args.arch)
+    if args.arch is not None:
+        _check_arch(args.arch)
     apply_threads(args)
     size = args.size or (299 if args.arch == "inception_v3" else 224)
     if size < 32:
         raise CLIError(f"--size must be at least 32 pixels; got {size}")
     image = load_image(args.image, size)  # (3, H, W) in [0, 1]
-    if args.weights is None:
+    if args.weights is None and args.model is None:
         print(
             f"warning: no --weights given: {args.arch} is randomly initialised, so its map explains "
             "nothing about the image; pass --weights FILE (safetensors or a torch state dict)",
             file=sys.stderr,
         )
-    model = load_classifier(args.arch, args.weights)
+    model = load_classifier(args.arch, args.weights) if args.arch is not None else _factory_model(args.model, args.weights)
+    name = args.arch or args.model
 
     import torch
 
@@ -197,10 +235,17 @@ def run_classify(args: argparse.Namespace) -> int:
     from ..methods import guided_gradcam
     from ..viz.core import overlay, save_figure, to_image_array
 
-    layer, reshape = (args.layer, None) if args.layer else default_layer(args.arch, model)
+    if args.layer:
+        layer, reshape = args.layer, None
+    elif args.arch is not None:
+        layer, reshape = default_layer(args.arch, model)
+    elif isinstance(getattr(model, "default_layer", None), str):
+        layer, reshape = model.default_layer, None
+    else:
+        raise CLIError(f"--layer: {args.model} has no default_layer; name the layer to explain")
     cam = mx.GradCAM(model, layer, reshape=reshape)  # bad --layer: ValueError naming the nearest layers
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean = torch.tensor(args.mean).view(3, 1, 1)
+    std = torch.tensor(args.std).view(3, 1, 1)
     x = ((image - mean) / std).unsqueeze(0)  # (1, 3, H, W)
     with torch.no_grad():
         logits = mx.targets.logits_of(model(x))  # (1, C)
@@ -208,7 +253,11 @@ def run_classify(args: argparse.Namespace) -> int:
     target_class = int(logits[0].argmax()) if args.target is None else args.target
     if not 0 <= target_class < num_classes:
         raise CLIError(f"--target {target_class} out of range: the model has {num_classes} classes (0..{num_classes - 1})")
-    names = _categories(args.arch, num_classes) if args.weights is not None else None
+    own = getattr(model, "classes", None)
+    if args.model is not None:
+        names = list(own) if isinstance(own, (list, tuple)) and len(own) == num_classes else None
+    else:
+        names = _categories(args.arch, num_classes) if args.weights is not None else None
     label = f"class {target_class}" + (f" ({names[target_class]})" if names else "")
     target = mx.targets.ClassLogit(target_class)
 
@@ -242,10 +291,10 @@ def run_classify(args: argparse.Namespace) -> int:
         axes[2].set_xticks([])
         axes[2].set_yticks([])
     score = float(logits[0, target_class])
-    random_note = "  [RANDOM WEIGHTS: explains nothing]" if args.weights is None else ""
-    fig.suptitle(f"{args.arch}: {label}, logit {score:.3g}{random_note}", fontsize=11)
+    random_note = "  [RANDOM WEIGHTS: explains nothing]" if args.weights is None and args.model is None else ""
+    fig.suptitle(f"{name}: {label}, logit {score:.3g}{random_note}", fontsize=11)
     save_figure(fig, out)
-    print(f"{args.arch}: {label}, logit {score:.4g}, method {args.method}, layer {layer} -> {out}")
+    print(f"{name}: {label}, logit {score:.4g}, method {args.method}, layer {layer} -> {out}")
     if empty:
         print("note: the Grad-CAM map is zero everywhere (sum_k alpha_k A^k <= 0 at every location)", file=sys.stderr)
     return 0
