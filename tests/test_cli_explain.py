@@ -74,7 +74,12 @@ def test_demo_writes_report(models_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--n", "1", "--models", str(models_dir), "--naming-scenes", "0"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["caption_0.png", "classes.png", "report.html", "report.md", "vqa_0_0.png", "vqa_0_1.png"]
+    from mmexplain.zoo.efficientnet import missing_reason
+
+    real = [] if missing_reason() else ["real-photos.png"]  # EfficientNet-Lite0 on photos: the [real] extra
+    assert names == sorted(["caption_0.png", "classes.png", "report.html", "report.md", "vqa_0_0.png", "vqa_0_1.png",
+                            *real])
+    assert ("Real photos" in (out / "report.md").read_text())
     assert all(_png(out / n) for n in names if n.endswith(".png"))
     report = (out / "report.md").read_text()
     for n in names:

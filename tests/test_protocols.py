@@ -247,3 +247,21 @@ def test_export_coco_round_trip_and_word_matching(tmp_path):
     assert 0 <= report["groups"]["all"]["gradcam"]["pointing"] <= 1
     with pytest.raises(ValueError, match="instances"):
         list(coco_items(tmp_path / "missing.json", paths["images"]))
+
+
+def test_failure_modes_explain_the_predicted_and_the_right_answer():
+    from mmexplain.evaluation.diagnosis import failure_modes, format_failures
+
+    vqa = mx.zoo.new("vqa", seed=0)  # untrained: most answers are wrong
+    seeds = mx.world.split_seeds("test", 2)
+    report = failure_modes(vqa, seeds, keep=2)
+    asked = sum(1 for s in seeds for q in mx.world.generate(s).questions if q.objects)
+    assert report["questions"] == asked and 0 < report["wrong"] <= asked
+    assert sum(w for w, _ in report["by_kind"].values()) == report["wrong"]
+    case = report["cases"][0]
+    assert case["predicted"] != case["right"] and case["maps"].shape == (2, 96, 96)
+    scene = mx.world.generate(seeds[0])
+    qa = next(q for q in scene.questions if q.objects and q.question == case["question"])
+    right = mx.explain_answer(vqa, scene.image, qa.question, qa.answer)
+    assert torch.equal(case["maps"][1], right.map)  # the right answer's map, as explain_answer gives it
+    assert 0 <= report["pointing_predicted"] <= 1 and "Failure modes" in format_failures(report)

@@ -140,7 +140,7 @@ def _naming_section(captioner: Any, explanation: Any, *, scenes: int = 200, seed
 
 
 def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: str | os.PathLike[str] | None = None,
-             naming_scenes: int = 200, log: Any = print) -> Path:
+             naming_scenes: int = 200, real_photos: bool = True, log: Any = print) -> Path:
     """Explain the shipped models on ``n`` held-out scenes; write figures, ``report.md`` and ``report.html``.
 
     Args:
@@ -149,6 +149,8 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
         n: number of scenes.
         root: models directory (default: the repository's ``models/``).
         naming_scenes: scenes dissected for the textual explanations (0: leave them out).
+        real_photos: add EfficientNet-Lite0 on two real photos (``real-photos.png``) when the
+            ``[real]`` extra is installed (a line says so when it is not).
         log: where progress lines go.
 
     Returns:
@@ -254,6 +256,10 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
         naming_md = _naming_section(captioner, first_caption, scenes=naming_scenes, root=root)
         if naming_md:
             md += [naming_md]
+        if real_photos:
+            from ..evaluation.real_photos import real_photo_section
+
+            md += [real_photo_section(tmp), ""]
         md += [
             "The interactive version of these scenes: [report.html](report.html) (point at a word or an answer).",
             "",
@@ -269,7 +275,8 @@ def _demo_handler(args: argparse.Namespace) -> int:
     check_out(args.out, kind="folder")
     apply_threads(args)
     start = time.perf_counter()
-    report = run_demo(args.out, seed=args.seed, n=args.scenes, root=args.models, naming_scenes=args.naming_scenes)
+    report = run_demo(args.out, seed=args.seed, n=args.scenes, root=args.models, naming_scenes=args.naming_scenes,
+                      real_photos=not args.no_real_photos)
     files = sorted(p.name for p in report.parent.iterdir() if p.name.endswith((".png", ".md", ".html")))
     print(f"wrote {len(files)} files to {report.parent} in {time.perf_counter() - start:.0f} s; "
           f"open {report.with_suffix('.html')} (interactive) or {report}")
@@ -290,6 +297,8 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     add_models(p)
     p.add_argument("--naming-scenes", type=nonnegative_int, default=200, metavar="N",
                    help="scenes dissected to name units for the textual explanations (0: skip; default 200)")
+    p.add_argument("--no-real-photos", action="store_true",
+                   help="leave out EfficientNet-Lite0 on two real photos (needs the [real] extra)")
     add_threads(p)
     p.set_defaults(func=_demo_handler)
     return p

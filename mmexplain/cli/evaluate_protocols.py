@@ -238,7 +238,9 @@ def _diagnosis_handler(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .. import world, zoo
-    from ..evaluation.diagnosis import adversarial_pointing, bias_evidence, format_adversarial, format_bias
+    from ..evaluation.diagnosis import (
+        adversarial_pointing, bias_evidence, failure_modes, format_adversarial, format_bias, format_failures,
+    )
 
     if args.json is not None:
         check_out(args.json, kind="file", suffixes=(".json",), option="--json")
@@ -255,5 +257,8 @@ def _diagnosis_handler(args: argparse.Namespace) -> int:
             print("\n" + format_bias(report[f"bias_{decoy}"]))
     else:
         print(f"\nno biased classifier at {biased}: dataset-bias diagnosis left out")
+    failures = failure_modes(_model("vqa", args.models), seeds)
+    print("\n" + format_failures(failures))
+    report["failures"] = {k: v for k, v in failures.items() if k != "cases"}
     _write_json(args, [report])
     return 0

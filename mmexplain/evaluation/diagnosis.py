@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from .. import metrics, world
 from ..explain import explain_class
 
-__all__ = ["pgd_attack", "adversarial_pointing", "bias_evidence", "format_bias", "format_adversarial"]
+__all__ = ["pgd_attack", "adversarial_pointing", "bias_evidence", "format_bias", "format_adversarial", "failure_modes",
+           "format_failures"]
 
 
 def pgd_attack(model_fn: Callable[[Tensor], Tensor], images: Tensor, target: Tensor | int, *, eps: float = 8 / 255,
@@ -187,3 +188,74 @@ def format_bias(report: dict[str, Any]) -> str:
     for label, r in report["rows"].items():
         lines.append(f"| {label} | {r['probability']:.3f} | {100 * r['pointing']:.1f}% | {r['energy_ratio']:.2f} |")
     return "\n".join(lines)
+
+
+def failure_modes(vqa: Any, seeds: Sequence[int], *, method: str = "gradcam", keep: int = 6) -> dict[str, Any]:
+    """Where the evidence sits when a VQA model answers wrong (paper Sec. 6.1), summarised over ``seeds``.
+
+    For every question that refers to objects and that the model gets wrong, the maps of the
+    predicted and of the right answer are computed side by side; each is scored with the
+    pointing game on the referred objects, and the two maps are compared (Spearman).
+
+    Args:
+        vqa: an ``mx.zoo`` VQA model or an answer adapter.
+        seeds: ShapeWorld scene seeds (e.g. a test split).
+        method: a name of ``mx.explain.METHODS``.
+        keep: how many failures keep their maps (for a figure: ``cases``).
+
+    Returns:
+        ``{"questions", "wrong", "pointing_predicted", "pointing_right", "spearman", "by_kind":
+        {kind: [wrong, questions]}, "cases": [{question, predicted, right, maps (2, H, W), image}]}``.
+    """
+    from ..explain import explain_answer
+    from .grounding import image_size
+
+    size = image_size(vqa)
+    asked = wrong = 0
+    hits_pred: list[float] = []
+    hits_right: list[float] = []
+    rhos: list[float] = []
+    by_kind: dict[str, list[int]] = {}
+    cases: list[dict[str, Any]] = []
+    for seed in seeds:
+        scene = world.generate(seed, size=size)
+        for qa in scene.questions:
+            if not qa.objects:
+                continue
+            asked += 1
+            counts = by_kind.setdefault(qa.kind, [0, 0])
+            counts[1] += 1
+            predicted = explain_answer(vqa, scene.image, qa.question, method=method)
+            if predicted.answer == qa.answer:
+                continue
+            wrong += 1
+            counts[0] += 1
+            right = explain_answer(vqa, scene.image, qa.question, qa.answer, method=method)
+            mask = torch.zeros_like(scene.objects[0].mask)
+            for j in qa.objects:
+                mask |= scene.objects[j].mask
+            hits_pred.append(float(metrics.pointing_game(predicted.map, mask)))
+            hits_right.append(float(metrics.pointing_game(right.map, mask)))
+            rhos.append(metrics.spearman(predicted.map, right.map))
+            if len(cases) < keep:
+                cases.append({"question": qa.question, "predicted": predicted.answer, "right": qa.answer,
+                              "maps": torch.stack([predicted.map, right.map]), "image": scene.image})
+    mean = (lambda v: sum(v) / len(v) if v else float("nan"))
+    return {"questions": asked, "wrong": wrong, "method": method, "pointing_predicted": mean(hits_pred),
+            "pointing_right": mean(hits_right), "spearman": mean(rhos), "by_kind": by_kind, "cases": cases}
+
+
+def format_failures(report: dict[str, Any]) -> str:
+    """The failure-mode summary as Markdown."""
+    kinds = ", ".join(f"{k} {w}/{n}" for k, (w, n) in sorted(report["by_kind"].items()))
+    return "\n".join([
+        f"## Failure modes ({report['method']}): {report['wrong']} wrong answers of {report['questions']} questions "
+        f"({kinds})",
+        "",
+        "| map | pointing at the referred objects |",
+        "|---|---|",
+        f"| predicted (wrong) answer | {100 * report['pointing_predicted']:.1f}% |",
+        f"| right answer | {100 * report['pointing_right']:.1f}% |",
+        "",
+        f"Spearman between the two maps: {report['spearman']:.2f}",
+    ])
