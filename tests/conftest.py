@@ -51,6 +51,29 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
         assert (g is None and after["grads"][k] is None) or torch.equal(g, after["grads"][k]), k
 
 
+class TinyViT(nn.Module):
+    """A fixed-seed toy ViT: CLS + 2x2 patch tokens, D=3; a per-token nonlinearity so the gradient differs per token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.embed = nn.Linear(4, 3)
+        self.cls = nn.Parameter(torch.randn(1, 1, 3))
+        self.block = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):  # x (B, 1, 4, 4) -> (B, 2)
+        patches = x.unfold(2, 2, 2).unfold(3, 2, 2).reshape(x.shape[0], 4, 4)  # (B, 4 patches, 4 px)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.embed(patches)], dim=1)  # (B, 5, 3)
+        tokens = self.block(tokens)  # hooked: (B, 5, 3)
+        return self.head(torch.tanh(tokens).pow(2).mean(dim=1))
+
+
+def drop_cls(tokens):  # (B, 1+4, D) -> (B, D, 2, 2)
+    """``reshape=`` for TinyViT's token layer: CLS dropped, patches on the 2x2 grid."""
+    return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], 2, 2)
+
+
 @pytest.fixture
 def run_notebook(monkeypatch):
     """Execute ``notebooks/NAME`` with nbclient; returns (executed notebook, its printed text).

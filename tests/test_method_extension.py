@@ -15,6 +15,7 @@ from torch import nn
 
 import mmexplain as mx
 from mmexplain.methods.gradcam import Call
+from conftest import TinyViT, drop_cls
 
 # ------------------------------------------------------------------ a fixed-weight toy model
 # A = conv1x1(x): K=2 channels on a 2x2 grid; y = sum_k c_k sum_ij A_kij^2, so dy/dA = 2 c_k A.
@@ -173,28 +174,6 @@ def test_gradient_free_method_runs_forward_passes_only():
         assert TinyScoreCAM(model, "conv")(X, mx.targets.ClassLogit(0)).raw.shape == (1, 2, 2)
 
 
-class TinyViT(nn.Module):
-    """CLS + 2x2 patch tokens, D=3, a per-token nonlinearity so the gradient differs per token."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(1)
-        self.embed = nn.Linear(4, 3)
-        self.cls = nn.Parameter(torch.randn(1, 1, 3))
-        self.block = nn.Linear(3, 3)
-        self.head = nn.Linear(3, 2)
-
-    def forward(self, x):  # x (B, 1, 4, 4) -> (B, 2)
-        patches = x.unfold(2, 2, 2).unfold(3, 2, 2).reshape(x.shape[0], 4, 4)  # (B, 4 patches, 4 px)
-        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.embed(patches)], dim=1)  # (B, 5, 3)
-        tokens = self.block(tokens)  # hooked: (B, 5, 3)
-        return self.head(torch.tanh(tokens).pow(2).mean(dim=1))
-
-
-def _drop_cls(tokens):  # (B, 1+4, D) -> (B, D, 2, 2)
-    return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], 2, 2)
-
-
 def test_token_method_weights_each_token_before_the_grid():
     model = TinyViT().eval()
     x = torch.rand(2, 1, 4, 4)
@@ -208,10 +187,10 @@ def test_token_method_weights_each_token_before_the_grid():
     (g,) = torch.autograd.grad(out[:, 1].sum(), acts["a"])  # (B, 5, 3) reference gradient
     expected = (g * acts["a"]).sum(-1)[:, 1:].reshape(2, 2, 2).detach()  # per patch token, CLS dropped
 
-    res = TokenHiResCAM(model, "block", reshape=_drop_cls, relu=False)(x, target)
+    res = TokenHiResCAM(model, "block", reshape=drop_cls, relu=False)(x, target)
     torch.testing.assert_close(res.raw, expected, rtol=1e-5, atol=1e-6)
     # an element-wise token weighting is a rearrangement of the grid one: both paths agree
-    grid = HiResCAM(model, "block", reshape=_drop_cls, relu=False)(x, target)
+    grid = HiResCAM(model, "block", reshape=drop_cls, relu=False)(x, target)
     torch.testing.assert_close(res.raw, grid.raw, rtol=1e-5, atol=1e-6)
     assert res.weights.shape == (2, 3) and res.activations.shape == (2, 3, 2, 2)
 

@@ -17,6 +17,7 @@ import torchvision
 from torch import nn
 
 import mmexplain as mx
+from conftest import TinyViT, drop_cls
 from mmexplain.methods import upsample_and_normalize
 
 T = mx.targets
@@ -387,28 +388,6 @@ def test_ablation_with_reuse_prefix_equals_repeated_inputs_and_refuses_skip_path
 
 
 # ------------------------------------------------------------------ token layers
-class TinyViT(nn.Module):
-    """CLS + 2x2 patch tokens, D=3; a per-token nonlinearity so the gradient differs per token."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(1)
-        self.embed = nn.Linear(4, 3)
-        self.cls = nn.Parameter(torch.randn(1, 1, 3))
-        self.block = nn.Linear(3, 3)
-        self.head = nn.Linear(3, 2)
-
-    def forward(self, x):  # x (B, 1, 4, 4) -> (B, 2)
-        patches = x.unfold(2, 2, 2).unfold(3, 2, 2).reshape(x.shape[0], 4, 4)  # (B, 4 patches, 4 px)
-        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.embed(patches)], dim=1)  # (B, 5, 3)
-        tokens = self.block(tokens)  # hooked: (B, 5, 3)
-        return self.head(torch.tanh(tokens).pow(2).mean(dim=1))
-
-
-def _drop_cls(tokens):  # (B, 1+4, D) -> (B, D, 2, 2)
-    return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], 2, 2)
-
-
 def test_per_token_methods_on_a_token_layer():
     model = TinyViT().eval()
     x = torch.rand(2, 1, 4, 4)
@@ -423,7 +402,7 @@ def test_per_token_methods_on_a_token_layer():
     a = a.detach()
     for method, weight in ((mx.HiResCAM, g), (mx.LayerCAM, F.relu(g))):
         expected = (weight * a).sum(-1)[:, 1:].reshape(2, 2, 2)  # per patch token, CLS dropped
-        res = method(model, "block", reshape=_drop_cls, relu=False)(x, T.ClassLogit(1))
+        res = method(model, "block", reshape=drop_cls, relu=False)(x, T.ClassLogit(1))
         torch.testing.assert_close(res.raw, expected, rtol=1e-5, atol=1e-6)
     # Ablation-CAM on tokens: feature d of every token (CLS included) set to 0
     y = out[:, 1].detach()
@@ -442,7 +421,7 @@ def test_per_token_methods_on_a_token_layer():
             handle.remove()
     w = torch.stack(drops, dim=-1)  # (B, D)
     expected = torch.einsum("bd,btd->bt", w, a)[:, 1:].reshape(2, 2, 2)
-    res = mx.AblationCAM(model, "block", reshape=_drop_cls, relu=False)(x, T.ClassLogit(1))
+    res = mx.AblationCAM(model, "block", reshape=drop_cls, relu=False)(x, T.ClassLogit(1))
     torch.testing.assert_close(res.raw, expected, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(res.weights, w, rtol=1e-4, atol=1e-6)
 

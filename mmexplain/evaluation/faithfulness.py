@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from .. import metrics
-from .grounding import METHOD_NAMES, applicable_methods, image_size, kind_of
-from .items import Item, explain_maps, probability_fn, scene_items
+from .grounding import METHOD_NAMES, applicable_methods, kind_of
+from .items import Item, explain_maps, probability_fn, resolve_items
 
 __all__ = ["faithfulness", "format_faithfulness", "FAITHFULNESS_BASELINES", "COLUMNS"]
 
@@ -74,13 +74,7 @@ def faithfulness(
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     start = time.perf_counter()
     kind = kind_of(model)
-    if items is None:
-        if seeds is None:
-            raise ValueError("seeds: expected scene seeds (or items=), got None")
-        items = scene_items(model, kind, list(seeds), size=image_size(model))
-    items = list(items)
-    if not items:
-        raise ValueError("items: nothing to explain (no item for these scenes)")
+    items = resolve_items(model, kind, items, seeds)
     methods = applicable_methods(model, methods)
     generator = torch.Generator().manual_seed(seed)
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

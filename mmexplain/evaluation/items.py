@@ -24,7 +24,7 @@ from .. import world
 from ..explain import explain_answer, explain_caption, explain_class
 from ..zoo.classifier import Classifier
 
-__all__ = ["Item", "scene_items", "explain_maps", "probability_fn"]
+__all__ = ["Item", "scene_items", "resolve_items", "explain_maps", "probability_fn"]
 
 
 @dataclass
@@ -127,3 +127,17 @@ def probability_fn(model: nn.Module, item: Item, target: int) -> Callable[[Tenso
     question = model.encode_question(item.question)[None]  # (1, L)
     index = model.answers.index(item.answer)
     return lambda x: model(x, question.expand(len(x), -1)).softmax(dim=-1)[:, index]
+
+
+def resolve_items(model: Any, kind: str, items: Any, seeds: Any) -> list[Item]:
+    """``items`` as a list, or the items of the ShapeWorld scenes of ``seeds`` when ``items`` is None."""
+    from .grounding import image_size
+
+    if items is None:
+        if seeds is None:
+            raise ValueError("seeds: expected scene seeds (or items=), got None")
+        items = scene_items(model, kind, list(seeds), size=image_size(model))
+    items = list(items)
+    if not items:
+        raise ValueError("items: nothing to explain (no item for these scenes)")
+    return items

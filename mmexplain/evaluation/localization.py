@@ -25,7 +25,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from .. import metrics, world

@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from .. import metrics
-from .grounding import METHOD_NAMES, applicable_methods, image_size, kind_of
-from .items import Item, explain_maps, scene_items
+from .grounding import METHOD_NAMES, applicable_methods, kind_of
+from .items import Item, explain_maps, resolve_items
 
 __all__ = ["parametrised_layers", "randomise", "sanity_check", "format_sanity", "SURVIVES_THRESHOLD"]
 
@@ -146,13 +146,7 @@ def sanity_check(
         raise ValueError(f"max_stages: expected an int >= 1, got {max_stages!r}")
     start = time.perf_counter()
     kind = kind_of(model)
-    if items is None:
-        if seeds is None:
-            raise ValueError("seeds: expected scene seeds (or items=), got None")
-        items = scene_items(model, kind, list(seeds), size=image_size(model))
-    items = list(items)
-    if not items:
-        raise ValueError("items: nothing to explain (no item for these scenes)")
+    items = resolve_items(model, kind, items, seeds)
     methods = applicable_methods(model, methods)
     layers = parametrised_layers(model)
     trained = {m: [explain_maps(model, it, m, layer=layer, signed=True) for it in items] for m in methods}
