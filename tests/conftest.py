@@ -32,7 +32,7 @@ def snapshot(model: nn.Module) -> dict:
         "grads": {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
         "hooks": {
             k: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
-                len(m._backward_pre_hooks), len(m._forward_hooks_with_kwargs))
+                len(m._backward_pre_hooks), len(m._forward_hooks_with_kwargs), len(m._forward_pre_hooks_with_kwargs))
             for k, m in model.named_modules()
         },
     }

@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 import mmexplain as mx
+from conftest import assert_unchanged, snapshot
 from mmexplain.methods import upsample_and_normalize
 
 T = mx.targets
@@ -75,29 +76,6 @@ def small_cnn() -> nn.Module:
         nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
     ).eval()
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "training": {k: m.training for k, m in model.named_modules()},
-        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
-        "grads": {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
-        "hooks": {
-            k: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), len(m._forward_hooks_with_kwargs))
-            for k, m in model.named_modules()
-        },
-    }
-
-
-def assert_same(before: dict, after: dict) -> None:
-    assert before["training"] == after["training"]
-    assert before["requires_grad"] == after["requires_grad"]
-    assert before["hooks"] == after["hooks"]
-    for k, v in before["params"].items():
-        assert torch.equal(v, after["params"][k]), k
-    for k, g in before["grads"].items():
-        assert (g is None and after["grads"][k] is None) or torch.equal(g, after["grads"][k]), k
 
 
 # ---------------------------------------------------------------- exact values
@@ -310,7 +288,7 @@ def test_model_left_as_found_after_success():
     before = snapshot(model)
     grad_mode = torch.is_grad_enabled()
     mx.GradCAM(model, model[2])(torch.rand(2, 3, 8, 8), [T.ClassLogit(0), T.ClassLogit(1)])
-    assert_same(before, snapshot(model))
+    assert_unchanged(model, before)
     assert torch.is_grad_enabled() == grad_mode
 
 
@@ -319,7 +297,7 @@ def test_model_left_as_found_when_forward_raises():
     before = snapshot(model)
     with pytest.raises(RuntimeError, match="boom"):
         mx.GradCAM(model, "conv")(torch.rand(1, 3, 8, 8), T.ClassLogit(0))
-    assert_same(before, snapshot(model))
+    assert_unchanged(model, before)
     assert torch.is_grad_enabled()
 
 
@@ -334,7 +312,7 @@ def test_model_left_as_found_when_target_raises():
         with pytest.raises(KeyError):
             mx.GradCAM(model, "2")(torch.rand(1, 3, 8, 8), T.Scalar(bad))
         assert not torch.is_grad_enabled()
-    assert_same(before, snapshot(model))
+    assert_unchanged(model, before)
 
 
 def test_works_when_called_under_no_grad():
@@ -432,7 +410,7 @@ def test_input_of_a_module_called_with_a_keyword_tensor():
     got = mx.GradCAM(model, "block", input=True)(x, T.ClassLogit(1))
     expected = mx.GradCAM(model, "block.conv", input=True)(x, T.ClassLogit(1))  # the same tensor, positionally
     torch.testing.assert_close(got.raw, expected.raw)
-    assert_same(before, snapshot(model))
+    assert_unchanged(model, before)
     with pytest.raises(ValueError, match="call"):
         mx.GradCAM(model, "block", call=True)
     with pytest.raises(TypeError, match="input"):

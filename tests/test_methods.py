@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 import mmexplain as mx
-from conftest import TinyViT, drop_cls
+from conftest import TinyViT, assert_unchanged, drop_cls, snapshot
 from mmexplain.methods import upsample_and_normalize
 
 T = mx.targets
@@ -601,28 +601,6 @@ def test_cam_and_guided_gradcam_take_the_same_places():
 
 
 # ------------------------------------------------------------------ hygiene
-def _snapshot(model: nn.Module) -> dict:
-    return {
-        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "training": {k: m.training for k, m in model.named_modules()},
-        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
-        "grads": {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
-        "hooks": {k: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
-                      len(m._forward_hooks_with_kwargs), len(m._forward_pre_hooks_with_kwargs))
-                  for k, m in model.named_modules()},
-    }
-
-
-def _assert_same(before: dict, after: dict) -> None:
-    assert before["training"] == after["training"]
-    assert before["requires_grad"] == after["requires_grad"]
-    assert before["hooks"] == after["hooks"]
-    for k, v in before["params"].items():
-        assert torch.equal(v, after["params"][k]), k
-    for k, g in before["grads"].items():
-        assert (g is None and after["grads"][k] is None) or torch.equal(g, after["grads"][k]), k
-
-
 def _small_cnn() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
@@ -639,11 +617,11 @@ def test_model_left_as_found_after_success_and_after_errors(method, place):
     model = _small_cnn()
     layer = "3" if place else "2"
     x = torch.rand(2, 3, 6, 6)
-    before = _snapshot(model)
+    before = snapshot(model)
     kw = {"window": 3, "stride": 3, **place} if method is mx.Occlusion else {"batch_size": 4, **place} if method in FORWARD_ONLY[:2] else place
     res = method(model, layer, **kw)(x, [T.ClassLogit(0), T.ClassLogit(1)])
     assert res.maps.shape == (2, 2, 6, 6) and torch.isfinite(res.maps).all()
-    _assert_same(before, _snapshot(model))
+    assert_unchanged(model, before)
 
     perturbs = method in (mx.ScoreCAM, mx.AblationCAM, mx.Occlusion)
     for fail_at in (1, 3) if perturbs else (1,):  # on the unmodified forward; during the perturbed forwards
@@ -657,7 +635,7 @@ def test_model_left_as_found_after_success_and_after_errors(method, place):
 
         with pytest.raises(KeyError, match="target failed"):
             method(model, layer, **kw)(x, T.Scalar(boom))
-        _assert_same(before, _snapshot(model))
+        assert_unchanged(model, before)
     assert torch.is_grad_enabled()
 
 
@@ -745,8 +723,6 @@ def test_ablation_weights_keep_their_sign_for_negative_scores():
                                   lambda m: mx.ScoreCAM(m, "1"), lambda m: mx.GradCAM(m, "1")],
                          ids=["occlusion", "guided", "scorecam", "gradcam"])
 def test_training_mode_batch_norm_statistics_are_left_as_found(make):
-    from conftest import assert_unchanged, snapshot
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(4, 2)).train()
