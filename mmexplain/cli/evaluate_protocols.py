@@ -82,7 +82,6 @@ def _write_json(args: argparse.Namespace, reports: list[dict[str, Any]]) -> None
 
 
 def _sanity_handler(args: argparse.Namespace) -> int:
-    from .. import world
     from ..evaluation.sanity import format_sanity, sanity_check
 
     if args.json is not None:
@@ -91,16 +90,8 @@ def _sanity_handler(args: argparse.Namespace) -> int:
         from .common import FIGURE_SUFFIXES
 
         check_out(args.plot, kind="file", suffixes=FIGURE_SUFFIXES, option="--plot")
-    on, methods = _targets(args), _methods(args.methods)
-    apply_threads(args)
-    seeds = world.split_seeds("test", args.scenes)
-    reports = []
-    for name in on:
-        model = _model(name, args.models)
-        items = photo_items(model) if name == "efficientnet" else None
-        report = sanity_check(model, seeds, items=items, methods=methods, max_stages=args.stages, name=name)
-        print(format_sanity(report) + "\n")
-        reports.append(report)
+    reports = _on_each_model(args, lambda model, seeds, items, methods, name: sanity_check(
+        model, seeds, items=items, methods=methods, max_stages=args.stages, name=name), format_sanity)
     if args.plot is not None:
         from pathlib import Path
 
@@ -115,12 +106,10 @@ def _sanity_handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def _faithfulness_handler(args: argparse.Namespace) -> int:
+def _on_each_model(args: argparse.Namespace, run: Any, show: Any) -> list[dict[str, Any]]:
+    """``run(model, seeds, items, methods, name)`` for each model of ``--on`` (photos for efficientnet), printed."""
     from .. import world
-    from ..evaluation.faithfulness import faithfulness, format_faithfulness
 
-    if args.json is not None:
-        check_out(args.json, kind="file", suffixes=(".json",), option="--json")
     on, methods = _targets(args), _methods(args.methods)
     apply_threads(args)
     seeds = world.split_seeds("test", args.scenes)
@@ -128,9 +117,19 @@ def _faithfulness_handler(args: argparse.Namespace) -> int:
     for name in on:
         model = _model(name, args.models)
         items = photo_items(model) if name == "efficientnet" else None
-        report = faithfulness(model, seeds, items=items, methods=methods, steps=args.steps, name=name)
-        print(format_faithfulness(report) + "\n")
+        report = run(model, seeds, items, methods, name)
+        print(show(report) + "\n")
         reports.append(report)
+    return reports
+
+
+def _faithfulness_handler(args: argparse.Namespace) -> int:
+    from ..evaluation.faithfulness import faithfulness, format_faithfulness
+
+    if args.json is not None:
+        check_out(args.json, kind="file", suffixes=(".json",), option="--json")
+    reports = _on_each_model(args, lambda model, seeds, items, methods, name: faithfulness(
+        model, seeds, items=items, methods=methods, steps=args.steps, name=name), format_faithfulness)
     _write_json(args, reports)
     return 0
 
