@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, positive_int
+from .common import CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, positive_int, scene_seeds
 
 __all__ = ["add_protocol_commands"]
 
@@ -108,11 +108,9 @@ def _sanity_handler(args: argparse.Namespace) -> int:
 
 def _on_each_model(args: argparse.Namespace, run: Any, show: Any) -> list[dict[str, Any]]:
     """``run(model, seeds, items, methods, name)`` for each model of ``--on`` (photos for efficientnet), printed."""
-    from .. import world
-
     on, methods = _targets(args), _methods(args.methods)
     apply_threads(args)
-    seeds = world.split_seeds("test", args.scenes)
+    seeds = scene_seeds(args.scenes)
     reports = []
     for name in on:
         model = _model(name, args.models)
@@ -135,7 +133,6 @@ def _faithfulness_handler(args: argparse.Namespace) -> int:
 
 
 def _localization_handler(args: argparse.Namespace) -> int:
-    from .. import world
     from ..evaluation.localization import format_localization, localization_error, shapeworld_boxes
 
     if args.json is not None:
@@ -145,7 +142,7 @@ def _localization_handler(args: argparse.Namespace) -> int:
     methods = _methods(args.methods)
     apply_threads(args)
     model = _model("classifier", args.models)
-    data = shapeworld_boxes(world.split_seeds("test", args.scenes), size=model.config.image_size, classes=model.classes)
+    data = shapeworld_boxes(scene_seeds(args.scenes), size=model.config.image_size, classes=model.classes)
     reports = [localization_error(model, data, method=m, threshold=args.threshold) for m in methods if m != "guided"]
     if not reports:
         raise CLIError("--methods: localisation needs a map method (Guided Grad-CAM has no box of its own)")
@@ -220,14 +217,13 @@ def add_protocol_commands(sub: Any) -> None:
 
 
 def _occlusion_handler(args: argparse.Namespace) -> int:
-    from .. import world
     from ..evaluation.occlusion import format_occlusion, occlusion_agreement
 
     if args.json is not None:
         check_out(args.json, kind="file", suffixes=(".json",), option="--json")
     methods = _methods(args.methods)
     apply_threads(args)
-    report = occlusion_agreement(_model("vqa", args.models), world.split_seeds("test", args.scenes), methods=methods)
+    report = occlusion_agreement(_model("vqa", args.models), scene_seeds(args.scenes), methods=methods)
     print(format_occlusion(report))
     _write_json(args, [report])
     return 0
@@ -236,7 +232,7 @@ def _occlusion_handler(args: argparse.Namespace) -> int:
 def _diagnosis_handler(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .. import world, zoo
+    from .. import zoo
     from ..evaluation.diagnosis import (
         adversarial_pointing, bias_evidence, failure_modes, format_adversarial, format_bias, format_failures,
     )
@@ -245,14 +241,14 @@ def _diagnosis_handler(args: argparse.Namespace) -> int:
         check_out(args.json, kind="file", suffixes=(".json",), option="--json")
     apply_threads(args)
     model = _model("classifier", args.models)
-    seeds = world.split_seeds("test", args.scenes)
+    seeds = scene_seeds(args.scenes)
     report: dict[str, Any] = {"adversarial": adversarial_pointing(model, seeds, eps=args.eps / 255)}
     print(format_adversarial(report["adversarial"]))
     biased = Path(args.biased) if args.biased else zoo.default_root() / "classifier-biased"
     if (biased / zoo.WEIGHTS).is_file():
         pair = {"unbiased": model, "biased (every circle red)": zoo.load("classifier", biased)}
         for decoy in ("color", "shape"):
-            report[f"bias_{decoy}"] = bias_evidence(pair, world.split_seeds("test", max(args.scenes, 200)), decoy=decoy)
+            report[f"bias_{decoy}"] = bias_evidence(pair, scene_seeds(max(args.scenes, 200)), decoy=decoy)
             print("\n" + format_bias(report[f"bias_{decoy}"]))
     else:
         print(f"\nno biased classifier at {biased}: dataset-bias diagnosis left out")
