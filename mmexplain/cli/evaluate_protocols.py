@@ -133,6 +133,7 @@ def _faithfulness_handler(args: argparse.Namespace) -> int:
 
 
 def _localization_handler(args: argparse.Namespace) -> int:
+    from ..evaluation.grounding import applicable_methods
     from ..evaluation.localization import format_localization, localization_error, shapeworld_boxes
 
     if args.json is not None:
@@ -143,9 +144,11 @@ def _localization_handler(args: argparse.Namespace) -> int:
     apply_threads(args)
     model = _model("classifier", args.models)
     data = shapeworld_boxes(scene_seeds(args.scenes), size=model.config.image_size, classes=model.classes)
-    reports = [localization_error(model, data, method=m, threshold=args.threshold) for m in methods if m != "guided"]
-    if not reports:
-        raise CLIError("--methods: localisation needs a map method (Guided Grad-CAM has no box of its own)")
+    usable = [m for m in applicable_methods(model, methods) if m != "guided"]
+    if not usable:
+        raise CLIError(f"--methods: localisation needs a map method that applies to the classifier, got {args.methods!r} "
+                       "(Guided Grad-CAM has no box of its own; relevancy reads transformers attention)")
+    reports = [localization_error(model, data, method=m, threshold=args.threshold) for m in usable]
     print(format_localization(reports))
     _write_json(args, reports)
     return 0
@@ -208,12 +211,25 @@ def add_protocol_commands(sub: Any) -> None:
                                    "(models/classifier-biased: every circle red in training), compare its evidence "
                                    "for 'red circle' on red non-circles and on non-red circles with the unbiased model's.")
     add_scenes(d, default=30, what="held-out test scenes")
-    d.add_argument("--eps", type=float, default=8.0, metavar="E", help="L-inf radius in 1/255 units (default 8)")
+    d.add_argument("--eps", type=_eps, default=8.0, metavar="E", help="L-inf radius in 1/255 units, in (0, 255] (default 8)")
     d.add_argument("--biased", default=None, metavar="DIR", help="biased classifier folder (default models/classifier-biased)")
     d.add_argument("--json", default=None, metavar="FILE.json", help="also write the report as JSON")
     add_models(d)
     add_threads(d, default=None)
     d.set_defaults(func=_diagnosis_handler)
+
+
+def _eps(text: str) -> float:
+    """argparse type of ``--eps``: a radius in 1/255 units, in (0, 255]."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 255] (1/255 units), got {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= 255:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 255] (1/255 units), got {text!r}")
+    return value
 
 
 def _occlusion_handler(args: argparse.Namespace) -> int:
@@ -239,6 +255,10 @@ def _diagnosis_handler(args: argparse.Namespace) -> int:
 
     if args.json is not None:
         check_out(args.json, kind="file", suffixes=(".json",), option="--json")
+    if args.biased is not None and not (Path(args.biased) / zoo.WEIGHTS).is_file():
+        what = "no such folder" if not Path(args.biased).is_dir() else f"no {zoo.WEIGHTS} in the folder"
+        raise CLIError(f"--biased {args.biased!r}: {what}; give a classifier checkpoint folder "
+                       "like models/classifier-biased")
     apply_threads(args)
     model = _model("classifier", args.models)
     seeds = scene_seeds(args.scenes)
