@@ -1,4 +1,4 @@
-"""The one place that writes files: atomically, with the usual permissions.
+"""The one place that writes files (atomically, with the usual permissions) and reads JSON safely.
 
 A file is written to a temporary sibling (``.NAME.PID.XXXX.tmp``) and renamed over the
 destination, so a crash or an error mid-write leaves the old file (or nothing) at the
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_text", "write_json", "atomic_folder"]
+__all__ = ["atomic_write", "write_text", "write_json", "atomic_folder", "read_json", "check_replaceable"]
 
 
 def _umask() -> int:
@@ -118,6 +118,25 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def check_replaceable(out: str | os.PathLike[str], *, option: str = "out") -> Path:
+    """Refuse, before any work, a folder that cannot be swapped whole: the current folder or one holding it.
+
+    Raises:
+        ValueError: ``out`` is the working folder or one of its parents (its replacement would
+            pull the ground from under the running process).
+    """
+    path = Path(out)
+    try:
+        here, target = Path.cwd().resolve(), path.resolve()
+    except OSError:  # the working folder is gone: nothing to protect
+        return path
+    if target == here or target in here.parents:
+        what = "the current folder" if target == here else "a folder holding the current folder"
+        raise ValueError(f"{option} {str(out)!r} is {what}; the output folder is replaced whole, so name a new "
+                         f"folder inside it (e.g. {option} {str(Path(out) / 'results')!r})")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out`` whole.
@@ -130,8 +149,9 @@ def atomic_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
 
     Raises:
         NotADirectoryError: ``out`` exists and is not a folder.
+        ValueError: ``out`` is the current folder or holds it (:func:`check_replaceable`).
     """
-    out = Path(out)
+    out = check_replaceable(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{str(out)!r} exists and is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -155,3 +175,39 @@ def atomic_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike[str], *, what: str, max_bytes: int = 4 * 2**20) -> Any:
+    """The JSON document in ``path``, or a one-line ``ValueError`` naming the file and ``what`` it should be.
+
+    Refuses, before parsing, a file over ``max_bytes``; then anything that is not UTF-8 JSON
+    (empty, truncated, not JSON) and nesting too deep for the parser.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (``"explain-dataset manifest"``).
+        max_bytes: the largest file read.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: too large, not UTF-8, not JSON, or nested too deeply.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} file: {str(path)!r}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{what} {str(path)!r}: {size} bytes, more than such a file holds ({max_bytes} at most)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {str(path)!r}: not UTF-8 text (byte {exc.start})") from exc
+    if not text.strip():
+        raise ValueError(f"{what} {str(path)!r}: the file is empty")
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise ValueError(f"{what} {str(path)!r}: JSON nested too deeply") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {str(path)!r}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                         "the file is damaged or truncated") from exc

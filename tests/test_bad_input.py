@@ -26,6 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import mmexplain as mx
+from mmexplain import _io
 from mmexplain.cli import main
 from mmexplain.dissect.labels import NeuronLabels
 
@@ -574,3 +575,241 @@ def test_wheel_carries_the_models(tmp_path):
     where = subprocess.run([str(py), "-c", "import mmexplain.zoo as z; print(z.default_root())"], cwd=work, env=env,
                            capture_output=True, text=True, check=True).stdout.strip()
     assert "site-packages" in where and where.endswith("shipped"), where
+
+
+# ---------------------------------------------------------------- datasets, evaluate options, HF folders, reports
+# Cases of a second hostile pass: damaged explain-dataset manifests, options past their range, COCO
+# file names outside the image folder, methods that do not apply, the current folder as --out,
+# damaged transformers checkpoints and report sections pointing outside the page.
+
+_MANIFEST_DAMAGE = {
+    "list": "[1, 2]",
+    "no-shard-keys": lambda m: {**m, "shards": [{}]},
+    "nested": "[" * 200_000 + "]" * 200_000,
+    "not-json": "{oops",
+    "empty": "",
+    "truncated": lambda m: json.dumps(m)[:50],
+    "not-utf8": b"\xff\xfe{",
+    "options-int": lambda m: {**m, "options": 3},
+    "options-list": lambda m: {**m, "options": [1]},
+    "complete-string": lambda m: {**m, "complete": "no"},
+    "rows-mismatch": lambda m: {**m, "rows": m["rows"] + 1},
+    "shard-path": lambda m: {**m, "shards": [{**m["shards"][0], "rows_file": "../../etc/passwd"}]},
+}
+
+
+@pytest.fixture(scope="module")
+def datasets(world, tmp_path_factory):
+    """An explain-dataset run, copies with damaged manifests, COCO files with bad file names."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("datasets")
+    code, err = _run(["explain-dataset", "--models", str(world / "models"), "--scenes", "1", "--out",
+                      str(root / "good"), "--threads", "1", "--quiet"])
+    assert code == 0, err
+    manifest = json.loads((root / "good" / "manifest.json").read_text())
+    for tag, damage in _MANIFEST_DAMAGE.items():
+        shutil.copytree(root / "good", root / tag)
+        content = damage(manifest) if callable(damage) else damage
+        content = json.dumps(content) if isinstance(content, dict) else content
+        path = root / tag / "manifest.json"
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    coco = root / "coco"
+    coco.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(coco / "a.png")
+    for tag, name in (("escape", "../../etc/passwd"), ("absolute", "/etc/passwd"), ("missing", "b.png"), ("number", 7)):
+        (coco / f"{tag}.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"},
+                                                                 {"id": 2, "file_name": name}]}))
+    return root
+
+
+ED = ["explain-dataset", "--models", "{w}/models", "--scenes", "1", "--threads", "1", "--quiet"]
+MORE_CLI_CASES = [
+    # a damaged manifest is never resumed
+    *[(f"explain-dataset-resume-{tag}", [*ED, "--out", f"{{d}}/{tag}", "--resume"], "manifest.json")
+      for tag in _MANIFEST_DAMAGE],
+    # checked before the first write: no folder, no manifest is left
+    ("explain-dataset-map-size-huge", [*ED, "--out", "{d}/new", "--map-size", "100000"], "4096"),
+    ("explain-dataset-layer-bogus", [*ED, "--out", "{d}/new", "--layer", "bogus"], "bogus"),
+    ("explain-dataset-relevancy-cnn", [*ED, "--out", "{d}/new", "--method", "relevancy"], "Relevancy"),
+    ("explain-dataset-scenes-huge", [*ED[:3], "--scenes", "1000000000", "--out", "{d}/new"], "--scenes"),
+    *[(f"explain-dataset-coco-{tag}", [*ED, "--out", "{d}/new", "--input", f"{{d}}/coco/{tag}.json"], want)
+      for tag, want in (("escape", "../../etc/passwd"), ("absolute", "/etc/passwd"), ("missing", "b.png"),
+                        ("number", "file_name"))],
+    # options named, not internals
+    ("evaluate-grounding-scenes-huge", ["evaluate", "grounding", "--scenes", "1000000000"], "--scenes"),
+    ("evaluate-grounding-offset", ["evaluate", "grounding", "--scenes", "10", "--offset", "99995"], "--offset"),
+    ("evaluate-sanity-scenes-huge", ["evaluate", "sanity", "--scenes", "100001"], "--scenes"),
+    ("demo-seed-past-split", ["demo", "--out", "{d}/demo", "--scenes", "10", "--seed", "99999"], "--seed"),
+    ("dissect-scenes-past-split", ["dissect", "classifier", "--out", "{d}/dis", "--scenes", "1000000"], "--scenes"),
+    *[(f"evaluate-diagnosis-eps-{v}", ["evaluate", "diagnosis", "--eps", v, "--scenes", "1"], "--eps")
+      for v in ("inf", "1e9", "nan", "0", "-1")],
+    ("evaluate-diagnosis-biased-missing", ["evaluate", "diagnosis", "--biased", "{d}/nowhere", "--scenes", "1"],
+     "--biased"),
+    ("evaluate-diagnosis-biased-empty", ["evaluate", "diagnosis", "--biased", "{d}/coco", "--scenes", "1"],
+     "--biased"),
+    # methods that do not apply to the CNN models: a named refusal, not an IndexError or an empty table
+    ("evaluate-grounding-relevancy-cnn", ["evaluate", "grounding", "--methods", "relevancy", "--scenes", "1",
+                                          "--models", "{w}/models"], "relevancy"),
+    *[(f"evaluate-{ev}-relevancy-cnn", ["evaluate", ev, "--methods", "relevancy", "--scenes", "1",
+                                        "--models", "{w}/models"], "relevancy")
+      for ev in ("sanity", "faithfulness", "occlusion", "localization")],
+]
+
+
+@pytest.mark.parametrize("argv,want", [c[1:] for c in MORE_CLI_CASES], ids=[c[0] for c in MORE_CLI_CASES])
+def test_cli_bad_input_datasets_and_options(world, datasets, argv, want):
+    argv = [a.replace("{w}", str(world)).replace("{d}", str(datasets)) for a in argv]
+    want = want.replace("{w}", str(world)).replace("{d}", str(datasets))
+    before = _tree(world), _tree(datasets)
+    code, err = _run(argv)
+    assert code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert want in lines[0] and "error" in lines[0], lines[0]
+    assert (_tree(world), _tree(datasets)) == before, "a failed command changed a folder"
+
+
+@pytest.mark.parametrize("argv", [["dissect", "classifier", "--scenes", "2", "--no-gallery", "--quiet"],
+                                  ["demo", "--scenes", "1", "--naming-scenes", "0"],
+                                  ["train", "classifier", "--force", "--steps", "1"]],
+                         ids=["dissect", "demo", "train"])
+@pytest.mark.parametrize("out", [".", "./", ".."])
+def test_out_the_current_folder_is_refused_up_front(world, tmp_path, monkeypatch, argv, out):
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "mine.txt").write_text("mine\n")
+    monkeypatch.chdir(here)
+    before = _tree(tmp_path)
+    code, err = _run([*argv, "--models", str(world / "models"), "--out", out] if argv[0] != "train"
+                     else [*argv, "--out", out])
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "--out" in err and "current folder" in err, err
+    assert _tree(tmp_path) == before
+
+
+def test_read_dataset_refuses_every_damaged_manifest(datasets):
+    assert mx.evaluation.read_dataset(datasets / "good").rows.num_rows > 0
+    for tag in _MANIFEST_DAMAGE:
+        with pytest.raises(ValueError) as info:
+            mx.evaluation.read_dataset(datasets / tag)
+        text = str(info.value)
+        assert str(datasets / tag / "manifest.json") in text and len(text.splitlines()) == 1, (tag, text)
+
+
+def test_read_dataset_names_a_missing_or_damaged_shard(datasets, tmp_path):
+    import shutil
+
+    shutil.copytree(datasets / "good", tmp_path / "run")
+    (tmp_path / "run" / "rows-00000.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match="rows-00000.parquet"):
+        mx.evaluation.read_dataset(tmp_path / "run")
+    (tmp_path / "run" / "maps-00000.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="maps-00000.safetensors"):
+        mx.evaluation.read_dataset(tmp_path / "run")
+
+
+# transformers checkpoint folders: (id, model, damage(folder), text the one-line error holds)
+def _set(section: str | None, **values):
+    def edit(folder: Path) -> None:
+        _edit_config(folder, lambda d: (d[section] if section else d).update(values))
+    return edit
+
+
+def _write(name: str, data: bytes):
+    return lambda folder: (folder / name).write_bytes(data)
+
+
+def _pickle(folder: Path) -> None:
+    torch.save({"weight": torch.zeros(2)}, folder / "model.safetensors")
+
+
+HF_FOLDER_CASES = [
+    ("vlm-hidden-1e7", "tiny-vlm", _set("text_config", hidden_size=10**7), "text_config.hidden_size"),
+    ("vlm-vocab-1e9", "tiny-vlm", _set("text_config", vocab_size=10**9), "text_config.vocab_size"),
+    ("vlm-vision-hidden-1e7", "tiny-vlm", _set("vision_config", hidden_size=10**7), "vision_config.hidden_size"),
+    ("vlm-layers-0", "tiny-vlm", _set("text_config", num_hidden_layers=0), "num_hidden_layers"),
+    ("vlm-heads-text", "tiny-vlm", _set("text_config", num_attention_heads="4"), "num_attention_heads"),
+    ("vlm-nested", "tiny-vlm", _write("config.json", b"{" + b'"a": {' * 200_000 + b"}" * 200_001), "nested"),
+    ("vlm-pickle", "tiny-vlm", _pickle, "pickle"),
+    ("vlm-config-huge", "tiny-vlm", _write("config.json", b" " * (5 * 2**20) + b"{}"), "bytes"),
+    ("ved-pickle", "tiny-ved", _pickle, "model.safetensors"),
+    ("ved-truncated", "tiny-ved", lambda f: (f / "model.safetensors").write_bytes(
+        (f / "model.safetensors").read_bytes()[:1000]), "model.safetensors"),
+    ("ved-decoder-vocab-1e9", "tiny-ved", _set("decoder", vocab_size=10**9), "decoder.vocab_size"),
+    ("vilt-pickle", "tiny-vilt", _pickle, "pickle"),
+    ("vilt-not-utf8", "tiny-vilt", _write("config.json", b"\xff\xfe{}"), "UTF-8"),
+    ("vilt-empty-config", "tiny-vilt", _write("config.json", b""), "empty"),
+    ("vilt-config-list", "tiny-vilt", _write("config.json", b"[1, 2]"), "JSON object"),
+]
+
+
+@pytest.mark.parametrize("name,damage,want", [c[1:] for c in HF_FOLDER_CASES], ids=[c[0] for c in HF_FOLDER_CASES])
+def test_zoo_load_refuses_a_damaged_transformers_folder(tmp_path, name, damage, want):
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(REPO / "models" / name, folder)
+    damage(folder)
+    with pytest.raises(ValueError) as info:
+        mx.zoo.load(name, folder)
+    text = str(info.value)
+    assert want in text and str(folder) in text and len(text.splitlines()) == 1, text
+
+
+@pytest.fixture(scope="module")
+def caption_section(world):
+    ex = mx.explain_caption(mx.zoo.load("captioner", world / "models"), mx.world.generate(7).image)
+    return mx.viz.caption_view(ex)
+
+
+@pytest.mark.parametrize("image", ["https://example.com/x.png", "//example.com/x.png", "x.png", "file:///etc/passwd",
+                                   "data:image/svg+xml;base64,PHN2Zz4=", 'data:image/png;base64,AA"><img src=x>', None],
+                         ids=["https", "scheme-relative", "relative", "file", "svg", "quote", "none"])
+def test_report_sections_embed_their_images(caption_section, tmp_path, image):
+    mx.viz.write_report([caption_section], tmp_path / "ok.html")  # the section as made: accepted
+    with pytest.raises(ValueError, match=r"sections\[0\]\['image'\]"):
+        mx.viz.write_report([dict(caption_section, image=image)], tmp_path / "bad.html")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.html"]
+
+
+MORE_API_CASES = [
+    ("faithfulness-methods-empty", lambda m: mx.evaluation.faithfulness.faithfulness(m, range(2_000_000, 2_000_001),
+                                                                                      methods=[]), ValueError, "methods"),
+    ("faithfulness-relevancy-cnn", lambda m: mx.evaluation.faithfulness.faithfulness(
+        m, range(2_000_000, 2_000_001), methods=["relevancy"]), ValueError, "relevancy"),
+    ("sanity-methods-empty", lambda m: mx.evaluation.sanity.sanity_check(m, range(2_000_000, 2_000_001), methods=[]),
+     ValueError, "methods"),
+    ("pgd-eps-inf", lambda m: mx.evaluation.diagnosis.pgd_attack(m, _x(), 0, eps=float("inf")), ValueError, "eps"),
+    ("pgd-eps-nan", lambda m: mx.evaluation.diagnosis.pgd_attack(m, _x(), 0, eps=float("nan")), ValueError, "eps"),
+    ("adversarial-eps-huge", lambda m: mx.evaluation.diagnosis.adversarial_pointing(m, range(2_000_000, 2_000_001),
+                                                                                     eps=1e9), ValueError, "eps"),
+    ("explain-dataset-map-size-huge", lambda m: mx.evaluation.explain_dataset(m, [None], "/nonexistent/x",
+                                                                               map_size=100_000), ValueError, "4096"),
+    ("atomic-folder-cwd", lambda m: _io.atomic_folder(".").__enter__(), ValueError, "current folder"),
+]
+
+
+@pytest.mark.parametrize("call,error,want", [c[1:] for c in MORE_API_CASES], ids=[c[0] for c in MORE_API_CASES])
+def test_api_bad_input_evaluation(classifier, call, error, want):
+    import mmexplain.evaluation.diagnosis  # noqa: F401 - the modules the calls name
+    import mmexplain.evaluation.faithfulness  # noqa: F401
+    import mmexplain.evaluation.sanity  # noqa: F401
+
+    before = snapshot(classifier)
+    with pytest.raises(error) as info:
+        call(classifier)
+    text = str(info.value)
+    assert want in text and len(text.splitlines()) == 1, text
+    assert_unchanged(classifier, before)
+
+
+def test_diagnosis_without_wrong_answers_says_so():
+    from mmexplain.evaluation.diagnosis import format_adversarial, format_failures
+
+    text = format_failures({"questions": 7, "wrong": 0, "method": "gradcam", "pointing_predicted": None,
+                            "pointing_right": None, "spearman": None, "by_kind": {"color": [0, 7]}})
+    assert "no wrong answers among 7" in text and "nan" not in text
+    text = format_adversarial({"scenes": 3, "flipped": 0.0, "pointing_before": None, "pointing_after": None,
+                               "eps": 0.01, "max_change": 0.01, "seconds": 1.0})
+    assert "none of 3 scenes" in text and "nan" not in text and "0%" not in text

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 import mmexplain as mx
+
+from conftest import assert_unchanged, snapshot
 
 THREADS = 8
 ROUNDS = 6  # calls per thread: ROUNDS explanations + ROUNDS predictions each
@@ -83,3 +86,78 @@ def test_several_methods_of_one_model_at_once():
         t.join()
     assert not errors, errors
     assert len(out) == len(makers)
+
+
+# ---------------------------------------------------------------- transformers models: Relevancy records one thread
+
+def _ved_calls(model):
+    """tiny-ved: Relevancy of a caption, a greedy caption, Grad-CAM of a caption."""
+    scene = mx.world.generate(2_000_001, size=64)
+    pixels = model.load_image(scene.image)  # (1, 3, H, W)
+    return {"relevancy": lambda: mx.explain_caption(model, scene.image, scene.caption, method="relevancy").maps,
+            "generate": lambda: model.generate(pixels),
+            "gradcam": lambda: mx.explain_caption(model, scene.image, scene.caption, method="gradcam").maps}
+
+
+def _vilt_calls(model):
+    """tiny-vilt: Relevancy of an answer, a prediction (the logits), Grad-CAM++ of an answer."""
+    scene = mx.world.generate(2_000_001, size=64)
+    question = scene.questions[0].question
+    pixels = model.load_image(scene.image)  # (1, 3, H, W)
+
+    def predict():
+        query = model.query(pixels, question)
+        with torch.no_grad():
+            return model.hf_model(**query.inputs).logits
+
+    return {"relevancy": lambda: mx.explain_answer(model, scene.image, question, method="relevancy").map,
+            "predict": predict,
+            "gradcam++": lambda: mx.explain_answer(model, scene.image, question, method="gradcam++").map}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return a.shape == b.shape and bool(torch.allclose(a, b, rtol=0, atol=1e-5))
+    return a == b
+
+
+@pytest.mark.parametrize("name,calls", [("tiny-ved", _ved_calls), ("tiny-vilt", _vilt_calls)])
+def test_relevancy_generate_and_gradients_in_three_threads(name, calls):
+    """Relevancy switches the model's attention to a recording kernel for its call; a thread that
+    generates or runs a gradient method meanwhile must neither be recorded nor recorded into."""
+    model = mx.zoo.load(name)
+    work = calls(model)
+    expected = {k: f() for k, f in work.items()}
+    assert isinstance(expected["relevancy"], torch.Tensor) and expected["relevancy"].abs().sum() > 0
+    before = snapshot(model.model)
+    rounds = 4
+    results: dict[tuple[str, int], object] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(work))
+
+    def run(k: str) -> None:
+        try:
+            start.wait()
+            for r in range(rounds):
+                results[k, r] = work[k]()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in work]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == rounds * len(work)
+    for (k, r), value in results.items():
+        assert _same(value, expected[k]), (k, r)
+    assert_unchanged(model.model, before)
+    assert not any(k.startswith("mmexplain_record_") for k in _attention_names())
+
+
+def _attention_names() -> list[str]:
+    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.modeling_utils import AttentionInterface
+
+    return [*AttentionInterface._global_mapping, *AttentionMaskInterface._global_mapping]

@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = [
     "CLIError", "positive_int", "nonnegative_int", "add_threads", "apply_threads", "add_models", "add_scenes",
-    "check_out", "check_image", "load_zoo_model", "FIGURE_SUFFIXES",
+    "check_out", "check_image", "load_zoo_model", "scene_seeds", "FIGURE_SUFFIXES",
 ]
 
 # what matplotlib writes without extra packages (checked without importing matplotlib)
@@ -74,6 +74,18 @@ def add_scenes(parser: argparse.ArgumentParser, *, default: int, what: str = "Sh
                         help=f"{what} (default {default})")
 
 
+def scene_seeds(scenes: int, *, start: int = 0, start_option: str = "--offset", split: str = "test") -> range:
+    """``--scenes`` ShapeWorld seeds of ``split`` after ``start``; CLIError naming the options past the split's end."""
+    from .. import world
+
+    size = len(world.SPLITS[split])
+    if start + scenes > size:
+        what = "held-out test" if split == "test" else split
+        raise CLIError(f"--scenes {scenes}{f' after {start_option} {start}' if start else ''}: the {what} split has "
+                       f"{size} scenes" + (f"; at most {max(size - start, 0)} after {start_option} {start}" if start else ""))
+    return world.split_seeds(split, scenes, start=start)
+
+
 def check_out(out: str, *, kind: str, suffixes: Sequence[str] = (), option: str = "--out") -> Path:
     """Validate ``--out`` before any work; nothing is created.
 
@@ -95,6 +107,12 @@ def check_out(out: str, *, kind: str, suffixes: Sequence[str] = (), option: str 
     elif kind == "folder":
         if path.exists() and not path.is_dir():
             raise CLIError(f"{option} {out!r} exists and is not a folder")
+        from .._io import check_replaceable
+
+        try:
+            check_replaceable(path, option=option)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     else:
         raise ValueError(f"kind: expected 'file' or 'folder', got {kind!r}")
     parent = path.absolute().parent

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import add_models, add_threads, apply_threads, check_out, nonnegative_int, positive_int
+from .common import add_models, add_threads, apply_threads, check_out, nonnegative_int, positive_int, scene_seeds
 
 __all__ = ["add_demo_command", "run_demo"]
 
@@ -273,6 +273,7 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
 
 def _demo_handler(args: argparse.Namespace) -> int:
     check_out(args.out, kind="folder")
+    scene_seeds(args.scenes, start=args.seed, start_option="--seed")
     apply_threads(args)
     start = time.perf_counter()
     report = run_demo(args.out, seed=args.seed, n=args.scenes, root=args.models, naming_scenes=args.naming_scenes,

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, nonnegative_int, positive_int
+from .common import (
+    CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, nonnegative_int, positive_int, scene_seeds,
+)
 from .explain_dataset import add_runner_options, runner_from_args
 
 
@@ -70,6 +72,7 @@ def _dissect_handler(args: argparse.Namespace) -> int:
     model = mx.zoo.load(args.model, root=args.models)
     layer = args.layer or model.default_layer
     size = getattr(getattr(model, "config", None), "image_size", 96)
+    scene_seeds(args.scenes, start=args.seed, start_option="--seed", split="val")
     data = mx.world.concept_dataset(args.scenes, seed=args.seed, size=size)
     with runner_from_args(args, progress=not args.quiet) as runner:
         model.to(runner.device)

@@ -18,14 +18,16 @@ import argparse
 from typing import Any
 
 from .evaluate_protocols import add_protocol_commands
-from .common import CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, nonnegative_int
+from .common import (
+    CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, nonnegative_int, scene_seeds,
+)
 from .explain_dataset import add_runner_options, runner_from_args
 
 __all__ = ["add_evaluate_command"]
 
 
 def _grounding_handler(args: argparse.Namespace) -> int:
-    from .. import world, zoo
+    from .. import zoo
     from .._io import write_json
     from ..evaluation import grounding
 
@@ -40,7 +42,7 @@ def _grounding_handler(args: argparse.Namespace) -> int:
     if args.coco is not None:
         return _coco_handler(args, methods)
     apply_threads(args)
-    seeds = world.split_seeds("test", args.scenes, start=args.start)
+    seeds = scene_seeds(args.scenes, start=args.start)
     with runner_from_args(args) as runner:
         if on is not None or args.methods == "all":
             names = on or [n for n in zoo.ALL_NAMES + zoo.VLM_NAMES if (zoo.folder(n, args.models)).is_dir()]

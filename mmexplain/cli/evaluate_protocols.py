@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, positive_int
+from .common import CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, positive_int, scene_seeds
 
 __all__ = ["add_protocol_commands"]
 
@@ -108,11 +108,9 @@ def _sanity_handler(args: argparse.Namespace) -> int:
 
 def _on_each_model(args: argparse.Namespace, run: Any, show: Any) -> list[dict[str, Any]]:
     """``run(model, seeds, items, methods, name)`` for each model of ``--on`` (photos for efficientnet), printed."""
-    from .. import world
-
     on, methods = _targets(args), _methods(args.methods)
     apply_threads(args)
-    seeds = world.split_seeds("test", args.scenes)
+    seeds = scene_seeds(args.scenes)
     reports = []
     for name in on:
         model = _model(name, args.models)
@@ -135,7 +133,7 @@ def _faithfulness_handler(args: argparse.Namespace) -> int:
 
 
 def _localization_handler(args: argparse.Namespace) -> int:
-    from .. import world
+    from ..evaluation.grounding import applicable_methods
     from ..evaluation.localization import format_localization, localization_error, shapeworld_boxes
 
     if args.json is not None:
@@ -145,10 +143,12 @@ def _localization_handler(args: argparse.Namespace) -> int:
     methods = _methods(args.methods)
     apply_threads(args)
     model = _model("classifier", args.models)
-    data = shapeworld_boxes(world.split_seeds("test", args.scenes), size=model.config.image_size, classes=model.classes)
-    reports = [localization_error(model, data, method=m, threshold=args.threshold) for m in methods if m != "guided"]
-    if not reports:
-        raise CLIError("--methods: localisation needs a map method (Guided Grad-CAM has no box of its own)")
+    data = shapeworld_boxes(scene_seeds(args.scenes), size=model.config.image_size, classes=model.classes)
+    usable = [m for m in applicable_methods(model, methods) if m != "guided"]
+    if not usable:
+        raise CLIError(f"--methods: localisation needs a map method that applies to the classifier, got {args.methods!r} "
+                       "(Guided Grad-CAM has no box of its own; relevancy reads transformers attention)")
+    reports = [localization_error(model, data, method=m, threshold=args.threshold) for m in usable]
     print(format_localization(reports))
     _write_json(args, reports)
     return 0
@@ -211,7 +211,7 @@ def add_protocol_commands(sub: Any) -> None:
                                    "(models/classifier-biased: every circle red in training), compare its evidence "
                                    "for 'red circle' on red non-circles and on non-red circles with the unbiased model's.")
     add_scenes(d, default=30, what="held-out test scenes")
-    d.add_argument("--eps", type=float, default=8.0, metavar="E", help="L-inf radius in 1/255 units (default 8)")
+    d.add_argument("--eps", type=_eps, default=8.0, metavar="E", help="L-inf radius in 1/255 units, in (0, 255] (default 8)")
     d.add_argument("--biased", default=None, metavar="DIR", help="biased classifier folder (default models/classifier-biased)")
     d.add_argument("--json", default=None, metavar="FILE.json", help="also write the report as JSON")
     add_models(d)
@@ -219,15 +219,27 @@ def add_protocol_commands(sub: Any) -> None:
     d.set_defaults(func=_diagnosis_handler)
 
 
+def _eps(text: str) -> float:
+    """argparse type of ``--eps``: a radius in 1/255 units, in (0, 255]."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 255] (1/255 units), got {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= 255:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 255] (1/255 units), got {text!r}")
+    return value
+
+
 def _occlusion_handler(args: argparse.Namespace) -> int:
-    from .. import world
     from ..evaluation.occlusion import format_occlusion, occlusion_agreement
 
     if args.json is not None:
         check_out(args.json, kind="file", suffixes=(".json",), option="--json")
     methods = _methods(args.methods)
     apply_threads(args)
-    report = occlusion_agreement(_model("vqa", args.models), world.split_seeds("test", args.scenes), methods=methods)
+    report = occlusion_agreement(_model("vqa", args.models), scene_seeds(args.scenes), methods=methods)
     print(format_occlusion(report))
     _write_json(args, [report])
     return 0
@@ -236,23 +248,27 @@ def _occlusion_handler(args: argparse.Namespace) -> int:
 def _diagnosis_handler(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .. import world, zoo
+    from .. import zoo
     from ..evaluation.diagnosis import (
         adversarial_pointing, bias_evidence, failure_modes, format_adversarial, format_bias, format_failures,
     )
 
     if args.json is not None:
         check_out(args.json, kind="file", suffixes=(".json",), option="--json")
+    if args.biased is not None and not (Path(args.biased) / zoo.WEIGHTS).is_file():
+        what = "no such folder" if not Path(args.biased).is_dir() else f"no {zoo.WEIGHTS} in the folder"
+        raise CLIError(f"--biased {args.biased!r}: {what}; give a classifier checkpoint folder "
+                       "like models/classifier-biased")
     apply_threads(args)
     model = _model("classifier", args.models)
-    seeds = world.split_seeds("test", args.scenes)
+    seeds = scene_seeds(args.scenes)
     report: dict[str, Any] = {"adversarial": adversarial_pointing(model, seeds, eps=args.eps / 255)}
     print(format_adversarial(report["adversarial"]))
     biased = Path(args.biased) if args.biased else zoo.default_root() / "classifier-biased"
     if (biased / zoo.WEIGHTS).is_file():
         pair = {"unbiased": model, "biased (every circle red)": zoo.load("classifier", biased)}
         for decoy in ("color", "shape"):
-            report[f"bias_{decoy}"] = bias_evidence(pair, world.split_seeds("test", max(args.scenes, 200)), decoy=decoy)
+            report[f"bias_{decoy}"] = bias_evidence(pair, scene_seeds(max(args.scenes, 200)), decoy=decoy)
             print("\n" + format_bias(report[f"bias_{decoy}"]))
     else:
         print(f"\nno biased classifier at {biased}: dataset-bias diagnosis left out")

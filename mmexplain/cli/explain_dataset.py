@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from .common import CLIError, add_models, add_threads, apply_threads, check_out, positive_int
+from .common import CLIError, add_models, add_threads, apply_threads, check_out, positive_int, scene_seeds
 
 __all__ = ["add_explain_dataset_command", "add_runner_options", "runner_from_args"]
 
@@ -44,6 +44,17 @@ def runner_from_args(args: argparse.Namespace, *, progress: bool = True) -> Iter
         yield runner
 
 
+def _map_side(text: str) -> int:
+    """argparse type of ``--map-size``: an integer in 1..MAX_MAP_SIZE."""
+    from ..evaluation.shards import MAX_MAP_SIZE
+
+    value = positive_int(text)
+    if value > MAX_MAP_SIZE:
+        raise argparse.ArgumentTypeError(f"expected an integer in 1..{MAX_MAP_SIZE} (pixels per side of a stored "
+                                         f"map), got {value}")
+    return value
+
+
 def add_explain_dataset_command(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``mmexplain explain-dataset``."""
     from ..explain import METHODS
@@ -65,8 +76,8 @@ def add_explain_dataset_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--scenes", type=positive_int, default=None, metavar="N",
                    help="items to explain: ShapeWorld scenes (default 100), or the first N items of other inputs")
-    p.add_argument("--map-size", type=positive_int, default=None, metavar="PX",
-                   help="side of the stored maps (default: each image's own size)")
+    p.add_argument("--map-size", type=_map_side, default=None, metavar="PX",
+                   help="side of the stored maps, at most 4096 (default: each image's own size)")
     p.add_argument("--shard-size", type=positive_int, default=64, metavar="N", help="items per shard (default 64)")
     p.add_argument("--resume", action="store_true", help="skip the shards an earlier run of the same options finished")
     p.add_argument("--html", default=None, metavar="FILE.html",
@@ -94,6 +105,8 @@ def _handler(args: argparse.Namespace) -> int:
         check_out(args.html, kind="file", suffixes=(".html",), option="--html")
     if args.model not in zoo.ALL_NAMES:
         raise CLIError(f"--model: expected one of {', '.join(zoo.ALL_NAMES)}, got {args.model!r}")
+    if args.input == "shapeworld" and args.scenes is not None:
+        scene_seeds(args.scenes)
     apply_threads(args)
     with runner_from_args(args, progress=not args.quiet) as runner:
         model = zoo.load(args.model, args.models)

@@ -19,7 +19,6 @@ What one item gives, by the model's kind:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch import Tensor
 
 from .. import metrics
 from ..runner import Runner
-from .shards import FORMAT, MANIFEST, shard_files, write_shard
+from .shards import FORMAT, MANIFEST, MAX_MAP_SIZE, read_manifest, shard_files, write_shard
 
 __all__ = ["explain_dataset"]
 
@@ -97,16 +96,19 @@ def _prepare(out: Path, options: Mapping[str, Any], n_items: int, *, resume: boo
     from .._io import write_json
 
     path = out / MANIFEST
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+    if path.exists():
+        try:
+            old = read_manifest(path)
+        except ValueError as exc:
+            raise ValueError(f"{'resume' if resume else 'out'}: {exc}; it cannot be resumed: choose another "
+                             "folder") from exc
         if not resume:
             raise ValueError(f"out: {str(out)!r} already holds an explain-dataset run; pass --resume to finish or "
                              "skip it, or choose another folder")
-        if old.get("options") != dict(options):
-            changed = sorted(k for k in set(old.get("options", {})) | set(options)
-                             if old.get("options", {}).get(k) != options.get(k))
+        if old["options"] != dict(options):
+            changed = sorted(k for k in set(old["options"]) | set(options) if old["options"].get(k) != options.get(k))
             raise ValueError(f"resume: {str(out)!r} was written with other options ({', '.join(changed)} differ)")
-        if old.get("complete"):
+        if old["complete"]:
             return
     elif out.exists() and any(out.iterdir()):
         raise ValueError(f"out: {str(out)!r} is not empty and holds no explain-dataset run; choose another folder")
@@ -143,8 +145,9 @@ def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gr
     runner = runner or Runner()
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size: expected an integer >= 1, got {shard_size!r}")
-    if map_size is not None and (isinstance(map_size, bool) or not isinstance(map_size, int) or map_size < 1):
-        raise ValueError(f"map_size: expected an integer >= 1 or None, got {map_size!r}")
+    if map_size is not None and (isinstance(map_size, bool) or not isinstance(map_size, int)
+                                 or not 1 <= map_size <= MAX_MAP_SIZE):
+        raise ValueError(f"map_size: expected an integer in 1..{MAX_MAP_SIZE} or None, got {map_size!r}")
     out = Path(out)
     kind = kind_of(model)
     n = len(data)
@@ -152,7 +155,8 @@ def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gr
         raise ValueError("data: no items to explain")
     options = dict(options or {}) | {"method": method, "map_size": map_size, "shard_size": shard_size}
     n_shards = math.ceil(n / shard_size)
-    if runner.main:
+    if runner.main:  # the first item, explained before anything is written: a wrong layer or method fails here
+        _explain_item(model, kind, data[0], method=method, layer=layer, runner=runner)
         _prepare(out, options, n, resume=resume)
     runner.barrier()
     mine = [k for k in range(runner.rank, n_shards, runner.world_size) if not shard_files(out, k)[1].is_file()]
@@ -190,4 +194,4 @@ def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gr
 
             write_report(shown[:html_items], html, title=f"mmexplain explain-dataset: {method}")
     runner.barrier()
-    return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    return read_manifest(out / MANIFEST)

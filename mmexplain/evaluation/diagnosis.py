@@ -55,8 +55,9 @@ def pgd_attack(model_fn: Callable[[Tensor], Tensor], images: Tensor, target: Ten
     """
     if not isinstance(images, Tensor) or images.dim() != 4:
         raise ValueError(f"images: expected a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}")
-    if not eps > 0 or not alpha > 0:
-        raise ValueError(f"eps, alpha: expected numbers > 0, got {eps!r}, {alpha!r}")
+    for name, value in (("eps", eps), ("alpha", alpha)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ValueError(f"{name}: expected a number in (0, 1] (pixels are in [0, 1]), got {value!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
     y = torch.as_tensor(target, device=images.device).long().expand(images.shape[0])  # (B,)
@@ -92,8 +93,12 @@ def adversarial_pointing(model: nn.Module, seeds: Sequence[int], *, eps: float =
 
     Returns:
         ``{"scenes", "flipped" (share no longer ranked first), "pointing_before",
-        "pointing_after" (over the flipped scenes), "max_change" (L-inf of the perturbation), "seconds"}``.
+        "pointing_after" (over the flipped scenes; None when none flipped), "max_change" (L-inf of the
+        perturbation), "seconds"}``.
     """
+    for name, value in (("eps", eps), ("alpha", alpha)):  # checked before any scene is attacked
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ValueError(f"{name}: expected a number in (0, 1] (pixels are in [0, 1]), got {value!r}")
     start = time.perf_counter()
     flipped = before = after = scored = 0
     change = 0.0
@@ -117,12 +122,15 @@ def adversarial_pointing(model: nn.Module, seeds: Sequence[int], *, eps: float =
         after += metrics.pointing_game(explain_class(model, adversarial[0], [top], method=method).maps[0], mask)
     if scored == 0:
         raise ValueError("seeds: no scene whose top class is present to attack")
-    return {"scenes": scored, "flipped": flipped / scored, "pointing_before": before / max(flipped, 1),
-            "pointing_after": after / max(flipped, 1), "eps": eps, "max_change": change,
+    return {"scenes": scored, "flipped": flipped / scored, "pointing_before": before / flipped if flipped else None,
+            "pointing_after": after / flipped if flipped else None, "eps": eps, "max_change": change,
             "seconds": time.perf_counter() - start}
 
 
 def format_adversarial(report: dict[str, Any]) -> str:
+    if report["pointing_before"] is None:
+        return (f"PGD (L-inf eps {report['eps']:.4f}) flips the top class on none of {report['scenes']} scenes; "
+                "no attacked scene to compare Grad-CAM on.")
     return (f"PGD (L-inf eps {report['eps']:.4f}) flips the top class on {100 * report['flipped']:.0f}% of "
             f"{report['scenes']} scenes; Grad-CAM of the original class points at its object on "
             f"{100 * report['pointing_before']:.0f}% before and {100 * report['pointing_after']:.0f}% after the attack.")
@@ -205,7 +213,8 @@ def failure_modes(vqa: Any, seeds: Sequence[int], *, method: str = "gradcam", ke
 
     Returns:
         ``{"questions", "wrong", "pointing_predicted", "pointing_right", "spearman", "by_kind":
-        {kind: [wrong, questions]}, "cases": [{question, predicted, right, maps (2, H, W), image}]}``.
+        {kind: [wrong, questions]}, "cases": [{question, predicted, right, maps (2, H, W), image}]}``;
+        the pointing and Spearman values are None when no answer is wrong.
     """
     from ..explain import explain_answer
     from .grounding import image_size
@@ -240,7 +249,7 @@ def failure_modes(vqa: Any, seeds: Sequence[int], *, method: str = "gradcam", ke
             if len(cases) < keep:
                 cases.append({"question": qa.question, "predicted": predicted.answer, "right": qa.answer,
                               "maps": torch.stack([predicted.map, right.map]), "image": scene.image})
-    mean = (lambda v: sum(v) / len(v) if v else float("nan"))
+    mean = (lambda v: sum(v) / len(v) if v else None)  # None: no wrong answer to score
     return {"questions": asked, "wrong": wrong, "method": method, "pointing_predicted": mean(hits_pred),
             "pointing_right": mean(hits_right), "spearman": mean(rhos), "by_kind": by_kind, "cases": cases}
 
@@ -248,6 +257,9 @@ def failure_modes(vqa: Any, seeds: Sequence[int], *, method: str = "gradcam", ke
 def format_failures(report: dict[str, Any]) -> str:
     """The failure-mode summary as Markdown."""
     kinds = ", ".join(f"{k} {w}/{n}" for k, (w, n) in sorted(report["by_kind"].items()))
+    if not report["wrong"]:
+        return (f"## Failure modes ({report['method']}): no wrong answers among {report['questions']} questions"
+                + (f" ({kinds})" if kinds else "") + "; nothing to compare")
     return "\n".join([
         f"## Failure modes ({report['method']}): {report['wrong']} wrong answers of {report['questions']} questions "
         f"({kinds})",

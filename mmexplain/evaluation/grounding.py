@@ -299,6 +299,10 @@ def grounding_report(
     start = time.perf_counter()
     cap_methods = applicable_methods(captioner, chosen)
     vqa_methods = applicable_methods(vqa, chosen)
+    for model, kept in ((captioner, cap_methods), (vqa, vqa_methods)):
+        if not kept:
+            raise ValueError(f"methods: none of {', '.join(chosen)} applies to {type(model).__name__} "
+                             "(relevancy reads transformers attention, Guided Grad-CAM needs ReLU units)")
     vqa_layer = vqa_layer if vqa_layer is not None else layer
     caption = _evaluate(captioner, seeds, cap_methods, layer=layer, seed=seed, runner=runner, desc="captions")
     caption_seconds = time.perf_counter() - start

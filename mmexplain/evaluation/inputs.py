@@ -103,6 +103,18 @@ class FolderInput(torch.utils.data.Dataset):
         return _item(i, self.files[i].stem, str(self.files[i]), image, size, questions=questions)
 
 
+def _image_file(root: Path, name: Any, source: Path) -> Path:
+    """A COCO ``file_name``: a relative path to an existing file inside ``root`` (checked before any work)."""
+    option = "--images" if source.parent != root else "input"
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(f"input: {str(source)!r} lists the image file_name {name!r}; expected a path relative to "
+                         f"its image folder, without '..'")
+    file = root / name
+    if not file.is_file():
+        raise ValueError(f"{option}: {name!r}, listed in {str(source)!r}, is not a file in {str(root)!r}")
+    return file
+
+
 class CocoInput(torch.utils.data.Dataset):
     """A COCO-format annotation file: ``images`` (``id``, ``file_name``) and ``annotations`` (``image_id``, ``caption``)."""
 
@@ -113,10 +125,12 @@ class CocoInput(torch.utils.data.Dataset):
             captions: dict[Any, str] = {}
             for ann in sorted(data.get("annotations", []), key=lambda a: a.get("id", 0)):
                 captions.setdefault(ann["image_id"], str(ann["caption"]).strip())
+        except RecursionError as exc:
+            raise ValueError(f"input: {str(path)!r} is not a COCO-format annotation file (JSON nested too deeply)") from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"input: {str(path)!r} is not a COCO-format annotation file ({exc})") from exc
         root = images if images is not None else path.parent
-        self.entries = [(str(e["id"]), root / e["file_name"], captions.get(e["id"])) for e in entries]
+        self.entries = [(str(e["id"]), _image_file(root, e.get("file_name"), path), captions.get(e["id"])) for e in entries]
         if not self.entries:
             raise ValueError(f"input: {str(path)!r} lists no images")
         self.size, self.question = size, question

@@ -58,7 +58,13 @@ def occlusion_agreement(model: nn.Module, seeds: Sequence[int], *,
         ``{"questions", "rows": {method: {"spearman", "sem"}}, "word_hit", "word_chance", "seconds"}``.
     """
     start = time.perf_counter()
+    asked = [methods] if isinstance(methods, str) else list(methods)
+    if not asked:
+        raise ValueError(f"methods: expected at least one method name, got {methods!r}")
     methods = [m for m in applicable_methods(model, methods) if m != "occlusion"]
+    if not methods:
+        raise ValueError(f"methods: none of {', '.join(map(str, asked))} applies to {type(model).__name__} "
+                         "beside occlusion itself (relevancy reads transformers attention, Guided Grad-CAM needs ReLU units)")
     values: dict[str, list[float]] = {m: [] for m in methods}
     hits, chance, n = 0, 0.0, 0
     for seed in seeds:

@@ -147,7 +147,13 @@ def sanity_check(
     start = time.perf_counter()
     kind = kind_of(model)
     items = resolve_items(model, kind, items, seeds)
+    asked = [methods] if isinstance(methods, str) else list(methods)
+    if not asked:
+        raise ValueError(f"methods: expected at least one method name, got {methods!r}")
     methods = applicable_methods(model, methods)
+    if not methods:
+        raise ValueError(f"methods: none of {', '.join(map(str, asked))} applies to {type(model).__name__} "
+                         "(relevancy reads transformers attention, Guided Grad-CAM needs ReLU units)")
     layers = parametrised_layers(model)
     trained = {m: [explain_maps(model, it, m, layer=layer, signed=True) for it in items] for m in methods}
 

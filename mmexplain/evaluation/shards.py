@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["read_dataset", "ExplainedDataset", "ShardMaps", "write_shard", "shard_files", "FORMAT", "MANIFEST"]
+__all__ = ["read_dataset", "read_manifest", "ExplainedDataset", "ShardMaps", "write_shard", "shard_files", "FORMAT",
+           "MANIFEST", "MAX_MAP_SIZE"]
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+MAX_MAP_SIZE = 4096  # side of a stored map: a 4096 x 4096 float16 map is 32 MiB
+_MAX_MANIFEST_BYTES = 64 * 2**20  # about 300 000 shard entries
+_MANIFEST_KEYS = {"format": int, "version": str, "complete": bool, "options": dict, "items": int, "rows": int,
+                  "shards": list}
+_SHARD_KEYS = {"shard": int, "items": list, "rows": int, "rows_file": str, "maps_file": str}
 
 
 def _schema() -> Any:
@@ -132,6 +137,83 @@ class ExplainedDataset:
     manifest: dict[str, Any]
 
 
+_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "an integer",
+          float: "a number", type(None): "null"}
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, with its article (``"a list"``); ``value`` may be a type."""
+    return _KINDS.get(value if isinstance(value, type) else type(value), "a value")
+
+
+def _is(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of an explain-dataset folder, checked against its schema; one ``ValueError`` line naming the file.
+
+    The schema: ``format`` (int, :data:`FORMAT`), ``version`` (str), ``complete`` (true/false),
+    ``options`` (object of option -> string, number, true/false or null), ``items`` and ``rows``
+    (ints >= 0), ``shards``: shard ``k`` is entry ``k``, ``{"shard": k, "items": [start, end],
+    "rows": n, "rows_file": "rows-0000k.parquet", "maps_file": "maps-0000k.safetensors"}``,
+    the item ranges consecutive from 0, the rows summing to ``rows``; a complete run's shards
+    cover all ``items``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a file that is not such a manifest (too large, not UTF-8 JSON, nested too
+            deeply, a key missing or of the wrong type, inconsistent counts).
+    """
+    from .._io import read_json
+
+    path = Path(path)
+    data = read_json(path, what="explain-dataset manifest", max_bytes=_MAX_MANIFEST_BYTES)
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"explain-dataset manifest {str(path)!r} is damaged: {what}")
+
+    if not isinstance(data, dict):
+        raise bad(f"expected a JSON object, got {_kind(data)}")
+    for key, kind in _MANIFEST_KEYS.items():
+        if key not in data:
+            raise bad(f"no {key!r}")
+        if not _is(data[key], kind):
+            raise bad(f"{key!r} must be {_kind(kind)}, got {data[key]!r:.60}")
+    if data["format"] != FORMAT:
+        raise bad(f"format {data['format']} is not {FORMAT}, the one this version reads")
+    for key, value in data["options"].items():
+        if not (value is None or isinstance(value, (str, int, float, bool))):
+            raise bad(f"option {key!r} must be a string, number, true/false or null, got {_kind(value)}")
+    for key in ("items", "rows"):
+        if data[key] < 0:
+            raise bad(f"{key!r} must be >= 0, got {data[key]}")
+    end, rows = 0, 0
+    for k, entry in enumerate(data["shards"]):
+        where = f"shards[{k}]"
+        if not isinstance(entry, dict):
+            raise bad(f"{where} must be an object, got {_kind(entry)}")
+        for key, kind in _SHARD_KEYS.items():
+            if not _is(entry.get(key), kind):
+                raise bad(f"{where} needs {key!r} as {_kind(kind)}, got {entry.get(key)!r:.60}")
+        span = entry["items"]
+        if entry["shard"] != k:
+            raise bad(f"{where} is numbered {entry['shard']}, expected {k}")
+        if len(span) != 2 or not all(_is(i, int) for i in span) or span[0] != end or not end < span[1] <= data["items"]:
+            raise bad(f"{where} 'items' must be [{end}, end] with {end} < end <= {data['items']}, got {span!r:.60}")
+        maps_file, rows_file = shard_files(path.parent, k)
+        if (entry["rows_file"], entry["maps_file"]) != (rows_file.name, maps_file.name):
+            raise bad(f"{where} must name {rows_file.name} and {maps_file.name}")
+        if entry["rows"] < 0:
+            raise bad(f"{where} 'rows' must be >= 0, got {entry['rows']}")
+        end, rows = span[1], rows + entry["rows"]
+    if rows != data["rows"]:
+        raise bad(f"its shards hold {rows} rows, its 'rows' says {data['rows']}")
+    if data["complete"] and end != data["items"]:
+        raise bad(f"a complete run whose shards cover {end} of its {data['items']} items")
+    return data
+
+
 def read_dataset(folder: str | Path) -> ExplainedDataset:
     """Read a folder written by ``mmexplain explain-dataset``.
 
@@ -143,7 +225,8 @@ def read_dataset(folder: str | Path) -> ExplainedDataset:
 
     Raises:
         FileNotFoundError: no manifest or a shard file missing.
-        ValueError: an unfinished run (resume it with ``--resume``) or an unknown format.
+        ValueError: an unfinished run (resume it with ``--resume``), or a damaged manifest (see
+            :func:`read_manifest`) or shard file (named).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -152,13 +235,24 @@ def read_dataset(folder: str | Path) -> ExplainedDataset:
     path = folder / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"folder: no {MANIFEST} in {str(folder)!r}; is it an explain-dataset output?")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"folder: {str(path)!r} has format {manifest.get('format')!r}, expected {FORMAT}")
-    if not manifest.get("complete"):
+    manifest = read_manifest(path)
+    if not manifest["complete"]:
         raise ValueError(f"folder: the run in {str(folder)!r} is unfinished; finish it with --resume")
     shards = [s["shard"] for s in manifest["shards"]]
-    tables = [pq.read_table(str(shard_files(folder, k)[1])) for k in shards]
+    tables = []
+    for entry in manifest["shards"]:
+        maps_file, rows_file = shard_files(folder, entry["shard"])
+        for file in (maps_file, rows_file):
+            if not file.is_file():
+                raise FileNotFoundError(f"folder: {str(file)!r}, listed in {MANIFEST}, is missing")
+        try:
+            table = pq.read_table(str(rows_file))
+        except (OSError, pa.ArrowException) as exc:
+            raise ValueError(f"folder: shard file {str(rows_file)!r} is damaged ({' '.join(str(exc).split())[:120]})") from exc
+        if table.num_rows != entry["rows"] or not set(_schema().names) <= set(table.column_names):
+            raise ValueError(f"folder: shard file {str(rows_file)!r} does not hold the {entry['rows']} rows of "
+                             f"the row schema that {MANIFEST} lists")
+        tables.append(table.select(_schema().names))
     rows = pa.concat_tables(tables) if tables else _schema().empty_table()
     keys = list(zip(rows.column("shard").to_pylist(), rows.column("row").to_pylist()))
     return ExplainedDataset(rows, ShardMaps(folder, shards, keys), manifest)

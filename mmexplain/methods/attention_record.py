@@ -23,6 +23,12 @@ A sub-model with attention modules that fits neither row raises ``TypeError`` na
 Nothing of the model's code is copied or patched; hooks, the registered names and every config
 attribute are undone in ``finally``, also when the forward raises.
 
+Threads: the switched configs and hooks are seen by every thread that runs the model during the
+call, so the kernel, the mask function and the hooks act only for the thread that opened the
+recording. Another thread's forward (a ``generate``, a Grad-CAM, a prediction) passes through the
+model's own attention implementation and mask function, unrecorded, with its own grad mode; two
+recordings of one process take turns (a lock).
+
 Autograd starts at the first attention layer: the forward runs with grad off until the first
 recorded layer switches it on (a layer whose probabilities, or whose input hidden states, do not
 require grad gets a fresh leaf there), so no graph is kept for the embeddings before it.
@@ -30,6 +36,7 @@ require grad gets a fresh leaf there), so no graph is kept for the embeddings be
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -135,22 +142,23 @@ class AttentionRecorder:
         records: list[AttentionRecord] = []
         names = {id(m): n for n, m in self.model.named_modules() if _under(n, self.within)}
         key = f"mmexplain_record_{uuid.uuid4().hex}"  # a fresh name per call: never clashes with a registered one
-        saved = [(c, c._attn_implementation_internal, c._output_attentions) for c in {
-            id(c): c for c in [*self.kernel_configs, *self.output_configs]}.values()]
         handles = []
         grad_was = torch.is_grad_enabled()
         _RECORDING.acquire()  # the attention switch acts on the whole model: one recording at a time
+        saved = [(c, c._attn_implementation_internal, c._output_attentions) for c in {
+            id(c): c for c in [*self.kernel_configs, *self.output_configs]}.values()]
+        own = _Owner(threading.get_ident(), {id(c): impl for c, impl, _ in saved})
         try:
             if self.kernel_configs:
-                AttentionInterface.register(key, _kernel(records, names))
-                AttentionMaskInterface.register(key, eager_mask)
+                AttentionInterface.register(key, _kernel(records, names, own))
+                AttentionMaskInterface.register(key, _mask(own))
                 for config in self.kernel_configs:
                     config._attn_implementation_internal = key  # the internal field: no recursion, exact restore
             for config in self.output_configs:
                 config.output_attentions = True
             for name, module in self.hooked.items():
-                handles.append(module.register_forward_pre_hook(_enter_graph_inputs, with_kwargs=True))
-                handles.append(module.register_forward_hook(_hook(records, name)))
+                handles.append(module.register_forward_pre_hook(_enter_graph_inputs(own), with_kwargs=True))
+                handles.append(module.register_forward_hook(_hook(records, name, own)))
             torch.set_grad_enabled(False)  # the first recorded layer switches autograd on
             yield records
         finally:
@@ -163,6 +171,50 @@ class AttentionRecorder:
             AttentionInterface._global_mapping.pop(key, None)  # no public unregister in transformers 5.x
             AttentionMaskInterface._global_mapping.pop(key, None)
             _RECORDING.release()
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """The recording thread, and each switched config's own attention implementation (by ``id``)."""
+
+    thread: int
+    implementations: dict[int, Any]
+
+    def here(self) -> bool:
+        """Whether the running thread opened the recording."""
+        return threading.get_ident() == self.thread
+
+    def implementation(self, config: Any) -> str | None:
+        """The implementation ``config`` had before the call (``None``: transformers' default)."""
+        if id(config) in self.implementations:
+            return self.implementations[id(config)]
+        return next(iter(self.implementations.values()), None)
+
+
+def _mask(own: _Owner) -> Any:
+    """The mask function of the recording name: eager masks for the recording thread, the model's own for others."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
+
+    def mask(*args: Any, **kwargs: Any) -> Any:
+        if own.here():
+            return eager_mask(*args, **kwargs)
+        implementation = own.implementation(kwargs.get("config"))
+        return ALL_MASK_ATTENTION_FUNCTIONS.get(implementation or "sdpa", sdpa_mask)(*args, **kwargs)
+
+    return mask
+
+
+def _foreign_attention(own: _Owner, module: nn.Module) -> Any:
+    """The attention function ``module`` runs when another thread's recording has switched its config."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    implementation = own.implementation(getattr(module, "config", None))
+    if implementation not in (None, "eager") and implementation in ALL_ATTENTION_FUNCTIONS:
+        return ALL_ATTENTION_FUNCTIONS[implementation]
+    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if eager is not None:  # the model file's own eager kernel, as transformers picks it
+        return eager
+    return ALL_ATTENTION_FUNCTIONS["sdpa"]
 
 
 def _under(name: str, prefix: str | None) -> bool:
@@ -190,19 +242,27 @@ def _enter_graph(tensor: Tensor) -> Tensor:
     return tensor if tensor.requires_grad else tensor.detach().requires_grad_(True)
 
 
-def _enter_graph_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Forward pre-hook of a hooked attention module: its hidden states enter the graph."""
-    if args and isinstance(args[0], Tensor) and args[0].is_floating_point():
-        args = (_enter_graph(args[0]), *args[1:])
-    elif isinstance(kwargs.get("hidden_states"), Tensor):
-        kwargs = {**kwargs, "hidden_states": _enter_graph(kwargs["hidden_states"])}
-    else:
-        torch.set_grad_enabled(True)
-    return args, kwargs
+def _enter_graph_inputs(own: _Owner) -> Any:
+    """Forward pre-hook of a hooked attention module: its hidden states enter the graph (recording thread only)."""
+
+    def fn(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if not own.here():
+            return None
+        if args and isinstance(args[0], Tensor) and args[0].is_floating_point():
+            args = (_enter_graph(args[0]), *args[1:])
+        elif isinstance(kwargs.get("hidden_states"), Tensor):
+            kwargs = {**kwargs, "hidden_states": _enter_graph(kwargs["hidden_states"])}
+        else:
+            torch.set_grad_enabled(True)
+        return args, kwargs
+
+    return fn
 
 
-def _hook(records: list[AttentionRecord], name: str) -> Any:
+def _hook(records: list[AttentionRecord], name: str, own: _Owner) -> Any:
     def fn(module: nn.Module, args: Any, output: Any) -> None:
+        if not own.here():
+            return
         probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
         if not isinstance(probs, Tensor) or probs.dim() != 4:
             raise ValueError(f"attention module {name!r} ({type(module).__name__}) returned no attention "
@@ -212,11 +272,17 @@ def _hook(records: list[AttentionRecord], name: str) -> Any:
     return fn
 
 
-def _kernel(records: list[AttentionRecord], names: dict[int, str]) -> Any:
-    """The recording attention kernel, in the signature of transformers' ``eager_attention_forward``."""
+def _kernel(records: list[AttentionRecord], names: dict[int, str], own: _Owner) -> Any:
+    """The recording attention kernel, in the signature of transformers' ``eager_attention_forward``.
+
+    Another thread's call goes to the module's own implementation, unrecorded.
+    """
 
     def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                   scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if not own.here():
+            return _foreign_attention(own, module)(module, query, key, value, attention_mask, scaling=scaling,
+                                                   dropout=dropout, **kwargs)
         for unsupported in ("softcap", "s_aux"):
             if kwargs.get(unsupported) is not None:
                 raise ValueError(f"{type(module).__name__} passes {unsupported}=; the Relevancy recording kernel "

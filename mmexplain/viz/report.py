@@ -40,6 +40,7 @@ from torch import Tensor
 
 from .._io import write_text
 from .core import to_image_array
+from .embedded import check_data_image
 from .report_template import CSS, SCRIPT
 
 __all__ = ["caption_view", "answer_view", "render_report", "write_report", "ReportView", "show"]
@@ -281,6 +282,7 @@ def _sections(items: Any, **options: Any) -> list[dict[str, Any]]:
                 raise ValueError(f"{', '.join(sorted(options))}: sections[{i}] is already a view; pass the explanation")
             if item.get("kind") not in ("caption", "answer"):
                 raise ValueError(f"sections[{i}]: expected a section from caption_view or answer_view")
+            check_data_image(item.get("image"), f"sections[{i}]['image']")
             out.append(dict(item))
         elif hasattr(item, "words"):
             out.append(caption_view(item, **options))

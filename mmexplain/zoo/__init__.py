@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -276,18 +275,11 @@ def save(model: Any, out: str | os.PathLike) -> Path:
 
 
 def _read_json(path: Path) -> dict:
+    from .._io import read_json
+
     if not path.is_file():
         raise FileNotFoundError(f"missing checkpoint file: {path}")
-    size = path.stat().st_size
-    if size > MAX_JSON_BYTES:
-        raise ValueError(f"corrupt checkpoint file {path}: {size} bytes, more than a checkpoint's JSON "
-                         f"holds ({MAX_JSON_BYTES} at most)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except RecursionError as exc:
-        raise ValueError(f"corrupt checkpoint file {path}: JSON nested too deeply") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"corrupt checkpoint file {path}: not valid JSON ({exc})") from exc
+    data = read_json(path, what="corrupt checkpoint file", max_bytes=MAX_JSON_BYTES)
     if not isinstance(data, dict):
         raise ValueError(f"corrupt checkpoint file {path}: expected a JSON object")
     return data
@@ -313,6 +305,10 @@ def load(name: str, root: str | os.PathLike | None = None) -> Any:
     path = folder(name, root)
     if not path.is_dir():
         raise FileNotFoundError(f"no checkpoint folder for {name!r}: {path} (train one with `mmexplain train {name}`)")
+    if name not in NAMES and (path / CONFIG).is_file():  # a transformers folder: checked before transformers reads it
+        from .common import check_hf_folder
+
+        check_hf_folder(path)
     if name in HF_NAMES:
         from . import tiny_hf
 

@@ -1,6 +1,10 @@
-"""Pieces shared by the zoo models: image preprocessing, normalisation, the conv encoder."""
+"""Pieces shared by the zoo models: image preprocessing, normalisation, the conv encoder, checkpoint checks."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,3 +93,97 @@ class Encoder(nn.Module):
             xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
             x = torch.cat([x, xs, ys], dim=1)  # (B, 5, H, W)
         return self.features(x)  # (B, C, H/8, W/8)
+
+
+# what a transformers checkpoint folder of the zoo may declare before transformers builds anything
+MAX_HF_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_HF_SIZE = 8192  # widths, layers, heads, patch and image sides
+MAX_HF_VOCAB = 1_000_000
+MAX_HF_POSITIONS = 1 << 20  # position tables (rotary ones cost nothing)
+_HF_SIZE_KEYS = frozenset((
+    "hidden_size", "intermediate_size", "image_size", "patch_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "n_embd", "n_layer", "n_head", "n_inner", "num_channels", "embedding_size",
+    "max_text_len", "modality_type_vocab_size", "embed_dim", "depth", "num_heads", "out_hidden_size",
+    "spatial_merge_size", "temporal_patch_size", "projection_dim", "image_seq_length",
+))
+_HF_POSITION_KEYS = frozenset(("max_position_embeddings", "n_positions", "n_ctx"))
+_PICKLE_STARTS = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch.save's zip
+
+
+def check_hf_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A transformers ``config.json`` of the zoo: size, nesting, and every size setting's type and range.
+
+    Returns:
+        The config as a dict.
+
+    Raises:
+        ValueError: a file too large, not JSON, nested too deeply, or a size setting (``hidden_size``,
+            ``vocab_size``, ``num_hidden_layers``, ... at any depth) that is not an integer in range:
+            one line naming the file and the setting.
+    """
+    from .._io import read_json
+
+    path = Path(path)
+    data = read_json(path, what="corrupt checkpoint file", max_bytes=MAX_HF_CONFIG_BYTES)
+    if not isinstance(data, dict):
+        raise ValueError(f"corrupt checkpoint file {path}: expected a JSON object")
+
+    def walk(obj: dict[str, Any], where: str, depth: int) -> None:
+        if depth > 8:
+            raise ValueError(f"corrupt checkpoint file {path}: {where or 'config'} nested more than 8 levels")
+        for key, value in obj.items():
+            if isinstance(value, dict):
+                walk(value, f"{where}{key}.", depth + 1)
+                continue
+            limit = (MAX_HF_VOCAB if key == "vocab_size" else MAX_HF_POSITIONS if key in _HF_POSITION_KEYS
+                     else MAX_HF_SIZE if key in _HF_SIZE_KEYS else None)
+            if limit is None or value is None:  # None: transformers' default
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ValueError(f"corrupt checkpoint file {path}: {where}{key} must be an integer in 1..{limit}, "
+                                 f"got {value!r:.40}")
+
+    walk(data, "", 0)
+    return data
+
+
+def check_safetensors(path: str | os.PathLike[str]) -> None:
+    """A weights file is a readable safetensors file (its header parsed; nothing else is ever loaded).
+
+    Raises:
+        ValueError: a pickle or any other file under a ``.safetensors`` name, or a damaged header.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(_PICKLE_STARTS):
+        raise ValueError(f"corrupt checkpoint file {path}: a pickle, not safetensors; pickles are never loaded")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"corrupt checkpoint file {path}: not a safetensors file ({' '.join(str(exc).split())[:120]})"
+                         ) from exc
+
+
+def check_hf_folder(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A zoo transformers checkpoint folder, before transformers reads it: ``config.json`` and every
+    ``*.safetensors`` file (:func:`check_hf_config`, :func:`check_safetensors`).
+
+    Returns:
+        The config as a dict.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` or no weights.
+        ValueError: a damaged or out-of-range file (named).
+    """
+    path = Path(path)
+    config = check_hf_config(path / "config.json")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"missing checkpoint file: {path / 'model.safetensors'}")
+    for file in weights:
+        check_safetensors(file)
+    return config

@@ -183,8 +183,9 @@ def load_parts(path: str | os.PathLike) -> tuple[Any, Any]:
     try:
         model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True)
         processor = LlavaProcessor.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"checkpoint folder {path} does not hold a loadable tiny-vlm model: {exc}") from exc
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        text = " ".join(str(exc).split())[:300]
+        raise ValueError(f"checkpoint folder {path} does not hold a loadable tiny-vlm model: {text}") from exc
     return model.eval(), processor
 
 
