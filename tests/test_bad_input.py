@@ -13,9 +13,11 @@ import contextlib
 import io
 import json
 import os
+import site
 import struct
 import subprocess
 import sys
+import sysconfig
 import zlib
 from pathlib import Path
 
@@ -555,17 +557,27 @@ def test_every_package_is_in_the_wheel_list():
 
 
 def test_wheel_carries_the_models(tmp_path):
-    """Build the wheel, install it into a fresh venv (system site packages: torch is not fetched again)
-    and run the demo from a folder outside the repository."""
+    """Build the wheel, install it into a fresh venv and run the demo from a folder outside the repository.
+
+    The inner venv sees the running environment's packages (torch is not fetched again) through a
+    ``.pth`` file listing its site folders, so this works from any venv, and the wheel's own
+    ``mmexplain`` comes first on the inner venv's path.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env.pop("PYTHONPATH", None)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO),
                     "-w", str(tmp_path / "dist")], check=True, cwd=tmp_path, env=env, capture_output=True)
     wheel = next((tmp_path / "dist").glob("mmexplain-*.whl"))
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv")], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
     py = tmp_path / "venv" / "bin" / "python"
+    inner = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True).stdout.strip()
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)], check=True,
                    cwd=tmp_path, env=env, capture_output=True)
+    # after the install, so pip never sees the outer mmexplain
+    outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
+    # plain path lines: the outer folders' own .pth files (an editable mmexplain) are not run
+    Path(inner, "outer-env.pth").write_text("".join(f"{p}\n" for p in sorted(outer) if Path(p).is_dir()))
     work = tmp_path / "elsewhere"
     work.mkdir()
     proc = subprocess.run([str(py), "-m", "mmexplain", "demo", "--scenes", "1", "--naming-scenes", "0", "--out", "X",
