@@ -49,7 +49,10 @@ class Classifier(nn.Module):
         classes: class names, ``"red circle"`` style; logits come in this order.
         default_layer: ``"encoder.features.5"``, the last 12 x 12 conv block.
         fc: the linear head (CAM weights).
+        activation: ``"sigmoid"``: each class's probability is the sigmoid of its logit (multi-label).
     """
+
+    activation = "sigmoid"
 
     def __init__(self, config: ClassifierConfig, classes: list[str] | None = None):
         super().__init__()
