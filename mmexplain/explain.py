@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters.zoo import as_answer_adapter, as_caption_adapter
-from .adapters.grids import PatchGrid
-from .methods import DESCRIPTIONS, CAMResult, GradCAM, GuidedBackprop, get_method, guided_gradcam, upsample_and_normalize
+from .methods import (
+    METHODS, CAMResult, GradCAM, GuidedBackprop, GuidedGradCAM, MethodSpec, guided_gradcam, method_spec, upsample_and_normalize,
+)
 from .targets import ClassLogit, Counterfactual, SequenceLogProb, Target, TopClass
 from .words import FUNCTION_WORDS
 
@@ -55,13 +56,8 @@ __all__ = [
     "METHODS",
 ]
 
-#: method name -> one line saying what it computes
-METHODS: dict[str, str] = {
-    **DESCRIPTIONS,
-    "guided": "Guided Grad-CAM (Selvaraju et al.): Grad-CAM's map x guided backprop, at pixel resolution",
-    "relevancy": "Relevancy (Chefer et al. 2021): gradient-weighted attention through self- and cross-attention; "
-                 "transformers models only",
-}
+# ``METHODS`` is the registry itself (``mx.methods.METHODS``: name -> MethodSpec); ``mx.methods.register``
+# adds a method that every explainer here then accepts.
 
 
 # ---------------------------------------------------------------- results
@@ -89,6 +85,11 @@ class CaptionExplanation:
     image: Tensor
     result: CAMResult
     guided: Tensor | None = None
+
+    @property
+    def pixels(self) -> Tensor | None:
+        """(T, 3, H, W) the pixel-resolution maps (``guided``), for ``MethodSpec.saliency_of``."""
+        return self.guided
 
     @property
     def caption(self) -> str:
@@ -150,6 +151,11 @@ class AnswerExplanation:
     guided: Tensor | None = None
 
     @property
+    def pixels(self) -> Tensor | None:
+        """(k, 3, H, W) the pixel-resolution maps (``guided``), for ``MethodSpec.saliency_of``."""
+        return self.guided
+
+    @property
     def answer(self) -> str:
         return self.answers[0]
 
@@ -206,6 +212,11 @@ class ClassExplanation:
     result: CAMResult
     guided: Tensor | None = None
 
+    @property
+    def pixels(self) -> Tensor | None:
+        """(k, 3, H, W) the pixel-resolution maps (``guided``), for ``MethodSpec.saliency_of``."""
+        return self.guided
+
     def plot(self, *, path: str | None = None) -> Figure:
         from .viz import plot_maps, save_figure
 
@@ -220,56 +231,49 @@ class ClassExplanation:
 
 @dataclass(frozen=True)
 class _Method:
-    """How one ``method=`` name runs: its class (None: relevancy) and whether guided backprop is added."""
+    """How one ``method=`` name runs, read from its :class:`~mmexplain.methods.MethodSpec`."""
 
-    name: str
-    cls: type | None
-    guided: bool = False
+    spec: MethodSpec
+
+    @property
+    def guided(self) -> bool:
+        """True for Guided Grad-CAM: Grad-CAM's maps, then guided backprop times them."""
+        return issubclass(self.spec.cls, GuidedGradCAM)
 
     @property
     def gradient(self) -> bool:
         """True when the method takes the engine's batched backward (targets in batch, extra layers)."""
-        return self.cls is not None and issubclass(self.cls, GradCAM) and self.cls.needs_gradient
+        cls = GradCAM if self.guided else self.spec.cls
+        return issubclass(cls, GradCAM) and cls.needs_gradient
 
     def run(self, model: nn.Module, layer: Any, reshape: Any, inputs: Any, targets: list[Target], *,
             size: tuple[int, int], extra: dict[str, str] | None = None, in_batch: bool = False,
             per_backward: int | None = None) -> CAMResult:
-        if self.cls is None:  # relevancy reads attention, not a layer
-            from .methods.relevancy import Relevancy
-
-            grid = reshape.grid if isinstance(reshape, PatchGrid) else None
-            return Relevancy(model, grid=grid)(inputs, targets, size=size)
-        if not issubclass(self.cls, GradCAM):  # occlusion: the image itself, no layer
-            return self.cls(model)(inputs, targets, size=size)
-        cam = self.cls(model, layer, reshape=reshape)
+        cls = GradCAM if self.guided else self.spec.cls
+        method = cls(model, layer, reshape=reshape) if self.spec.needs_layer else cls(model, reshape=reshape)
         if not self.gradient:
-            return cam(inputs, targets, size=size)
-        return cam(inputs, targets, size=size, extra_layers=extra, targets_in_batch=in_batch,
-                   targets_per_backward=per_backward)
+            return method(inputs, targets, size=size)
+        return method(inputs, targets, size=size, extra_layers=extra, targets_in_batch=in_batch,
+                      targets_per_backward=per_backward)
 
 
 def _method(method: Any) -> _Method:
     """The :class:`_Method` for ``method``; ValueError naming the argument otherwise."""
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    if method == "guided":
-        return _Method(method, GradCAM, guided=True)
-    if method == "relevancy":
-        return _Method(method, None)
-    return _Method(method, get_method(method))
+    return _Method(method_spec(method))
 
 
-def _guided(model: nn.Module, inputs: Any, targets: list[Target], maps: Tensor) -> Tensor:
-    """Guided Grad-CAM of each target: guided backprop (one forward) x its map.
+def _guided(model: nn.Module, inputs: Any, targets: list[Target], res: CAMResult) -> Tensor:
+    """Guided Grad-CAM of each target: guided backprop (one forward) x its map; also kept as ``res.pixels``.
 
     Args:
-        maps: (N, H, W) the targets' maps.
+        targets: the N targets of ``res`` (batch of one).
 
     Returns:
         (N, C, H', W') at the size of the image in ``inputs``.
     """
-    grads = GuidedBackprop(model)(inputs, targets)[:, 0]  # (N, C, H', W'), batch of one
-    return guided_gradcam(grads, maps)
+    grads = GuidedBackprop(model)(inputs, targets)  # (N, 1, C, H', W')
+    res.pixels = guided_gradcam(grads, res.maps)  # (N, 1, C, H', W')
+    return res.pixels[:, 0]
 
 
 def explain_caption(
@@ -324,7 +328,7 @@ def explain_caption(
     res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), inputs, targets, size=size, in_batch=in_batch,
                    per_backward=words_per_pass)
     caption_map = upsample_and_normalize(F.relu(res.pre_relu.sum(dim=0)), size)[0]  # (H, W)
-    guided_maps = _guided(adapter.model, plain_inputs, targets, res.maps[:, 0]) if plan.guided else None  # (T, C, H, W)
+    guided_maps = _guided(adapter.model, plain_inputs, targets, res) if plan.guided else None  # (T, C, H, W)
     return CaptionExplanation(list(words), res.maps[:, 0], res.scores[:, 0], caption_map, shown, res, guided_maps)
 
 
@@ -390,7 +394,7 @@ def explain_answer(
     probabilities = adapter.probabilities(query, res.output)
     if probabilities is not None:
         probabilities = probabilities.detach()  # (k,)
-    guided_maps = _guided(adapter.model, query.inputs, list(query.targets), res.maps[:k, 0]) if plan.guided else None
+    guided_maps = _guided(adapter.model, query.inputs, targets, res)[:k] if plan.guided else None  # (k, C, H, W)
     return AnswerExplanation(
         question, names, res.scores[:k, 0], probabilities, res.maps[:k, 0], res.maps[k:, 0],
         list(query.question_tokens), attributions, shown, res, guided_maps,
@@ -450,5 +454,5 @@ def explain_class(
     chosen = torch.stack([t.indices(res.output)[0] if isinstance(t, TopClass) else torch.tensor(t.index) for t in targets])
     labels = [names[int(i)] if names else str(int(i)) for i in chosen]
     shown = pixels[0].detach().clamp(0, 1)
-    guided_maps = _guided(classifier, pixels, targets, res.maps[:, 0]) if plan.guided else None  # (k, C, H, W)
+    guided_maps = _guided(classifier, pixels, targets, res) if plan.guided else None  # (k, C, H, W)
     return ClassExplanation(labels, chosen, res.scores[:, 0], res.maps[:, 0], shown, res, guided_maps)

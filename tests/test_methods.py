@@ -658,14 +658,33 @@ def test_forward_only_methods_run_no_backward_and_work_under_inference_mode():
 def test_registry_names_every_method_and_top_level_exports():
     assert list(mx.methods.METHODS) == [
         "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigengradcam",
-        "scorecam", "ablationcam", "eigencam", "occlusion",
+        "scorecam", "ablationcam", "eigencam", "occlusion", "guided", "relevancy",
     ]
-    assert set(mx.methods.DESCRIPTIONS) == set(mx.methods.METHODS)
-    for name, cls in mx.methods.METHODS.items():
-        assert getattr(mx, cls.__name__) is cls and mx.methods.get_method(name.upper()) is cls
-        assert "Example:" in cls.__doc__ and "Departure" in cls.__doc__
-    with pytest.raises(ValueError, match=r"unknown name 'gradcam\+'; expected one of: gradcam, gradcam\+\+, xgradcam"):
+    assert mx.explain.METHODS is mx.methods.METHODS  # one registry
+    for name, spec in mx.methods.METHODS.items():
+        cls = spec.cls
+        assert spec.name == name and getattr(mx, cls.__name__) is cls and mx.methods.get_method(name.upper()) is cls
+        assert mx.methods.method_spec(name) is spec and spec.description and "\n" not in spec.description
+        assert "Example:" in cls.__doc__ and ("Departure" in cls.__doc__ or name == "guided")
+        assert spec.requires <= set(mx.methods.CAPABILITIES) and spec.saliency in mx.methods.SALIENCY
+    specs = mx.methods.METHODS
+    assert [n for n, s in specs.items() if not s.needs_layer] == ["occlusion", "relevancy"]
+    assert [n for n, s in specs.items() if not s.uses_gradient] == ["scorecam", "ablationcam", "eigencam", "occlusion"]
+    assert specs["guided"].why_not({"layer", "pixels"}) == "Guided Grad-CAM needs ReLU-like units for guided backprop (relu)"
+    assert specs["gradcam"].why_not({"layer"}) is None and specs["occlusion"].why_not({"layer"}) is not None
+    with pytest.raises(ValueError, match=r"unknown name 'gradcam\+'; nearest: gradcam\+\+.*expected one of: gradcam, gradcam\+\+"):
         mx.methods.get_method("gradcam+")
+
+
+def test_saliency_of_reads_maps_or_sums_the_pixel_map_over_colour():
+    pixels = torch.tensor([[[[1.0, -2.0]], [[-3.0, 4.0]], [[0.5, 0.5]]]])  # (1, C=3, 1, 2)
+    res = mx.methods.CAMResult(torch.rand(1, 1, 2), *(torch.zeros(1) for _ in range(5)), pixels=pixels)
+    guided, gradcam = mx.methods.METHODS["guided"], mx.methods.METHODS["gradcam"]
+    assert guided.saliency_of(res).tolist() == [[[4.5, 6.5]]]  # |1|+|-3|+|.5|, |-2|+|4|+|.5|
+    assert guided.saliency_of(res, signed=True).tolist() == [[[-1.5, 2.5]]]
+    assert gradcam.saliency_of(res) is res.maps
+    with pytest.raises(ValueError, match="no pixel-resolution map"):
+        guided.saliency_of(mx.methods.CAMResult(*(torch.zeros(1) for _ in range(6))))
 
 
 def test_bad_arguments_are_named():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from .common import (
@@ -44,10 +45,11 @@ def add_explain_options(p: argparse.ArgumentParser, kind: str) -> None:
     add_threads(p)
 
 
-def print_methods(names: dict[str, str]) -> int:
+def print_methods(names: Mapping[str, Any]) -> int:
+    """Print name and one line per method: a registry (name -> MethodSpec) or name -> description."""
     width = max(len(n) for n in names)
-    for name, line in names.items():
-        print(f"{name:<{width}}  {line}")
+    for name, entry in names.items():
+        print(f"{name:<{width}}  {getattr(entry, 'description', entry)}")
     return 0
 
 

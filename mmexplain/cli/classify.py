@@ -196,7 +196,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from ..explain import METHODS
 
     methods = {"counterfactual": "counterfactual Grad-CAM (negated gradient, paper Sec. 3.2)",
-               **{k: v for k, v in METHODS.items() if k != "relevancy"}}
+               **{k: spec.description for k, spec in METHODS.items() if "attention" not in spec.requires}}
     if args.method == "list":
         from .caption import print_methods
 
@@ -265,10 +265,9 @@ def run_classify(args: argparse.Namespace) -> int:
         res = cam(x, mx.targets.Counterfactual(target))
     elif args.method in ("gradcam", "guided"):
         res = cam(x, target)
-    elif args.method == "occlusion":
-        res = mx.methods.Occlusion(model)(x, target)
     else:
-        res = mx.methods.get_method(args.method)(model, layer, reshape=reshape)(x, target)
+        spec = mx.methods.method_spec(args.method)
+        res = (spec.cls(model, layer, reshape=reshape) if spec.needs_layer else spec.cls(model, reshape=reshape))(x, target)
     panels = 3 if args.method == "guided" else 2
 
     from matplotlib.figure import Figure
@@ -280,7 +279,7 @@ def run_classify(args: argparse.Namespace) -> int:
     axes[0].set_xticks([])
     axes[0].set_yticks([])
     what = {"counterfactual": "counterfactual Grad-CAM (negated gradient)", "guided": "Grad-CAM"}.get(
-        args.method, mx.methods.METHODS[args.method].__name__ if args.method in mx.methods.METHODS else args.method)
+        args.method, mx.methods.display_name(args.method))
     empty = bool(res.raw.amax() <= 0)  # ReLU removed everything: nothing raises this score
     note = "\n(map is zero: no region raises this score)" if empty else ""
     overlay(image, res.maps[0], ax=axes[1], title=f"{what}, {layer}{note}", colorbar=True)

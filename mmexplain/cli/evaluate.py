@@ -67,7 +67,7 @@ def _coco_handler(args: argparse.Namespace, methods: list[str] | str) -> int:
     from .. import zoo
     from .._io import write_json
     from ..evaluation.coco import coco_grounding, coco_items
-    from ..evaluation.grounding import METHOD_NAMES
+    from ..evaluation.grounding import method_label
     from ..evaluation.scoring import metric_tables
 
     if args.images is None:
@@ -82,7 +82,7 @@ def _coco_handler(args: argparse.Namespace, methods: list[str] | str) -> int:
     print(f"COCO grounding: {report['words']} matched caption words on {report['items']} images")
     order = sorted(report["groups"], key=lambda g: g != "all")
     print("\n".join(metric_tables("Caption words matched to annotated categories", report["groups"], order,
-                                  report["methods"], METHOD_NAMES)))
+                                  report["methods"], {m: method_label(m) for m in report["methods"]})))
     if args.json is not None:
         write_json(args.json, report)
         print(f"wrote {args.json}")

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import metrics
-from .grounding import METHOD_NAMES, applicable_methods, kind_of
+from .grounding import method_label, applicable_methods, kind_of
 from .items import Item, explain_maps, probability_fn, resolve_items
 
 __all__ = ["faithfulness", "format_faithfulness", "FAITHFULNESS_BASELINES", "COLUMNS"]
@@ -108,5 +108,5 @@ def format_faithfulness(report: dict[str, Any]) -> str:
              "| method | " + " | ".join(name for _, name in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for m in report["methods"]:
         row = report["rows"][m]
-        lines.append(f"| {METHOD_NAMES.get(m, m)} | " + " | ".join(f"{row[k]:.3f}" for k, _ in COLUMNS) + " |")
+        lines.append(f"| {method_label(m)} | " + " | ".join(f"{row[k]:.3f}" for k, _ in COLUMNS) + " |")
     return "\n".join(lines)

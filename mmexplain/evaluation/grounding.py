@@ -50,9 +50,9 @@ from torch import Tensor, nn
 
 from .. import world
 from ..adapters import as_answer_adapter, as_caption_adapter
-from ..explain import METHODS as EXPLAIN_METHODS
 from ..explain import explain_answer, explain_caption, explain_class
-from ..methods import call_model
+from ..methods import METHODS, call_model, display_name, method_spec
+from ..methods.guided import relu_units
 from ..targets import logits_of
 from .scoring import BASELINES, Baselines, ModelRun, fmt, metric_tables
 
@@ -60,17 +60,20 @@ if TYPE_CHECKING:
     from ..runner import Runner
 
 __all__ = ["grounding_report", "format_report", "leaderboard", "format_leaderboard", "applicable_methods",
-           "kind_of", "METHOD_NAMES", "WORD_KINDS", "QUESTION_KINDS"]
+           "inapplicable_methods", "capabilities_of", "method_label", "kind_of", "WORD_KINDS", "QUESTION_KINDS"]
 
 WORD_KINDS = ("size", "color", "shape")
 QUESTION_KINDS = ("color", "shape", "size", "count", "exist")
-METHOD_NAMES = {
-    "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM",
-    "layercam": "LayerCAM", "eigengradcam": "Eigen-Grad-CAM", "scorecam": "Score-CAM", "ablationcam": "Ablation-CAM",
-    "eigencam": "Eigen-CAM", "occlusion": "Occlusion", "guided": "Guided Grad-CAM", "relevancy": "Relevancy",
-    "uniform": "uniform", "center": "centre prior", "random": "random",
-}
-_RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh)
+_BASELINE_LABELS = {"center": "centre prior"}
+
+
+def method_label(name: str) -> str:
+    """What a table shows for a method (its registry display name) or a baseline."""
+    return _BASELINE_LABELS.get(name) or display_name(name)
+
+
+def _labels(names: Iterable[str]) -> dict[str, str]:
+    return {n: method_label(n) for n in names}
 
 
 # ----------------------------------------------------------------------------- models and methods
@@ -93,33 +96,46 @@ def _module(model: Any) -> nn.Module:
     return model if isinstance(model, nn.Module) else model.model
 
 
-def applicable_methods(model: Any, methods: Iterable[str]) -> list[str]:
-    """The methods of ``methods`` that are defined for ``model``.
+def capabilities_of(model: Any) -> frozenset[str]:
+    """What ``model`` offers a method (see ``mx.methods.CAPABILITIES``).
 
-    Relevancy needs transformers attention (``mx.hf`` adapters); Guided Grad-CAM needs
-    ReLU-like units (its rule is undefined for GELU/SiLU networks).
+    An adapter that says it (``capabilities``) is taken at its word; otherwise an ``mx.zoo``
+    model has a layer and pixels, an ``mx.hf`` adapter also transformers attention, and
+    ``"relu"`` is there when the network has ReLU-like units (``methods.guided.relu_units``).
     """
-    module = _module(model)
-    is_zoo = isinstance(model, nn.Module)
-    has_relu = any(isinstance(m, _RELU_LIKE) for m in module.modules())
-    out = []
-    for m in methods:
-        if m == "relevancy" and is_zoo:
-            continue
-        if m == "guided" and not has_relu:
-            continue
-        out.append(m)
-    return out
+    own = getattr(model, "capabilities", None)
+    if own is not None:
+        return frozenset(own)
+    found = {"layer", "pixels"}
+    if relu_units(_module(model)):
+        found.add("relu")
+    if not isinstance(model, nn.Module):
+        found.add("attention")
+    return frozenset(found)
+
+
+def inapplicable_methods(model: Any, methods: Iterable[str]) -> dict[str, str]:
+    """name -> the one-line reason, for each method of ``methods`` that ``model`` cannot run."""
+    capabilities = capabilities_of(model)
+    reasons = {m: method_spec(m).why_not(capabilities) for m in methods}
+    return {m: reason for m, reason in reasons.items() if reason is not None}
+
+
+def applicable_methods(model: Any, methods: Iterable[str]) -> list[str]:
+    """The methods of ``methods`` that ``model`` can run (the registry's ``requires``)."""
+    methods = list(methods)
+    left_out = inapplicable_methods(model, methods)
+    return [m for m in methods if m not in left_out]
 
 
 def _check_methods(methods: Sequence[str] | str) -> list[str]:
     if methods == "all":
-        return list(EXPLAIN_METHODS)
+        return list(METHODS)
     if isinstance(methods, str) or not methods:
         raise ValueError(f"methods: expected 'all' or a non-empty list of names, got {methods!r}")
-    bad = [m for m in methods if m not in EXPLAIN_METHODS]
+    bad = [m for m in methods if m not in METHODS]
     if bad:
-        raise ValueError(f"methods: unknown {', '.join(map(repr, bad))}; expected names of: {', '.join(EXPLAIN_METHODS)}")
+        raise ValueError(f"methods: unknown {', '.join(map(repr, bad))}; expected names of: {', '.join(METHODS)}")
     return list(dict.fromkeys(methods))
 
 
@@ -135,11 +151,11 @@ def image_size(model: Any) -> int:
     return int(shown.shape[-1])
 
 
-def _maps(explanation: Any, method: str, field: str) -> Tensor:
-    """(k, H, W) float32 CPU maps of an explanation; Guided Grad-CAM as |guided x map| summed over channels."""
-    if method == "guided":
-        return explanation.guided.abs().sum(dim=-3).float().cpu()
-    return getattr(explanation, field).float().cpu()
+def _maps(explanation: Any, method: str, field: str = "maps") -> Tensor:
+    """(k, H, W) float32 CPU saliency maps of an explanation, read as the registry says (``saliency_of``)."""
+    spec = method_spec(method)
+    maps = getattr(explanation, field) if spec.saliency == "map" else spec.saliency_of(explanation)
+    return maps.float().cpu()
 
 
 def _mask_of(scene: world.Scene, objects: Sequence[int]) -> Tensor:
@@ -333,16 +349,16 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     lines += metric_tables("Caption content words (ground-truth caption, teacher-forced); unique / shared: the word's "
                            "value is / is not unique to its object in the scene", cap["groups"],
-                           (*WORD_KINDS, "all", "unique", "shared"), methods, METHOD_NAMES)
+                           (*WORD_KINDS, "all", "unique", "shared"), methods, _labels(methods))
     lines += [""]
-    lines += metric_tables(f"Caption words the model predicts right / wrong (teacher-forced argmax), {METHOD_NAMES[first]}",
-                           cap["by_correct"], ("right", "wrong"), [first], METHOD_NAMES)
+    lines += metric_tables(f"Caption words the model predicts right / wrong (teacher-forced argmax), {method_label(first)}",
+                           cap["by_correct"], ("right", "wrong"), [first], _labels([first]))
     lines += [""]
     lines += metric_tables("VQA questions that refer to objects (ground-truth answer)", vqa["groups"],
-                           (*QUESTION_KINDS, "all"), methods, METHOD_NAMES)
+                           (*QUESTION_KINDS, "all"), methods, _labels(methods))
     lines += [""]
-    lines += metric_tables(f"VQA questions the model answers right / wrong, {METHOD_NAMES[first]}", vqa["by_correct"],
-                           ("right", "wrong"), [first], METHOD_NAMES)
+    lines += metric_tables(f"VQA questions the model answers right / wrong, {method_label(first)}", vqa["by_correct"],
+                           ("right", "wrong"), [first], _labels([first]))
     return "\n".join(lines)
 
 
@@ -397,7 +413,7 @@ def format_leaderboard(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         secs = "-" if r["seconds_per_item"] is None else f"{r['seconds_per_item']:.3f}"
         lines.append(
-            f"| {r['model']} | {r['n']} | {METHOD_NAMES.get(r['method'], r['method'])} | "
+            f"| {r['model']} | {r['n']} | {method_label(r['method'])} | "
             f"{fmt(r, 'pointing', True)} | {fmt(r, 'pointing_unique', True)} | {fmt(r, 'energy_ratio', False)} | "
             f"{fmt(r, 'discrimination', True)} | {secs} |"
         )

@@ -104,14 +104,14 @@ def localization_error(
 
 def format_localization(reports: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per method."""
-    from .grounding import METHOD_NAMES
+    from .grounding import method_label
 
     k = reports[0]["k"]
     lines = [f"Weakly-supervised localisation (15%-of-max segment box, IoU >= 0.5) on {reports[0]['images']} images.",
              "", f"| method | top-1 loc. error | top-{k} loc. error | top-1 cls. error | top-{k} cls. error | mean IoU (top-1 right) |",
              "|---|---|---|---|---|---|"]
     for r in reports:
-        lines.append(f"| {METHOD_NAMES.get(r['method'], r['method'])} | {100 * r['top1_loc_error']:.1f}% | "
+        lines.append(f"| {method_label(r['method'])} | {100 * r['top1_loc_error']:.1f}% | "
                      f"{100 * r['topk_loc_error']:.1f}% | {100 * r['top1_cls_error']:.1f}% | "
                      f"{100 * r['topk_cls_error']:.1f}% | {r['mean_iou']:.3f} |")
     return "\n".join(lines)

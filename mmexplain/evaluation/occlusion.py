@@ -30,7 +30,7 @@ from torch import nn
 
 from .. import metrics, world
 from ..explain import explain_answer
-from .grounding import METHOD_NAMES, applicable_methods
+from .grounding import method_label, applicable_methods
 
 __all__ = ["occlusion_agreement", "format_occlusion", "PAPER"]
 
@@ -92,7 +92,7 @@ def format_occlusion(report: dict[str, Any]) -> str:
              f"(ground-truth answer); {report['seconds']:.0f} s. Paper (VQA val): Grad-CAM 0.60, guided backprop 0.42.",
              "", "| method | Spearman with occlusion | s.e. |", "|---|---|---|"]
     for m, r in report["rows"].items():
-        lines.append(f"| {METHOD_NAMES.get(m, m)} | {r['spearman']:.3f} | {r['sem']:.3f} |")
+        lines.append(f"| {method_label(m)} | {r['spearman']:.3f} | {r['sem']:.3f} |")
     lines += ["", f"Question words: the most attributed word names the referred object on "
                   f"{100 * report['word_hit']:.1f}% of questions (chance {100 * report['word_chance']:.1f}%)."]
     return "\n".join(lines)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .. import metrics
-from .grounding import METHOD_NAMES, applicable_methods, kind_of
+from .grounding import method_label, applicable_methods, kind_of
 from .items import Item, explain_maps, resolve_items
 
 __all__ = ["parametrised_layers", "randomise", "sanity_check", "format_sanity", "SURVIVES_THRESHOLD"]
@@ -168,7 +168,7 @@ def sanity_check(
     last = cascading[-1]
     flagged = [m for m in methods if abs(last[m]["spearman_abs"]) > threshold]
     return {"model": name or type(model).__name__, "kind": kind, "methods": methods,
-            "method_names": {m: METHOD_NAMES.get(m, m) for m in methods}, "items": len(items),
+            "method_names": {m: method_label(m) for m in methods}, "items": len(items),
             "layers": len(layers), "threshold": threshold, "cascading": cascading, "independent": independent,
             "flagged": flagged, "seconds": time.perf_counter() - start}
 
@@ -183,7 +183,7 @@ def format_sanity(report: dict[str, Any]) -> str:
     for mode in ("cascading", "independent"):
         what = "top k layers randomised" if mode == "cascading" else "only this layer randomised"
         lines += [f"## {mode} randomisation ({what})", "",
-                  "| k | layer | " + " | ".join(METHOD_NAMES.get(m, m) for m in methods) + " |",
+                  "| k | layer | " + " | ".join(method_label(m) for m in methods) + " |",
                   "|---|---|" + "---|" * len(methods)]
         for row in report[mode]:
             cells = [f"{row[m]['spearman']:.2f} / {row[m]['spearman_abs']:.2f} / {row[m]['ssim']:.2f}" for m in methods]
@@ -191,7 +191,7 @@ def format_sanity(report: dict[str, Any]) -> str:
         lines.append("")
     if report["flagged"]:
         lines.append("Maps that survive full randomisation (mean |Spearman| > "
-                     f"{report['threshold']}): " + ", ".join(METHOD_NAMES.get(m, m) for m in report["flagged"]))
+                     f"{report['threshold']}): " + ", ".join(method_label(m) for m in report["flagged"]))
     else:
         lines.append(f"No method's maps survive full randomisation (every mean |Spearman| <= {report['threshold']}).")
     return "\n".join(lines)

@@ -9,8 +9,10 @@
 - ``cam``: CAM for GAP + linear models.
 - ``guided``: pixel-space gradients (guided backprop, deconvolution, Guided Grad-CAM).
 
-``METHODS`` names every map method (name -> class) and ``DESCRIPTIONS`` says each in one
-line; ``get_method(name)`` looks one up.
+- ``registry``: ``METHODS`` (name -> ``MethodSpec``: class, one-line description, display
+  name, needs a layer, uses gradients, required capabilities, how its saliency is read);
+  ``register(name, cls, description=...)`` adds a method everywhere; ``get_method(name)``
+  returns the class, ``method_spec(name)`` the spec.
 
 Example:
     >>> import mmexplain as mx
@@ -26,48 +28,7 @@ from .occlusion import Occlusion
 from .relevancy import Relevancy
 from .guided import Deconvolution, GuidedBackprop, GuidedGradCAM, guided_gradcam
 from .variants import EigenGradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
-
-# name -> class: every method here takes (model, layer, **keywords) and returns a CAMResult.
-# Relevancy takes no layer (it reads the attention), so ``mx.explain.METHODS`` lists it beside these.
-METHODS: dict[str, type] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
-    "hirescam": HiResCAM,
-    "layercam": LayerCAM,
-    "eigengradcam": EigenGradCAM,
-    "scorecam": ScoreCAM,
-    "ablationcam": AblationCAM,
-    "eigencam": EigenCAM,
-    "occlusion": Occlusion,
-}
-
-DESCRIPTIONS: dict[str, str] = {
-    "gradcam": "Grad-CAM (Selvaraju et al.): channel weights = spatial mean of the gradient",
-    "gradcam++": "Grad-CAM++ (Chattopadhyay et al.): higher-order pixel weights on the positive gradient",
-    "xgradcam": "XGrad-CAM (Fu et al.): gradient weighted by the normalised activation",
-    "hirescam": "HiResCAM (Draelos & Carin): gradient x activation element-wise, no spatial mean",
-    "layercam": "LayerCAM (Jiang et al.): positive gradient x activation element-wise",
-    "eigengradcam": "Eigen-Grad-CAM: first principal component of gradient x activation",
-    "scorecam": "Score-CAM (Wang et al.): softmax of the scores of activation-masked images; forward only",
-    "ablationcam": "Ablation-CAM (Desai & Ramaswamy): relative score drop when a channel is zeroed; forward only",
-    "eigencam": "Eigen-CAM (Muhammad & Yeasin): first principal component of the activation; forward only, no target",
-    "occlusion": "Occlusion (Zeiler & Fergus): score drop when an image window is hidden; forward only, no layer",
-}
-
-
-def get_method(name: str) -> type:
-    """The method class called ``name`` (case-insensitive; see ``METHODS``).
-
-    Raises:
-        ValueError: an unknown name; the message lists the known ones.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"method: expected a name (str), got {type(name).__name__}")
-    key = name.strip().lower()
-    if key not in METHODS:
-        raise ValueError(f"method: unknown name {name!r}; expected one of: {', '.join(METHODS)}")
-    return METHODS[key]
+from .registry import CAPABILITIES, METHODS, SALIENCY, MethodSpec, display_name, get_method, method_spec, register
 
 
 __all__ = [
@@ -75,5 +36,5 @@ __all__ = [
     "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenGradCAM",
     "ScoreCAM", "AblationCAM", "EigenCAM", "Occlusion", "Relevancy",
     "CAM", "GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam",
-    "METHODS", "DESCRIPTIONS", "get_method",
+    "METHODS", "MethodSpec", "CAPABILITIES", "SALIENCY", "register", "get_method", "method_spec", "display_name",
 ]

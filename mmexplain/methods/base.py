@@ -59,6 +59,8 @@ class CAMResult:
         extra: for each ``extra_layers`` name, (activation (B, ...), gradient (B, ...)
             or (N, B, ...)) of that layer's output, from the same backward.
         many: True when the call took a list of targets.
+        pixels: (B, C, H, W) a pixel-resolution map (Guided Grad-CAM: guided backprop x
+            the map), else None.
     """
 
     maps: Tensor
@@ -70,6 +72,7 @@ class CAMResult:
     output: Any = None
     extra: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
     many: bool = False
+    pixels: Tensor | None = None
 
     def __len__(self) -> int:
         return self.maps.shape[0] if self.many else 1
@@ -88,6 +91,7 @@ class CAMResult:
             output=self.output,
             extra={k: (a, g[n]) for k, (a, g) in self.extra.items()},
             many=False,
+            pixels=None if self.pixels is None else self.pixels[n],
         )
 
 

@@ -54,7 +54,7 @@ from .base import call_model, check_targets, kept_buffers
 Inputs = Tensor | tuple[Any, ...] | Mapping[str, Any]
 Target = Callable[[Any], Tensor]
 
-__all__ = ["GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam"]
+__all__ = ["GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam", "relu_units"]
 
 
 # --------------------------------------------------------------------------- unit rules
@@ -115,6 +115,27 @@ def _unit(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[flo
         slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
         return math.inf, slope, func is F.leaky_relu_ or bool(_arg(args, kwargs, 2, "inplace", False))
     return None
+
+
+def _module_unit(module: nn.Module) -> tuple[float, float, bool] | None:
+    """The rule of ``_unit`` for a module: the functional call each ReLU-like module makes."""
+    if isinstance(module, nn.ReLU):
+        return _unit(F.relu, (None,), {})
+    if isinstance(module, nn.Hardtanh):  # ReLU6 is a hardtanh(0, 6)
+        return _unit(F.hardtanh, (None, module.min_val, module.max_val), {})
+    if isinstance(module, nn.LeakyReLU):
+        return _unit(F.leaky_relu, (None, module.negative_slope), {})
+    return None
+
+
+def relu_units(model: nn.Module) -> int:
+    """How many submodules of ``model`` are ReLU-like units (guided backprop's rule is defined there).
+
+    The same rule as the backward's (ReLU, ReLU6, hardtanh(0, m), LeakyReLU); functional
+    calls (``F.relu`` in a ``forward``) are only seen while a call runs, so 0 here means
+    "no ReLU-like module", not "no ReLU".
+    """
+    return sum(_module_unit(m) is not None for m in model.modules())
 
 
 class _ReLURuleMode(TorchFunctionMode):

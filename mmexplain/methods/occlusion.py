@@ -69,6 +69,7 @@ class Occlusion:
         baseline: the value the window is set to: a float, or a tensor that broadcasts
             to the image (a per-channel mean (C, 1, 1), a blurred copy (B, C, H, W)).
         batch_size: occluded inputs per forward pass (``batch_size // B`` copies).
+        reshape: accepted for the shared call form; occlusion reads the image, not tokens.
         relu: keep only the drops (default False: a window whose removal raises the
             score keeps its negative value; the paper's maps are signed).
 
@@ -97,6 +98,7 @@ class Occlusion:
         relu: bool = False,
         input: bool = False,
         call: int | None = None,
+        reshape: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")

@@ -80,6 +80,8 @@ class Relevancy:
             (``"encoder"`` for VisionEncoderDecoder, ``"vision_model"`` for BLIP). Default: the
             branch of the module tree whose attention layers include no cross-attention.
         token: the row read for a target that names no logit position (default 0).
+        reshape: the call form's token-grid callable; without ``grid=`` its ``grid`` attribute
+            (h, w), when it has one, is the patch grid (an adapter's ``PatchGrid``).
 
     Example:
         >>> import torch, transformers
@@ -103,13 +105,16 @@ class Relevancy:
     """
 
     def __init__(self, model: nn.Module, *, image_tokens: slice | Sequence[int] | None = None,
-                 grid: tuple[int, int] | None = None, encoder: str | None = None, token: int = 0) -> None:
+                 grid: tuple[int, int] | None = None, encoder: str | None = None, token: int = 0,
+                 reshape: Any = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if image_tokens is not None and not isinstance(image_tokens, slice):
             if (not isinstance(image_tokens, Sequence) or not image_tokens
                     or not all(isinstance(i, int) and not isinstance(i, bool) for i in image_tokens)):
                 raise ValueError(f"image_tokens: expected a slice or a non-empty list of ints, got {image_tokens!r}")
+        if grid is None and reshape is not None:
+            grid = getattr(reshape, "grid", None)  # the adapter's token grid (mx.adapters.PatchGrid), when it knows one
         if grid is not None:
             grid = _check_grid(grid)
         if encoder is not None:
