@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .adapters.classifier import as_class_adapter
 from .adapters.zoo import as_answer_adapter, as_caption_adapter
 from .methods import (
     METHODS, CAMResult, GradCAM, GuidedBackprop, GuidedGradCAM, MethodSpec, guided_gradcam, method_spec, upsample_and_normalize,
@@ -402,7 +403,7 @@ def explain_answer(
 
 
 def explain_class(
-    classifier: nn.Module,
+    classifier: Any,
     image: Any,
     classes: int | str | Sequence[int | str] | None = None,
     *,
@@ -413,46 +414,36 @@ def explain_class(
     """Grad-CAM of a classifier's classes for one image (the paper's Sec. 4 setting).
 
     Args:
-        classifier: an ``mx.zoo`` classifier, or any ``nn.Module`` mapping (1, 3, H, W)
-            to (1, C) logits (then pass ``layer`` and an image tensor).
-        image: a path, PIL image, numpy array or (3, H, W) tensor in [0, 1].
+        classifier: a ``ClassAdapter`` (``mx.adapters.ClassifierAdapter``: torchvision,
+            EfficientNet-Lite0, any module), an ``mx.zoo`` classifier, or any ``nn.Module``
+            mapping (1, 3, H, W) to (1, C) logits (then pass ``layer`` and an image tensor).
+        image: a path, PIL image, numpy array or (3, H, W) tensor in [0, 1] (a plain
+            module's tensor is taken as it is).
         classes: class indices or names to explain; default the top-k predicted.
         top_k: how many predicted classes to explain when ``classes`` is None.
-        layer: the layer to explain (default ``classifier.default_layer``).
+        layer: the layer to explain (default the adapter's ``default_layer``).
         method: a name in :data:`METHODS`; ``"guided"`` adds Guided Grad-CAM per class.
 
     Returns:
         ClassExplanation with ``labels``, ``maps`` (k, H, W), ``scores`` (k,).
     """
     plan = _method(method)
-    if layer is None:
-        layer = getattr(classifier, "default_layer", None)
-        if layer is None:
-            raise ValueError("layer: this classifier has no default_layer; pass layer=")
-    names = list(getattr(classifier, "classes", None) or [])
-    if hasattr(classifier, "preprocess"):
-        pixels = classifier.preprocess(image)  # (1, 3, H, W)
-    elif isinstance(image, Tensor) and image.dim() in (3, 4):
-        pixels = image if image.dim() == 4 else image[None]  # (1, 3, H, W)
-    else:
-        raise TypeError(f"image: a plain nn.Module classifier takes a (3, H, W) tensor, got {type(image).__name__}")
+    adapter = as_class_adapter(classifier)
+    layer = layer if layer is not None else adapter.default_layer
+    if layer is None and plan.spec.needs_layer:
+        raise ValueError("layer: this classifier has no default layer; pass layer=")
+    pixels = adapter.load_image(image)  # (1, 3, H, W)
+    shown = adapter.display_image(pixels)  # (3, H, W)
+    inputs = adapter.class_inputs(pixels)
     if classes is None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
         targets: list[Target] = [TopClass(rank) for rank in range(top_k)]
     else:
         wanted = [classes] if isinstance(classes, (int, str)) else list(classes)
-        indices = []
-        for c in wanted:
-            if isinstance(c, str):
-                if c not in names:
-                    raise ValueError(f"classes: unknown class {c!r}; known: {', '.join(names) or '(no class names)'}")
-                c = names.index(c)
-            indices.append(c)
-        targets = [ClassLogit(i) for i in indices]
-    res = plan.run(classifier, layer, None, pixels, targets, size=tuple(pixels.shape[-2:]))
+        targets = [ClassLogit(adapter.class_index(c)) for c in wanted]
+    res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), inputs, targets, size=tuple(shown.shape[-2:]))
     chosen = torch.stack([t.indices(res.output)[0] if isinstance(t, TopClass) else torch.tensor(t.index) for t in targets])
-    labels = [names[int(i)] if names else str(int(i)) for i in chosen]
-    shown = pixels[0].detach().clamp(0, 1)
-    guided_maps = _guided(classifier, pixels, targets, res) if plan.guided else None  # (k, C, H, W)
+    labels = adapter.class_names([int(i) for i in chosen])
+    guided_maps = _guided(adapter.model, inputs, targets, res) if plan.guided else None  # (k, C, H, W)
     return ClassExplanation(labels, chosen, res.scores[:, 0], res.maps[:, 0], shown, res, guided_maps)

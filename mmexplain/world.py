@@ -300,6 +300,11 @@ def answers() -> list[str]:
     return list(COLORS) + list(SHAPES) + list(SIZES) + list(NUMBERS) + ["yes", "no"]
 
 
+def object_classes() -> list[str]:
+    """``"<colour> <shape>"`` for every colour and shape, shape-major: the classifier's classes."""
+    return [f"{c} {s}" for s in SHAPES for c in COLORS]
+
+
 # ----------------------------------------------------------------------------- splits
 
 

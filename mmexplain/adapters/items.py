@@ -32,13 +32,13 @@ import torch
 from torch import Tensor, nn
 
 from ..methods import call_model
+from ..methods.guided import relu_units
 from ..targets import ClassLogit, SequenceLogProb, Target, logits_of
 
-__all__ = ["Item", "ItemQuestions", "KINDS", "stack_inputs", "relu_like"]
+__all__ = ["Item", "ItemQuestions", "KINDS", "stack_inputs"]
 
 #: what an item explains: a classifier's classes, caption words, or a question's answer
 KINDS = ("class", "caption", "answer")
-_RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh)
 
 
 @dataclass
@@ -49,10 +49,12 @@ class Item:
         kind: ``"class"``, ``"caption"`` or ``"answer"``.
         image: (3, H, W) in [0, 1].
         labels: the k explained words / answers / classes, for display.
-        classes: ``class``: the k class indices.
-        caption: ``caption``: the caption (teacher-forced).
-        words: ``caption``: indices into ``caption.split()`` of the k explained words.
-        question, answer: ``answer``: the question and the explained answer.
+        classes: ``class``: the k class indices (none: the model's top class).
+        caption: ``caption``: the caption (teacher-forced; empty: the model's own caption).
+        words: ``caption``: indices into ``caption.split()`` of the k explained words
+            (none: every word).
+        question, answer: ``answer``: the question and the explained answer (empty: the
+            model's own answer).
         masks: per target the referred object's (H, W) bool mask, when known.
         boxes: per target its box, when known.
     """
@@ -71,11 +73,6 @@ class Item:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {self.kind!r}")
-
-
-def relu_like(module: nn.Module) -> bool:
-    """True when ``module`` holds ReLU-like units (ReLU, ReLU6, LeakyReLU, hardtanh), where guided backprop is defined."""
-    return any(isinstance(m, _RELU_LIKE) for m in module.modules())
 
 
 def stack_inputs(rows: Sequence[Any]) -> Any:
@@ -113,7 +110,7 @@ class ItemQuestions:
     @property
     def capabilities(self) -> frozenset[str]:
         """What the model offers a method: a subset of ``mx.methods.CAPABILITIES``."""
-        return self.base_capabilities | ({"relu"} if relu_like(self.model) else set())
+        return self.base_capabilities | ({"relu"} if relu_units(self.model) else set())
 
     def check_item(self, item: Any) -> Item:
         """``item`` if this adapter explains its kind; TypeError / ValueError naming it otherwise."""
@@ -132,9 +129,12 @@ class ItemQuestions:
         ``ClassLogit`` per class.
         """
         self.check_item(item)
+        if not (item.classes if item.kind == "class" else item.caption if item.kind == "caption" else item.answer):
+            raise ValueError(f"item: a {item.kind} item without its classes / caption / answer has no fixed targets")
         if item.kind == "caption":
             inputs, spans = self.teacher_forced(pixels, item.caption.split())  # type: ignore[attr-defined]
-            return inputs, [SequenceLogProb(spans[i][1], positions=spans[i][0]) for i in item.words]
+            words = item.words or range(len(spans))
+            return inputs, [SequenceLogProb(spans[i][1], positions=spans[i][0]) for i in words]
         if item.kind == "answer":
             query = self.query(pixels, item.question, item.answer, 1)  # type: ignore[attr-defined]
             return query.inputs, list(query.targets)

@@ -27,7 +27,7 @@ from .common import Encoder, Normalize, check_images, preprocess
 
 def default_classes() -> list[str]:
     """``"<colour> <shape>"`` for every colour and shape of ShapeWorld, shape-major."""
-    return [f"{c} {s}" for s in world.SHAPES for c in world.COLORS]
+    return world.object_classes()
 
 
 @dataclass
