@@ -80,9 +80,9 @@ def photo_items(model: Any) -> list[Any]:
 
 
 def _targets(args: argparse.Namespace) -> list[str]:
-    from .. import zoo
+    from ..zoo.tasks import shipped_names
 
-    return _names(args.on, (*zoo.ALL_NAMES, *zoo.VLM_NAMES, "efficientnet"), "--on")
+    return _names(args.on, (*shipped_names(), "efficientnet"), "--on")
 
 
 def _write_json(args: argparse.Namespace, reports: list[dict[str, Any]]) -> None:

@@ -92,8 +92,10 @@ def _handler(args: argparse.Namespace) -> int:
     out = check_out(args.out, kind="folder")
     if args.html is not None:
         check_out(args.html, kind="file", suffixes=(".html",), option="--html")
-    if args.model not in zoo.ALL_NAMES + zoo.VLM_NAMES:
-        raise CLIError(f"--model: expected one of {', '.join(zoo.ALL_NAMES + zoo.VLM_NAMES)}, got {args.model!r}")
+    from ..zoo.tasks import shipped_names
+
+    if args.model not in shipped_names():
+        raise CLIError(f"--model: expected one of {', '.join(shipped_names())}, got {args.model!r}")
     apply_threads(args)
     with runner_from_args(args, progress=not args.quiet) as runner:
         model = zoo.load(args.model, args.models)

@@ -12,10 +12,24 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["TASKS", "names_for"]
+__all__ = ["TASKS", "names_for", "shipped_names"]
 
 #: task -> what the task's own CNN model is called
 TASKS = ("captioner", "vqa", "classifier")
+
+
+def _vlm_names() -> tuple[str, ...]:
+    """The LLM-based VLMs' names, older names that still load included."""
+    from .. import zoo
+
+    return (*zoo.VLM_NAMES, *(a for a in getattr(zoo, "VLM_ALIASES", {}) if a not in zoo.VLM_NAMES))
+
+
+def shipped_names() -> tuple[str, ...]:
+    """Every name ``mx.zoo.load`` accepts: the CNN, transformers and VLM models."""
+    from .. import zoo
+
+    return (*zoo.ALL_NAMES, *_vlm_names())
 
 
 def names_for(task: str) -> tuple[str, ...]:
@@ -24,12 +38,10 @@ def names_for(task: str) -> tuple[str, ...]:
     Raises:
         ValueError: an unknown task.
     """
-    from . import VLM_NAMES
-
     if task == "captioner":
-        return ("captioner", "tiny-ved", *VLM_NAMES)
+        return ("captioner", "tiny-ved", *_vlm_names())
     if task == "vqa":
-        return ("vqa", "tiny-vilt", *VLM_NAMES)
+        return ("vqa", "tiny-vilt", *_vlm_names())
     if task == "classifier":
         return ("classifier",)
     raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
