@@ -12,7 +12,7 @@ one instance, its box).
 The default word map covers COCO's 80 categories (their names, plurals and common
 synonyms: "man", "woman", "people" -> person; "bike" -> bicycle; ...) plus every
 category name of the file and its plural, so a ShapeWorld export
-(:func:`mmexplain.world_coco.export_coco`) matches too. A JSON file
+(:func:`mmexplain.world.export_coco`) matches too. A JSON file
 ``{"word": "category name", ...}`` overrides or extends it.
 
 Example:
@@ -233,7 +233,7 @@ def coco_grounding(captioner: object, items: Iterator[CocoItem] | list[CocoItem]
         ``{"items", "words", "groups": Tally summary (group "all" and one per category)}``.
     """
     from ..explain import explain_caption
-    from .grounding import _maps, applicable_methods
+    from .grounding import saliency_maps, applicable_methods
     from .scoring import Baselines, Tally
 
     methods = applicable_methods(captioner, list(methods))
@@ -243,7 +243,7 @@ def coco_grounding(captioner: object, items: Iterator[CocoItem] | list[CocoItem]
         if not item.words:
             continue
         n_items += 1
-        maps = {m: _maps(explain_caption(captioner, item.image, item.caption, layer=layer, method=m), m, "maps")
+        maps = {m: saliency_maps(explain_caption(captioner, item.image, item.caption, layer=layer, method=m), m, "maps")
                 for m in methods}
         for i, mask in item.words.items():
             if not bool(mask.any()) or bool(mask.all()):

@@ -54,7 +54,7 @@ def _explain_item(model: Any, kind: str, item: Mapping[str, Any], *, method: str
                   runner: Runner, shown: list[Any] | None = None) -> list[tuple[dict[str, Any], Tensor]]:
     """The rows of one item with their maps (H, W) at the model's image size; ``shown`` collects the explanations."""
     from ..explain import explain_answer, explain_caption, explain_class
-    from .grounding import _maps
+    from .grounding import saliency_maps
 
     image = item["image"].to(runner.device)  # (3, S, S)
     base = {"index": int(item["index"]), "id": item["id"], "image": item["image_ref"], "method": method}
@@ -64,7 +64,7 @@ def _explain_item(model: Any, kind: str, item: Mapping[str, Any], *, method: str
             ex = explain_caption(model, image, item["caption"], layer=layer, method=method)
             if shown is not None:
                 shown.append(ex)
-            maps = _maps(ex, method, "maps")  # (T, S, S)
+            maps = saliency_maps(ex, method, "maps")  # (T, S, S)
             for t, word in enumerate(ex.words):
                 row = base | {"kind": "word", "target": word, "position": t, "score": float(ex.logprobs[t])}
                 out.append((row | _scores(maps[t], item["word_masks"].get(t)), maps[t]))
@@ -73,13 +73,13 @@ def _explain_item(model: Any, kind: str, item: Mapping[str, Any], *, method: str
                 ex = explain_answer(model, image, qa["question"], layer=layer, method=method)
                 if shown is not None:
                     shown.append(ex)
-                m = _maps(ex, method, "maps")[0]  # (S, S)
+                m = saliency_maps(ex, method, "maps")[0]  # (S, S)
                 row = base | {"kind": "answer", "target": ex.answer, "position": q, "question": qa["question"],
                               "truth": qa["answer"], "score": float(ex.score)}
                 out.append((row | _scores(m, qa["mask"]), m))
         else:
             ex = explain_class(model, image, layer=layer, method=method)
-            m = _maps(ex, method, "maps")[0]
+            m = saliency_maps(ex, method, "maps")[0]
             out.append((base | {"kind": "class", "target": ex.labels[0], "position": 0,
                                 "score": float(ex.scores[0]), "pointing": None, "energy_ratio": None}, m))
     return out

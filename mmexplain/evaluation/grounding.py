@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from ..runner import Runner
 
 __all__ = ["grounding_report", "format_report", "leaderboard", "format_leaderboard", "applicable_methods",
-           "inapplicable_methods", "capabilities_of", "method_label", "kind_of", "WORD_KINDS", "QUESTION_KINDS"]
+           "inapplicable_methods", "capabilities_of", "method_label", "saliency_maps", "kind_of", "WORD_KINDS", "QUESTION_KINDS"]
 
 WORD_KINDS = ("size", "color", "shape")
 QUESTION_KINDS = ("color", "shape", "size", "count", "exist")
@@ -151,7 +151,7 @@ def image_size(model: Any) -> int:
     return int(shown.shape[-1])
 
 
-def _maps(explanation: Any, method: str, field: str = "maps") -> Tensor:
+def saliency_maps(explanation: Any, method: str, field: str = "maps") -> Tensor:
     """(k, H, W) float32 CPU saliency maps of an explanation, read as the registry says (``saliency_of``)."""
     spec = method_spec(method)
     maps = getattr(explanation, field) if spec.saliency == "map" else spec.saliency_of(explanation)
@@ -177,7 +177,7 @@ def _captions(model: Any, scenes: Iterable[world.Scene], run: ModelRun, layer: A
         with run.autocast():
             pixels = adapter.load_image(scene.image)
             count["exact"] += adapter.generate(pixels) == words
-        maps = {m: _maps(run.explain(m, lambda m: explain_caption(adapter, scene.image, scene.caption, layer=layer,
+        maps = {m: saliency_maps(run.explain(m, lambda m: explain_caption(adapter, scene.image, scene.caption, layer=layer,
                                                                   method=m)), m, "maps") for m in run.methods}
         with torch.no_grad(), run.autocast():  # teacher-forced argmax of each word
             inputs, spans = adapter.teacher_forced(pixels, words)
@@ -210,7 +210,7 @@ def _answers(model: Any, scenes: Iterable[world.Scene], run: ModelRun, layer: An
             with run.autocast():
                 predicted = explain_answer(adapter, scene.image, qa.question, layer=layer).answer
             run.counters["right"] += predicted == qa.answer
-            maps = {m: _maps(run.explain(m, lambda m: explain_answer(adapter, scene.image, qa.question, qa.answer,
+            maps = {m: saliency_maps(run.explain(m, lambda m: explain_answer(adapter, scene.image, qa.question, qa.answer,
                                                                      layer=layer, method=m)), m, "maps")[0]
                     for m in run.methods}
             one = len(qa.objects) == 1
@@ -228,7 +228,7 @@ def _classes(model: nn.Module, scenes: Iterable[world.Scene], run: ModelRun, lay
     for scene in scenes:
         names = [f"{o.color} {o.shape}" for o in scene.objects]
         present = list(dict.fromkeys(names))
-        maps = {m: _maps(run.explain(m, lambda m: explain_class(model, scene.image, present, layer=layer, method=m)),
+        maps = {m: saliency_maps(run.explain(m, lambda m: explain_class(model, scene.image, present, layer=layer, method=m)),
                          m, "maps") for m in run.methods}
         for c, name in enumerate(present):
             objects = [j for j, n in enumerate(names) if n == name]
