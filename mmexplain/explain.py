@@ -36,9 +36,7 @@ from torch import Tensor, nn
 
 from .adapters.classifier import as_class_adapter
 from .adapters.zoo import as_answer_adapter, as_caption_adapter
-from .methods import (
-    METHODS, CAMResult, GradCAM, GuidedBackprop, GuidedGradCAM, MethodSpec, guided_gradcam, method_spec, upsample_and_normalize,
-)
+from .methods import METHODS, CAMResult, GradCAM, GradientMethod, MethodSpec, method_spec, upsample_and_normalize
 from .targets import ClassLogit, Counterfactual, SequenceLogProb, Target, TopClass
 from .words import FUNCTION_WORDS
 
@@ -237,25 +235,24 @@ class _Method:
     spec: MethodSpec
 
     @property
-    def guided(self) -> bool:
-        """True for Guided Grad-CAM: Grad-CAM's maps, then guided backprop times them."""
-        return issubclass(self.spec.cls, GuidedGradCAM)
+    def gradient(self) -> bool:
+        """True when the method takes the gradient base's batched backward (extra layers, chunks)."""
+        return issubclass(self.spec.cls, GradientMethod)
 
     @property
-    def gradient(self) -> bool:
-        """True when the method takes the engine's batched backward (targets in batch, extra layers)."""
-        cls = GradCAM if self.guided else self.spec.cls
-        return issubclass(cls, GradCAM) and cls.needs_gradient
+    def in_batch(self) -> bool:
+        """True when the method may copy the targets along the batch axis."""
+        return self.gradient and self.spec.cls.targets_in_batch_ok
 
     def run(self, model: nn.Module, layer: Any, reshape: Any, inputs: Any, targets: list[Target], *,
             size: tuple[int, int], extra: dict[str, str] | None = None, in_batch: bool = False,
             per_backward: int | None = None) -> CAMResult:
-        cls = GradCAM if self.guided else self.spec.cls
+        cls = self.spec.cls
         method = cls(model, layer, reshape=reshape) if self.spec.needs_layer else cls(model, reshape=reshape)
         if not self.gradient:
             return method(inputs, targets, size=size)
-        return method(inputs, targets, size=size, extra_layers=extra, targets_in_batch=in_batch,
-                      targets_per_backward=per_backward)
+        options = {"targets_in_batch": True} if in_batch else {}
+        return method(inputs, targets, size=size, extra_layers=extra, targets_per_backward=per_backward, **options)
 
 
 def _method(method: Any) -> _Method:
@@ -263,18 +260,9 @@ def _method(method: Any) -> _Method:
     return _Method(method_spec(method))
 
 
-def _guided(model: nn.Module, inputs: Any, targets: list[Target], res: CAMResult) -> Tensor:
-    """Guided Grad-CAM of each target: guided backprop (one forward) x its map; also kept as ``res.pixels``.
-
-    Args:
-        targets: the N targets of ``res`` (batch of one).
-
-    Returns:
-        (N, C, H', W') at the size of the image in ``inputs``.
-    """
-    grads = GuidedBackprop(model)(inputs, targets)  # (N, 1, C, H', W')
-    res.pixels = guided_gradcam(grads, res.maps)  # (N, 1, C, H', W')
-    return res.pixels[:, 0]
+def _pixels(res: CAMResult, rows: int | None = None) -> Tensor | None:
+    """(N, C, H, W) the pixel-resolution maps of a batch-of-one result (Guided Grad-CAM), else None."""
+    return None if res.pixels is None else res.pixels[:rows, 0]
 
 
 def explain_caption(
@@ -321,7 +309,7 @@ def explain_caption(
             raise ValueError("caption: expected at least one word, got an empty caption")
     plain_inputs, spans = adapter.teacher_forced(pixels, words)
     # words through the batch axis only at the adapter's own layer, which it knows sits before the text
-    in_batch = adapter.targets_in_batch and len(words) > 1 and plan.gradient and layer is None
+    in_batch = adapter.targets_in_batch and len(words) > 1 and plan.in_batch and layer is None
     inputs = adapter.teacher_forced(pixels, words, copies=len(words))[0] if in_batch else plain_inputs
     targets: list[Target] = [SequenceLogProb(tokens, positions=positions) for positions, tokens in spans]
     size = tuple(shown.shape[-2:])
@@ -329,8 +317,7 @@ def explain_caption(
     res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), inputs, targets, size=size, in_batch=in_batch,
                    per_backward=words_per_pass)
     caption_map = upsample_and_normalize(F.relu(res.pre_relu.sum(dim=0)), size)[0]  # (H, W)
-    guided_maps = _guided(adapter.model, plain_inputs, targets, res) if plan.guided else None  # (T, C, H, W)
-    return CaptionExplanation(list(words), res.maps[:, 0], res.scores[:, 0], caption_map, shown, res, guided_maps)
+    return CaptionExplanation(list(words), res.maps[:, 0], res.scores[:, 0], caption_map, shown, res, _pixels(res))
 
 
 def explain_answer(
@@ -395,10 +382,9 @@ def explain_answer(
     probabilities = adapter.probabilities(query, res.output)
     if probabilities is not None:
         probabilities = probabilities.detach()  # (k,)
-    guided_maps = _guided(adapter.model, query.inputs, targets, res)[:k] if plan.guided else None  # (k, C, H, W)
     return AnswerExplanation(
         question, names, res.scores[:k, 0], probabilities, res.maps[:k, 0], res.maps[k:, 0],
-        list(query.question_tokens), attributions, shown, res, guided_maps,
+        list(query.question_tokens), attributions, shown, res, _pixels(res, k),
     )
 
 
@@ -445,5 +431,4 @@ def explain_class(
     res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), inputs, targets, size=tuple(shown.shape[-2:]))
     chosen = torch.stack([t.indices(res.output)[0] if isinstance(t, TopClass) else torch.tensor(t.index) for t in targets])
     labels = adapter.class_names([int(i) for i in chosen])
-    guided_maps = _guided(adapter.model, inputs, targets, res) if plan.guided else None  # (k, C, H, W)
-    return ClassExplanation(labels, chosen, res.scores[:, 0], res.maps[:, 0], shown, res, guided_maps)
+    return ClassExplanation(labels, chosen, res.scores[:, 0], res.maps[:, 0], shown, res, _pixels(res))

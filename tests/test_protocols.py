@@ -220,7 +220,7 @@ def test_export_coco_round_trip_and_word_matching(tmp_path):
     from pycocotools import mask as coco_mask
 
     from mmexplain.evaluation.coco import coco_grounding, coco_items, match_words, default_word_map
-    from mmexplain.world_coco import export_coco
+    from mmexplain.world import export_coco
 
     seeds = list(mx.world.split_seeds("test", 3))
     paths = export_coco(seeds, tmp_path)

@@ -12,7 +12,7 @@ one instance, its box).
 The default word map covers COCO's 80 categories (their names, plurals and common
 synonyms: "man", "woman", "people" -> person; "bike" -> bicycle; ...) plus every
 category name of the file and its plural, so a ShapeWorld export
-(:func:`mmexplain.world_coco.export_coco`) matches too. A JSON file
+(:func:`mmexplain.world.export_coco`) matches too. A JSON file
 ``{"word": "category name", ...}`` overrides or extends it.
 
 Example:
