@@ -34,10 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .adapters.classifier import as_class_adapter
 from .adapters.zoo import as_answer_adapter, as_caption_adapter
-from .methods import (
-    METHODS, CAMResult, GradCAM, GuidedBackprop, GuidedGradCAM, MethodSpec, guided_gradcam, method_spec, upsample_and_normalize,
-)
+from .methods import METHODS, CAMResult, GradCAM, GradientMethod, MethodSpec, method_spec, upsample_and_normalize
 from .targets import ClassLogit, Counterfactual, SequenceLogProb, Target, TopClass
 from .words import FUNCTION_WORDS
 
@@ -236,25 +235,24 @@ class _Method:
     spec: MethodSpec
 
     @property
-    def guided(self) -> bool:
-        """True for Guided Grad-CAM: Grad-CAM's maps, then guided backprop times them."""
-        return issubclass(self.spec.cls, GuidedGradCAM)
+    def gradient(self) -> bool:
+        """True when the method takes the gradient base's batched backward (extra layers, chunks)."""
+        return issubclass(self.spec.cls, GradientMethod)
 
     @property
-    def gradient(self) -> bool:
-        """True when the method takes the engine's batched backward (targets in batch, extra layers)."""
-        cls = GradCAM if self.guided else self.spec.cls
-        return issubclass(cls, GradCAM) and cls.needs_gradient
+    def in_batch(self) -> bool:
+        """True when the method may copy the targets along the batch axis."""
+        return self.gradient and self.spec.cls.targets_in_batch_ok
 
     def run(self, model: nn.Module, layer: Any, reshape: Any, inputs: Any, targets: list[Target], *,
             size: tuple[int, int], extra: dict[str, str] | None = None, in_batch: bool = False,
             per_backward: int | None = None) -> CAMResult:
-        cls = GradCAM if self.guided else self.spec.cls
+        cls = self.spec.cls
         method = cls(model, layer, reshape=reshape) if self.spec.needs_layer else cls(model, reshape=reshape)
         if not self.gradient:
             return method(inputs, targets, size=size)
-        return method(inputs, targets, size=size, extra_layers=extra, targets_in_batch=in_batch,
-                      targets_per_backward=per_backward)
+        options = {"targets_in_batch": True} if in_batch else {}
+        return method(inputs, targets, size=size, extra_layers=extra, targets_per_backward=per_backward, **options)
 
 
 def _method(method: Any) -> _Method:
@@ -262,18 +260,9 @@ def _method(method: Any) -> _Method:
     return _Method(method_spec(method))
 
 
-def _guided(model: nn.Module, inputs: Any, targets: list[Target], res: CAMResult) -> Tensor:
-    """Guided Grad-CAM of each target: guided backprop (one forward) x its map; also kept as ``res.pixels``.
-
-    Args:
-        targets: the N targets of ``res`` (batch of one).
-
-    Returns:
-        (N, C, H', W') at the size of the image in ``inputs``.
-    """
-    grads = GuidedBackprop(model)(inputs, targets)  # (N, 1, C, H', W')
-    res.pixels = guided_gradcam(grads, res.maps)  # (N, 1, C, H', W')
-    return res.pixels[:, 0]
+def _pixels(res: CAMResult, rows: int | None = None) -> Tensor | None:
+    """(N, C, H, W) the pixel-resolution maps of a batch-of-one result (Guided Grad-CAM), else None."""
+    return None if res.pixels is None else res.pixels[:rows, 0]
 
 
 def explain_caption(
@@ -320,7 +309,7 @@ def explain_caption(
             raise ValueError("caption: expected at least one word, got an empty caption")
     plain_inputs, spans = adapter.teacher_forced(pixels, words)
     # words through the batch axis only at the adapter's own layer, which it knows sits before the text
-    in_batch = adapter.targets_in_batch and len(words) > 1 and plan.gradient and layer is None
+    in_batch = adapter.targets_in_batch and len(words) > 1 and plan.in_batch and layer is None
     inputs = adapter.teacher_forced(pixels, words, copies=len(words))[0] if in_batch else plain_inputs
     targets: list[Target] = [SequenceLogProb(tokens, positions=positions) for positions, tokens in spans]
     size = tuple(shown.shape[-2:])
@@ -328,8 +317,7 @@ def explain_caption(
     res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), inputs, targets, size=size, in_batch=in_batch,
                    per_backward=words_per_pass)
     caption_map = upsample_and_normalize(F.relu(res.pre_relu.sum(dim=0)), size)[0]  # (H, W)
-    guided_maps = _guided(adapter.model, plain_inputs, targets, res) if plan.guided else None  # (T, C, H, W)
-    return CaptionExplanation(list(words), res.maps[:, 0], res.scores[:, 0], caption_map, shown, res, guided_maps)
+    return CaptionExplanation(list(words), res.maps[:, 0], res.scores[:, 0], caption_map, shown, res, _pixels(res))
 
 
 def explain_answer(
@@ -394,15 +382,14 @@ def explain_answer(
     probabilities = adapter.probabilities(query, res.output)
     if probabilities is not None:
         probabilities = probabilities.detach()  # (k,)
-    guided_maps = _guided(adapter.model, query.inputs, targets, res)[:k] if plan.guided else None  # (k, C, H, W)
     return AnswerExplanation(
         question, names, res.scores[:k, 0], probabilities, res.maps[:k, 0], res.maps[k:, 0],
-        list(query.question_tokens), attributions, shown, res, guided_maps,
+        list(query.question_tokens), attributions, shown, res, _pixels(res, k),
     )
 
 
 def explain_class(
-    classifier: nn.Module,
+    classifier: Any,
     image: Any,
     classes: int | str | Sequence[int | str] | None = None,
     *,
@@ -413,46 +400,35 @@ def explain_class(
     """Grad-CAM of a classifier's classes for one image (the paper's Sec. 4 setting).
 
     Args:
-        classifier: an ``mx.zoo`` classifier, or any ``nn.Module`` mapping (1, 3, H, W)
-            to (1, C) logits (then pass ``layer`` and an image tensor).
-        image: a path, PIL image, numpy array or (3, H, W) tensor in [0, 1].
+        classifier: a ``ClassAdapter`` (``mx.adapters.ClassifierAdapter``: torchvision,
+            EfficientNet-Lite0, any module), an ``mx.zoo`` classifier, or any ``nn.Module``
+            mapping (1, 3, H, W) to (1, C) logits (then pass ``layer`` and an image tensor).
+        image: a path, PIL image, numpy array or (3, H, W) tensor in [0, 1] (a plain
+            module's tensor is taken as it is).
         classes: class indices or names to explain; default the top-k predicted.
         top_k: how many predicted classes to explain when ``classes`` is None.
-        layer: the layer to explain (default ``classifier.default_layer``).
+        layer: the layer to explain (default the adapter's ``default_layer``).
         method: a name in :data:`METHODS`; ``"guided"`` adds Guided Grad-CAM per class.
 
     Returns:
         ClassExplanation with ``labels``, ``maps`` (k, H, W), ``scores`` (k,).
     """
     plan = _method(method)
-    if layer is None:
-        layer = getattr(classifier, "default_layer", None)
-        if layer is None:
-            raise ValueError("layer: this classifier has no default_layer; pass layer=")
-    names = list(getattr(classifier, "classes", None) or [])
-    if hasattr(classifier, "preprocess"):
-        pixels = classifier.preprocess(image)  # (1, 3, H, W)
-    elif isinstance(image, Tensor) and image.dim() in (3, 4):
-        pixels = image if image.dim() == 4 else image[None]  # (1, 3, H, W)
-    else:
-        raise TypeError(f"image: a plain nn.Module classifier takes a (3, H, W) tensor, got {type(image).__name__}")
+    adapter = as_class_adapter(classifier)
+    layer = layer if layer is not None else adapter.default_layer
+    if layer is None and plan.spec.needs_layer:
+        raise ValueError("layer: this classifier has no default layer; pass layer=")
+    pixels = adapter.load_image(image)  # (1, 3, H, W)
+    shown = adapter.display_image(pixels)  # (3, H, W)
+    inputs = adapter.class_inputs(pixels)
     if classes is None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
         targets: list[Target] = [TopClass(rank) for rank in range(top_k)]
     else:
         wanted = [classes] if isinstance(classes, (int, str)) else list(classes)
-        indices = []
-        for c in wanted:
-            if isinstance(c, str):
-                if c not in names:
-                    raise ValueError(f"classes: unknown class {c!r}; known: {', '.join(names) or '(no class names)'}")
-                c = names.index(c)
-            indices.append(c)
-        targets = [ClassLogit(i) for i in indices]
-    res = plan.run(classifier, layer, None, pixels, targets, size=tuple(pixels.shape[-2:]))
+        targets = [ClassLogit(adapter.class_index(c)) for c in wanted]
+    res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), inputs, targets, size=tuple(shown.shape[-2:]))
     chosen = torch.stack([t.indices(res.output)[0] if isinstance(t, TopClass) else torch.tensor(t.index) for t in targets])
-    labels = [names[int(i)] if names else str(int(i)) for i in chosen]
-    shown = pixels[0].detach().clamp(0, 1)
-    guided_maps = _guided(classifier, pixels, targets, res) if plan.guided else None  # (k, C, H, W)
-    return ClassExplanation(labels, chosen, res.scores[:, 0], res.maps[:, 0], shown, res, guided_maps)
+    labels = adapter.class_names([int(i) for i in chosen])
+    return ClassExplanation(labels, chosen, res.scores[:, 0], res.maps[:, 0], shown, res, _pixels(res))

@@ -300,6 +300,11 @@ def answers() -> list[str]:
     return list(COLORS) + list(SHAPES) + list(SIZES) + list(NUMBERS) + ["yes", "no"]
 
 
+def object_classes() -> list[str]:
+    """``"<colour> <shape>"`` for every colour and shape, shape-major: the classifier's classes."""
+    return [f"{c} {s}" for s in SHAPES for c in COLORS]
+
+
 # ----------------------------------------------------------------------------- splits
 
 
@@ -458,8 +463,19 @@ def collate(scenes: Sequence[Scene]) -> dict[str, object]:
 def export_coco(seeds: Sequence[int], out_dir: str | os.PathLike, *, size: int = 96) -> dict[str, Path]:
     """ShapeWorld as a COCO-format dataset (images, instances with RLE masks, captions, questions).
 
-    See :func:`mmexplain.world_coco.export_coco`; returns the paths written, by kind.
-    """
-    from .world_coco import export_coco as export
+    The layout is :mod:`mmexplain.world_coco`'s (``write_coco``).
 
-    return export(seeds, out_dir, size=size)
+    Args:
+        seeds: scene seeds (``mx.world.split_seeds("test", n)``).
+        out_dir: the folder (created; existing files of the same names are replaced).
+        size: image side.
+
+    Returns:
+        ``{"images": folder, "instances": path, "captions": path, "questions": path}``.
+    """
+    from .world_coco import write_coco
+
+    seeds = [_check_seed(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds: expected at least one scene seed, got none")
+    return write_coco(((s, generate(s, size=size)) for s in seeds), out_dir, shapes=SHAPES)

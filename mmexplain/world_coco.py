@@ -1,6 +1,8 @@
 """ShapeWorld as a COCO-format dataset: images, instances with RLE masks, captions, questions.
 
-``export_coco(seeds, out_dir)`` writes
+``write_coco(scenes, out_dir, shapes=...)`` writes (``mx.world.export_coco(seeds, out_dir)``
+generates the scenes and calls it; this module reads the scenes' attributes only, so it
+sits below ``world``)
 
 * ``images/<seed>.png`` -- the scenes (8-bit RGB);
 * ``instances.json`` -- COCO instances: one category per shape (``circle``, ``square``,
@@ -17,8 +19,8 @@ evaluate grounding --coco``) reads ShapeWorld, and a user can check a COCO pipel
 on data whose answers are known.
 
 Example:
-    >>> from mmexplain.world_coco import export_coco
-    >>> paths = export_coco(range(5), "shapeworld-coco")       # doctest: +SKIP
+    >>> import mmexplain as mx
+    >>> paths = mx.world.export_coco(range(5), "shapeworld-coco")   # doctest: +SKIP
     >>> sorted(paths)                                          # doctest: +SKIP
     ['captions', 'images', 'instances', 'questions']
 """
@@ -26,28 +28,27 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from . import world
-
-__all__ = ["export_coco", "coco_categories"]
+__all__ = ["write_coco", "coco_categories"]
 
 
-def coco_categories() -> list[dict]:
-    """One COCO category per ShapeWorld shape, ids from 1."""
-    return [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(world.SHAPES)]
+def coco_categories(shapes: Sequence[str]) -> list[dict]:
+    """One COCO category per shape, ids from 1."""
+    return [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(shapes)]
 
 
-def export_coco(seeds: Iterable[int], out_dir: str | os.PathLike, *, size: int = 96) -> dict[str, Path]:
-    """Write the scenes of ``seeds`` as a COCO-format dataset under ``out_dir`` (see the module docstring).
+def write_coco(scenes: Iterable[tuple[int, Any]], out_dir: str | os.PathLike, *, shapes: Sequence[str]) -> dict[str, Path]:
+    """Write ``(seed, scene)`` pairs as a COCO-format dataset under ``out_dir`` (see the module docstring).
 
     Args:
-        seeds: scene seeds (``mx.world.split_seeds("test", n)``).
+        scenes: ``(seed, mx.world.Scene)`` pairs, at least one.
         out_dir: the folder (created; existing files of the same names are replaced).
-        size: image side.
+        shapes: the shape names, in category order (``mx.world.SHAPES``).
 
     Returns:
         ``{"images": folder, "instances": path, "captions": path, "questions": path}``.
@@ -57,21 +58,18 @@ def export_coco(seeds: Iterable[int], out_dir: str | os.PathLike, *, size: int =
 
     from ._io import write_json
 
-    seeds = [world._check_seed(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds: expected at least one scene seed, got none")
     out = Path(out_dir)
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    categories = {c["name"]: c["id"] for c in coco_categories()}
+    categories = {c["name"]: c["id"] for c in coco_categories(shapes)}
     images, annotations, captions, questions, answers = [], [], [], [], []
     ann_id = question_id = 0
-    for image_id, seed in enumerate(seeds, start=1):
-        scene = world.generate(seed, size=size)
+    for image_id, (seed, scene) in enumerate(scenes, start=1):
         name = f"{seed}.png"
+        height, width = (int(n) for n in scene.image.shape[-2:])
         pixels = (scene.image.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)  # (H, W, 3)
         Image.fromarray(pixels).save(images_dir / name)
-        images.append({"id": image_id, "file_name": name, "width": size, "height": size, "seed": seed})
+        images.append({"id": image_id, "file_name": name, "width": width, "height": height, "seed": seed})
         ids = []
         for obj in scene.objects:
             ann_id += 1
@@ -88,11 +86,11 @@ def export_coco(seeds: Iterable[int], out_dir: str | os.PathLike, *, size: int =
             questions.append({"image_id": image_id, "question_id": question_id, "question": qa.question})
             answers.append({"question_id": question_id, "answer": qa.answer, "kind": qa.kind,
                             "object_ids": [ids[j] for j in qa.objects]})
-    info = {"description": "ShapeWorld (mmexplain.world), exported by mmexplain.world_coco.export_coco"}
+    info = {"description": "ShapeWorld (mmexplain.world), exported by mmexplain.world.export_coco"}
     paths = {"images": images_dir, "instances": out / "instances.json", "captions": out / "captions.json",
              "questions": out / "questions.json"}
     write_json(paths["instances"], {"info": info, "images": images, "annotations": annotations,
-                                    "categories": coco_categories()})
+                                    "categories": coco_categories(shapes)})
     write_json(paths["captions"], {"info": info, "images": images, "annotations": captions})
     write_json(paths["questions"], {"info": info, "questions": questions, "annotations": answers})
     return paths

@@ -150,3 +150,35 @@ def test_bad_input_one_line_exit_2_no_file(case, models_dir, image, tmp_path, ca
     assert expected in err[0] and err[0].startswith(f"mmexplain {args[0]}: error: ")
     assert not out.exists() and not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text.png"]  # nothing half-written
+
+
+SHIPPED_RUNS = {
+    "caption tiny-ved": ["caption", "{img}", "--model", "tiny-ved"],
+    "caption tiny-vlm": ["caption", "{img}", "--model", "tiny-vlm", "--caption", "a small red diamond"],
+    "caption tiny-ved relevancy": ["caption", "{img}", "--model", "tiny-ved", "--method", "relevancy"],
+    "vqa tiny-vilt": ["vqa", "{img}", QUESTION, "--model", "tiny-vilt", "--top-k", "2"],
+    "vqa tiny-vlm": ["vqa", "{img}", QUESTION, "--model", "tiny-vlm"],
+}
+
+
+@pytest.mark.parametrize("case", list(SHIPPED_RUNS))
+def test_caption_and_vqa_run_the_shipped_transformers_models(case, image, tmp_path, capsys):
+    out = tmp_path / "fig.png"
+    args = [a.format(img=image) for a in SHIPPED_RUNS[case]] + ["--out", str(out), "--threads", "1"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert _png(out)
+    if args[0] == "caption":
+        assert "caption (" in printed and "total" in printed
+    else:
+        assert "answer" in printed and "log p = " in printed
+        assert ("answer #2:" in printed) == ("--top-k" in args)
+
+
+def test_a_model_of_another_task_is_refused_by_name(image, tmp_path, capsys):
+    assert cli.main(["vqa", str(image), QUESTION, "--model", "tiny-ved", "--out", str(tmp_path / "f.png")]) == 2
+    err = capsys.readouterr().err
+    assert "needs a vqa" in err and "tiny-vilt" in err and not (tmp_path / "f.png").exists()
+    assert cli.main(["vqa", str(image), QUESTION, "--model", "tiny-vlm", "--top-k", "2",
+                     "--out", str(tmp_path / "f.png")]) == 2
+    assert "--top-k" in capsys.readouterr().err

@@ -571,3 +571,24 @@ def test_cli_dissect_writes_labels_and_gallery(tmp_path, monkeypatch, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("mmexplain dissect: error:")
+
+
+def test_streaming_quantile_merge_equals_one_histogram_of_all_values():
+    from mmexplain.dissect.quantile import StreamingQuantile
+
+    torch.manual_seed(0)
+    values = torch.randn(3, 600) * torch.tensor([[1.0], [5.0], [0.01]])  # (K, n)
+    ladder = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)  # one ladder: every range is 0.5 * 2^e
+    whole = StreamingQuantile(3, bins=64, radius=ladder)
+    whole.update(values)
+    first, second = StreamingQuantile(3, bins=64, radius=ladder), StreamingQuantile(3, bins=64, radius=ladder)
+    first.update(values[:, :300])
+    second.update(values[:, 300:])
+    assert not torch.equal(first.radius, second.radius)  # the merge has ranges to widen
+    merged = StreamingQuantile(3, bins=64).merge(first).merge(second)
+    assert torch.equal(merged.radius, whole.radius) and torch.equal(merged.counts, whole.counts)
+    assert merged.count == 600 and torch.equal(merged.upper(0.05), whole.upper(0.05))
+    odd = StreamingQuantile(3, bins=64, radius=ladder * 3)  # another ladder: 1.5 * 2^e
+    odd.update(values[:, :10])
+    with pytest.raises(ValueError, match="do not nest"):
+        first.merge(odd)

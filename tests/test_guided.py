@@ -182,7 +182,7 @@ def test_deconvolution_differs_from_guided(convnet, images) -> None:
 # ----------------------------------------------------------------------------- Guided Grad-CAM
 def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam(convnet, images) -> None:
     target = mx.targets.ClassLogit(2)
-    got = mx.GuidedGradCAM(convnet, "conv2")(images, target)  # (B, C, H, W)
+    got = mx.GuidedGradCAM(convnet, "conv2")(images, target).pixels  # (B, C, H, W)
     guided = mx.GuidedBackprop(convnet)(images, target)  # (B, C, H, W)
     res = mx.GradCAM(convnet, "conv2")(images, target)
     maps = upsample_and_normalize(res.raw, images.shape[-2:])  # (B, H, W)
@@ -194,10 +194,11 @@ def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam(convnet, imag
 def test_guided_gradcam_list_of_targets_equals_separate_calls(convnet, images) -> None:
     ggc = mx.GuidedGradCAM(convnet, "conv1")
     targets = [mx.targets.ClassLogit(0), mx.targets.ClassLogit(2)]
-    many = ggc(images, targets)  # (N, B, C, H, W)
-    assert many.shape == (2, *images.shape)
+    many = ggc(images, targets)
+    assert many.pixels.shape == (2, *images.shape)  # (N, B, C, H, W)
     for n, t in enumerate(targets):
-        torch.testing.assert_close(many[n], ggc(images, t))
+        torch.testing.assert_close(many.pixels[n], ggc(images, t).pixels)
+        torch.testing.assert_close(many[n].pixels, many.pixels[n])
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -266,6 +267,7 @@ def test_model_untouched_after_success_and_after_exception(method, images) -> No
     }[method]
     before = _state(model)
     out = make()(images, mx.targets.ClassLogit(1))
+    out = getattr(out, "pixels", out)  # Guided Grad-CAM: a CAMResult with the pixel map
     assert out.shape == images.shape
     _assert_same_state(before, _state(model))
     assert _plain_relu_rule_active()

@@ -374,7 +374,7 @@ def test_explain_caption_on_hf_models(blip_captioner, ved_captioner):
     pixels = ved_captioner.load_image(image())
     inputs, spans = ved_captioner.teacher_forced(pixels, CAPTION[:3])
     ggc = mx.GuidedGradCAM(ved_captioner.model, ved_captioner.default_layer, reshape=ved_captioner.reshape_for(pixels))
-    assert torch.allclose(ex.guided, ggc(inputs, word_targets(spans))[:, 0], atol=1e-6, rtol=1e-4)
+    assert torch.allclose(ex.guided, ggc(inputs, word_targets(spans)).pixels[:, 0], atol=1e-6, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- VQA

@@ -1,9 +1,9 @@
-"""The engine's extension point: a method overrides ``_weights`` only.
+"""The two public bases' extension point: a method overrides ``weights`` only.
 
-Grad-CAM++, HiResCAM, a forward-only Score-CAM and a per-token HiResCAM are written
-here as small subclasses and checked against values computed by hand (numpy, from the
-closed-form gradient of a fixed-weight toy model), so the engine's combination,
-ReLU flag, token path and gradient-free path are each pinned down.
+Grad-CAM++ and HiResCAM (gradient base), a forward-only Score-CAM (perturbation base)
+and HiResCAM on a token layer are written here as small subclasses and checked against
+values computed by hand (numpy, from the closed-form gradient of a fixed-weight toy
+model), so the combination, ReLU flag, token grid and forward-only path are each pinned down.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 import mmexplain as mx
-from mmexplain.methods.gradcam import Call
 from conftest import TinyViT, drop_cls
 
 # ------------------------------------------------------------------ a fixed-weight toy model
@@ -54,49 +53,36 @@ def _normalize(m: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ the subclasses under test
-class GradCAMPlusPlus(mx.GradCAM):
+class GradCAMPlusPlus(mx.methods.GradientMethod):
     """alpha_ij = g^2 / (2 g^2 + (sum_ab A_ab) g^3); w_k = sum_ij alpha_ij ReLU(g_ij)."""
 
-    def _weights(self, activation, gradient, call):
+    def weights(self, activation, gradient):
         g2, g3 = gradient.pow(2), gradient.pow(3)
         denom = 2 * g2 + activation.sum(dim=(-2, -1), keepdim=True) * g3  # (N, B, K, u, v)
         alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
         return (alpha * torch.relu(gradient)).sum(dim=(-2, -1))  # (N, B, K)
 
 
-class HiResCAM(mx.GradCAM):
+class HiResCAM(mx.methods.GradientMethod):
     """Element-wise: L = sum_k g_k * A_k (no spatial mean)."""
 
-    def _weights(self, activation, gradient, call):
+    def weights(self, activation, gradient):
         return gradient  # (N, B, K, u, v)
 
 
-class TinyScoreCAM(mx.GradCAM):
+class TinyScoreCAM(mx.methods.PerturbationMethod):
     """Forward passes only: w_k = score(x * up(norm(A_k)))."""
 
-    needs_gradient = False
-
-    def _weights(self, activation, gradient, call: Call):
-        assert gradient is None
-        x = call.inputs  # (B, C, H, W)
+    def weights(self, activation, run):
+        x = run.inputs  # (B, C, H, W)
         flat = activation.flatten(2)
         low, high = flat.amin(-1)[..., None, None], flat.amax(-1)[..., None, None]
         masks = (activation - low) / (high - low).clamp_min(1e-12)  # (B, K, u, v)
         rows = []
-        for target in call.targets:
+        for target in run.targets:
             per_k = [target(self.model(x * masks[:, k : k + 1])) for k in range(masks.shape[1])]
             rows.append(torch.stack(per_k, dim=-1))  # (B, K)
         return torch.stack(rows)  # (N, B, K)
-
-
-class TokenHiResCAM(mx.GradCAM):
-    """Per token, before the grid: map_t = sum_d g_td A_td, then laid on the patch grid."""
-
-    on_tokens = True
-
-    def _weights(self, activation, gradient, call):
-        assert activation.dim() == 3  # (B, T, D): the layer's own layout
-        return gradient  # (N, B, T, D)
 
 
 # ------------------------------------------------------------------ tests
@@ -174,7 +160,7 @@ def test_gradient_free_method_runs_forward_passes_only():
         assert TinyScoreCAM(model, "conv")(X, mx.targets.ClassLogit(0)).raw.shape == (1, 2, 2)
 
 
-def test_token_method_weights_each_token_before_the_grid():
+def test_token_layer_is_laid_on_the_grid_before_weights():
     model = TinyViT().eval()
     x = torch.rand(2, 1, 4, 4)
     target = mx.targets.ClassLogit(1)
@@ -187,20 +173,25 @@ def test_token_method_weights_each_token_before_the_grid():
     (g,) = torch.autograd.grad(out[:, 1].sum(), acts["a"])  # (B, 5, 3) reference gradient
     expected = (g * acts["a"]).sum(-1)[:, 1:].reshape(2, 2, 2).detach()  # per patch token, CLS dropped
 
-    res = TokenHiResCAM(model, "block", reshape=drop_cls, relu=False)(x, target)
+    seen = []
+
+    class Spy(HiResCAM):
+        def weights(self, activation, gradient):
+            seen.append((activation.shape, gradient.shape))
+            return super().weights(activation, gradient)
+
+    res = Spy(model, "block", reshape=drop_cls, relu=False)(x, target)
+    assert seen == [((2, 3, 2, 2), (1, 2, 3, 2, 2))]  # the method saw a grid, never tokens
     torch.testing.assert_close(res.raw, expected, rtol=1e-5, atol=1e-6)
-    # an element-wise token weighting is a rearrangement of the grid one: both paths agree
-    grid = HiResCAM(model, "block", reshape=drop_cls, relu=False)(x, target)
-    torch.testing.assert_close(res.raw, grid.raw, rtol=1e-5, atol=1e-6)
     assert res.weights.shape == (2, 3) and res.activations.shape == (2, 3, 2, 2)
 
 
 def test_a_wrong_weight_shape_names_the_method():
     class Broken(mx.GradCAM):
-        def _weights(self, activation, gradient, call):
+        def weights(self, activation, gradient):
             return gradient[..., :1]  # (N, B, K, u, 1)
 
-    with pytest.raises(ValueError, match="Broken._weights returned shape"):
+    with pytest.raises(ValueError, match="Broken.weights returned shape"):
         Broken(Squares().eval(), "conv")(X, mx.targets.ClassLogit(0))
 
 

@@ -194,10 +194,9 @@ def test_items_probability_matches_the_model():
     scene = mx.world.generate(mx.world.split_seeds("test", 1)[0])
     qa = next(q for q in scene.questions if len(q.objects) == 1)
     item = Item("answer", scene.image, [qa.answer], question=qa.question, answer=qa.answer)
-    from mmexplain.evaluation.items import probability_fn
+    from mmexplain.evaluation.items import adapter_of
 
-    with torch.no_grad():
-        p = probability_fn(vqa, item, 0)(scene.image[None])
+    p = adapter_of(vqa).probability(scene.image[None], item, 0)
     with torch.no_grad():
         want = vqa(scene.image[None], vqa.encode_question(qa.question)[None]).softmax(-1)[0, vqa.answers.index(qa.answer)]
     assert float(p) == pytest.approx(float(want))
@@ -221,7 +220,7 @@ def test_export_coco_round_trip_and_word_matching(tmp_path):
     from pycocotools import mask as coco_mask
 
     from mmexplain.evaluation.coco import coco_grounding, coco_items, match_words, default_word_map
-    from mmexplain.world_coco import export_coco
+    from mmexplain.world import export_coco
 
     seeds = list(mx.world.split_seeds("test", 3))
     paths = export_coco(seeds, tmp_path)

@@ -53,3 +53,81 @@ def test_register_names_its_bad_arguments():
     with pytest.raises(ValueError, match="saliency: expected one of map, abs-channel-sum"):
         mx.methods.register("x-cam", DoubleGradCAM, description="x", saliency="max")
     assert "x-cam" not in mx.methods.METHODS
+
+
+# ----------------------------------------------------------------------------- a user's method, end to end
+class PeakGradCAM(mx.methods.GradientMethod):
+    """A method written by a user: w_k = max_ij dy/dA_kij x mean_ij A_kij (only ``weights`` is overridden)."""
+
+    def weights(self, activation, gradient):
+        return gradient.amax(dim=(-2, -1)) * activation.mean(dim=(-2, -1))  # (N, B, K)
+
+
+def _by_hand(model, layer, inputs, score, size):
+    """The PeakGradCAM map by hand: forward hook, autograd.grad, max, weighted sum, ReLU, upsample."""
+    store = {}
+    module = model.get_submodule(layer)
+    handle = module.register_forward_hook(lambda m, i, o: store.setdefault("a", o))
+    try:
+        out = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+    finally:
+        handle.remove()
+    a = store["a"]  # (1, K, u, v)
+    (g,) = torch.autograd.grad(score(out).sum(), a)
+    w = g.amax(dim=(-2, -1)) * a.mean(dim=(-2, -1))  # (1, K)
+    cam = torch.relu((w[..., None, None] * a).sum(dim=1)).detach()  # (1, u, v)
+    return mx.methods.upsample_and_normalize(cam, size)[0]  # (H, W)
+
+
+@pytest.fixture
+def peak():
+    spec = mx.methods.register("peakgradcam", PeakGradCAM, description="max-gradient channel weights (a test method)")
+    try:
+        yield spec
+    finally:
+        del mx.methods.METHODS["peakgradcam"]
+
+
+def test_a_user_gradient_method_gives_the_hand_computed_map_through_every_explainer(peak):
+    from mmexplain.targets import AnswerScore, ClassLogit, SequenceLogProb
+
+    torch.manual_seed(0)
+    captioner, vqa, classifier = (zoo.new(name, seed=None) for name in ("captioner", "vqa", "classifier"))
+    scene = world.generate(world.split_seeds("test", 1)[0])
+    words = scene.caption.split()[:4]
+    ex = mx.explain_caption(captioner, scene.image, " ".join(words), method="peakgradcam")
+    ids = captioner.vocab.encode(words)
+    inputs = (captioner.preprocess(scene.image), torch.tensor([[captioner.vocab.bos, *ids]]))
+    for t in range(len(words)):
+        expected = _by_hand(captioner, captioner.default_layer, inputs, SequenceLogProb([ids[t]], positions=[t]), (96, 96))
+        torch.testing.assert_close(ex.maps[t], expected, rtol=1e-4, atol=1e-5)
+
+    ax = mx.explain_answer(vqa, scene.image, "what color is the square ?", "red", method="peakgradcam")
+    inputs = (vqa.preprocess(scene.image), vqa.encode_question("what color is the square ?")[None])
+    expected = _by_hand(vqa, vqa.default_layer, inputs, AnswerScore(vqa.answers.index("red")), (96, 96))
+    torch.testing.assert_close(ax.maps[0], expected, rtol=1e-4, atol=1e-5)
+
+    cx = mx.explain_class(classifier, scene.image, [0, 3], method="peakgradcam")
+    pixels = classifier.preprocess(scene.image)
+    for row, c in enumerate((0, 3)):
+        expected = _by_hand(classifier, classifier.default_layer, pixels, ClassLogit(c), tuple(pixels.shape[-2:]))
+        torch.testing.assert_close(cx.maps[row], expected, rtol=1e-4, atol=1e-5)
+    # the map is its own, not Grad-CAM's
+    assert not torch.allclose(cx.maps, mx.explain_class(classifier, scene.image, [0, 3]).maps, atol=1e-3)
+
+
+def test_a_user_method_runs_through_the_grounding_api(peak):
+    """evaluate grounding's API: the method is applicable, scored, and named in the table.
+
+    Waits for the adapters' evaluation path (issue 18's adapter part): until then
+    ``leaderboard`` runs the zoo models through ``explain_*`` directly.
+    """
+    from mmexplain.evaluation.grounding import applicable_methods, format_leaderboard, leaderboard
+
+    torch.manual_seed(0)
+    classifier = zoo.new("classifier", seed=None)
+    assert applicable_methods(classifier, ["peakgradcam", "relevancy"]) == ["peakgradcam"]
+    report = leaderboard({"classifier": classifier}, world.split_seeds("test", 2), methods=["peakgradcam"])
+    rows = [r for r in report["rows"] if r["method"] == "peakgradcam"]
+    assert len(rows) == 1 and rows[0]["n"] > 0 and rows[0]["pointing"] is not None
+    assert "| peakgradcam |" in format_leaderboard(report)

@@ -4,6 +4,9 @@
 - ``zoo``: adapters for the ``mx.zoo`` models; ``as_caption_adapter`` / ``as_answer_adapter``
   turn a zoo model or an adapter into an adapter.
 - ``answers``: what answer-classifier VQA adapters share (targets, names, probabilities).
+- ``items``: ``Item`` and what every adapter answers for evaluation (``ItemAdapter``: an item's
+  inputs and targets, a target's probability on edited images, capabilities).
+- ``classifier``: ``ClassifierAdapter`` (zoo, torchvision, any module) and ``as_class_adapter``.
 - ``hf``: transformers models (``mx.hf``); ``grids``: patch grids of token-shaped layers.
 - ``images``: the one image loader; ``torchvision``: default layers of torchvision classifiers.
 
@@ -20,6 +23,13 @@ _LAZY_NAMES = {
     "CaptionAdapter": "protocols",
     "AnswerAdapter": "protocols",
     "AnswerQuery": "protocols",
+    "ClassAdapter": "protocols",
+    "ItemAdapter": "protocols",
+    "Item": "items",
+    "ItemQuestions": "items",
+    "ClassifierAdapter": "classifier",
+    "as_class_adapter": "classifier",
+    "as_item_adapter": "zoo",
     "AnswerClassifier": "answers",
     "ZooCaptionAdapter": "zoo",
     "ZooAnswerAdapter": "zoo",
@@ -40,4 +50,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__ + ["protocols", "zoo", "answers", "hf", "grids", "images", "torchvision"]
+    return __all__ + ["protocols", "zoo", "answers", "items", "classifier", "hf", "grids", "images", "torchvision"]

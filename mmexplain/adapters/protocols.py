@@ -6,8 +6,11 @@ grid; ``mmexplain.explain`` and the engine stay model-agnostic. Every method the
 explainers call is declared here, so ``isinstance(obj, CaptionAdapter)`` is the whole
 contract (no optional methods probed with ``getattr``).
 
-Implementations: :mod:`mmexplain.adapters.zoo` (the ``mx.zoo`` models) and
-:mod:`mmexplain.adapters.hf` (transformers models).
+Implementations: :mod:`mmexplain.adapters.zoo` (the ``mx.zoo`` models),
+:mod:`mmexplain.adapters.hf` (transformers models) and
+:mod:`mmexplain.adapters.classifier` (image classifiers). Every one of them also answers
+the evaluation protocols' questions (:class:`ItemAdapter`, from
+:class:`~mmexplain.adapters.items.ItemQuestions`).
 
 Example:
     >>> import mmexplain as mx
@@ -27,7 +30,7 @@ from torch import Tensor, nn
 
 from ..targets import Target
 
-__all__ = ["CaptionAdapter", "AnswerAdapter", "AnswerQuery", "WordSpan", "check_copies"]
+__all__ = ["CaptionAdapter", "AnswerAdapter", "ClassAdapter", "ItemAdapter", "AnswerQuery", "WordSpan", "check_copies"]
 
 #: per word: (logit positions, token ids); word i's log-probability is the sum over its
 #: tokens j of ``log_softmax(logits[:, positions[j]])[tokens[j]]``
@@ -138,6 +141,72 @@ class AnswerAdapter(Protocol):
 
     def probabilities(self, query: AnswerQuery, output: Any) -> Tensor | None:
         """(k,) probability of each explained answer (detached), or None when unknown."""
+
+
+@runtime_checkable
+class ClassAdapter(Protocol):
+    """How ``explain_class`` drives an image classifier (``(1, 3, H, W)`` pixels -> ``(1, C)`` logits).
+
+    Attributes:
+        model: the ``nn.Module`` that the engine hooks and calls.
+        default_layer: dotted name of the layer explained by default, or None (then
+            ``layer=`` is needed).
+        classes: class names in logit order (empty: none known).
+    """
+
+    model: nn.Module
+    default_layer: str | None
+    classes: list[str]
+
+    def load_image(self, image: Any) -> Tensor:
+        """Path / PIL / array / tensor -> the model's pixels, (1, 3, H, W)."""
+
+    def display_image(self, pixels: Tensor) -> Tensor:
+        """(3, H, W) in [0, 1], aligned with the maps."""
+
+    def reshape_for(self, pixels: Tensor) -> Callable[[Tensor], Tensor] | None:
+        """``reshape=`` for the explained layer when the model reads ``pixels``, or None."""
+
+    def class_inputs(self, pixels: Tensor) -> Any:
+        """The model's inputs for these pixels."""
+
+    def class_names(self, indices: Sequence[int]) -> list[str]:
+        """Names of class indices (the index as text when no names are known)."""
+
+    def class_index(self, name: int | str) -> int:
+        """A class index, or the index of a class name; ValueError naming an unknown one."""
+
+
+@runtime_checkable
+class ItemAdapter(Protocol):
+    """What the evaluation protocols ask every adapter (see :mod:`mmexplain.adapters.items`).
+
+    Attributes:
+        model, default_layer: as in ``CaptionAdapter``.
+        tasks: the item kinds it explains (``"caption"``, ``"answer"``, ``"class"``).
+        capabilities: what the model offers a method (``mx.methods.CAPABILITIES``:
+            ``"layer"``, ``"pixels"``, ``"relu"``, ``"attention"``, ``"lm"``).
+    """
+
+    model: nn.Module
+    default_layer: str | None
+    tasks: frozenset[str]
+    capabilities: frozenset[str]
+
+    def load_image(self, image: Any) -> Tensor:
+        """Path / PIL / array / tensor -> the model's pixels, (1, 3, H, W)."""
+
+    def display_image(self, pixels: Tensor) -> Tensor:
+        """(3, H, W) in [0, 1], aligned with the maps."""
+
+    def reshape_for(self, pixels: Tensor) -> Callable[[Tensor], Tensor] | None:
+        """``reshape=`` for the explained layer when the model reads ``pixels`` (its grid), or None."""
+
+    def item_inputs(self, pixels: Tensor, item: Any) -> tuple[Any, list[Target]]:
+        """The inputs of one forward over an ``Item`` and its k targets."""
+
+    def probability(self, images: Tensor, item: Any, index: int) -> Tensor:
+        """(N,) probability of the item's ``index``-th target on N images (N, 3, H, W) in [0, 1]."""
 
 
 def check_copies(copies: Any) -> int:

@@ -21,15 +21,16 @@ import torch
 from torch import Tensor, nn
 
 from .answers import AnswerClassifier
-from .protocols import AnswerAdapter, AnswerQuery, CaptionAdapter, WordSpan, check_copies
+from .items import ItemQuestions
+from .protocols import AnswerAdapter, AnswerQuery, CaptionAdapter, ItemAdapter, WordSpan, check_copies
 
-__all__ = ["ZooCaptionAdapter", "ZooAnswerAdapter", "as_caption_adapter", "as_answer_adapter"]
+__all__ = ["ZooCaptionAdapter", "ZooAnswerAdapter", "as_caption_adapter", "as_answer_adapter", "as_item_adapter"]
 
 _CAPTIONER_ATTRS = ("vocab", "generate", "preprocess", "default_layer")
 _VQA_ATTRS = ("answers", "encode_question", "preprocess", "default_layer")
 
 
-class _ZooModel:
+class _ZooModel(ItemQuestions):
     """What the zoo adapters share: the model, its default layer and its image handling."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -57,6 +58,7 @@ class ZooCaptionAdapter(_ZooModel):
     """
 
     targets_in_batch = True
+    tasks = frozenset({"caption"})
 
     def generate(self, pixels: Tensor) -> list[str]:
         """The greedy caption of one image, as words."""
@@ -88,6 +90,7 @@ class ZooAnswerAdapter(_ZooModel, AnswerClassifier):
     """Adapter for ``mx.zoo`` VQA models: an answer classifier over ``model.answers`` (softmax)."""
 
     question_layer = "embed"
+    tasks = frozenset({"answer"})
 
     def __init__(self, model: nn.Module) -> None:
         _ZooModel.__init__(self, model)
@@ -132,3 +135,27 @@ def as_answer_adapter(vqa: Any) -> AnswerAdapter:
         "vqa: expected an mx.zoo VQA model or an AnswerAdapter (e.g. mx.hf.answer_adapter(model, processor)), "
         f"got {type(vqa).__name__}"
     )
+
+
+def as_item_adapter(model: Any) -> ItemAdapter:
+    """The adapter the evaluation protocols ask: itself if it is an ``ItemAdapter``, else a zoo adapter.
+
+    ``mx.zoo`` captioners and VQA models get their zoo adapters; any other ``nn.Module``
+    is taken as an image classifier (:func:`~mmexplain.adapters.classifier.as_class_adapter`).
+
+    Raises:
+        TypeError: neither an ``nn.Module`` nor an ``ItemAdapter`` (e.g. an adapter that
+            does not answer the evaluation questions).
+    """
+    if isinstance(model, ItemAdapter):
+        return model
+    if isinstance(model, nn.Module):
+        if all(hasattr(model, a) for a in _CAPTIONER_ATTRS):
+            return ZooCaptionAdapter(model)
+        if all(hasattr(model, a) for a in _VQA_ATTRS):
+            return ZooAnswerAdapter(model)
+        from .classifier import as_class_adapter
+
+        return as_class_adapter(model)
+    raise TypeError(f"model: expected an mx.zoo model, a classifier or an adapter with item_inputs / probability / "
+                    f"capabilities (mx.hf, mx.adapters.ClassifierAdapter), got {type(model).__name__}")

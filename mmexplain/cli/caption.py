@@ -35,8 +35,9 @@ def add_explain_options(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--method", default="gradcam", metavar="NAME",
                    help="explanation method (default gradcam); --method list prints them all")
     p.add_argument("--layer", default=None, help="dotted layer to explain (default: the model's default layer)")
+    shipped = {"captioner": "captioner, tiny-ved, tiny-vlm", "vqa": "vqa, tiny-vilt, tiny-vlm"}[kind]
     p.add_argument("--model", default=None, metavar="DIR_OR_NAME",
-                   help=f"checkpoint folder, or {kind!r} for the shipped model (default)")
+                   help=f"checkpoint folder, or a shipped model: {shipped}, ... (default {kind})")
     add_models(p)
     p.add_argument("--out", default=None, metavar="FILE",
                    help="figure to write (.png, .pdf, .svg, ...) or interactive report (.html)")

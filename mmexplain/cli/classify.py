@@ -232,7 +232,6 @@ def run_classify(args: argparse.Namespace) -> int:
     import mmexplain as mx
 
     from ..adapters.torchvision import default_layer
-    from ..methods import guided_gradcam
     from ..viz.core import overlay, save_figure, to_image_array
 
     if args.layer:
@@ -243,10 +242,10 @@ def run_classify(args: argparse.Namespace) -> int:
         layer, reshape = model.default_layer, None
     else:
         raise CLIError(f"--layer: {args.model} has no default_layer; name the layer to explain")
+    from ..adapters import ClassifierAdapter
+
     cam = mx.GradCAM(model, layer, reshape=reshape)  # bad --layer: ValueError naming the nearest layers
-    mean = torch.tensor(args.mean).view(3, 1, 1)
-    std = torch.tensor(args.std).view(3, 1, 1)
-    x = ((image - mean) / std).unsqueeze(0)  # (1, 3, H, W)
+    x = ClassifierAdapter(model, mean=args.mean, std=args.std).load_image(image)  # (1, 3, H, W) normalised
     with torch.no_grad():
         logits = mx.targets.logits_of(model(x))  # (1, C)
     num_classes = logits.shape[1]
@@ -260,14 +259,14 @@ def run_classify(args: argparse.Namespace) -> int:
         names = _categories(args.arch, num_classes) if args.weights is not None else None
     label = f"class {target_class}" + (f" ({names[target_class]})" if names else "")
     target = mx.targets.ClassLogit(target_class)
-
+    adapter = ClassifierAdapter(model, layer=layer, reshape=reshape, classes=names, mean=args.mean, std=args.std)
+    guided = None
     if args.method == "counterfactual":
         res = cam(x, mx.targets.Counterfactual(target))
-    elif args.method in ("gradcam", "guided"):
-        res = cam(x, target)
-    else:
-        spec = mx.methods.method_spec(args.method)
-        res = (spec.cls(model, layer, reshape=reshape) if spec.needs_layer else spec.cls(model, reshape=reshape))(x, target)
+        heat = res.maps[0]  # (H, W)
+    else:  # every registered method, through the classifier adapter
+        ex = mx.explain_class(adapter, image, [target_class], method=args.method)
+        res, heat, guided = ex.result, ex.maps[0], ex.guided
     panels = 3 if args.method == "guided" else 2
 
     from matplotlib.figure import Figure
@@ -282,10 +281,9 @@ def run_classify(args: argparse.Namespace) -> int:
         args.method, mx.methods.display_name(args.method))
     empty = bool(res.raw.amax() <= 0)  # ReLU removed everything: nothing raises this score
     note = "\n(map is zero: no region raises this score)" if empty else ""
-    overlay(image, res.maps[0], ax=axes[1], title=f"{what}, {layer}{note}", colorbar=True)
-    if args.method == "guided":
-        ggc = guided_gradcam(mx.GuidedBackprop(model)(x, target), res.maps)  # (1, 3, H, W), the middle panel's map
-        axes[2].imshow(to_image_array(ggc[0], normalize=True), interpolation="nearest")
+    overlay(image, heat, ax=axes[1], title=f"{what}, {layer}{note}", colorbar=True)
+    if guided is not None:  # (1, 3, H, W): guided backprop x the middle panel's map
+        axes[2].imshow(to_image_array(guided[0], normalize=True), interpolation="nearest")
         axes[2].set_title("Guided Grad-CAM\n(guided backprop x Grad-CAM)", fontsize=10)
         axes[2].set_xticks([])
         axes[2].set_yticks([])

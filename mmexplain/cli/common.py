@@ -147,14 +147,16 @@ def load_zoo_model(kind: str, spec: str | None, models: str | None = None) -> An
 
     Args:
         kind: ``"captioner"``, ``"vqa"`` or ``"classifier"``: what the command needs.
-        spec: None or ``kind`` for the shipped model; otherwise a folder holding
-            ``<kind>/`` or the checkpoint files themselves.
+        spec: None or ``kind`` for the shipped model, a shipped model that does the task
+            (``mmexplain.zoo.tasks.names_for(kind)``: ``tiny-ved``, ``tiny-vlm``, ...); otherwise
+            a folder holding ``<kind>/`` or the checkpoint files themselves.
         models: the models folder (``--models``); default the package's models/.
 
     Raises:
         CLIError: the model is missing, or ``spec`` names another kind or no folder.
     """
     from .. import zoo
+    from ..zoo.tasks import names_for
 
     if spec is None or spec == kind:
         root = Path(models) if models is not None else zoo.default_root()
@@ -164,8 +166,13 @@ def load_zoo_model(kind: str, spec: str | None, models: str | None = None) -> An
                 f"train it with `mmexplain train {kind}` (minutes on a CPU)"
             )
         return zoo.load(kind, root)
-    if spec in zoo.NAMES:
-        raise CLIError(f"--model: this command needs a {kind}, got {spec!r}")
+    if spec in names_for(kind):  # a shipped transformers model that does this task
+        if not zoo.folder(spec, models).is_dir():
+            raise CLIError(f"the {spec} model is missing ({zoo.folder(spec, models)}); "
+                           f"train it with `mmexplain train {spec}`")
+        return zoo.load(spec, models)
+    if spec in zoo.ALL_NAMES + zoo.VLM_NAMES:
+        raise CLIError(f"--model: this command needs a {kind} ({', '.join(names_for(kind))}), got {spec!r}")
     path = Path(spec)
     if not path.exists():
         raise CLIError(f"--model: no such model folder: {spec!r} (or give the name {kind!r})")

@@ -34,11 +34,13 @@ def _grounding_handler(args: argparse.Namespace) -> int:
     if args.json is not None:
         check_out(args.json, kind="file", suffixes=(".json",), option="--json")
     methods = _methods(args)
+    from ..zoo.tasks import shipped_names
+
     on = None if args.on is None else [n.strip() for n in args.on.split(",") if n.strip()]
     if on is not None:
-        unknown = [n for n in on if n not in zoo.ALL_NAMES + zoo.VLM_NAMES]
+        unknown = [n for n in on if n not in shipped_names()]
         if unknown or not on:
-            raise CLIError(f"--on: expected shipped model names from {', '.join(zoo.ALL_NAMES + zoo.VLM_NAMES)}, got {args.on!r}")
+            raise CLIError(f"--on: expected shipped model names from {', '.join(shipped_names())}, got {args.on!r}")
     if args.coco is not None:
         return _coco_handler(args, methods)
     apply_threads(args)

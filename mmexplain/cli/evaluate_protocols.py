@@ -6,13 +6,15 @@
 * ``occlusion``: VQA maps against occlusion maps (paper Sec. 7.1) and question-word attributions;
 * ``diagnosis``: adversarial pointing (PGD) and dataset bias (paper Sec. 6).
 
-Each runs on the shipped models named by ``--on`` (``classifier``, ``captioner``, ``vqa``,
-and ``efficientnet``: the ImageNet EfficientNet-Lite0 of the ``[real]`` extra, on
-scikit-image's photos).
+``sanity`` and ``faithfulness`` run on the shipped models named by ``--on`` (``classifier``,
+``captioner``, ``vqa``, the transformers ones ``tiny-ved``, ``tiny-vilt``, ``tiny-vlm``, and
+``efficientnet``: the ImageNet EfficientNet-Lite0 of the ``[real]`` extra, on scikit-image's
+photos), each through its adapter.
 
 Example:
     $ mmexplain evaluate sanity --on classifier --scenes 4 --plot sanity.png
     $ mmexplain evaluate faithfulness --on classifier,efficientnet --methods gradcam,guided
+    $ mmexplain evaluate sanity --on tiny-vlm,tiny-ved --scenes 2 --methods gradcam,relevancy
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .common import CLIError, add_models, add_scenes, add_threads, apply_threads
 
 __all__ = ["add_protocol_commands"]
 
-_ON = ("classifier", "captioner", "vqa", "efficientnet")
+_ON = ("classifier", "captioner", "vqa", "tiny-ved", "tiny-vilt", "tiny-vlm", "efficientnet")  # for --help
 
 
 
@@ -54,7 +56,14 @@ def _model(name: str, models: str | None) -> Any:
         if reason is not None:
             raise CLIError(f"--on efficientnet: {reason}")
         return load_efficientnet()
-    return load_zoo_model(name, None, models)
+    from .. import zoo
+
+    if name in zoo.NAMES:
+        return load_zoo_model(name, None, models)
+    if not zoo.folder(name, models).is_dir():
+        raise CLIError(f"--on {name}: the model is missing ({zoo.folder(name, models)}); "
+                       f"train it with `mmexplain train {name}`")
+    return zoo.load(name, models)
 
 
 def photo_items(model: Any) -> list[Any]:
@@ -62,15 +71,18 @@ def photo_items(model: Any) -> list[Any]:
     import skimage.data
 
     from ..adapters.images import load_image
-    from ..evaluation.items import Item
+    from ..adapters import Item, as_class_adapter
     from ..evaluation.real_photos import PHOTOS
 
-    return [Item("class", load_image(getattr(skimage.data, name)()), [model.classes[c]], classes=[c])
+    adapter = as_class_adapter(model)
+    return [Item("class", load_image(getattr(skimage.data, name)()), adapter.class_names([c]), classes=[c])
             for name, c in PHOTOS.items()]
 
 
 def _targets(args: argparse.Namespace) -> list[str]:
-    return _names(args.on, _ON, "--on")
+    from ..zoo.tasks import shipped_names
+
+    return _names(args.on, (*shipped_names(), "efficientnet"), "--on")
 
 
 def _write_json(args: argparse.Namespace, reports: list[dict[str, Any]]) -> None:

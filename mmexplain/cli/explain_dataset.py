@@ -69,7 +69,7 @@ def add_explain_dataset_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--input", default="shapeworld", metavar="SOURCE",
                    help="shapeworld (default), an image folder, a COCO-format FILE.json, or a saved HF dataset folder")
     p.add_argument("--model", default="captioner", metavar="NAME",
-                   help="a shipped model: captioner, vqa, classifier, tiny-ved, tiny-vilt (default captioner)")
+                   help="a shipped model: captioner, vqa, classifier, tiny-ved, tiny-vilt, tiny-vlm (default captioner)")
     p.add_argument("--method", default="gradcam", choices=list(METHODS), metavar="NAME",
                    help=f"explanation method, one of {', '.join(METHODS)} (default gradcam)")
     p.add_argument("--layer", default=None, help="layer to explain (default: the model's)")
@@ -103,8 +103,10 @@ def _handler(args: argparse.Namespace) -> int:
     out = check_out(args.out, kind="folder")
     if args.html is not None:
         check_out(args.html, kind="file", suffixes=(".html",), option="--html")
-    if args.model not in zoo.ALL_NAMES:
-        raise CLIError(f"--model: expected one of {', '.join(zoo.ALL_NAMES)}, got {args.model!r}")
+    from ..zoo.tasks import shipped_names
+
+    if args.model not in shipped_names():
+        raise CLIError(f"--model: expected one of {', '.join(shipped_names())}, got {args.model!r}")
     if args.input == "shapeworld" and args.scenes is not None:
         scene_seeds(args.scenes)
     apply_threads(args)

@@ -34,12 +34,18 @@ def _vqa_handler(args: argparse.Namespace) -> int:
         raise CLIError("QUESTION: expected a non-empty question")
     if args.answer is not None and not args.answer.strip():
         raise CLIError("--answer: expected an answer word, got an empty string")
-    model = load_zoo_model("vqa", args.model, args.models)
-    if args.answer is not None and args.answer not in model.answers:
-        raise CLIError(f"--answer {args.answer!r} is not one of the model's answers: {', '.join(model.answers)}")
+    from ..adapters import AnswerClassifier, as_answer_adapter
+
+    adapter = as_answer_adapter(load_zoo_model("vqa", args.model, args.models))
+    top_k = args.top_k
+    if isinstance(adapter, AnswerClassifier):  # a fixed list of answers
+        if args.answer is not None and args.answer not in adapter.labels:
+            raise CLIError(f"--answer {args.answer!r} is not one of the model's answers: {', '.join(adapter.labels)}")
+        top_k = min(top_k, len(adapter.labels))
+    elif args.top_k > 1 and args.answer is None:
+        raise CLIError(f"--top-k: this model generates its answer (no ranked alternatives); got --top-k {args.top_k}")
     apply_threads(args)
-    top_k = min(args.top_k, len(model.answers))
-    ex = explain_answer(model, args.image, args.question, args.answer, top_k=top_k, layer=args.layer,
+    ex = explain_answer(adapter, args.image, args.question, args.answer, top_k=top_k, layer=args.layer,
                         method=args.method)
     print(f"question: {args.question}")
     label = "answer (given)" if args.answer is not None else "answer"

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..methods.base import module_name
+from ..methods.hooks import Site
 from .iou import IoUTally
 from .labels import NeuronLabels, UnitLabel
 from .quantile import StreamingQuantile
@@ -72,9 +74,9 @@ def recording(model: nn.Module, module: nn.Module, forward: ForwardFn) -> Iterat
     """Yield ``run(images) -> (B, K, h, w)`` activations of ``module``; the hook and the
     eval switch live only inside the ``with``, and the model is restored on exit."""
     store: dict[str, Tensor] = {}
+    site = Site(module, module_name(model, module))
 
-    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-        out = out[0] if isinstance(out, (tuple, list)) else out
+    def take(out: Tensor) -> None:
         store["out"] = out.detach()
         raise _StopForward
 
@@ -82,7 +84,8 @@ def recording(model: nn.Module, module: nn.Module, forward: ForwardFn) -> Iterat
         store.clear()
         with torch.inference_mode():
             try:
-                forward(model, images)
+                with site.hooked(take):
+                    forward(model, images)
             except _StopForward:
                 pass
             except TypeError as exc:
@@ -90,23 +93,16 @@ def recording(model: nn.Module, module: nn.Module, forward: ForwardFn) -> Iterat
                     raise
                 raise TypeError(f"forward: model(images) failed ({exc}); for a model that takes more inputs pass "
                                 "forward=mmexplain.dissect.image_forward or your own forward(model, images)") from exc
-        if "out" not in store:
-            raise ValueError("layer: the layer did not run during the model's forward; pass forward= or another layer")
         out = store.pop("out")
-        if not isinstance(out, Tensor) or out.dim() != 4:
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"layer: expected a (B, K, h, w) convolutional activation, got {shape}")
+        if out.dim() != 4:
+            raise ValueError(f"layer: expected a (B, K, h, w) convolutional activation, got {tuple(out.shape)}")
         return out.float()
 
     flags = [(m, m.training) for m in model.modules()]
-    handle = None
     try:
         model.eval()
-        handle = module.register_forward_hook(hook)
         yield run
     finally:
-        if handle is not None:
-            handle.remove()
         for m, training in flags:
             m.training = training
 
@@ -217,19 +213,18 @@ def _start_histogram(acts: Tensor, bins: int) -> StreamingQuantile:
     one process would have built; R_k <= 2 c max |a_k| keeps the error bound of
     :class:`StreamingQuantile` (to a factor c).
     """
-    hist = StreamingQuantile(acts.shape[1], bins=bins)
     absmax = acts.detach().abs().amax(dim=(0, 2, 3)).double().cpu()  # (K,)
     exponent = torch.floor(torch.log2(absmax.clamp(min=2.0 ** -40) / _LADDER)) + 1  # c 2^e > absmax
-    hist.radius = _LADDER * torch.pow(2.0, exponent).to(torch.float64)  # (K,)
-    return hist
+    return StreamingQuantile(acts.shape[1], bins=bins, radius=_LADDER * torch.pow(2.0, exponent).to(torch.float64))
 
 
-def _merge_histogram(hist: StreamingQuantile, runner: Runner) -> None:
-    """Sum every rank's histogram into ``hist``: grow each to the largest range, then all-reduce the counts."""
-    radius = runner.max(hist.radius)  # (K,)
-    hist._grow(radius / 2 * (1 + 1e-9))  # one ladder: each row doubles until it reaches the common range
-    hist.counts = runner.sum(hist.counts)  # (K, bins)
-    hist.count = int(runner.sum(torch.tensor([hist.count], dtype=torch.float64)).item())
+def _merge_histogram(hist: StreamingQuantile, runner: Runner) -> StreamingQuantile:
+    """Every rank's histogram merged, in rank order (the same on every rank): ``StreamingQuantile.merge``."""
+    parts = runner.gather(hist)
+    merged = StreamingQuantile(hist.num_units, bins=hist.bins)
+    for part in parts:
+        merged.merge(part)
+    return merged
 
 
 def _merge_concepts(concepts: dict[str, tuple[int, int]], runner: Runner | None) -> list[str]:
@@ -354,7 +349,7 @@ def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Te
             raise ValueError("dataset: no images")
         local_images = n_images
         if runner is not None and runner.distributed:
-            _merge_histogram(hist, runner)
+            hist = _merge_histogram(hist, runner)
             n_images = int(runner.sum(torch.tensor([n_images], dtype=torch.float64)).item())
         names = _merge_concepts(concepts, runner if runner is not None and runner.distributed else None)
         if not names:

@@ -44,7 +44,7 @@ class StreamingQuantile:
         tensor([989.7329, 989.7329], dtype=torch.float64)
     """
 
-    def __init__(self, num_units: int, *, bins: int = 4096) -> None:
+    def __init__(self, num_units: int, *, bins: int = 4096, radius: Tensor | None = None) -> None:
         if not isinstance(num_units, int) or num_units < 1:
             raise ValueError(f"num_units: expected a positive int, got {num_units!r}")
         if not isinstance(bins, int) or bins < 4 or bins % 4:
@@ -53,6 +53,11 @@ class StreamingQuantile:
         self.bins = bins
         self.counts = torch.zeros(num_units, bins, dtype=torch.float64)  # (K, bins)
         self.radius: Tensor | None = None  # (K,) R_k
+        if radius is not None:
+            radius = torch.as_tensor(radius, dtype=torch.float64).reshape(-1)
+            if radius.shape != (num_units,) or not bool((radius > 0).all()):
+                raise ValueError(f"radius: expected {num_units} positive starting ranges, got {tuple(radius.shape)}")
+            self.radius = radius.clone()
         self.count = 0
 
     @property
@@ -75,7 +80,7 @@ class StreamingQuantile:
         if self.radius is None:
             # start just above the first batch's range; a zero unit gets a tiny range
             self.radius = torch.where(absmax > 0, absmax * (1 + 1e-6), torch.full_like(absmax, 1e-12))
-        self._grow(absmax)
+        self._grow(absmax >= self.radius, absmax)
         width = (2 * self.radius / self.bins)[:, None]  # (K, 1)
         idx = torch.floor((values + self.radius[:, None]) / width).long().clamp_(0, self.bins - 1)  # (K, n)
         flat = idx + torch.arange(self.num_units)[:, None] * self.bins  # (K, n)
@@ -83,10 +88,8 @@ class StreamingQuantile:
             self.num_units, self.bins).to(torch.float64)
         self.count += values.shape[1]
 
-    def _grow(self, absmax: Tensor) -> None:
-        if self.radius is None:
-            return
-        need = absmax >= self.radius  # (K,)
+    def _grow(self, need: Tensor, limit: Tensor) -> None:
+        """Double the range of every unit in ``need`` (merging bins in pairs) until ``limit < R_k``."""
         quarter = self.bins // 4
         while bool(need.any()):
             rows = need.nonzero().squeeze(1)
@@ -95,7 +98,42 @@ class StreamingQuantile:
             grown[:, quarter:quarter + self.bins // 2] = merged  # old [-R, R) is new bins [bins/4, 3 bins/4)
             self.counts[rows] = grown
             self.radius[rows] = self.radius[rows] * 2
-            need = absmax >= self.radius
+            need = limit >= self.radius
+
+    def widen(self, radius: Tensor) -> None:
+        """Double each unit's range until it reaches ``radius`` (K,) (up to 1e-9 relative); bins nest."""
+        if self.radius is None:
+            raise ValueError("StreamingQuantile: no values yet")
+        target = torch.as_tensor(radius, dtype=torch.float64) * (1 - 1e-9)
+        self._grow(self.radius < target, target)
+
+    def merge(self, other: StreamingQuantile) -> StreamingQuantile:
+        """Add ``other``'s values to this histogram (in place; returns self).
+
+        Both are widened to the larger range of each unit; their ranges must then be equal
+        (ranges on one ladder ``c 2^e`` nest, so the merge is what one histogram of all the
+        values would hold).
+
+        Raises:
+            ValueError: a different number of units or bins, or ranges that do not nest.
+        """
+        if not isinstance(other, StreamingQuantile) or (other.num_units, other.bins) != (self.num_units, self.bins):
+            raise ValueError(f"other: expected a StreamingQuantile of {self.num_units} units and {self.bins} bins")
+        if other.radius is None:
+            return self
+        if self.radius is None:
+            self.radius, self.counts, self.count = other.radius.clone(), other.counts.clone(), other.count
+            return self
+        theirs = StreamingQuantile(other.num_units, bins=other.bins, radius=other.radius)
+        theirs.counts, theirs.count = other.counts.clone(), other.count
+        common = torch.maximum(self.radius, theirs.radius)  # (K,)
+        self.widen(common)
+        theirs.widen(common)
+        if not torch.allclose(self.radius, theirs.radius, rtol=1e-9, atol=0):
+            raise ValueError("other: its ranges do not nest with these (start both on one ladder, radius=c 2^e)")
+        self.counts += theirs.counts
+        self.count += theirs.count
+        return self
 
     def upper(self, q: float) -> Tensor:
         """(K,) float64 T̂_k: the level exceeded by the top fraction ``q`` of each unit's values."""

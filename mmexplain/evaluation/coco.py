@@ -12,7 +12,7 @@ one instance, its box).
 The default word map covers COCO's 80 categories (their names, plurals and common
 synonyms: "man", "woman", "people" -> person; "bike" -> bicycle; ...) plus every
 category name of the file and its plural, so a ShapeWorld export
-(:func:`mmexplain.world_coco.export_coco`) matches too. A JSON file
+(:func:`mmexplain.world.export_coco`) matches too. A JSON file
 ``{"word": "category name", ...}`` overrides or extends it.
 
 Example:
@@ -232,19 +232,20 @@ def coco_grounding(captioner: object, items: Iterator[CocoItem] | list[CocoItem]
     Returns:
         ``{"items", "words", "groups": Tally summary (group "all" and one per category)}``.
     """
-    from ..explain import explain_caption
-    from .grounding import _maps, applicable_methods
+    from .items import Item, adapter_of, explain_item, inapplicable
     from .scoring import Baselines, Tally
 
-    methods = applicable_methods(captioner, list(methods))
+    captioner = adapter_of(captioner)
+    reasons = inapplicable(captioner, methods)
+    methods = [m for m in methods if m not in reasons]
     tally, baselines = Tally(), Baselines(seed)
     n_items = n_words = 0
     for item in items:
         if not item.words:
             continue
         n_items += 1
-        maps = {m: _maps(explain_caption(captioner, item.image, item.caption, layer=layer, method=m), m, "maps")
-                for m in methods}
+        whole = Item("caption", item.image, item.caption.split(), caption=item.caption)
+        maps = {m: explain_item(captioner, whole, m, layer=layer).maps for m in methods}  # every word's (T, H, W)
         for i, mask in item.words.items():
             if not bool(mask.any()) or bool(mask.all()):
                 continue
@@ -257,4 +258,4 @@ def coco_grounding(captioner: object, items: Iterator[CocoItem] | list[CocoItem]
             tally.count(groups, two_objects=False)
             tally.add(groups, word_maps | baselines(h, w), mask, None, item.boxes.get(category))
     return {"items": n_items, "words": n_words, "methods": [*methods, "uniform", "center", "random"],
-            "groups": tally.summary()}
+            "not_applicable": reasons, "groups": tally.summary()}

@@ -49,38 +49,36 @@ def _scores(m: Tensor, mask: Tensor | None) -> dict[str, float | None]:
     return {"pointing": float(metrics.pointing_game(m, mask)), "energy_ratio": ratio if math.isfinite(ratio) else None}
 
 
-def _explain_item(model: Any, kind: str, item: Mapping[str, Any], *, method: str, layer: Any,
-                  runner: Runner, shown: list[Any] | None = None) -> list[tuple[dict[str, Any], Tensor]]:
+def _item_rows(model: Any, kind: str, item: Mapping[str, Any], *, method: str, layer: Any,
+               runner: Runner, shown: list[Any] | None = None) -> list[tuple[dict[str, Any], Tensor]]:
     """The rows of one item with their maps (H, W) at the model's image size; ``shown`` collects the explanations."""
-    from ..explain import explain_answer, explain_caption, explain_class
-    from .grounding import _maps
+    from .items import Item, explain_item
 
     image = item["image"].to(runner.device)  # (3, S, S)
     base = {"index": int(item["index"]), "id": item["id"], "image": item["image_ref"], "method": method}
     out: list[tuple[dict[str, Any], Tensor]] = []
     with runner.autocast():
-        if kind == "caption":
-            ex = explain_caption(model, image, item["caption"], layer=layer, method=method)
+        if kind == "caption":  # the item's caption, or the model's own
+            got = explain_item(model, Item("caption", image, [], caption=item["caption"] or ""), method, layer=layer)
             if shown is not None:
-                shown.append(ex)
-            maps = _maps(ex, method, "maps")  # (T, S, S)
-            for t, word in enumerate(ex.words):
-                row = base | {"kind": "word", "target": word, "position": t, "score": float(ex.logprobs[t])}
-                out.append((row | _scores(maps[t], item["word_masks"].get(t)), maps[t]))
-        elif kind == "answer":
+                shown.append(got.explanation)
+            for t, word in enumerate(got.labels):
+                row = base | {"kind": "word", "target": word, "position": t,
+                              "score": float(got.explanation.logprobs[t])}
+                out.append((row | _scores(got.maps[t], item["word_masks"].get(t)), got.maps[t]))
+        elif kind == "answer":  # the model's own answer to each question
             for q, qa in enumerate(item["questions"]):
-                ex = explain_answer(model, image, qa["question"], layer=layer, method=method)
+                got = explain_item(model, Item("answer", image, [], question=qa["question"]), method, layer=layer)
                 if shown is not None:
-                    shown.append(ex)
-                m = _maps(ex, method, "maps")[0]  # (S, S)
-                row = base | {"kind": "answer", "target": ex.answer, "position": q, "question": qa["question"],
-                              "truth": qa["answer"], "score": float(ex.score)}
-                out.append((row | _scores(m, qa["mask"]), m))
-        else:
-            ex = explain_class(model, image, layer=layer, method=method)
-            m = _maps(ex, method, "maps")[0]
-            out.append((base | {"kind": "class", "target": ex.labels[0], "position": 0,
-                                "score": float(ex.scores[0]), "pointing": None, "energy_ratio": None}, m))
+                    shown.append(got.explanation)
+                row = base | {"kind": "answer", "target": got.labels[0], "position": q, "question": qa["question"],
+                              "truth": qa["answer"], "score": float(got.explanation.score)}
+                out.append((row | _scores(got.maps[0], qa["mask"]), got.maps[0]))
+        else:  # the top class
+            got = explain_item(model, Item("class", image, []), method, layer=layer)
+            out.append((base | {"kind": "class", "target": got.labels[0], "position": 0,
+                                "score": float(got.explanation.scores[0]), "pointing": None, "energy_ratio": None},
+                        got.maps[0]))
     return out
 
 
@@ -140,7 +138,7 @@ def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gr
     Returns:
         The manifest (every rank returns it after the run).
     """
-    from .grounding import kind_of
+    from .items import adapter_of, inapplicable, kind_of
 
     runner = runner or Runner()
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
@@ -149,7 +147,11 @@ def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gr
                                  or not 1 <= map_size <= MAX_MAP_SIZE):
         raise ValueError(f"map_size: expected an integer in 1..{MAX_MAP_SIZE} or None, got {map_size!r}")
     out = Path(out)
+    model = adapter_of(model)
     kind = kind_of(model)
+    reason = inapplicable(model, [method]).get(method)
+    if reason is not None:
+        raise ValueError(f"method: {reason}")
     n = len(data)
     if n == 0:
         raise ValueError("data: no items to explain")
@@ -168,7 +170,7 @@ def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gr
     items = runner.bar(zip(indices, runner.loader(data, indices)), total=len(indices), desc="explain")
     for i, item in items:
         keep = shown if shown is not None and len(shown) < html_items else None
-        for row, m in _explain_item(model, kind, item, method=method, layer=layer, runner=runner, shown=keep):
+        for row, m in _item_rows(model, kind, item, method=method, layer=layer, runner=runner, shown=keep):
             rows.append(row)
             maps.append(_fit(m, (map_size, map_size) if map_size else tuple(item["size"])))
         done_items += 1

@@ -25,10 +25,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import metrics, world
-from ..explain import explain_class
+from ..methods import call_model
+from ..targets import ClassLogit, logits_of
+from .items import Item, adapter_of, explain_item, image_size
 
 __all__ = ["pgd_attack", "adversarial_pointing", "bias_evidence", "format_bias", "format_adversarial", "failure_modes",
            "format_failures"]
@@ -87,9 +89,12 @@ def _class_mask(scene: world.Scene, name: str) -> Tensor | None:
     return out
 
 
-def adversarial_pointing(model: nn.Module, seeds: Sequence[int], *, eps: float = 8 / 255, alpha: float = 2 / 255,
+def adversarial_pointing(model: Any, seeds: Sequence[int], *, eps: float = 8 / 255, alpha: float = 2 / 255,
                          steps: int = 20, method: str = "gradcam") -> dict[str, Any]:
     """PGD-attack the classifier's top class on each scene; pointing of that class's map before and after.
+
+    The attack works on the pixels the classifier reads (its adapter's ``load_image``), in [0, 1]
+    for the zoo classifier.
 
     Returns:
         ``{"scenes", "flipped" (share no longer ranked first), "pointing_before",
@@ -100,26 +105,35 @@ def adversarial_pointing(model: nn.Module, seeds: Sequence[int], *, eps: float =
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise ValueError(f"{name}: expected a number in (0, 1] (pixels are in [0, 1]), got {value!r}")
     start = time.perf_counter()
+    adapter = adapter_of(model)
+    size = image_size(adapter)
+
+    def logits(x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, C)
+        return logits_of(call_model(adapter.model, adapter.class_inputs(x)))
+
+    def class_map(x: Tensor, top: int) -> Tensor:  # (3, H, W) -> (H, W)
+        return explain_item(adapter, Item("class", x, adapter.class_names([top]), classes=[top]), method).maps[0]
+
     flipped = before = after = scored = 0
     change = 0.0
     for seed in seeds:
-        scene = world.generate(seed, size=model.config.image_size)
-        pixels = model.preprocess(scene.image)  # (1, 3, H, W)
+        scene = world.generate(seed, size=size)
+        pixels = adapter.load_image(scene.image)  # (1, 3, H, W)
         with torch.no_grad():
-            top = int(model(pixels).argmax())
-        mask = _class_mask(scene, model.classes[top])
+            top = int(logits(pixels).argmax())
+        mask = _class_mask(scene, adapter.class_names([top])[0])
         if mask is None:
             continue
         scored += 1
-        adversarial = pgd_attack(model, pixels, top, eps=eps, alpha=alpha, steps=steps)
+        adversarial = pgd_attack(logits, pixels, top, eps=eps, alpha=alpha, steps=steps)
         change = max(change, float((adversarial - pixels).abs().max()))
         with torch.no_grad():
-            now = int(model(adversarial).argmax())
+            now = int(logits(adversarial).argmax())
         if now == top:
             continue
         flipped += 1
-        before += metrics.pointing_game(explain_class(model, pixels[0], [top], method=method).maps[0], mask)
-        after += metrics.pointing_game(explain_class(model, adversarial[0], [top], method=method).maps[0], mask)
+        before += metrics.pointing_game(class_map(pixels[0], top), mask)
+        after += metrics.pointing_game(class_map(adversarial[0], top), mask)
     if scored == 0:
         raise ValueError("seeds: no scene whose top class is present to attack")
     return {"scenes": scored, "flipped": flipped / scored, "pointing_before": before / flipped if flipped else None,
@@ -136,7 +150,7 @@ def format_adversarial(report: dict[str, Any]) -> str:
             f"{100 * report['pointing_before']:.0f}% before and {100 * report['pointing_after']:.0f}% after the attack.")
 
 
-def bias_evidence(models: dict[str, nn.Module], seeds: Sequence[int], *, shape: str = "circle", color: str = "red",
+def bias_evidence(models: dict[str, Any], seeds: Sequence[int], *, shape: str = "circle", color: str = "red",
                   decoy: str = "color", method: str = "gradcam") -> dict[str, Any]:
     """Evidence for ``"<color> <shape>"`` on scenes that hold a decoy and no real ``"<color> <shape>"``.
 
@@ -149,7 +163,8 @@ def bias_evidence(models: dict[str, nn.Module], seeds: Sequence[int], *, shape: 
             ``color`` object (does the class sit on the shape alone?).
 
     Returns:
-        ``{"scenes", "rows": {name: {"probability": mean sigmoid of the class,
+        ``{"scenes", "rows": {name: {"probability": mean probability of the class (the zoo
+        classifier's: the sigmoid of its logit),
         "pointing": share of maps whose maximum lies on a decoy (a ``color`` non-``shape``),
         "energy_ratio": mean inside the decoys / outside}}}``.
     """
@@ -174,13 +189,14 @@ def bias_evidence(models: dict[str, nn.Module], seeds: Sequence[int], *, shape: 
         raise ValueError(f"seeds: no scene with a {decoy} decoy for {name!r}")
     rows = {}
     for label, model in models.items():
-        c = model.classes.index(name)
+        adapter = adapter_of(model)
+        c = adapter.class_index(name)
         probs, points, ratios = [], [], []
         for scene, mask in scenes:
-            ex = explain_class(model, scene.image, [c], method=method)
-            probs.append(float(torch.sigmoid(ex.scores[0])))
-            points.append(float(metrics.pointing_game(ex.maps[0], mask)))
-            r = metrics.energy_ratio(ex.maps[0], mask)
+            got = explain_item(adapter, Item("class", scene.image, [name], classes=[c]), method)
+            probs.append(float(adapter.probability_of(got.explanation.result.output, ClassLogit(c))[0]))
+            points.append(float(metrics.pointing_game(got.maps[0], mask)))
+            r = metrics.energy_ratio(got.maps[0], mask)
             ratios.append(min(r, 1e3))
         rows[label] = {"probability": sum(probs) / len(probs), "pointing": sum(points) / len(points),
                        "energy_ratio": sum(ratios) / len(ratios)}
@@ -216,9 +232,7 @@ def failure_modes(vqa: Any, seeds: Sequence[int], *, method: str = "gradcam", ke
         {kind: [wrong, questions]}, "cases": [{question, predicted, right, maps (2, H, W), image}]}``;
         the pointing and Spearman values are None when no answer is wrong.
     """
-    from ..explain import explain_answer
-    from .grounding import image_size
-
+    vqa = adapter_of(vqa)
     size = image_size(vqa)
     asked = wrong = 0
     hits_pred: list[float] = []
@@ -234,21 +248,22 @@ def failure_modes(vqa: Any, seeds: Sequence[int], *, method: str = "gradcam", ke
             asked += 1
             counts = by_kind.setdefault(qa.kind, [0, 0])
             counts[1] += 1
-            predicted = explain_answer(vqa, scene.image, qa.question, method=method)
-            if predicted.answer == qa.answer:
+            predicted = explain_item(vqa, Item("answer", scene.image, [], question=qa.question), method)
+            if predicted.labels[0] == qa.answer:
                 continue
             wrong += 1
             counts[0] += 1
-            right = explain_answer(vqa, scene.image, qa.question, qa.answer, method=method)
+            right = explain_item(vqa, Item("answer", scene.image, [qa.answer], question=qa.question, answer=qa.answer),
+                                 method)
             mask = torch.zeros_like(scene.objects[0].mask)
             for j in qa.objects:
                 mask |= scene.objects[j].mask
-            hits_pred.append(float(metrics.pointing_game(predicted.map, mask)))
-            hits_right.append(float(metrics.pointing_game(right.map, mask)))
-            rhos.append(metrics.spearman(predicted.map, right.map))
+            hits_pred.append(float(metrics.pointing_game(predicted.maps[0], mask)))
+            hits_right.append(float(metrics.pointing_game(right.maps[0], mask)))
+            rhos.append(metrics.spearman(predicted.maps[0], right.maps[0]))
             if len(cases) < keep:
-                cases.append({"question": qa.question, "predicted": predicted.answer, "right": qa.answer,
-                              "maps": torch.stack([predicted.map, right.map]), "image": scene.image})
+                cases.append({"question": qa.question, "predicted": predicted.labels[0], "right": qa.answer,
+                              "maps": torch.stack([predicted.maps[0], right.maps[0]]), "image": scene.image})
     mean = (lambda v: sum(v) / len(v) if v else None)  # None: no wrong answer to score
     return {"questions": asked, "wrong": wrong, "method": method, "pointing_predicted": mean(hits_pred),
             "pointing_right": mean(hits_right), "spearman": mean(rhos), "by_kind": by_kind, "cases": cases}

@@ -28,11 +28,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from .. import metrics
-from .grounding import method_label, applicable_methods, kind_of
-from .items import Item, explain_maps, probability_fn, resolve_items
+from .grounding import method_label
+from .items import Item, adapter_of, explain_item, kind_of, resolve_items, split_methods
 
 __all__ = ["faithfulness", "format_faithfulness", "FAITHFULNESS_BASELINES", "COLUMNS"]
 
@@ -42,7 +41,7 @@ COLUMNS = (("deletion_auc", "deletion AUC (lower is better)"), ("insertion_auc",
 
 
 def faithfulness(
-    model: nn.Module,
+    model: Any,
     seeds: Sequence[int] | None = None,
     *,
     items: Sequence[Item] | None = None,
@@ -56,11 +55,13 @@ def faithfulness(
     """Deletion, insertion and ROAD AUCs per method and baseline, averaged over the items' targets.
 
     Args:
-        model: an ``mx.zoo`` classifier, captioner or VQA model, or any classifier with
-            ``classes``, ``preprocess`` and ``default_layer``.
+        model: an ``mx.zoo`` model, a classifier or an ``mx.hf`` adapter (tiny-ved,
+            tiny-vilt, a VLM): anything with an item adapter (``mx.adapters.as_item_adapter``),
+            whose ``probability`` reads each perturbed image.
         seeds: ShapeWorld scenes (ignored when ``items`` is given).
         items: the items (e.g. real photos) instead of scenes.
-        methods: names of ``mx.explain.METHODS`` (those undefined for the model are left out).
+        methods: names of ``mx.methods.METHODS`` (those the model cannot run are left out,
+            with their reason in ``not_applicable``).
         layer: the explained layer (default the model's).
         steps: deletion / insertion steps.
         fractions: ROAD's removed shares.
@@ -68,30 +69,24 @@ def faithfulness(
         name: the model's name in the report.
 
     Returns:
-        ``{"model", "kind", "targets", "methods", "rows": {method: {column: mean}}, "seconds"}``.
+        ``{"model", "kind", "targets", "methods", "not_applicable": {method: reason}, "rows":
+        {method: {column: mean}}, "seconds"}``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    adapter = adapter_of(model)
     start = time.perf_counter()
-    kind = kind_of(model)
-    items = resolve_items(model, kind, items, seeds)
-    asked = [methods] if isinstance(methods, str) else list(methods)
-    if not asked:
-        raise ValueError(f"methods: expected at least one method name, got {methods!r}")
-    methods = applicable_methods(model, methods)
-    if not methods:
-        raise ValueError(f"methods: none of {', '.join(map(str, asked))} applies to {type(model).__name__} "
-                         "(relevancy reads transformers attention, Guided Grad-CAM needs ReLU units)")
+    kind = kind_of(adapter)
+    items = resolve_items(adapter, kind, items, seeds)
+    methods, reasons = split_methods(adapter, methods)
     generator = torch.Generator().manual_seed(seed)
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     targets = 0
     for item in items:
-        pixels = item.image if item.kind != "class" else model.preprocess(item.image)[0]  # (3, H, W)
-        maps = {m: explain_maps(model, item, m, layer=layer) for m in methods}  # each (k, H, W)
+        pixels = adapter.display_image(adapter.load_image(item.image)).float().cpu()  # (3, H, W), what maps cover
+        maps = {m: explain_item(adapter, item, m, layer=layer).maps for m in methods}  # each (k, H, W)
         h, w = pixels.shape[-2:]
         for t in range(len(item.labels)):
             targets += 1
-            fn = probability_fn(model, item, t)
+            fn = (lambda item, t: lambda x: adapter.probability(x, item, t).cpu())(item, t)  # (N, 3, H, W) -> (N,)
             chosen = {m: v[t] for m, v in maps.items()}
             chosen["random"] = metrics.random_map(h, w, generator=generator)
             chosen["center"] = metrics.center_prior(h, w)
@@ -103,7 +98,8 @@ def faithfulness(
                     values[m][key].append(v)
     rows = {m: {k: statistics.fmean(v) for k, v in per.items()} for m, per in values.items()}
     return {"model": name or type(model).__name__, "kind": kind, "targets": targets,
-            "methods": [*methods, *FAITHFULNESS_BASELINES], "rows": rows, "seconds": time.perf_counter() - start}
+            "methods": [*methods, *FAITHFULNESS_BASELINES], "not_applicable": reasons, "rows": rows,
+            "seconds": time.perf_counter() - start}
 
 
 def format_faithfulness(report: dict[str, Any]) -> str:
@@ -115,4 +111,6 @@ def format_faithfulness(report: dict[str, Any]) -> str:
     for m in report["methods"]:
         row = report["rows"][m]
         lines.append(f"| {method_label(m)} | " + " | ".join(f"{row[k]:.3f}" for k, _ in COLUMNS) + " |")
+    for m, reason in report.get("not_applicable", {}).items():
+        lines.append(f"| {method_label(m)} | not applicable: {reason} |" + " |" * (len(COLUMNS) - 1))
     return "\n".join(lines)

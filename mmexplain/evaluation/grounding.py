@@ -46,21 +46,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import world
-from ..adapters import as_answer_adapter, as_caption_adapter
-from ..explain import explain_answer, explain_caption, explain_class
-from ..methods import METHODS, call_model, display_name, method_spec
-from ..methods.guided import relu_units
+from ..explain import explain_answer
+from ..methods import METHODS, call_model, display_name
 from ..targets import logits_of
+from .items import Item, adapter_of, explain_item, image_size, inapplicable, kind_of
 from .scoring import BASELINES, Baselines, ModelRun, fmt, metric_tables
 
 if TYPE_CHECKING:
     from ..runner import Runner
 
 __all__ = ["grounding_report", "format_report", "leaderboard", "format_leaderboard", "applicable_methods",
-           "inapplicable_methods", "capabilities_of", "method_label", "kind_of", "WORD_KINDS", "QUESTION_KINDS"]
+           "inapplicable_methods", "capabilities_of", "method_label", "kind_of", "image_size", "WORD_KINDS", "QUESTION_KINDS"]
 
 WORD_KINDS = ("size", "color", "shape")
 QUESTION_KINDS = ("color", "shape", "size", "count", "exist")
@@ -79,46 +78,14 @@ def _labels(names: Iterable[str]) -> dict[str, str]:
 # ----------------------------------------------------------------------------- models and methods
 
 
-def kind_of(model: Any) -> str:
-    """``"caption"``, ``"answer"`` or ``"class"``: which explainer drives ``model``."""
-    if isinstance(model, nn.Module) and hasattr(model, "classes") and hasattr(model, "preprocess"):
-        return "class"
-    for kind, resolve in (("caption", as_caption_adapter), ("answer", as_answer_adapter)):
-        try:
-            resolve(model)
-            return kind
-        except TypeError:
-            continue
-    raise TypeError(f"model: expected an mx.zoo model or an mx.hf adapter, got {type(model).__name__}")
-
-
-def _module(model: Any) -> nn.Module:
-    return model if isinstance(model, nn.Module) else model.model
-
-
 def capabilities_of(model: Any) -> frozenset[str]:
-    """What ``model`` offers a method (see ``mx.methods.CAPABILITIES``).
-
-    An adapter that says it (``capabilities``) is taken at its word; otherwise an ``mx.zoo``
-    model has a layer and pixels, an ``mx.hf`` adapter also transformers attention, and
-    ``"relu"`` is there when the network has ReLU-like units (``methods.guided.relu_units``).
-    """
-    own = getattr(model, "capabilities", None)
-    if own is not None:
-        return frozenset(own)
-    found = {"layer", "pixels"}
-    if relu_units(_module(model)):
-        found.add("relu")
-    if not isinstance(model, nn.Module):
-        found.add("attention")
-    return frozenset(found)
+    """What ``model`` offers a method (see ``mx.methods.CAPABILITIES``): its adapter's ``capabilities``."""
+    return adapter_of(model).capabilities
 
 
 def inapplicable_methods(model: Any, methods: Iterable[str]) -> dict[str, str]:
     """name -> the one-line reason, for each method of ``methods`` that ``model`` cannot run."""
-    capabilities = capabilities_of(model)
-    reasons = {m: method_spec(m).why_not(capabilities) for m in methods}
-    return {m: reason for m, reason in reasons.items() if reason is not None}
+    return inapplicable(model, methods)
 
 
 def applicable_methods(model: Any, methods: Iterable[str]) -> list[str]:
@@ -139,25 +106,6 @@ def _check_methods(methods: Sequence[str] | str) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
-def image_size(model: Any) -> int:
-    """The side of the maps an explainer gives for ``model`` (scenes are drawn at that size)."""
-    config = getattr(model, "config", None)
-    if isinstance(model, nn.Module) and hasattr(config, "image_size"):
-        return int(config.image_size)
-    adapter = as_caption_adapter(model) if kind_of(model) == "caption" else as_answer_adapter(model)
-    shown = adapter.display_image(adapter.load_image(torch.full((3, 96, 96), 0.5)))  # (3, H, W)
-    if shown.shape[-1] != shown.shape[-2]:
-        raise ValueError(f"model: its images are {tuple(shown.shape[-2:])}; grounding needs square maps")
-    return int(shown.shape[-1])
-
-
-def _maps(explanation: Any, method: str, field: str = "maps") -> Tensor:
-    """(k, H, W) float32 CPU saliency maps of an explanation, read as the registry says (``saliency_of``)."""
-    spec = method_spec(method)
-    maps = getattr(explanation, field) if spec.saliency == "map" else spec.saliency_of(explanation)
-    return maps.float().cpu()
-
-
 def _mask_of(scene: world.Scene, objects: Sequence[int]) -> Tensor:
     mask = torch.zeros_like(scene.objects[0].mask)
     for j in objects:
@@ -169,20 +117,22 @@ def _mask_of(scene: world.Scene, objects: Sequence[int]) -> Tensor:
 
 
 def _captions(model: Any, scenes: Iterable[world.Scene], run: ModelRun, layer: Any) -> None:
-    adapter = as_caption_adapter(model)
+    adapter = adapter_of(model)
     count = run.counters
     for scene in scenes:
         words = scene.caption.split()
+        chosen = sorted(scene.alignment)
+        item = Item("caption", scene.image, [words[i] for i in chosen], caption=scene.caption, words=chosen)
         count["scenes"] += 1
         with run.autocast():
             pixels = adapter.load_image(scene.image)
             count["exact"] += adapter.generate(pixels) == words
-        maps = {m: _maps(run.explain(m, lambda m: explain_caption(adapter, scene.image, scene.caption, layer=layer,
-                                                                  method=m)), m, "maps") for m in run.methods}
+        maps = {m: run.explain(m, lambda m: explain_item(adapter, item, m, layer=layer).maps) for m in run.methods}
         with torch.no_grad(), run.autocast():  # teacher-forced argmax of each word
             inputs, spans = adapter.teacher_forced(pixels, words)
             logits = logits_of(call_model(adapter.model, inputs))[0].float()  # (L, V)
-        for i, j in sorted(scene.alignment.items()):
+        for row, i in enumerate(chosen):
+            j = scene.alignment[i]
             positions, tokens = spans[i]
             ok = all(int(logits[p].argmax()) == t for p, t in zip(positions, tokens))
             count["right"] += ok
@@ -192,7 +142,7 @@ def _captions(model: Any, scenes: Iterable[world.Scene], run: ModelRun, layer: A
             shared = any(words[i] in (o.size, o.color, o.shape) for k, o in enumerate(scene.objects) if k != j)
             other = scene.objects[1 - j].mask if len(scene.objects) == 2 else None
             run.add((scene.seed, i), [kind, "all", "shared" if shared else "unique"],
-                    {m: v[i] for m, v in maps.items()}, obj.mask, other, obj.box, ok)
+                    {m: v[row] for m, v in maps.items()}, obj.mask, other, obj.box, ok)
 
 
 def _caption_result(run: ModelRun) -> dict[str, Any]:
@@ -202,7 +152,7 @@ def _caption_result(run: ModelRun) -> dict[str, Any]:
 
 
 def _answers(model: Any, scenes: Iterable[world.Scene], run: ModelRun, layer: Any) -> None:
-    adapter = as_answer_adapter(model)
+    adapter = adapter_of(model)
     for scene in scenes:
         for q, qa in enumerate(scene.questions):
             if not qa.objects:
@@ -210,8 +160,8 @@ def _answers(model: Any, scenes: Iterable[world.Scene], run: ModelRun, layer: An
             with run.autocast():
                 predicted = explain_answer(adapter, scene.image, qa.question, layer=layer).answer
             run.counters["right"] += predicted == qa.answer
-            maps = {m: _maps(run.explain(m, lambda m: explain_answer(adapter, scene.image, qa.question, qa.answer,
-                                                                     layer=layer, method=m)), m, "maps")[0]
+            item = Item("answer", scene.image, [qa.answer], question=qa.question, answer=qa.answer)
+            maps = {m: run.explain(m, lambda m: explain_item(adapter, item, m, layer=layer).maps)[0]
                     for m in run.methods}
             one = len(qa.objects) == 1
             other = scene.objects[1 - qa.objects[0]].mask if one and len(scene.objects) == 2 else None
@@ -224,12 +174,13 @@ def _answer_result(run: ModelRun) -> dict[str, Any]:
     return run.result() | {"accuracy": run.counters["right"] / max(run.items, 1), "questions": run.items}
 
 
-def _classes(model: nn.Module, scenes: Iterable[world.Scene], run: ModelRun, layer: Any) -> None:
+def _classes(model: Any, scenes: Iterable[world.Scene], run: ModelRun, layer: Any) -> None:
+    adapter = adapter_of(model)
     for scene in scenes:
         names = [f"{o.color} {o.shape}" for o in scene.objects]
         present = list(dict.fromkeys(names))
-        maps = {m: _maps(run.explain(m, lambda m: explain_class(model, scene.image, present, layer=layer, method=m)),
-                         m, "maps") for m in run.methods}
+        item = Item("class", scene.image, present, classes=[adapter.class_index(n) for n in present])
+        maps = {m: run.explain(m, lambda m: explain_item(adapter, item, m, layer=layer).maps) for m in run.methods}
         for c, name in enumerate(present):
             objects = [j for j, n in enumerate(names) if n == name]
             others = [j for j, n in enumerate(names) if n != name]
@@ -244,7 +195,7 @@ _PARTS = {"caption": (_captions, _caption_result), "answer": (_answers, _answer_
 
 
 def _evaluate(model: Any, seeds: list[int], methods: list[str], *, layer: Any, seed: int,
-              runner: Runner | None, desc: str) -> dict[str, Any]:
+              runner: Runner | None, desc: str, kind: str | None = None) -> dict[str, Any]:
     from .inputs import SceneSeeds
     from ..runner import Runner
 
@@ -252,7 +203,7 @@ def _evaluate(model: Any, seeds: list[int], methods: list[str], *, layer: Any, s
     data = SceneSeeds(seeds, image_size(model))
     run = ModelRun(methods, Baselines(seed))
     run.autocast = runner.autocast
-    collect, result = _PARTS[kind_of(model)]
+    collect, result = _PARTS[kind or kind_of(model)]
     mine = runner.shard(len(data))
     collect(model, runner.bar(runner.loader(data, mine), total=len(mine), desc=desc), run, layer)
     run.combine(runner)
@@ -306,9 +257,9 @@ def grounding_report(
         ``pointing_tolerance``, ``energy_ratio`` (finite values; median and count of
         infinite ones beside it), ``energy_inside``, ``discrimination`` and ``localization``.
     """
-    if kind_of(captioner) != "caption":
+    if "caption" not in adapter_of(captioner).tasks:
         raise TypeError(f"captioner: expected a captioner, got {type(captioner).__name__}")
-    if kind_of(vqa) != "answer":
+    if "answer" not in adapter_of(vqa).tasks:
         raise TypeError(f"vqa: expected a VQA model, got {type(vqa).__name__}")
     chosen = _check_methods(methods)
     seeds = _check_seeds(seeds)
@@ -320,13 +271,15 @@ def grounding_report(
             raise ValueError(f"methods: none of {', '.join(chosen)} applies to {type(model).__name__} "
                              "(relevancy reads transformers attention, Guided Grad-CAM needs ReLU units)")
     vqa_layer = vqa_layer if vqa_layer is not None else layer
-    caption = _evaluate(captioner, seeds, cap_methods, layer=layer, seed=seed, runner=runner, desc="captions")
+    caption = _evaluate(captioner, seeds, cap_methods, layer=layer, seed=seed, runner=runner, desc="captions",
+                        kind="caption")
     caption_seconds = time.perf_counter() - start
-    answer = _evaluate(vqa, seeds, vqa_methods, layer=vqa_layer, seed=seed, runner=runner, desc="questions")
+    answer = _evaluate(vqa, seeds, vqa_methods, layer=vqa_layer, seed=seed, runner=runner, desc="questions",
+                       kind="answer")
     return {
         "n_scenes": len(seeds),
-        "layer": layer if layer is not None else as_caption_adapter(captioner).default_layer,
-        "vqa_layer": vqa_layer if vqa_layer is not None else as_answer_adapter(vqa).default_layer,
+        "layer": layer if layer is not None else adapter_of(captioner).default_layer,
+        "vqa_layer": vqa_layer if vqa_layer is not None else adapter_of(vqa).default_layer,
         "methods": [m for m in chosen if m in cap_methods or m in vqa_methods] + list(BASELINES),
         "caption": caption,
         "vqa": answer,
@@ -380,8 +333,9 @@ def leaderboard(models: Mapping[str, Any], seeds: Iterable[int], *, methods: Seq
 
     Returns:
         ``{"n_scenes", "rows": [{"model", "kind", "method", "n", "pointing", "pointing_unique",
-        "energy_ratio", "discrimination", "seconds_per_item"}, ...], "seconds"}``; baseline
-        rows have no seconds.
+        "energy_ratio", "discrimination", "seconds_per_item", "reason"}, ...], "seconds"}``; baseline
+        rows have no seconds; a method the model cannot run has a row without numbers, its
+        ``reason`` saying why (``MethodSpec.why_not``).
     """
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models: expected a non-empty mapping name -> model")
@@ -390,16 +344,17 @@ def leaderboard(models: Mapping[str, Any], seeds: Iterable[int], *, methods: Seq
     start = time.perf_counter()
     rows = []
     for name, model in models.items():
-        usable = applicable_methods(model, chosen)
+        reasons = inapplicable_methods(model, chosen)
+        usable = [m for m in chosen if m not in reasons]
         result = _evaluate(model, seeds, usable, layer=None, seed=seed, runner=runner, desc=name)
         groups = result["groups"]
-        for m in [*usable, *BASELINES]:
+        for m in [*chosen, *BASELINES]:
             row_all, row_unique = groups["all"].get(m, {}), groups.get("unique", {}).get(m, {})
             rows.append({
                 "model": name, "kind": kind_of(model), "method": m, "n": groups["all"]["n"],
                 "pointing": row_all.get("pointing"), "pointing_unique": row_unique.get("pointing"),
                 "energy_ratio": row_all.get("energy_ratio"), "discrimination": row_all.get("discrimination"),
-                "seconds_per_item": result["seconds_per_item"].get(m),
+                "seconds_per_item": result["seconds_per_item"].get(m), "reason": reasons.get(m),
             })
     return {"n_scenes": len(seeds), "rows": rows, "seconds": time.perf_counter() - start}
 
@@ -415,6 +370,10 @@ def format_leaderboard(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
+        if r.get("reason"):  # a method this model cannot run: a named blank cell
+            lines.append(f"| {r['model']} | {r['n']} | {method_label(r['method'])} | not applicable: "
+                         f"{r['reason']} | | | | |")
+            continue
         secs = "-" if r["seconds_per_item"] is None else f"{r['seconds_per_item']:.3f}"
         lines.append(
             f"| {r['model']} | {r['n']} | {method_label(r['method'])} | "

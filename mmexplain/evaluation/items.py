@@ -1,68 +1,159 @@
-"""What the map protocols explain: one image with its explained scalars, re-explainable on any copy of the model.
+"""The one path from a model, an item and a method to saliency maps, for every evaluation protocol.
 
-Sanity checks re-explain the same scalars on randomised copies of a model, and the
-faithfulness metrics read the scalar's probability on perturbed images; both need an
-item that knows how to explain itself on a given model. An :class:`Item` is one image
-and k targets of one model kind:
+Grounding, sanity checks, faithfulness, localisation, occlusion agreement, diagnosis
+and ``explain-dataset`` all explain through :func:`explain_item`: the model's adapter
+(:func:`~mmexplain.adapters.as_item_adapter`: zoo models, ``mx.hf`` adapters, VLMs,
+classifiers) and the public explainers (``explain_caption`` / ``explain_answer`` /
+``explain_class``), so a protocol's numbers are what a user sees. The saliency map of a
+result is read as the method registry says (``MethodSpec.saliency_of``: Guided Grad-CAM
+as ``|guided backprop x Grad-CAM|`` summed over the colour channels). A method that does
+not apply to a model (``MethodSpec.why_not(adapter.capabilities)``) raises
+:class:`NotApplicable`, whose message is the reason; :func:`inapplicable` lists the
+reasons before any work, so tables show a named blank cell instead of a number.
 
-* ``class``: a classifier's top class (zoo classifier: sigmoid, multi-label; any other
-  classifier, e.g. EfficientNet-Lite0: softmax);
-* ``caption``: every content word of the ground-truth caption, teacher-forced;
+An :class:`~mmexplain.adapters.Item` is one image and k targets of one kind:
+
+* ``class``: classifier classes (ShapeWorld: the top class);
+* ``caption``: content words of the ground-truth caption, teacher-forced;
 * ``answer``: the ground-truth answer of one question that refers to objects.
+
+Example:
+    >>> import mmexplain as mx
+    >>> from mmexplain.evaluation.items import explain_item, scene_items
+    >>> vlm = mx.zoo.load("tiny-vlm")                                           # doctest: +SKIP
+    >>> item = scene_items(vlm, "caption", [2_000_000], size=64)[0]              # doctest: +SKIP
+    >>> explain_item(vlm, item, "gradcam").maps.shape     # (k words, 64, 64)    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import world
+from ..adapters.items import Item
+from ..adapters.protocols import ItemAdapter
+from ..adapters.zoo import as_item_adapter
 from ..explain import explain_answer, explain_caption, explain_class
-from ..zoo.classifier import Classifier
+from ..methods import call_model, method_spec
+from ..targets import logits_of
 
-__all__ = ["Item", "scene_items", "resolve_items", "explain_maps", "probability_fn"]
+__all__ = ["Item", "ItemMaps", "NotApplicable", "adapter_of", "kind_of", "inapplicable", "split_methods", "explain_item",
+           "saliency", "scene_items", "resolve_items", "image_size"]
+
+
+class NotApplicable(ValueError):
+    """A method that does not apply to a model (its message is the reason, e.g. "Relevancy needs ...")."""
 
 
 @dataclass
-class Item:
-    """One image and the targets explained on it.
+class ItemMaps:
+    """What :func:`explain_item` gives.
 
     Attributes:
-        kind: ``"class"``, ``"caption"`` or ``"answer"``.
-        image: (3, H, W) in [0, 1].
-        labels: the k explained words / answers / classes, for display.
-        classes: class indices (``class``), or the answer (``answer``) / caption (``caption``).
-        words: ``caption``: indices into ``caption.split()`` of the explained words.
-        question: ``answer``: the question.
-        masks: per target the referred object's (H, W) bool mask, when known.
-        boxes: per target its box, when known.
+        maps: (k, H, W) float32 CPU saliency of each target, at the adapter's display size.
+        labels: the k explained classes / words / answers (the model's own when the item
+            left them open).
+        explanation: the explainer's result (``CaptionExplanation``, ``AnswerExplanation``
+            or ``ClassExplanation``), every target of it (a caption's words all there).
     """
 
-    kind: str
-    image: Tensor
+    maps: Tensor
     labels: list[str]
-    classes: list[int] = field(default_factory=list)
-    caption: str = ""
-    words: list[int] = field(default_factory=list)
-    question: str = ""
-    answer: str = ""
-    masks: list[Tensor | None] = field(default_factory=list)
-    boxes: list[tuple[int, int, int, int] | None] = field(default_factory=list)
+    explanation: Any
 
 
-def scene_items(model: nn.Module, kind: str, seeds: Sequence[int], *, size: int) -> list[Item]:
+def adapter_of(model: Any) -> ItemAdapter:
+    """The adapter that answers the evaluation questions for ``model`` (zoo model, classifier or adapter)."""
+    return as_item_adapter(model)
+
+
+def kind_of(model: Any) -> str:
+    """``"caption"``, ``"answer"`` or ``"class"``: the item kind ``model`` is evaluated on (a VLM: captions)."""
+    tasks = adapter_of(model).tasks
+    return next(kind for kind in ("caption", "answer", "class") if kind in tasks)
+
+
+def inapplicable(model: Any, methods: Iterable[str]) -> dict[str, str]:
+    """name -> the one-line reason, for each method of ``methods`` that ``model`` cannot run."""
+    capabilities = adapter_of(model).capabilities
+    reasons = {m: method_spec(m).why_not(capabilities) for m in methods}
+    return {m: reason for m, reason in reasons.items() if reason is not None}
+
+
+def split_methods(model: Any, methods: str | Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """The methods ``model`` can run, and name -> reason for the others; no method at all is refused."""
+    asked = [methods] if isinstance(methods, str) else list(methods)
+    if not asked:
+        raise ValueError(f"methods: expected at least one method name, got {methods!r}")
+    reasons = inapplicable(model, asked)
+    return [m for m in asked if m not in reasons], reasons
+
+
+def saliency(explanation: Any, method: str, *, signed: bool = False) -> Tensor:
+    """(k, H, W) float32 CPU saliency maps of an explanation, read as the registry says (``saliency_of``)."""
+    return method_spec(method).saliency_of(explanation, signed=signed).detach().float().cpu()
+
+
+def explain_item(model: Any, item: Item, method: str, *, layer: Any = None, signed: bool = False) -> ItemMaps:
+    """The saliency maps of the item's targets on ``model`` by ``method`` (a name of ``mx.methods.METHODS``).
+
+    Args:
+        model: an adapter, or an ``mx.zoo`` model / classifier (its adapter is made).
+        item: what to explain; an open item (no classes / caption / answer) explains the
+            model's own top class, caption or answer.
+        method: a registered method.
+        layer: the explained layer (default the adapter's).
+        signed: Guided Grad-CAM summed over the colour channels with its sign (sanity
+            checks) instead of ``|.|`` (the registry's saliency).
+
+    Raises:
+        NotApplicable: the method needs what the model does not offer (the reason).
+    """
+    adapter = adapter_of(model)
+    adapter.check_item(item)
+    reason = method_spec(method).why_not(adapter.capabilities)
+    if reason is not None:
+        raise NotApplicable(reason)
+    if item.kind == "caption":
+        ex = explain_caption(adapter, item.image, item.caption or None, layer=layer, method=method)
+        rows = item.words or list(range(len(ex.words)))
+        return ItemMaps(saliency(ex, method, signed=signed)[rows], [ex.words[i] for i in rows], ex)
+    if item.kind == "answer":
+        ex = explain_answer(adapter, item.image, item.question, item.answer or None, layer=layer, method=method)
+        return ItemMaps(saliency(ex, method, signed=signed), list(ex.answers), ex)
+    ex = explain_class(adapter, item.image, item.classes or None, layer=layer, method=method)
+    return ItemMaps(saliency(ex, method, signed=signed), list(ex.labels), ex)
+
+
+def image_size(model: Any) -> int:
+    """The side of the maps an explainer gives for ``model`` (scenes are drawn at that size)."""
+    adapter = adapter_of(model)
+    shown = adapter.display_image(adapter.load_image(torch.full((3, 96, 96), 0.5)))  # (3, H, W)
+    if shown.shape[-1] != shown.shape[-2]:
+        raise ValueError(f"model: its images are {tuple(shown.shape[-2:])}; the protocols need square maps")
+    return int(shown.shape[-1])
+
+
+def _top_class(adapter: Any, image: Tensor) -> int:
+    with torch.no_grad():
+        logits = logits_of(call_model(adapter.model, adapter.class_inputs(adapter.load_image(image))))  # (1, C)
+    return int(logits[0].argmax())
+
+
+def scene_items(model: Any, kind: str, seeds: Sequence[int], *, size: int) -> list[Item]:
     """Items of held-out ShapeWorld scenes for a model of ``kind`` (the classifier's class: its top one)."""
+    adapter = adapter_of(model)
     items = []
     for seed in seeds:
         scene = world.generate(seed, size=size)
         if kind == "class":
-            with torch.no_grad():
-                top = int(model(model.preprocess(scene.image)).argmax())
-            name = model.classes[top]
+            top = _top_class(adapter, scene.image)
+            name = adapter.class_names([top])[0]
             objects = [o for o in scene.objects if f"{o.color} {o.shape}" == name]
             mask = None
             if objects:
@@ -89,50 +180,8 @@ def scene_items(model: nn.Module, kind: str, seeds: Sequence[int], *, size: int)
     return items
 
 
-def explain_maps(model: nn.Module, item: Item, method: str, *, layer: Any = None, signed: bool = False) -> Tensor:
-    """(k, H, W) maps of the item's targets on ``model`` by ``method`` (a name of ``mx.explain.METHODS``).
-
-    Guided Grad-CAM is summed over the colour channels: signed (``signed=True``) or as
-    ``|guided|`` (the grounding protocol's map).
-    """
-    if item.kind == "class":
-        ex = explain_class(model, item.image, item.classes, layer=layer, method=method)
-    elif item.kind == "caption":
-        ex = explain_caption(model, item.image, item.caption, layer=layer, method=method)
-    else:
-        ex = explain_answer(model, item.image, item.question, item.answer, layer=layer, method=method)
-    if method == "guided":
-        maps = ex.guided.sum(dim=-3) if signed else ex.guided.abs().sum(dim=-3)  # (k', H, W)
-    else:
-        maps = ex.maps  # (k', H, W)
-    if item.kind == "caption":
-        maps = maps[item.words]
-    return maps.detach()
-
-
-def probability_fn(model: nn.Module, item: Item, target: int) -> Callable[[Tensor], Tensor]:
-    """``images (N, 3, H, W) -> (N,)``: the probability of the item's ``target``-th scalar on ``model``."""
-    if item.kind == "class":
-        c = item.classes[target]
-        if isinstance(model, Classifier):  # multi-label: sigmoid of the logit
-            return lambda x: torch.sigmoid(model(x)[:, c])
-        return lambda x: model(x).softmax(dim=-1)[:, c]
-    if item.kind == "caption":
-        words = item.caption.split()
-        ids = model.vocab.encode(words)
-        tokens = torch.tensor([[model.vocab.bos, *ids]], dtype=torch.long)  # (1, T+1)
-        position = item.words[target]
-        token = ids[position]
-        return lambda x: model(x, tokens.expand(len(x), -1)).log_softmax(dim=-1)[:, position, token].exp()
-    question = model.encode_question(item.question)[None]  # (1, L)
-    index = model.answers.index(item.answer)
-    return lambda x: model(x, question.expand(len(x), -1)).softmax(dim=-1)[:, index]
-
-
 def resolve_items(model: Any, kind: str, items: Any, seeds: Any) -> list[Item]:
     """``items`` as a list, or the items of the ShapeWorld scenes of ``seeds`` when ``items`` is None."""
-    from .grounding import image_size
-
     if items is None:
         if seeds is None:
             raise ValueError("seeds: expected scene seeds (or items=), got None")

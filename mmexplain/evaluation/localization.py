@@ -25,10 +25,13 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from torch import Tensor, nn
+import torch
+from torch import Tensor
 
 from .. import metrics, world
-from ..explain import explain_class
+from ..methods import call_model
+from ..targets import logits_of
+from .items import Item, adapter_of, explain_item
 
 __all__ = ["localization_error", "shapeworld_boxes", "format_localization"]
 
@@ -38,9 +41,7 @@ Box = tuple[int, int, int, int]
 def shapeworld_boxes(seeds: Iterable[int], *, size: int = 96,
                      classes: Sequence[str] | None = None) -> list[tuple[Tensor, dict[int, list[Box]]]]:
     """ShapeWorld scenes as ``(image (3, H, W), {class index: [box per object of that class]})``."""
-    from ..zoo.classifier import default_classes
-
-    names = list(classes) if classes is not None else default_classes()
+    names = list(classes) if classes is not None else world.object_classes()
     out = []
     for seed in seeds:
         scene = world.generate(seed, size=size)
@@ -52,7 +53,7 @@ def shapeworld_boxes(seeds: Iterable[int], *, size: int = 96,
 
 
 def localization_error(
-    model: nn.Module,
+    model: Any,
     data: Iterable[tuple[Tensor, dict[int, list[Box]]]],
     *,
     method: str = "gradcam",
@@ -64,7 +65,7 @@ def localization_error(
     """Top-1 / top-k localisation and classification error of a classifier's maps.
 
     Args:
-        model: a classifier (``mx.zoo`` or any with ``preprocess``, ``classes``, ``default_layer``).
+        model: a classifier (``mx.zoo``, EfficientNet-Lite0, a ``ClassifierAdapter``).
         data: ``(image, {class index: [boxes (x0, y0, x1, y1), x1/y1 exclusive]})`` in the
             model's input pixels.
         method: a name of ``mx.explain.METHODS``.
@@ -79,13 +80,18 @@ def localization_error(
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
     start = time.perf_counter()
+    adapter = adapter_of(model)
     n = loc1 = lock = cls1 = clsk = 0
     ious: list[float] = []
     for image, boxes in data:
         n += 1
-        ex = explain_class(model, image, top_k=top_k, layer=layer, method=method)
+        with torch.no_grad():
+            logits = logits_of(call_model(adapter.model, adapter.class_inputs(adapter.load_image(image))))[0]  # (C,)
+        top = logits.topk(min(top_k, logits.shape[-1])).indices.tolist()
+        maps = explain_item(adapter, Item("class", image, adapter.class_names(top), classes=top), method,
+                            layer=layer).maps  # (k, H, W)
         hits = []
-        for rank, (c, m) in enumerate(zip(ex.indices.tolist(), ex.maps)):
+        for rank, (c, m) in enumerate(zip(top, maps)):
             found = metrics.largest_segment_box(m, threshold=threshold)
             best = max((metrics.box_iou(found, b) for b in boxes.get(c, [])), default=0.0) if found else 0.0
             if rank == 0 and c in boxes:

@@ -26,11 +26,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
 
 from .. import metrics, world
-from ..explain import explain_answer
-from .grounding import method_label, applicable_methods
+from .grounding import method_label
+from .items import Item, adapter_of, explain_item, image_size, inapplicable, split_methods
 
 __all__ = ["occlusion_agreement", "format_occlusion", "PAPER"]
 
@@ -43,7 +42,7 @@ def _referring(words: list[str], scene: world.Scene, objects: list[int]) -> list
     return [i for i, w in enumerate(words) if w in names]
 
 
-def occlusion_agreement(model: nn.Module, seeds: Sequence[int], *,
+def occlusion_agreement(model: Any, seeds: Sequence[int], *,
                         methods: Sequence[str] = ("gradcam", "guided", "gradcam++", "hirescam", "scorecam"),
                         layer: Any = None) -> dict[str, Any]:
     """Rank correlation of each method's answer map with the occlusion map; question-word attribution hits.
@@ -51,33 +50,35 @@ def occlusion_agreement(model: nn.Module, seeds: Sequence[int], *,
     Args:
         model: an ``mx.zoo`` VQA model or an answer adapter.
         seeds: ShapeWorld scenes; every question that refers to objects is explained.
-        methods: names of ``mx.explain.METHODS`` (occlusion itself is the reference).
+        methods: names of ``mx.methods.METHODS`` (occlusion itself is the reference); those the
+            model cannot run are left out, with their reason in ``not_applicable``.
         layer: the explained layer (default the model's).
 
     Returns:
-        ``{"questions", "rows": {method: {"spearman", "sem"}}, "word_hit", "word_chance", "seconds"}``.
+        ``{"questions", "rows": {method: {"spearman", "sem"}}, "not_applicable", "word_hit",
+        "word_chance", "seconds"}``.
     """
     start = time.perf_counter()
+    model = adapter_of(model)
+    reason = inapplicable(model, ["occlusion"]).get("occlusion")
+    if reason is not None:
+        raise ValueError(f"model: the reference map is occlusion's, and {reason}")
     asked = [methods] if isinstance(methods, str) else list(methods)
-    if not asked:
-        raise ValueError(f"methods: expected at least one method name, got {methods!r}")
-    methods = [m for m in applicable_methods(model, methods) if m != "occlusion"]
-    if not methods:
-        raise ValueError(f"methods: none of {', '.join(map(str, asked))} applies to {type(model).__name__} "
-                         "beside occlusion itself (relevancy reads transformers attention, Guided Grad-CAM needs ReLU units)")
+    methods, reasons = split_methods(model, [m for m in asked if m != "occlusion"])
+    size = image_size(model)
     values: dict[str, list[float]] = {m: [] for m in methods}
     hits, chance, n = 0, 0.0, 0
     for seed in seeds:
-        scene = world.generate(seed)
+        scene = world.generate(seed, size=size)
         for qa in scene.questions:
             if not qa.objects:
                 continue
             n += 1
-            reference = explain_answer(model, scene.image, qa.question, qa.answer, layer=layer, method="occlusion")
+            item = Item("answer", scene.image, [qa.answer], question=qa.question, answer=qa.answer)
+            occluded = explain_item(model, item, "occlusion", layer=layer)
+            reference = occluded.explanation
             for m in methods:
-                ex = explain_answer(model, scene.image, qa.question, qa.answer, layer=layer, method=m)
-                saliency = ex.guided.abs().sum(dim=-3)[0] if m == "guided" else ex.map
-                r = metrics.spearman(saliency.detach(), reference.map.detach())
+                r = metrics.spearman(explain_item(model, item, m, layer=layer).maps[0], occluded.maps[0])
                 values[m].append(0.0 if math.isnan(r) else r)
             tokens = reference.question_tokens
             referring = _referring(tokens, scene, qa.objects)
@@ -89,7 +90,7 @@ def occlusion_agreement(model: nn.Module, seeds: Sequence[int], *,
         raise ValueError("seeds: no question that refers to objects")
     rows = {m: {"spearman": statistics.fmean(v), "sem": statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0.0}
             for m, v in values.items()}
-    return {"questions": n, "rows": rows, "word_hit": hits / n, "word_chance": chance / n,
+    return {"questions": n, "rows": rows, "not_applicable": reasons, "word_hit": hits / n, "word_chance": chance / n,
             "seconds": time.perf_counter() - start}
 
 
@@ -99,6 +100,8 @@ def format_occlusion(report: dict[str, Any]) -> str:
              "", "| method | Spearman with occlusion | s.e. |", "|---|---|---|"]
     for m, r in report["rows"].items():
         lines.append(f"| {method_label(m)} | {r['spearman']:.3f} | {r['sem']:.3f} |")
+    for m, reason in report.get("not_applicable", {}).items():
+        lines.append(f"| {method_label(m)} | not applicable: {reason} | |")
     lines += ["", f"Question words: the most attributed word names the referred object on "
                   f"{100 * report['word_hit']:.1f}% of questions (chance {100 * report['word_chance']:.1f}%)."]
     return "\n".join(lines)

@@ -34,21 +34,26 @@ def real_photo_section(out_dir: str | os.PathLike) -> str:
         reason = reason or "the real-photo section needs scikit-image (pip install scikit-image)"
     if reason is not None:
         return f"Real photos: skipped, {reason}."
+    from ..adapters import Item, as_class_adapter
     from ..explain import explain_class
     from ..methods import GradCAM
     from ..targets import ClassLogit, Counterfactual
     from ..viz import plot_maps, save_figure
 
-    model = load_efficientnet()
+    adapter = as_class_adapter(load_efficientnet())
     images, maps, lines = [], [], []
     for name, c in PHOTOS.items():
-        pixels = model.preprocess(getattr(skimage.data, name)())  # (1, 3, 224, 224)
-        ex = explain_class(model, pixels[0], [c])
-        counter = GradCAM(model, model.default_layer)(pixels, Counterfactual(ClassLogit(c)), size=(224, 224)).maps[0]
-        p = float(model(pixels).softmax(-1)[0, c].detach())
-        images.append(pixels[0])
+        photo = getattr(skimage.data, name)()
+        pixels = adapter.load_image(photo)  # (1, 3, 224, 224)
+        shown = adapter.display_image(pixels)  # (3, 224, 224)
+        ex = explain_class(adapter, photo, [c])
+        counter = GradCAM(adapter.model, adapter.default_layer)(
+            adapter.class_inputs(pixels), Counterfactual(ClassLogit(c)), size=tuple(shown.shape[-2:])).maps[0]
+        label = adapter.class_names([c])[0]
+        p = float(adapter.probability(shown[None], Item("class", shown, [label], classes=[c]), 0)[0])
+        images.append(shown)
         maps.append(torch.stack([ex.maps[0], counter]))  # (2, H, W)
-        lines.append(f"| {name} | {model.classes[c]} | {p:.2f} |")
+        lines.append(f"| {name} | {label} | {p:.2f} |")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figure = plot_maps(torch.stack(images), torch.stack(maps, dim=1), titles=["class map", "counterfactual"])  # (2, B, H, W)

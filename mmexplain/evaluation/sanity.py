@@ -39,10 +39,11 @@ import torch
 from torch import nn
 
 from .. import metrics
-from .grounding import method_label, applicable_methods, kind_of
-from .items import Item, explain_maps, resolve_items
+from .grounding import method_label
+from .items import Item, adapter_of, explain_item, kind_of, resolve_items, split_methods
 
-__all__ = ["parametrised_layers", "randomise", "sanity_check", "format_sanity", "SURVIVES_THRESHOLD"]
+__all__ = ["parametrised_layers", "randomise", "randomised_adapter", "sanity_check", "format_sanity",
+           "SURVIVES_THRESHOLD"]
 
 SURVIVES_THRESHOLD = 0.5  # mean |Spearman| at full randomisation above this: the map survives
 
@@ -64,22 +65,42 @@ def randomise(model: nn.Module, layers: Iterable[str], *, seed: int = 0) -> nn.M
     Returns:
         The randomised copy, in eval mode.
     """
+    layers = _check_layers(model, layers)
+    clone = copy.deepcopy(model).eval()
+    _redraw(clone, layers, seed)
+    return clone
+
+
+def randomised_adapter(adapter: Any, layers: Iterable[str], *, seed: int = 0) -> Any:
+    """A deep copy of an adapter (model, wrappers, processor) with the parameters of ``layers`` of
+    ``adapter.model`` re-drawn as :func:`randomise` does; the adapter and its model are left unchanged."""
+    layers = _check_layers(adapter.model, layers)
+    clone = copy.deepcopy(adapter)  # one memo: the wrappers and the model they hold stay one copy
+    clone.model.eval()
+    _redraw(clone.model, layers, seed)
+    return clone
+
+
+def _check_layers(model: nn.Module, layers: Iterable[str]) -> list[str]:
     modules = dict(model.named_modules())
     layers = list(layers)
     missing = [n for n in layers if n not in modules]
     if missing:
         raise ValueError(f"layers: no module {missing[0]!r} in the model")
-    clone = copy.deepcopy(model).eval()
-    cloned = dict(clone.named_modules())
+    return layers
+
+
+def _redraw(model: nn.Module, layers: list[str], seed: int) -> None:
+    """Re-draw, in place, every parameter of ``layers`` from N(0, std(p)^2)."""
+    modules = dict(model.named_modules())
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name in layers:
-            for p in cloned[name].parameters(recurse=False):
+            for p in modules[name].parameters(recurse=False):
                 std = float(p.float().std()) if p.numel() > 1 else 0.0
                 if std == 0.0:
                     continue
-                p.copy_((torch.randn(p.shape, generator=generator) * std).to(p.dtype))
-    return clone
+                p.copy_((torch.randn(p.shape, generator=generator) * std).to(p))
 
 
 def _stages(layers: list[str], max_stages: int) -> list[int]:
@@ -108,7 +129,7 @@ def _unit(m: torch.Tensor) -> torch.Tensor:
 
 
 def sanity_check(
-    model: nn.Module,
+    model: Any,
     seeds: Sequence[int] | None = None,
     *,
     items: Sequence[Item] | None = None,
@@ -122,11 +143,13 @@ def sanity_check(
     """Cascading and independent randomisation of ``model``; map similarity per stage and method.
 
     Args:
-        model: an ``mx.zoo`` classifier, captioner or VQA model, or any classifier with
-            ``classes``, ``preprocess`` and ``default_layer`` (EfficientNet-Lite0). Unchanged.
+        model: an ``mx.zoo`` model, a classifier (EfficientNet-Lite0, a ``ClassifierAdapter``)
+            or an ``mx.hf`` adapter (tiny-ved, tiny-vilt, a VLM): anything with an item
+            adapter (``mx.adapters.as_item_adapter``). Unchanged: copies are randomised.
         seeds: ShapeWorld scenes to explain (ignored when ``items`` is given).
         items: the items to explain (e.g. real photos), instead of scenes.
-        methods: names of ``mx.explain.METHODS``; those undefined for the model are left out.
+        methods: names of ``mx.methods.METHODS``; those the model cannot run are left out,
+            with their reason in ``not_applicable``.
         layer: the explained layer (default the model's).
         max_stages: at most this many cascading / independent stages (evenly spread
             over the parametrised layers, the last stage randomising all of them).
@@ -136,31 +159,24 @@ def sanity_check(
         name: the model's name in the report.
 
     Returns:
-        ``{"model", "kind", "methods", "items", "cascading": [{"stage", "layer", "randomised",
-        <method>: {"spearman", "spearman_abs", "ssim"}}], "independent": [...], "flagged":
-        [methods], "seconds"}``.
+        ``{"model", "kind", "methods", "not_applicable": {method: reason}, "items", "cascading":
+        [{"stage", "layer", "randomised", <method>: {"spearman", "spearman_abs", "ssim"}}],
+        "independent": [...], "flagged": [methods], "seconds"}``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    adapter = adapter_of(model)
     if isinstance(max_stages, bool) or not isinstance(max_stages, int) or max_stages < 1:
         raise ValueError(f"max_stages: expected an int >= 1, got {max_stages!r}")
     start = time.perf_counter()
-    kind = kind_of(model)
-    items = resolve_items(model, kind, items, seeds)
-    asked = [methods] if isinstance(methods, str) else list(methods)
-    if not asked:
-        raise ValueError(f"methods: expected at least one method name, got {methods!r}")
-    methods = applicable_methods(model, methods)
-    if not methods:
-        raise ValueError(f"methods: none of {', '.join(map(str, asked))} applies to {type(model).__name__} "
-                         "(relevancy reads transformers attention, Guided Grad-CAM needs ReLU units)")
-    layers = parametrised_layers(model)
-    trained = {m: [explain_maps(model, it, m, layer=layer, signed=True) for it in items] for m in methods}
+    kind = kind_of(adapter)
+    items = resolve_items(adapter, kind, items, seeds)
+    methods, reasons = split_methods(adapter, methods)
+    layers = parametrised_layers(adapter.model)
+    trained = {m: [explain_item(adapter, it, m, layer=layer, signed=True).maps for it in items] for m in methods}
 
-    def stage_row(copy_model: nn.Module) -> dict[str, Any]:
+    def stage_row(copy: Any) -> dict[str, Any]:
         row = {}
         for m in methods:
-            values = [_compare(t, explain_maps(copy_model, it, m, layer=layer, signed=True))
+            values = [_compare(t, explain_item(copy, it, m, layer=layer, signed=True).maps)
                       for t, it in zip(trained[m], items)]
             row[m] = {k: statistics.fmean(v[k] for v in values) for k in values[0]}
         return row
@@ -168,12 +184,12 @@ def sanity_check(
     cascading, independent = [], []
     for cut in _stages(layers, max_stages):
         cascading.append({"stage": cut, "layer": layers[cut - 1], "randomised": cut,
-                          **stage_row(randomise(model, layers[:cut], seed=seed))})
+                          **stage_row(randomised_adapter(adapter, layers[:cut], seed=seed))})
         independent.append({"stage": cut, "layer": layers[cut - 1], "randomised": 1,
-                            **stage_row(randomise(model, [layers[cut - 1]], seed=seed))})
+                            **stage_row(randomised_adapter(adapter, [layers[cut - 1]], seed=seed))})
     last = cascading[-1]
     flagged = [m for m in methods if abs(last[m]["spearman_abs"]) > threshold]
-    return {"model": name or type(model).__name__, "kind": kind, "methods": methods,
+    return {"model": name or type(model).__name__, "kind": kind, "methods": methods, "not_applicable": reasons,
             "method_names": {m: method_label(m) for m in methods}, "items": len(items),
             "layers": len(layers), "threshold": threshold, "cascading": cascading, "independent": independent,
             "flagged": flagged, "seconds": time.perf_counter() - start}
@@ -195,6 +211,8 @@ def format_sanity(report: dict[str, Any]) -> str:
             cells = [f"{row[m]['spearman']:.2f} / {row[m]['spearman_abs']:.2f} / {row[m]['ssim']:.2f}" for m in methods]
             lines.append(f"| {row['stage']} | {row['layer']} | " + " | ".join(cells) + " |")
         lines.append("")
+    for m, reason in report.get("not_applicable", {}).items():
+        lines.append(f"{method_label(m)}: not applicable ({reason}).")
     if report["flagged"]:
         lines.append("Maps that survive full randomisation (mean |Spearman| > "
                      f"{report['threshold']}): " + ", ".join(method_label(m) for m in report["flagged"]))

@@ -1,7 +1,11 @@
 """Every explanation method, one call form: ``Method(model, layer, ...)(inputs, targets) -> CAMResult``.
 
-- ``base``: hook capture, ``CAMResult``, layer lookup, upsampling and normalisation.
-- ``gradcam``: the gradient engine (Grad-CAM) that every CAM method extends.
+- ``base``: ``CAMResult``, layer lookup, inputs, upsampling and normalisation, checks.
+- ``hooks``: the one hook context (a layer's tensor at its k-th call, for one forward).
+- ``core``: the score validator, the gradient path and the two public bases:
+  ``GradientMethod`` (override ``weights(activation, gradient)``) and
+  ``PerturbationMethod`` (forward passes only; override ``weights(activation, run)``).
+- ``gradcam``: Grad-CAM, the gradient base's mean-gradient weights.
 - ``variants``: Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, Eigen-Grad-CAM.
 - ``gradient_free``: Score-CAM, Ablation-CAM, Eigen-CAM (forward passes only).
 - ``occlusion``: sliding-window occlusion (forward passes only, no layer needed).
@@ -21,6 +25,7 @@ Example:
 """
 
 from .base import CAMResult, call_model, find_image, module_name, replace_image, resolve_layer, upsample_and_normalize
+from .core import GradientMethod, PerturbationMethod, Run
 from .cam import CAM
 from .gradcam import GradCAM
 from .gradient_free import AblationCAM, EigenCAM, ScoreCAM
@@ -33,7 +38,7 @@ from .registry import CAPABILITIES, METHODS, SALIENCY, MethodSpec, display_name,
 
 __all__ = [
     "CAMResult", "call_model", "find_image", "module_name", "replace_image", "resolve_layer", "upsample_and_normalize",
-    "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenGradCAM",
+    "GradientMethod", "PerturbationMethod", "Run", "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenGradCAM",
     "ScoreCAM", "AblationCAM", "EigenCAM", "Occlusion", "Relevancy",
     "CAM", "GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam",
     "METHODS", "MethodSpec", "CAPABILITIES", "SALIENCY", "register", "get_method", "method_spec", "display_name",

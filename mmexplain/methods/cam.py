@@ -6,16 +6,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import CAMResult, _Capture, _check_site, call_model, find_image, module_name, resolve_layer, upsample_and_normalize
-from ..targets import ClassLogit, logits_of
+from ..targets import ClassLogit, Target
+from .base import CAMResult, resolve_layer
+from .core import PerturbationMethod, Run
 
 __all__ = ["CAM"]
 
 
-class CAM:
+class CAM(PerturbationMethod):
     r"""Class Activation Mapping (Zhou et al., "Learning Deep Features for Discriminative
     Localization", CVPR 2016).
 
@@ -51,88 +51,49 @@ class CAM:
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
         ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
-        >>> res = mx.CAM(model, layer="1", fc="4")(torch.rand(2, 3, 16, 16), 3)
+        >>> res = mx.CAM(model, layer="1", fc="4")(torch.rand(2, 3, 16, 16), mx.targets.ClassLogit(3))
         >>> res.maps.shape, res.weights.shape     # (B, H, W), (B, K)
         (torch.Size([2, 16, 16]), torch.Size([2, 8]))
+        >>> mx.CAM(model, "1", "4")(torch.rand(2, 3, 16, 16), 3).maps.shape   # a class index works too
+        torch.Size([2, 16, 16])
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        layer: str | nn.Module,
-        fc: str | nn.Module,
-        *,
-        relu: bool = True,
-        input: bool = False,
-        call: int | None = None,
-    ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
-        self.model = model
-        self.layer = resolve_layer(model, layer)
-        self.layer_name = layer if isinstance(layer, str) else module_name(model, layer)
+    def __init__(self, model: nn.Module, layer: str | nn.Module, fc: str | nn.Module, *, relu: bool = True,
+                 input: bool = False, call: int | None = None) -> None:
+        super().__init__(model, layer, relu=relu, input=input, call=call)
         self.fc = resolve_layer(model, fc)
         if not isinstance(self.fc, nn.Linear):
             raise TypeError(f"fc must be an nn.Linear (the classifier after global pooling); got {type(self.fc).__name__}")
-        self.relu = relu
-        _check_site(input, call)
-        self.input = input
-        self.call = call
 
-    def __call__(
-        self,
-        inputs: Any,
-        class_index: int | Sequence[int] | Tensor,
-        *,
-        size: tuple[int, int] | None = None,
-    ) -> CAMResult:
-        """CAM of class ``class_index`` for each sample.
+    def __call__(self, inputs: Any, targets: Target | Sequence[Target] | int | Sequence[int] | Tensor, *,
+                 size: tuple[int, int] | None = None) -> CAMResult:
+        """CAM of each target's class for each sample.
 
         Args:
             inputs: what ``model`` takes: a tensor, a tuple (positional) or a dict (keywords).
-            class_index: one class for all samples, or one per sample.
-            size: ``(H, W)`` of ``maps``; default the spatial size of the first floating
-                4-D tensor in ``inputs``.
+            targets: a ``ClassLogit`` (or a list of them), or a class index: one for all
+                samples, or one per sample.
+            size: ``(H, W)`` of ``maps``; default the image's.
 
         Returns:
-            A :class:`~mmexplain.methods.CAMResult`: ``maps`` (B, H, W) in [0, 1], ``raw`` and
-            ``pre_relu`` (B, u, v), ``weights`` (B, K) = ``fc.weight[c]``, ``scores`` (B,)
-            the class logits, ``activations`` (B, K, u, v).
+            A CAMResult: ``maps`` (B, H, W) in [0, 1], ``raw`` and ``pre_relu`` (B, u, v),
+            ``weights`` (B, K) = ``fc.weight[c]``, ``scores`` (B,) the class logits,
+            ``activations`` (B, K, u, v); a leading N axis for a list of targets.
         """
-        if size is None:
-            image = find_image(inputs)
-            if image is None:
-                raise ValueError("size: inputs hold no floating 4-D tensor; pass size=(H, W)")
-            size = (int(image.shape[-2]), int(image.shape[-1]))
-        # the shared capture: a detached clone (an in-place op after the layer would overwrite it)
-        capture = _Capture({self.layer_name: self.layer}, grad=False, input=self.input, call=self.call)
-        handles = capture.register()
-        try:
-            with torch.no_grad():
-                output = call_model(self.model, inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        capture.check()
-        activations = capture.leaves[self.layer_name]  # (B, K, u, v)
+        index = isinstance(targets, (int, Tensor)) or (isinstance(targets, (list, tuple)) and bool(targets)
+                                                      and all(isinstance(t, int) for t in targets))
+        return super().__call__(inputs, ClassLogit(targets) if index else targets, size=size)
+
+    def weights(self, activation: Tensor, run: Run) -> Tensor:
+        """activation (B, K, u, v) -> (N, B, K): the fc row of each target's class."""
         k = self.fc.in_features
-        if not isinstance(activations, Tensor) or activations.dim() != 4 or activations.shape[1] != k:
-            got = tuple(activations.shape) if isinstance(activations, Tensor) else type(activations).__name__
-            raise ValueError(f"layer: expected an output of shape (B, {k}, u, v) to match fc.in_features; got {got}")
-        logits = logits_of(output)  # (B, C)
-        scores = ClassLogit(class_index)(logits)  # (B,), validates the index
-        batch = activations.shape[0]
-        idx = torch.as_tensor(class_index, device=self.fc.weight.device).long().expand(batch)  # (B,)
-        weights = self.fc.weight.detach()[idx].to(activations.dtype)  # (B, K)
-        pre_relu = torch.einsum("bk,bkuv->buv", weights, activations)  # (B, u, v)
-        raw = F.relu(pre_relu) if self.relu else pre_relu  # (B, u, v)
-        maps = upsample_and_normalize(raw, tuple(size))  # (B, H, W)
-        return CAMResult(
-            maps=maps,
-            raw=raw,
-            pre_relu=pre_relu,
-            weights=weights,
-            scores=scores.detach(),
-            activations=activations,
-            output=output,
-        )
+        if activation.shape[1] != k:
+            raise ValueError(f"layer: expected an output of shape (B, {k}, u, v) to match fc.in_features; "
+                             f"got {tuple(activation.shape)}")
+        rows = []
+        for i, t in enumerate(run.targets):
+            if not isinstance(getattr(t, "index", None), (int, Sequence, Tensor)):
+                raise ValueError(f"targets[{i}]: CAM reads the fc row of a class: expected a ClassLogit, got {t!r}")
+            idx = torch.as_tensor(t.index, device=self.fc.weight.device).long().expand(activation.shape[0])  # (B,)
+            rows.append(self.fc.weight.detach()[idx].to(activation.dtype))  # (B, K)
+        return torch.stack(rows)  # (N, B, K)

@@ -1,8 +1,8 @@
 """Methods that take no gradient: Score-CAM, Ablation-CAM, Eigen-CAM (occlusion: ``occlusion.py``).
 
-Each runs the model once to read the layer (forward only, ``needs_gradient = False``),
-then, for Score-CAM, Ablation-CAM and occlusion, forward passes on perturbed copies of
-the batch:
+Each is a :class:`~mmexplain.methods.core.PerturbationMethod`: one clean forward reads the
+layer, then, for Score-CAM, Ablation-CAM and occlusion, forward passes on perturbed copies
+of the batch:
 
 ==============  ============================================  =====================
 method          perturbed copy p of the batch                 weight / map value
@@ -22,71 +22,20 @@ tensor of the inputs (``find_image``), so tuple/dict inputs of multimodal models
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..targets import Target
-from .base import LayerSpec, _batch_rows, _detach, _repeat_rows, call_model, find_image, replace_image
-from .gradcam import Call, GradCAM
-from .variants import _centre, _safe_div, first_component
+from .base import LayerSpec, batch_rows, call_model, detach_all, find_image, replace_image
+from .core import PerturbationMethod, Run, score_of
+from .variants import first_component, safe_div
 
 __all__ = ["ScoreCAM", "AblationCAM", "EigenCAM"]
 
 
-def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int (perturbed inputs per forward pass), got {batch_size!r}")
-    return batch_size
-
-
-def _image_of(inputs: Any, who: str) -> Tensor:
-    image = find_image(inputs)
-    if image is None:
-        raise ValueError(f"inputs: {who} perturbs the image and found no floating (B, C, H, W) tensor in the inputs")
-    return image
-
-
-def _copy_scores(
-    method: Any,
-    targets: list[Target],
-    count: int,
-    build: Callable[[Tensor], Any],
-    *,
-    batch: int,
-    batch_size: int,
-) -> Tensor:
-    """Every target's score on ``count`` perturbed copies of the batch.
-
-    Args:
-        method: the calling method (its ``_score`` checks each target's output shape).
-        targets: the N targets.
-        count: how many copies.
-        build: ``build(index (r,)) -> output`` runs one forward on copies ``index``.
-        batch: B.
-        batch_size: rows per forward; ``max(1, batch_size // B)`` copies each.
-
-    Returns:
-        (N, count, B) scores.
-    """
-    per = max(1, batch_size // batch)
-    chunks = []
-    for start in range(0, count, per):
-        index = torch.arange(start, min(start + per, count))  # (r,)
-        output = build(index)
-        rows = len(index) * batch
-        chunk = [
-            torch.stack([method._score(i, t, _batch_rows(output, j * batch, (j + 1) * batch, rows), batch) for j in range(len(index))])
-            for i, t in enumerate(targets)
-        ]  # N x (r, B)
-        chunks.append(torch.stack(chunk).detach())  # (N, r, B)
-    return torch.cat(chunks, dim=1)
-
-
-class ScoreCAM(GradCAM):
+class ScoreCAM(PerturbationMethod):
     r"""Score-CAM (Wang et al., "Score-CAM: Score-Weighted Visual Explanations for
     Convolutional Neural Networks", CVPR Workshops 2020, Algorithm 1).
 
@@ -103,7 +52,7 @@ class ScoreCAM(GradCAM):
     ``w_k = y(X ⊙ H_k) - y(X_b)`` with ``X_b`` the image filled with ``baseline``
     (one more forward pass).
 
-    No gradient is taken (``needs_gradient = False``); the K masked copies of the batch
+    No gradient is taken; the K masked copies of the batch
     run ``batch_size`` rows per forward, and a list of targets is scored on the same
     forwards. ``res.weights`` holds ``w``.
 
@@ -127,20 +76,10 @@ class ScoreCAM(GradCAM):
     normalises at the layer's size and upsamples after).
     """
 
-    needs_gradient: ClassVar[bool] = False
-
     def __init__(
-        self,
-        model: nn.Module,
-        layer: LayerSpec,
-        *,
-        batch_size: int = 32,
-        softmax: bool = True,
-        baseline: float = 0.0,
-        **options: Any,
+        self, model: nn.Module, layer: LayerSpec, *, softmax: bool = True, baseline: float = 0.0, **options: Any
     ) -> None:
         super().__init__(model, layer, **options)
-        self.batch_size = _check_batch_size(batch_size)
         if not isinstance(softmax, bool):
             raise TypeError(f"softmax: expected True or False, got {type(softmax).__name__}")
         self.softmax = softmax
@@ -148,30 +87,30 @@ class ScoreCAM(GradCAM):
             raise TypeError(f"baseline: expected a number (the value of the baseline image), got {type(baseline).__name__}")
         self.baseline = float(baseline)
 
-    def _weights(self, activation: Tensor, gradient: None, call: Call) -> Tensor:
+    def weights(self, activation: Tensor, run: Run) -> Tensor:
         """activation (B, K, u, v) -> (N, B, K) channel weights from K masked forwards."""
-        image = _image_of(call.inputs, type(self).__name__)  # (B, C, H, W)
+        image = find_image(run.inputs)  # (B, C, H, W)
+        if image is None:
+            raise ValueError(f"inputs: {type(self).__name__} perturbs the image and found no floating (B, C, H, W) tensor in the inputs")
         batch, k = activation.shape[:2]
 
         def build(index: Tensor) -> Any:
             masks = F.interpolate(activation[:, index].float(), size=image.shape[-2:], mode="bilinear", align_corners=False)
             low = masks.amin(dim=(-2, -1), keepdim=True)
             span = masks.amax(dim=(-2, -1), keepdim=True) - low  # (B, r, 1, 1)
-            masks = _safe_div(masks - low, span.expand_as(masks)).to(image.dtype)  # (B, r, H, W) in [0, 1]
+            masks = safe_div(masks - low, span.expand_as(masks)).to(image.dtype)  # (B, r, H, W) in [0, 1]
             masked = image.unsqueeze(0) * masks.transpose(0, 1).unsqueeze(2)  # (r, B, C, H, W)
-            repeated = _repeat_rows(call.inputs, len(index), batch)
-            return call_model(self.model, replace_image(repeated, masked.flatten(0, 1)))
+            return call_model(self.model, replace_image(self.repeated(run, len(index)), masked.flatten(0, 1)))
 
-        scores = _copy_scores(self, call.targets, k, build, batch=batch, batch_size=self.batch_size)  # (N, K, B)
-        scores = scores.transpose(1, 2)  # (N, B, K)
+        scores = self.copy_scores(run, k, build).transpose(1, 2)  # (N, B, K)
         if self.softmax:
             return torch.softmax(scores, dim=-1)
-        blank = replace_image(call.inputs, torch.full_like(image, self.baseline))
-        base = self._scores(call_model(self.model, blank), call.targets, batch=batch)  # (N, B)
+        blank = call_model(self.model, replace_image(run.inputs, torch.full_like(image, self.baseline)))
+        base = torch.stack([score_of(t, blank, batch, index=i) for i, t in enumerate(run.targets)])  # (N, B)
         return scores - base.unsqueeze(-1)
 
 
-class AblationCAM(GradCAM):
+class AblationCAM(PerturbationMethod):
     r"""Ablation-CAM (Desai & Ramaswamy, "Ablation-CAM: Visual Explanations for Deep
     Convolutional Network via Gradient-free Localization", WACV 2020, Eq. 2-3).
 
@@ -181,7 +120,8 @@ class AblationCAM(GradCAM):
     during the forward pass (a hook edits it; the model is not modified). The K
     ablated copies of the batch run ``batch_size`` rows per forward. On a token layer
     (B, T, D) channel ``d`` is feature ``d`` of every token, and the per-token map is laid
-    on the grid by ``reshape`` (``on_tokens``). ``res.weights`` holds ``w``.
+    on the grid by ``reshape``; a model that packs several images' tokens into one row (an
+    LLM-based VLM) gets its copies along the token axis. ``res.weights`` holds ``w``.
 
     Departure from the paper: the drop is divided by ``|y|``, not ``y``. For a positive
     class score that is the same; for a negative score (a caption word's log-probability)
@@ -213,79 +153,44 @@ class AblationCAM(GradCAM):
     ``reuse_prefix=True``.
     """
 
-    needs_gradient: ClassVar[bool] = False
-    on_tokens: ClassVar[bool] = True
-
-    def __init__(
-        self, model: nn.Module, layer: LayerSpec, *, batch_size: int = 32, reuse_prefix: bool = False, **options: Any
-    ) -> None:
+    def __init__(self, model: nn.Module, layer: LayerSpec, *, reuse_prefix: bool = False, **options: Any) -> None:
         super().__init__(model, layer, **options)
-        self.batch_size = _check_batch_size(batch_size)
         if not isinstance(reuse_prefix, bool):
             raise TypeError(f"reuse_prefix: expected True or False, got {type(reuse_prefix).__name__}")
         self.reuse_prefix = reuse_prefix
 
-    def _weights(self, activation: Tensor, gradient: None, call: Call) -> Tensor:
-        """activation (B, K, u, v) or (B, T, D) -> (N, B, K) or (N, B, D)."""
-        batch = activation.shape[0]
-        axis = 1 if activation.dim() == 4 else -1  # channels; features of a token layer
-        k = activation.shape[axis]
-
-        def run(index: Tensor, *, reuse: bool) -> Any:
-            r = len(index)
-
-            def ablate(tensor: Tensor) -> Tensor:
-                rows = batch if reuse else r * batch
-                if tensor.shape[0] != rows or tensor.shape[axis] != k:
-                    raise ValueError(
-                        f"layer {self.layer_name!r}: its tensor has shape {tuple(tensor.shape)} in the ablation pass, "
-                        f"expected {rows} rows with {k} channels"
-                    )
-                out = (tensor.repeat(r, *([1] * (tensor.dim() - 1))) if reuse else tensor.clone()).unflatten(0, (r, batch))
-                copies = torch.arange(r)
-                if axis == 1:
-                    out[copies, :, index.to(out.device)] = 0  # (r, B, K, ...): channel index[j] of copy j
-                else:
-                    out[copies, ..., index.to(out.device)] = 0  # (r, B, T, D): feature index[j] of copy j
-                return out.flatten(0, 1)
-
-            return self._forward_edited(call.inputs if reuse else _repeat_rows(call.inputs, r, batch), ablate)
-
+    def weights(self, activation: Tensor, run: Run) -> Tensor:
+        """activation (B, K, u, v) -> (N, B, K): the relative score drop per zeroed channel."""
+        batch, k = activation.shape[:2]
         checked = [not self.reuse_prefix]
 
         def build(index: Tensor) -> Any:
-            if not self.reuse_prefix:
-                return run(index, reuse=False)
             if checked[0]:
-                return run(index, reuse=True)
-            checked[0] = True  # once: the expanded pass must give what the repeated inputs give
-            full = _detach(run(index, reuse=False))
+                return self.zero_channels(run, index, reuse=self.reuse_prefix)
+            checked[0] = True  # once: the copies made at the layer must give what the repeated inputs give
+            full = detach_all(self.zero_channels(run, index))
             try:
-                output = run(index, reuse=True)
+                output = self.zero_channels(run, index, reuse=True)
             except RuntimeError as exc:  # e.g. a skip path of B rows meets the copies' r*B rows
-                raise ValueError(
-                    f"reuse_prefix: the forward fails when the copies are made at layer {self.layer_name!r} "
-                    f"({exc}); call without reuse_prefix"
-                ) from exc
-            fast, rows = _detach(output), len(index) * batch
-            for i, t in enumerate(call.targets):
+                raise ValueError(f"reuse_prefix: the forward fails when the copies are made at layer {self.layer_name!r} "
+                                 f"({exc}); call without reuse_prefix") from exc
+            rows = len(index) * batch
+            for i, t in enumerate(run.targets):
                 for j in range(len(index)):
-                    a = self._score(i, t, _batch_rows(full, j * batch, (j + 1) * batch, rows), batch)
-                    b = self._score(i, t, _batch_rows(fast, j * batch, (j + 1) * batch, rows), batch)
+                    a = score_of(t, batch_rows(full, j * batch, (j + 1) * batch, rows), batch, index=i)
+                    b = score_of(t, batch_rows(output, j * batch, (j + 1) * batch, rows), batch, index=i)
                     if not torch.allclose(a, b, rtol=1e-4, atol=1e-6):
-                        raise ValueError(
-                            f"reuse_prefix: the model reads, after layer {self.layer_name!r}, tensors computed "
-                            "before it, so the layer's copies cannot be made at the layer; call without reuse_prefix"
-                        )
+                        raise ValueError(f"reuse_prefix: the model reads, after layer {self.layer_name!r}, tensors computed "
+                                         "before it, so the layer's copies cannot be made at the layer; call without reuse_prefix")
             return output
 
-        ablated = _copy_scores(self, call.targets, k, build, batch=batch, batch_size=self.batch_size)  # (N, K, B)
-        y = call.scores.unsqueeze(-1)  # (N, B, 1)
+        ablated = self.copy_scores(run, k, build)  # (N, K, B)
+        y = run.scores.unsqueeze(-1)  # (N, B, 1)
         # |y|: a negative score (a word's log-probability) must not flip the sign of the drop
-        return _safe_div(y - ablated.transpose(1, 2), y.abs().expand(-1, -1, k))  # (N, B, K)
+        return safe_div(y - ablated.transpose(1, 2), y.abs().expand(-1, -1, k))  # (N, B, K)
 
 
-class EigenCAM(GradCAM):
+class EigenCAM(PerturbationMethod):
     r"""Eigen-CAM (Muhammad & Yeasin, "Eigen-CAM: Class Activation Map using Principal
     Components", IJCNN 2020, Eq. 5-6).
 
@@ -312,12 +217,9 @@ class EigenCAM(GradCAM):
     pytorch-grad-cam's choice, which this follows.
     """
 
-    needs_gradient: ClassVar[bool] = False
+    centred = True
 
-    def _weights(self, activation: Tensor, gradient: None, call: Call) -> Tensor:
+    def weights(self, activation: Tensor, run: Run) -> Tensor:
         """activation (B, K, u, v) -> (N, B, K) the first principal direction, the same for every target."""
         v = first_component(activation)  # (B, K)
-        return v.unsqueeze(0).expand(len(call.targets), -1, -1)
-
-    def _adjust_map(self, pre_relu: Tensor, call: Call) -> Tensor:
-        return _centre(pre_relu)
+        return v.unsqueeze(0).expand(len(run.targets), -1, -1)

@@ -49,10 +49,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .base import call_model, check_targets, kept_buffers
+from ..targets import Target
+
+from .base import CAMResult, call_model, check_targets, image_key, kept_buffers, replace_image, warn_training
+from .core import score_of
+from .gradcam import GradCAM
 
 Inputs = Tensor | tuple[Any, ...] | Mapping[str, Any]
-Target = Callable[[Any], Tensor]
 
 __all__ = ["GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam", "relu_units"]
 
@@ -160,65 +163,6 @@ class _ReLURuleMode(TorchFunctionMode):
         return out
 
 
-# --------------------------------------------------------------------------- inputs
-def _is_image(value: Any) -> bool:
-    return isinstance(value, Tensor) and value.is_floating_point() and value.dim() == 4
-
-
-def _with_image_leaf(inputs: Inputs, image_key: int | str | None) -> tuple[Inputs, Tensor]:
-    """Replace the image tensor of ``inputs`` by a fresh leaf that requires grad.
-
-    Returns:
-        ``(new_inputs, leaf)``; ``leaf`` is ``(B, C, H, W)`` and the caller's tensor is
-        left untouched (the leaf is a detached copy).
-    """
-    if isinstance(inputs, Tensor):
-        if image_key is not None:
-            raise ValueError(f"image_key must be None when inputs is a tensor; got {image_key!r}")
-        if not _is_image(inputs):
-            raise ValueError(
-                "inputs must be a floating (B, C, H, W) image tensor; "
-                f"got dtype {inputs.dtype} and shape {tuple(inputs.shape)}"
-            )
-        leaf = inputs.detach().clone().requires_grad_(True)
-        return leaf, leaf
-    if isinstance(inputs, tuple):
-        keys: list[Any] = list(range(len(inputs)))
-        values = dict(enumerate(inputs))
-    elif isinstance(inputs, Mapping):
-        keys = list(inputs)
-        values = dict(inputs)
-    else:
-        raise TypeError(f"inputs must be a tensor, a tuple or a dict; got {type(inputs).__name__}")
-    if image_key is None:
-        image_key = next((k for k in keys if _is_image(values[k])), None)
-        if image_key is None:
-            raise ValueError("inputs hold no floating 4-D (B, C, H, W) tensor to explain; pass image_key=")
-    elif image_key not in values:
-        raise ValueError(f"image_key {image_key!r} not in inputs; available: {keys}")
-    elif not _is_image(values[image_key]):
-        value = values[image_key]
-        got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"inputs[{image_key!r}] must be a floating (B, C, H, W) tensor; got {got}")
-    leaf = values[image_key].detach().clone().requires_grad_(True)
-    values[image_key] = leaf
-    if isinstance(inputs, tuple):
-        return tuple(values[k] for k in keys), leaf
-    return values, leaf
-
-
-def _score(target: Target, output: Any, batch: int, index: int | None = None) -> Tensor:
-    name = "target" if index is None else f"targets[{index}]"
-    score = target(output)
-    if not isinstance(score, Tensor):
-        raise TypeError(f"{name} must return a tensor of shape ({batch},); got {type(score).__name__}")
-    if score.shape != (batch,):
-        raise ValueError(f"{name} must return a tensor of shape ({batch},); got {tuple(score.shape)}")
-    if not score.requires_grad:
-        raise ValueError(f"{name} returned a score that does not depend differentiably on the inputs")
-    return score
-
-
 # --------------------------------------------------------------------------- methods
 class _ReLURuleGradient:
     """Input gradient of a target with one ReLU backward rule swapped in (one call, no state)."""
@@ -246,24 +190,23 @@ class _ReLURuleGradient:
             ``(B, C, H, W)`` gradient on the image's device and dtype, or ``(N, B, C, H, W)``
             for a list of targets.
         """
-        if self.model.training:
-            warnings.warn(
-                "model is in training mode: dropout and batch-norm statistics change the explanation "
-                "(and batch-norm running stats); call model.eval() first",
-                stacklevel=2,
-            )
+        warn_training(self.model)
         with kept_buffers(self.model):  # a training-mode forward must not move BatchNorm statistics
             return self._gradient(inputs, target, image_key)
 
-    def _gradient(self, inputs: Inputs, target: Target | Sequence[Target], image_key: int | str | None) -> Tensor:
+    def _gradient(self, inputs: Inputs, target: Target | Sequence[Target], image_key_: int | str | None) -> Tensor:
         many, targets = check_targets(target, name="target")
-        new_inputs, image = _with_image_leaf(inputs, image_key)  # image: (B, C, H, W) leaf
+        if not isinstance(inputs, (Tensor, tuple, Mapping)):
+            raise TypeError(f"inputs must be a tensor, a tuple or a dict; got {type(inputs).__name__}")
+        key = image_key(inputs, image_key_)
+        image = (inputs if isinstance(inputs, Tensor) else inputs[key]).detach().clone().requires_grad_(True)  # (B, C, H, W) leaf
+        new_inputs = replace_image(inputs, image, key)
         batch = image.shape[0]
         grads = []
         mode = _ReLURuleMode(self._function)
         with torch.enable_grad(), mode:
             output = call_model(self.model, new_inputs)
-            scores = [_score(t, output, batch, i if many else None) for i, t in enumerate(targets)]
+            scores = [score_of(t, output, batch, index=i, grad=True) for i, t in enumerate(targets)]
         if mode.units == 0:
             warnings.warn(
                 f"{type(self).__name__}: the model ran no ReLU-like unit (ReLU, ReLU6, hardtanh(0, m), LeakyReLU), "
@@ -332,7 +275,7 @@ class Deconvolution(_ReLURuleGradient):
     _rule = "deconvolution"
 
 
-class GuidedGradCAM:
+class GuidedGradCAM(GradCAM):
     r"""Guided Grad-CAM (Selvaraju et al., Grad-CAM, Sec. 3): Guided Backprop x Grad-CAM.
 
     .. math:: G^{c} = \mathrm{GuidedBackprop}^{c} \odot \mathrm{up}(L^{c}_{\mathrm{Grad\text{-}CAM}})
@@ -341,60 +284,42 @@ class GuidedGradCAM:
     and min-max normalised to [0, 1], broadcast over the colour channels. The result is
     high-resolution (pixel-space) and class-discriminative.
 
-    Two forward passes are made: one with the guided ReLU rule for the pixel gradient,
-    one through :class:`mmexplain.GradCAM` with ordinary ReLUs for the map.
+    Two forward passes are made: one through Grad-CAM with ordinary ReLUs for the map,
+    one with the guided ReLU rule for the pixel gradient. The result is Grad-CAM's
+    ``CAMResult`` with ``res.pixels`` (B, C, H, W) = guided backprop x map: a map at pixel
+    resolution (its saliency, in the registry, is ``|pixels|`` summed over the colours).
 
     Args:
         model: the network.
         layer: the Grad-CAM layer, a dotted name or a module.
-        reshape: for token-shaped layers, ``(B, T, D) -> (B, D, h, w)``.
-        input, call: where the Grad-CAM layer is read, as for :class:`mmexplain.GradCAM`.
+        **options: ``reshape``, ``input``, ``call`` as for :class:`mmexplain.GradCAM`.
 
     Example:
         >>> import torch, mmexplain as mx
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
         ...                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
         ...                             torch.nn.Linear(4, 2)).eval()
-        >>> ggc = mx.GuidedGradCAM(model, layer="0")
-        >>> ggc(torch.rand(2, 3, 8, 8), mx.targets.ClassLogit(1)).shape
-        torch.Size([2, 3, 8, 8])
+        >>> res = mx.GuidedGradCAM(model, layer="0")(torch.rand(2, 3, 8, 8), mx.targets.ClassLogit(1))
+        >>> res.pixels.shape, res.maps.shape
+        (torch.Size([2, 3, 8, 8]), torch.Size([2, 8, 8]))
+
+    Departures from the paper: none.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        layer: str | nn.Module,
-        *,
-        reshape: Callable[[Tensor], Tensor] | None = None,
-        input: bool = False,
-        call: int | None = None,
-    ) -> None:
-        from .gradcam import GradCAM
+    #: guided backprop reads the plain inputs, so targets are never copied along the batch
+    targets_in_batch_ok = False
 
-        self.model = model
-        self.gradcam = GradCAM(model, layer, reshape=reshape, input=input, call=call)
-        self.guided = GuidedBackprop(model)
-
-    def __call__(
-        self, inputs: Inputs, target: Target | Sequence[Target], *, image_key: int | str | None = None
-    ) -> Tensor:
-        """Guided Grad-CAM of ``target`` (or of each of a list of targets).
-
-        Args:
-            inputs: what ``model`` takes: a tensor, a tuple (positional) or a dict (keywords).
-            target: a callable ``output -> (B,)``, or a list of N of them.
-            image_key: which tuple index / dict key is the image; default the first
-                floating 4-D tensor.
-
-        Returns:
-            ``(B, C, H, W)``, or ``(N, B, C, H, W)`` for a list of targets.
-        """
-        guided = self.guided._gradient(inputs, target, image_key)  # (B, C, H, W) | (N, B, C, H, W)
-        size = tuple(guided.shape[-2:])
-        if isinstance(target, tuple):
-            target = list(target)
-        maps = self.gradcam(inputs, target, size=size).maps  # (B, H, W) | (N, B, H, W)
-        return guided_gradcam(guided, maps)
+    def __call__(self, inputs: Inputs, targets: Target | Sequence[Target], *, image_key: int | str | None = None,
+                 **options: Any) -> CAMResult:
+        """Grad-CAM of the targets (``options`` as for GradCAM, not ``targets_in_batch``), plus ``res.pixels``."""
+        if options.get("targets_in_batch"):
+            raise ValueError("targets_in_batch: Guided Grad-CAM's guided backprop takes the plain inputs; call without it")
+        targets = list(targets) if isinstance(targets, tuple) else targets
+        res = super().__call__(inputs, targets, **options)  # warns once for a training-mode model
+        with kept_buffers(self.model):
+            guided = GuidedBackprop(self.model)._gradient(inputs, targets, image_key)  # (B, C, H, W) | (N, B, C, H, W)
+        res.pixels = guided_gradcam(guided, res.maps)
+        return res
 
 
 def guided_gradcam(guided: Tensor, maps: Tensor) -> Tensor:

@@ -8,21 +8,13 @@ returned as a ``CAMResult`` like every other method's (``raw`` at the window gri
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..targets import Target
-from .base import (
-    CAMResult, LayerSpec, _Capture, _check_site, _detach, _repeat_rows, call_model, check_targets, kept_buffers,
-    module_name, replace_image, resolve_layer, upsample_and_normalize,
-)
-from .gradcam import GradCAM, _check_size
-from .gradient_free import _check_batch_size, _copy_scores, _image_of
+from .base import LayerSpec, call_model, find_image, replace_image
+from .core import PerturbationMethod, Run
 
 __all__ = ["Occlusion"]
 
@@ -45,7 +37,7 @@ def _windows(size: int, window: int, stride: int) -> list[tuple[int, int]]:
     return spans
 
 
-class Occlusion:
+class Occlusion(PerturbationMethod):
     r"""Occlusion (Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks",
     ECCV 2014; the Grad-CAM paper's VQA baseline, Sec. 7.1).
 
@@ -69,7 +61,7 @@ class Occlusion:
         baseline: the value the window is set to: a float, or a tensor that broadcasts
             to the image (a per-channel mean (C, 1, 1), a blurred copy (B, C, H, W)).
         batch_size: occluded inputs per forward pass (``batch_size // B`` copies).
-        reshape: accepted for the shared call form; occlusion reads the image, not tokens.
+        reshape: the layer's token grid, for ``res.activations`` only.
         relu: keep only the drops (default False: a window whose removal raises the
             score keeps its negative value; the paper's maps are signed).
 
@@ -84,8 +76,6 @@ class Occlusion:
     upsampling (centred cells) instead of starting at the top-left corner.
     """
 
-    needs_gradient: ClassVar[bool] = False
-
     def __init__(
         self,
         model: nn.Module,
@@ -94,99 +84,37 @@ class Occlusion:
         window: int | tuple[int, int] = 16,
         stride: int | tuple[int, int] = 8,
         baseline: float | Tensor = 0.0,
-        batch_size: int = 32,
         relu: bool = False,
-        input: bool = False,
-        call: int | None = None,
-        reshape: Any = None,
+        **options: Any,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-        if not isinstance(relu, bool):
-            raise TypeError(f"relu: expected True or False, got {type(relu).__name__}")
         if not isinstance(baseline, (int, float, Tensor)) or isinstance(baseline, bool):
             raise TypeError(f"baseline: expected a float or a tensor that broadcasts to the image, got {type(baseline).__name__}")
-        _check_site(input, call)
-        self.model = model
-        self.layer = None if layer is None else resolve_layer(model, layer)
-        self.layer_name = None if layer is None else (layer if isinstance(layer, str) else module_name(model, layer))
+        super().__init__(model, layer, relu=relu, **options)
         self.window = _pair(window, "window")
         self.stride = _pair(stride, "stride")
         self.baseline = baseline
-        self.batch_size = _check_batch_size(batch_size)
-        self.relu = relu
-        self.input = input
-        self.call = call
 
-    def __call__(
-        self, inputs: Any, targets: Target | Sequence[Target], *, size: tuple[int, int] | None = None
-    ) -> CAMResult:
-        """Occlusion maps of one target, or of a list of N targets from the same forwards.
-
-        Args:
-            inputs: what ``model(...)`` takes; the image is its first floating 4-D tensor.
-            targets: a target ``output -> (B,)`` or a list of them.
-            size: (H, W) of ``maps``; default the image's.
-
-        Returns:
-            CAMResult (see the class docstring); with N targets a leading N axis.
-        """
-        with kept_buffers(self.model):  # a training-mode forward must not move BatchNorm statistics
-            return self._explain(inputs, targets, size=size)
-
-    def _explain(self, inputs: Any, targets: Target | Sequence[Target], *, size: tuple[int, int] | None) -> CAMResult:
-        """``__call__`` without the buffer bookkeeping."""
-        many, target_list = check_targets(targets)
-        if self.model.training:
-            warnings.warn(
-                "model is in training mode: dropout and batch-norm statistics change the explanation "
-                "(and batch-norm running stats); call model.eval() first",
-                stacklevel=2,
-            )
-        image = _image_of(inputs, "Occlusion")  # (B, C, H, W)
-        size = tuple(image.shape[-2:]) if size is None else _check_size(size)
-        batch, height, width = image.shape[0], image.shape[-2], image.shape[-1]
+    def map(self, activation: Tensor, run: Run) -> tuple[Tensor, Tensor]:
+        """(N, B, gh, gw) score drops on the window grid, and (N, B, 0) weights (no channels)."""
+        image = find_image(run.inputs)  # (B, C, H, W)
+        if image is None:
+            raise ValueError("inputs: Occlusion perturbs the image and found no floating (B, C, H, W) tensor in the inputs")
         try:
             base = torch.as_tensor(self.baseline, dtype=image.dtype, device=image.device).expand_as(image)
         except RuntimeError as exc:
-            raise ValueError(f"baseline: shape {tuple(torch.as_tensor(self.baseline).shape)} does not broadcast to the image {tuple(image.shape)}") from exc
-        rows = _windows(height, self.window[0], self.stride[0])
-        cols = _windows(width, self.window[1], self.stride[1])
+            raise ValueError(f"baseline: shape {tuple(torch.as_tensor(self.baseline).shape)} does not broadcast "
+                             f"to the image {tuple(image.shape)}") from exc
+        rows = _windows(image.shape[-2], self.window[0], self.stride[0])
+        cols = _windows(image.shape[-1], self.window[1], self.stride[1])
         spans = [(r, c) for r in rows for c in cols]
 
-        with torch.no_grad():
-            output, activations = self._clean_forward(inputs, image)
-            scores = self._scores(output, target_list, batch=batch)  # (N, B)
+        def build(index: Tensor) -> Any:
+            occluded = image.unsqueeze(0).repeat(len(index), *([1] * image.dim()))  # (r, B, C, H, W)
+            for j, p in enumerate(index.tolist()):
+                (r0, r1), (c0, c1) = spans[p]
+                occluded[j, ..., r0:r1, c0:c1] = base[..., r0:r1, c0:c1]
+            return call_model(self.model, replace_image(self.repeated(run, len(index)), occluded.flatten(0, 1)))
 
-            def build(index: Tensor) -> Any:
-                occluded = image.unsqueeze(0).repeat(len(index), *([1] * image.dim()))  # (r, B, C, H, W)
-                for j, p in enumerate(index.tolist()):
-                    (r0, r1), (c0, c1) = spans[p]
-                    occluded[j, ..., r0:r1, c0:c1] = base[..., r0:r1, c0:c1]
-                repeated = _repeat_rows(inputs, len(index), batch)
-                return call_model(self.model, replace_image(repeated, occluded.flatten(0, 1)))
-
-            dropped = _copy_scores(self, target_list, len(spans), build, batch=batch, batch_size=self.batch_size)
-        pre_relu = (scores.unsqueeze(1) - dropped).transpose(1, 2).unflatten(-1, (len(rows), len(cols)))  # (N, B, gh, gw)
-        raw = F.relu(pre_relu) if self.relu else pre_relu
-        maps = upsample_and_normalize(raw, size)  # (N, B, H, W)
-        weights = scores.new_zeros(len(target_list), batch, 0)  # (N, B, 0): no channels
-        result = CAMResult(maps, raw, pre_relu, weights, scores, activations, _detach(output), {}, many=True)
-        return result if many else result[0]
-
-    _score = GradCAM._score  # the engine's target-shape checks
-    _scores = GradCAM._scores
-
-    def _clean_forward(self, inputs: Any, image: Tensor) -> tuple[Any, Tensor]:
-        """The unoccluded output and what ``res.activations`` reports."""
-        if self.layer is None:
-            return call_model(self.model, inputs), image.detach()
-        capture = _Capture({self.layer_name: self.layer}, grad=False, input=self.input, call=self.call)
-        handles = capture.register()
-        try:
-            output = call_model(self.model, inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        capture.check()
-        return output, capture.leaves[self.layer_name]
+        dropped = self.copy_scores(run, len(spans), build)  # (N, P, B)
+        pre_relu = (run.scores.unsqueeze(1) - dropped).transpose(1, 2).unflatten(-1, (len(rows), len(cols)))
+        return pre_relu, run.scores.new_zeros(*run.scores.shape, 0)  # (N, B, gh, gw), (N, B, 0)

@@ -21,7 +21,6 @@ token's row, read over the image tokens and laid on the patch grid, is the map.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from ..targets import Counterfactual, SequenceLogProb, Target, WordLogProb
-from .attention_record import AttentionRecord, AttentionRecorder, _under, has_cross_attention
-from .base import CAMResult, _detach, call_model, check_targets, find_image, upsample_and_normalize
-from .gradcam import GradCAM, _check_size
+from .attention_record import AttentionRecord, AttentionRecorder, has_cross_attention
+from .base import CAMResult, call_model, check_size, check_targets, detach_all, find_image, upsample_and_normalize, warn_training
+from .core import gradients, score_of
 
 __all__ = ["Relevancy"]
 
@@ -153,12 +152,10 @@ class Relevancy:
         if rows is not None and (isinstance(rows, (str, int)) or len(rows) != len(target_list)):
             raise ValueError(f"rows: expected one entry per target ({len(target_list)}), got {rows!r}")
         if size is not None:
-            size = _check_size(size)
+            size = check_size(size)
         if torch.is_inference_mode_enabled():
             raise RuntimeError("Relevancy needs autograd: call it outside torch.inference_mode()")
-        if self.model.training:
-            warnings.warn("model is in training mode: attention dropout changes the explanation; "
-                          "call model.eval() first", stacklevel=2)
+        warn_training(self.model)
 
         with self.recorder.recording() as records:
             output = call_model(self.model, inputs)
@@ -177,7 +174,7 @@ class Relevancy:
                 size = tuple(image.shape[-2:]) if image is not None else (h, w)
             maps = upsample_and_normalize(raw, size)  # (N, B, H, W)
         last = records[-1].probs.detach().mean(dim=1)  # (B, Lq, Lk)
-        result = CAMResult(maps, raw, raw, read, scores, last, _detach(output), many=True)
+        result = CAMResult(maps, raw, raw, read, scores, last, detach_all(output), many=True)
         return result if many else result[0]
 
     # ------------------------------------------------------------------ steps
@@ -187,20 +184,10 @@ class Relevancy:
         """A-bar = E_h[(dy/dA * A)^+] of every layer for every target: [(N, B, Lq, Lk)], and scores (N, B)."""
         batch = records[0].probs.shape[0]
         with torch.enable_grad():
-            scores = []
-            for i, target in enumerate(targets):
-                score = target(output)
-                if not isinstance(score, Tensor) or score.shape != (batch,):
-                    got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
-                    raise ValueError(f"target {i} ({target!r}) must return one scalar per sample, "
-                                     f"shape ({batch},); got {got}")
-                if not score.requires_grad:
-                    raise ValueError(f"target {i} ({target!r}) does not depend on the attention differentiably "
-                                     "(argmax, detach or no_grad inside the target?)")
-                scores.append(score)
+            scores = [score_of(t, output, batch, index=i, grad=True) for i, t in enumerate(targets)]
             stacked = torch.stack(scores)  # (N, B); samples are independent in eval mode
             probs = [r.probs for r in records]
-            grads = GradCAM._gradients(stacked.sum(dim=1), probs)  # one batched backward: [(N, B, H, Lq, Lk)]
+            grads = gradients(stacked.sum(dim=1), probs)  # one batched backward: [(N, B, H, Lq, Lk)]
         cams = []
         for a, g in zip(probs, grads):
             if g is None:  # a layer the targets do not reach (after the read-out, or unused)
@@ -218,7 +205,8 @@ class Relevancy:
                                  "cross-attends: pass encoder= to explain one of the sequences")
             return ["q"] * len(records)
         if self.encoder is not None:
-            return ["x" if r.cross else "q" if _under(r.name, self.encoder) else "s" for r in records]
+            inside = [r.name == self.encoder or r.name.startswith(self.encoder + ".") for r in records]
+            return ["x" if r.cross else "q" if q else "s" for r, q in zip(records, inside)]
         parts = [r.name.split(".") for r in records]
         depth = 0  # the deepest module holding every recorded layer
         while all(len(p) > depth + 1 for p in parts) and len({p[depth] for p in parts}) == 1:

@@ -1,4 +1,4 @@
-"""Gradient variants of Grad-CAM: each overrides the engine's ``_weights`` (and nothing else).
+"""Gradient variants of Grad-CAM: each overrides the gradient base's ``weights`` (and nothing else).
 
 =================  ====================================================  ================
 method             map before the ReLU                                   weights shape
@@ -12,24 +12,23 @@ Eigen-Grad-CAM     (g ⊙ A) projected on its first principal component    (N, B
 =================  ====================================================  ================
 
 ``g = dy/dA`` is the gradient of the target's score at the layer, ``A`` its activation
-(B, K, u, v). The engine (``gradcam.py``) combines the weights with ``A``, applies the
-ReLU (``relu=False`` keeps the signed map), upsamples and normalises, and fills
-``res.weights`` with the per-channel mean gradient (Grad-CAM's alpha) for every method.
+(B, K, u, v); a token layer is laid on its grid first, so (N, B, K, u, v) element-wise weights
+are per token. The base (``core.py``) combines the weights with ``A``, applies the ReLU
+(``relu=False`` keeps the signed map), upsamples and normalises, and fills ``res.weights``
+with the per-channel mean gradient (Grad-CAM's alpha) for every method.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import Tensor
 
-from .gradcam import Call, GradCAM
+from .gradcam import GradCAM
 
-__all__ = ["GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenGradCAM", "first_component"]
+__all__ = ["GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenGradCAM", "first_component", "safe_div"]
 
 
-def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+def safe_div(num: Tensor, den: Tensor) -> Tensor:
     """num / den where den != 0, else 0 (no eps: exact where defined)."""
     nonzero = den != 0
     return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), torch.zeros_like(num))
@@ -60,12 +59,12 @@ class GradCAMPlusPlus(GradCAM):
     pytorch-grad-cam). ``alpha`` is 0 where its denominator is 0 (no epsilon).
     """
 
-    def _weights(self, activation: Tensor, gradient: Tensor, call: Call) -> Tensor:
+    def weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
         """activation (B, K, u, v), gradient (N, B, K, u, v) -> (N, B, K)."""
         g2 = gradient.pow(2)  # (N, B, K, u, v)
         g3 = g2 * gradient
         total = activation.sum(dim=(-2, -1), keepdim=True)  # (B, K, 1, 1)
-        alpha = _safe_div(g2, 2 * g2 + total * g3)  # (N, B, K, u, v)
+        alpha = safe_div(g2, 2 * g2 + total * g3)  # (N, B, K, u, v)
         return (alpha * torch.relu(gradient)).sum(dim=(-2, -1))
 
 
@@ -89,10 +88,10 @@ class XGradCAM(GradCAM):
     (no epsilon in the denominator).
     """
 
-    def _weights(self, activation: Tensor, gradient: Tensor, call: Call) -> Tensor:
+    def weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
         """activation (B, K, u, v), gradient (N, B, K, u, v) -> (N, B, K)."""
         total = activation.sum(dim=(-2, -1))  # (B, K)
-        return _safe_div((gradient * activation).sum(dim=(-2, -1)), total.expand(gradient.shape[:3]))
+        return safe_div((gradient * activation).sum(dim=(-2, -1)), total.expand(gradient.shape[:3]))
 
 
 class HiResCAM(GradCAM):
@@ -106,8 +105,8 @@ class HiResCAM(GradCAM):
     linear head) the map is exactly each position's contribution to the score, and it
     equals Grad-CAM's whenever the gradient is constant over space.
 
-    On a token layer (B, T, D) each token is weighted before ``reshape`` lays the
-    per-token map on the patch grid (``on_tokens``).
+    On a token layer (B, T, D) each patch token is weighted on its own (the grid holds one
+    token per position).
 
     Example:
         >>> import torch, torchvision, mmexplain as mx
@@ -119,10 +118,8 @@ class HiResCAM(GradCAM):
     Departures from the paper: none in the formula.
     """
 
-    on_tokens: ClassVar[bool] = True
-
-    def _weights(self, activation: Tensor, gradient: Tensor, call: Call) -> Tensor:
-        """gradient (N, B, K, u, v) or (N, B, T, D) -> the same: element-wise weights."""
+    def weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
+        """gradient (N, B, K, u, v) -> the same: element-wise weights."""
         return gradient
 
 
@@ -132,8 +129,8 @@ class LayerCAM(GradCAM):
 
     .. math:: L = \mathrm{ReLU}\Big(\sum_k \mathrm{ReLU}(g_k) \odot A_k\Big)
 
-    element-wise weights: each position keeps only its positive gradient. On a token
-    layer each token is weighted before the grid reshape (``on_tokens``).
+    element-wise weights: each position keeps only its positive gradient (on a token
+    layer: each patch token).
 
     Example:
         >>> import torch, torchvision, mmexplain as mx
@@ -145,10 +142,8 @@ class LayerCAM(GradCAM):
     left to the caller: one call explains one layer.
     """
 
-    on_tokens: ClassVar[bool] = True
-
-    def _weights(self, activation: Tensor, gradient: Tensor, call: Call) -> Tensor:
-        """gradient (N, B, K, u, v) or (N, B, T, D) -> ReLU of it: element-wise weights."""
+    def weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
+        """gradient (N, B, K, u, v) -> ReLU of it: element-wise weights."""
         return torch.relu(gradient)
 
 
@@ -173,11 +168,6 @@ def first_component(x: Tensor) -> Tensor:
     return (v * sign).to(x.dtype).reshape(*lead, x.shape[-3])
 
 
-def _centre(pre_relu: Tensor) -> Tensor:
-    """Each map minus its spatial mean: (N, B, u, v)."""
-    return pre_relu - pre_relu.mean(dim=(-2, -1), keepdim=True)
-
-
 class EigenGradCAM(GradCAM):
     r"""Eigen-Grad-CAM: the first principal component of ``g ⊙ A`` (pytorch-grad-cam's
     ``EigenGradCAM``; Eigen-CAM of Muhammad & Yeasin, IJCNN 2020, applied to the
@@ -190,8 +180,8 @@ class EigenGradCAM(GradCAM):
 
     Sign convention: the singular vector's sign is arbitrary, and ``v`` is signed so that
     ``sum_k v_k >= 0``, i.e. the projection correlates positively with the centred
-    HiResCAM map ``sum_k g_k A_k``. In the engine's terms the weights are element-wise,
-    ``v_k g_kij``, and ``_adjust_map`` removes the spatial mean.
+    HiResCAM map ``sum_k g_k A_k``. In the base's terms the weights are element-wise,
+    ``v_k g_kij``, and ``centred = True`` removes the spatial mean.
 
     Example:
         >>> import torch, torchvision, mmexplain as mx
@@ -203,10 +193,9 @@ class EigenGradCAM(GradCAM):
     sign LAPACK returns, so its map can be the ReLU of the negated projection).
     """
 
-    def _weights(self, activation: Tensor, gradient: Tensor, call: Call) -> Tensor:
+    centred = True
+
+    def weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
         """activation (B, K, u, v), gradient (N, B, K, u, v) -> (N, B, K, u, v) = v_k g_kij."""
         v = first_component(gradient * activation)  # (N, B, K)
         return v[..., None, None] * gradient
-
-    def _adjust_map(self, pre_relu: Tensor, call: Call) -> Tensor:
-        return _centre(pre_relu)

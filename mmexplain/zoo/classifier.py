@@ -27,7 +27,7 @@ from .common import Encoder, Normalize, check_images, preprocess
 
 def default_classes() -> list[str]:
     """``"<colour> <shape>"`` for every colour and shape of ShapeWorld, shape-major."""
-    return [f"{c} {s}" for s in world.SHAPES for c in world.COLORS]
+    return world.object_classes()
 
 
 @dataclass
@@ -49,7 +49,10 @@ class Classifier(nn.Module):
         classes: class names, ``"red circle"`` style; logits come in this order.
         default_layer: ``"encoder.features.5"``, the last 12 x 12 conv block.
         fc: the linear head (CAM weights).
+        activation: ``"sigmoid"``: each class's probability is the sigmoid of its logit (multi-label).
     """
+
+    activation = "sigmoid"
 
     def __init__(self, config: ClassifierConfig, classes: list[str] | None = None):
         super().__init__()

@@ -28,6 +28,7 @@ class _Captioner(ProcessedImages):
     text_key: str  # keyword of the teacher-forced token ids
     #: the transformers decoders are explained with one batched backward (vmap)
     targets_in_batch = False
+    tasks = frozenset({"caption"})
 
     def __init__(self, model: nn.Module, processor: Any, image_processor: Any, tokenizer: Any, *,
                  max_new_tokens: int, patch_embedding: str | None) -> None:

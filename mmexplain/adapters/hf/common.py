@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..grids import PatchGrid, conv_grid
 from ..images import load_image
+from ..items import ItemQuestions
 
 __all__ = ["tokenize_words", "ProcessedImages"]
 
@@ -156,8 +157,11 @@ def last_layer(model: nn.Module, container: str) -> str:
     return f"{container}.{len(layers) - 1}"
 
 
-class ProcessedImages:
+class ProcessedImages(ItemQuestions):
     """What every transformers adapter shares: its processor halves, images in and out, the patch grid.
+
+    Capabilities: a layer, the pixels and transformers attention (``ItemQuestions`` adds
+    ``"relu"`` for ReLU-like units).
 
     Args:
         who: the adapter's name, for error messages.
@@ -168,6 +172,7 @@ class ProcessedImages:
     """
 
     model: nn.Module
+    base_capabilities = frozenset({"layer", "pixels", "attention"})
 
     def __init__(self, who: str, processor: Any, image_processor: Any, tokenizer: Any, *,
                  patch_embedding: str | None) -> None:

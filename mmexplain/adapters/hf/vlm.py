@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from ...targets import SequenceLogProb
 from ..images import load_image
+from ..items import ItemQuestions
 from ..protocols import AnswerQuery, WordSpan, check_copies
 from .common import decode_words, device_of, split_processor, tokenize_words
 from .families import Family, chat_text, family_of
@@ -53,7 +54,7 @@ from .tap import VisionTap
 __all__ = ["ImageTextToText", "chat_text"]
 
 
-class ImageTextToText:
+class ImageTextToText(ItemQuestions):
     """An image-text-to-text VLM as a caption adapter and an answer adapter (see the module docstring).
 
     Args:
@@ -75,6 +76,7 @@ class ImageTextToText:
     """
 
     targets_in_batch = False  # one batched backward over the words
+    tasks = frozenset({"caption", "answer"})
 
     def __init__(self, model: nn.Module, processor: Any = None, *, image_processor: Any = None, tokenizer: Any = None,
                  layer: str | None = None, prompt: str | None = None, chat: bool | None = None,
@@ -122,6 +124,15 @@ class ImageTextToText:
         other = copy.copy(self)
         other.prompt = prompt
         return other
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """A layer, transformers attention, a language model; ``"pixels"`` when the processor gives a
+        (B, 3, H, W) image (not flattened patches or tiles); ``"relu"`` for ReLU-like units."""
+        found = {"layer", "attention", "lm"}
+        if self.family.images(torch.zeros(3, 32, 32))["pixel_values"].dim() == 4:
+            found.add("pixels")
+        return frozenset(found) | (super().capabilities & {"relu"})
 
     # ------------------------------------------------------------- images
 

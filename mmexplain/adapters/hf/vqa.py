@@ -26,6 +26,7 @@ class _VQA(ProcessedImages):
 
     default_layer: str
     question_layer: str | None
+    tasks = frozenset({"answer"})
 
     def _question(self, question: str, device: torch.device) -> tuple[dict[str, Tensor], list[str], list[int]]:
         """Question inputs, its tokens as the model reads them, and their positions (specials excluded)."""
