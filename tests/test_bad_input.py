@@ -825,3 +825,15 @@ def test_diagnosis_without_wrong_answers_says_so():
     text = format_adversarial({"scenes": 3, "flipped": 0.0, "pointing_before": None, "pointing_after": None,
                                "eps": 0.01, "max_change": 0.01, "seconds": 1.0})
     assert "none of 3 scenes" in text and "nan" not in text and "0%" not in text
+
+
+def test_localization_of_all_methods_leaves_out_what_does_not_apply(world):
+    """--methods all on the classifier: every map method measured; relevancy (no attention) and Guided
+    Grad-CAM (no box) are left out, not a reason to refuse the whole run."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["evaluate", "localization", "--methods", "all", "--scenes", "1", "--models", str(world / "models")])
+    assert code == 0, err.getvalue()
+    rows = [line.split("|")[1].strip() for line in out.getvalue().splitlines() if line.startswith("| ") and "%" in line]
+    assert rows[0] == "Grad-CAM" and "Score-CAM" in rows and "Occlusion" in rows, rows
+    assert not any("Relevancy" in r or "Guided" in r for r in rows), rows

@@ -199,7 +199,7 @@ def _mask(own: _Owner) -> Any:
         if own.here():
             return eager_mask(*args, **kwargs)
         implementation = own.implementation(kwargs.get("config"))
-        return ALL_MASK_ATTENTION_FUNCTIONS.get(implementation or "sdpa", sdpa_mask)(*args, **kwargs)
+        return ALL_MASK_ATTENTION_FUNCTIONS.get(implementation or "eager", sdpa_mask)(*args, **kwargs)
 
     return mask
 
