@@ -158,7 +158,7 @@ def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gr
     options = dict(options or {}) | {"method": method, "map_size": map_size, "shard_size": shard_size}
     n_shards = math.ceil(n / shard_size)
     if runner.main:  # the first item, explained before anything is written: a wrong layer or method fails here
-        _explain_item(model, kind, data[0], method=method, layer=layer, runner=runner)
+        _item_rows(model, kind, data[0], method=method, layer=layer, runner=runner)
         _prepare(out, options, n, resume=resume)
     runner.barrier()
     mine = [k for k in range(runner.rank, n_shards, runner.world_size) if not shard_files(out, k)[1].is_file()]
