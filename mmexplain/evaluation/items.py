@@ -86,12 +86,15 @@ def inapplicable(model: Any, methods: Iterable[str]) -> dict[str, str]:
 
 
 def split_methods(model: Any, methods: str | Iterable[str]) -> tuple[list[str], dict[str, str]]:
-    """The methods ``model`` can run, and name -> reason for the others; no method at all is refused."""
+    """The methods ``model`` can run, and name -> reason for the others (blank cells); none runnable is refused."""
     asked = [methods] if isinstance(methods, str) else list(methods)
     if not asked:
         raise ValueError(f"methods: expected at least one method name, got {methods!r}")
     reasons = inapplicable(model, asked)
-    return [m for m in asked if m not in reasons], reasons
+    runnable = [m for m in asked if m not in reasons]
+    if not runnable:  # a table of blank cells only: refused, with the reasons
+        raise ValueError(f"methods: none of {', '.join(asked)} applies to this model ({'; '.join(reasons.values())})")
+    return runnable, reasons
 
 
 def saliency(explanation: Any, method: str, *, signed: bool = False) -> Tensor:
