@@ -60,7 +60,8 @@ if TYPE_CHECKING:
     from ..runner import Runner
 
 __all__ = ["grounding_report", "format_report", "leaderboard", "format_leaderboard", "applicable_methods",
-           "inapplicable_methods", "capabilities_of", "method_label", "saliency_maps", "kind_of", "WORD_KINDS", "QUESTION_KINDS"]
+           "inapplicable_methods", "capabilities_of", "method_label", "saliency_maps", "kind_of", "WORD_KINDS",
+           "QUESTION_KINDS"]
 
 WORD_KINDS = ("size", "color", "shape")
 QUESTION_KINDS = ("color", "shape", "size", "count", "exist")
@@ -100,8 +101,10 @@ def capabilities_of(model: Any) -> frozenset[str]:
     """What ``model`` offers a method (see ``mx.methods.CAPABILITIES``).
 
     An adapter that says it (``capabilities``) is taken at its word; otherwise an ``mx.zoo``
-    model has a layer and pixels, an ``mx.hf`` adapter also transformers attention, and
-    ``"relu"`` is there when the network has ReLU-like units (``methods.guided.relu_units``).
+    model has a layer and pixels, an ``mx.hf`` adapter also transformers attention (an
+    LLM-based VLM instead ``"lm"``: its image and text sequences are not the encoder /
+    decoder pair relevancy reads), and ``"relu"`` is there when the network has ReLU-like
+    units (``methods.guided.relu_units``).
     """
     own = getattr(model, "capabilities", None)
     if own is not None:
@@ -110,7 +113,9 @@ def capabilities_of(model: Any) -> frozenset[str]:
     if relu_units(_module(model)):
         found.add("relu")
     if not isinstance(model, nn.Module):
-        found.add("attention")
+        from ..adapters.hf.vlm import ImageTextToText  # an mx.hf adapter: transformers is loaded already
+
+        found.add("lm" if isinstance(model, ImageTextToText) else "attention")
     return frozenset(found)
 
 
