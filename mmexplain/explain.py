@@ -62,8 +62,30 @@ __all__ = [
 # ---------------------------------------------------------------- results
 
 
+class _PixelMaps:
+    """``pixels``: the pixel-resolution maps (``guided``: (k, 3, H, W) or None), for ``MethodSpec.saliency_of``."""
+
+    guided: Tensor | None
+
+    @property
+    def pixels(self) -> Tensor | None:
+        return self.guided
+
+
+class _Shown(_PixelMaps):
+    def show(self, **options: Any) -> ReportView:
+        """The interactive HTML report of this result: renders inline in a notebook; ``.save(path)`` writes it.
+
+        Options go to ``mx.viz.caption_view`` / ``answer_view`` (``descriptions=``, ``methods=``, ``section_title=``).
+        """
+        from .viz import show
+
+        return show(self, **options)
+
+
+
 @dataclass
-class CaptionExplanation:
+class CaptionExplanation(_Shown):
     """Per-word maps of a caption.
 
     Attributes:
@@ -86,11 +108,6 @@ class CaptionExplanation:
     guided: Tensor | None = None
 
     @property
-    def pixels(self) -> Tensor | None:
-        """(T, 3, H, W) the pixel-resolution maps (``guided``), for ``MethodSpec.saliency_of``."""
-        return self.guided
-
-    @property
     def caption(self) -> str:
         return " ".join(self.words)
 
@@ -108,18 +125,9 @@ class CaptionExplanation:
             save_figure(fig, path)
         return fig
 
-    def show(self, **options: Any) -> ReportView:
-        """The interactive HTML report of this result: renders inline in a notebook; ``.save(path)`` writes it.
-
-        Options go to ``mx.viz.caption_view`` / ``answer_view`` (``descriptions=``, ``methods=``, ``section_title=``).
-        """
-        from .viz import show
-
-        return show(self, **options)
-
 
 @dataclass
-class AnswerExplanation:
+class AnswerExplanation(_Shown):
     """Where a VQA model looks for its answer, and what argues against it.
 
     Attributes:
@@ -150,11 +158,6 @@ class AnswerExplanation:
     guided: Tensor | None = None
 
     @property
-    def pixels(self) -> Tensor | None:
-        """(k, 3, H, W) the pixel-resolution maps (``guided``), for ``MethodSpec.saliency_of``."""
-        return self.guided
-
-    @property
     def answer(self) -> str:
         return self.answers[0]
 
@@ -179,18 +182,9 @@ class AnswerExplanation:
             save_figure(fig, path)
         return fig
 
-    def show(self, **options: Any) -> ReportView:
-        """The interactive HTML report of this result: renders inline in a notebook; ``.save(path)`` writes it.
-
-        Options go to ``mx.viz.caption_view`` / ``answer_view`` (``descriptions=``, ``methods=``, ``section_title=``).
-        """
-        from .viz import show
-
-        return show(self, **options)
-
 
 @dataclass
-class ClassExplanation:
+class ClassExplanation(_PixelMaps):
     """Grad-CAM maps of a classifier's classes for one image.
 
     Attributes:
@@ -210,11 +204,6 @@ class ClassExplanation:
     image: Tensor
     result: CAMResult
     guided: Tensor | None = None
-
-    @property
-    def pixels(self) -> Tensor | None:
-        """(k, 3, H, W) the pixel-resolution maps (``guided``), for ``MethodSpec.saliency_of``."""
-        return self.guided
 
     def plot(self, *, path: str | None = None) -> Figure:
         from .viz import plot_maps, save_figure

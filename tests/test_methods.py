@@ -426,6 +426,52 @@ def test_per_token_methods_on_a_token_layer():
     torch.testing.assert_close(res.weights, w, rtol=1e-4, atol=1e-6)
 
 
+class Packed(nn.Module):
+    """Every image's tokens packed into ONE row, as LLM-based VLMs do: the hooked tensor is (1, B*T, D)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = nn.Conv2d(3, 4, 2, stride=2)  # (B, 4, 2, 2): 4 patch tokens of 4 features
+        self.pack = nn.Identity()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):  # (B, 3, 4, 4) -> (B, 3)
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, T, D)
+        b, t, d = tokens.shape
+        packed = self.pack(tokens.reshape(1, b * t, d))  # (1, B*T, D)
+        return self.head(torch.tanh(packed.reshape(b, t, d)).mean(dim=1))
+
+
+def _unpack(packed):  # (1, B*T, D) -> (B, D, 2, 2)
+    return packed.reshape(-1, 4, packed.shape[-1]).transpose(1, 2).unflatten(-1, (2, 2))
+
+
+def test_ablation_cam_on_tokens_packed_into_one_row_equals_the_hand_computed_drops():
+    model = Packed().eval()
+    x = torch.rand(2, 3, 4, 4)
+    target = T.ClassLogit([0, 2])
+    with torch.no_grad():
+        y = target(model(x))  # (B,)
+        drops = []
+        for d in range(4):  # zero feature d of every packed token, one forward each
+            def zero(m, i, o, d=d):
+                o = o.clone()
+                o[..., d] = 0
+                return o
+
+            handle = model.pack.register_forward_hook(zero)
+            try:
+                drops.append((y - target(model(x))) / y.abs())
+            finally:
+                handle.remove()
+    expected = torch.stack(drops, dim=-1)  # (B, D)
+    for batch_size in (1, 2, 64):  # one copy per forward; all copies packed into one row of one forward
+        res = mx.AblationCAM(model, "pack", reshape=_unpack, batch_size=batch_size)(x, target)
+        torch.testing.assert_close(res.weights, expected, rtol=1e-5, atol=1e-6)
+        assert res.maps.shape == (2, 4, 4)
+
+
 # ------------------------------------------------------------------ multimodal inputs, many targets
 class ImageText(nn.Module):
     """logits = head(GAP(ReLU(conv(image))) * mean(embed(tokens))): the text changes the score."""

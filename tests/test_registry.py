@@ -131,3 +131,23 @@ def test_a_user_method_runs_through_the_grounding_api(peak):
     rows = [r for r in report["rows"] if r["method"] == "peakgradcam"]
     assert len(rows) == 1 and rows[0]["n"] > 0 and rows[0]["pointing"] is not None
     assert "| peakgradcam |" in format_leaderboard(report)
+
+
+def test_applicability_reads_the_capabilities_an_adapter_states():
+    from types import SimpleNamespace
+
+    from mmexplain.evaluation.grounding import applicable_methods, capabilities_of, inapplicable_methods
+
+    lm = SimpleNamespace(capabilities=frozenset({"layer", "lm"}))  # an adapter that states what it has
+    assert capabilities_of(lm) == {"layer", "lm"}
+    assert applicable_methods(lm, ["gradcam", "occlusion", "guided", "relevancy", "eigencam"]) == ["gradcam", "eigencam"]
+    reasons = inapplicable_methods(lm, ["occlusion", "guided", "gradcam"])
+    assert reasons == {
+        "occlusion": "Occlusion needs an editable float image tensor (B, C, H, W) among the inputs (pixels)",
+        "guided": "Guided Grad-CAM needs an editable float image tensor (B, C, H, W) among the inputs (pixels); "
+                  "ReLU-like units for guided backprop (relu)",
+    }
+    torch.manual_seed(0)
+    zoo_model = zoo.new("classifier", seed=None)  # no stated capabilities: a zoo model has a layer, pixels, ReLUs
+    assert capabilities_of(zoo_model) == {"layer", "pixels", "relu"}
+    assert list(inapplicable_methods(zoo_model, mx.methods.METHODS)) == ["relevancy"]

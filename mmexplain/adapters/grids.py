@@ -18,9 +18,10 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from torch import Tensor, nn
+
+from ..methods.base import check_size
 
 __all__ = ["PatchGrid", "conv_grid"]
 
@@ -48,7 +49,7 @@ class PatchGrid:
     """
 
     def __init__(self, grid: tuple[int, int] | None = None) -> None:
-        self.grid = None if grid is None else _check_grid(grid)
+        self.grid = None if grid is None else check_size(grid, "grid")
 
     def __call__(self, tokens: Tensor) -> Tensor:  # (..., L, D) -> (..., D, h, w)
         if not isinstance(tokens, Tensor) or tokens.dim() < 3:
@@ -83,14 +84,7 @@ def conv_grid(conv: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
     for axis in (0, 1):
         k, s, p, d = conv.kernel_size[axis], conv.stride[axis], conv.padding[axis], conv.dilation[axis]
         out.append((int(size[axis]) + 2 * p - d * (k - 1) - 1) // s + 1)
-    return _check_grid((out[0], out[1]))
-
-
-def _check_grid(grid: Any) -> tuple[int, int]:
-    if (not isinstance(grid, (tuple, list)) or len(grid) != 2
-            or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):
-        raise ValueError(f"grid: expected (h, w) positive ints, got {grid!r}")
-    return int(grid[0]), int(grid[1])
+    return check_size((out[0], out[1]), "grid")
 
 
 def _square_side(length: int) -> int:

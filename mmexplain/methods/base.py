@@ -287,12 +287,12 @@ def check_finite(tensor: Tensor, what: str) -> None:
             )
 
 
-def check_size(size: Any) -> tuple[int, int]:
-    """``size`` as (H, W) of two positive ints; ValueError naming ``size`` otherwise."""
+def check_size(size: Any, name: str = "size") -> tuple[int, int]:
+    """``size`` as (H, W) of two positive ints (a map's size, a patch grid); ValueError naming ``name`` otherwise."""
     if (not isinstance(size, (tuple, list)) or len(size) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        raise ValueError(f"size: expected (H, W) with two positive ints, got {size!r}")
-    return (size[0], size[1])
+        raise ValueError(f"{name}: expected (H, W) with two positive ints, got {size!r}")
+    return (int(size[0]), int(size[1]))
 
 
 def warn_training(model: nn.Module, *, stacklevel: int = 3) -> None:

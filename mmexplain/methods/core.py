@@ -163,8 +163,11 @@ class GradientMethod(_LayerMethod):
     #: the call accepts ``targets_in_batch=True``
     targets_in_batch_ok: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, layer: LayerSpec, **options: Any) -> None:
-        super().__init__(model, layer, **options)
+    def __init__(self, model: nn.Module, layer: LayerSpec, *, reshape: Callable[[Tensor], Tensor] | None = None,
+                 relu: bool = True, input: bool = False, call: int | None = None) -> None:
+        if layer is None:
+            raise TypeError(f"layer: {type(self).__name__} explains a layer; expected a dotted name or a module, got None")
+        super().__init__(model, layer, reshape=reshape, relu=relu, input=input, call=call)
 
     def weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
         """activation (B, K, u, v), gradient (N, B, K, u, v) -> (N, B, K) or (N, B, K, u, v)."""
@@ -328,9 +331,9 @@ class PerturbationMethod(_LayerMethod):
             if image is None and not raw:
                 raise ValueError(f"inputs: {type(self).__name__} perturbs the image and found no floating "
                                  "(B, C, H, W) tensor in the inputs")
-            batch = raw[0].shape[0] if raw else image.shape[0]
+            activation = self.grid(raw[0]) if raw else image.detach()  # (B, K, u, v): the grid knows the batch
+            batch = activation.shape[0]
             scores = torch.stack([score_of(t, output, batch, index=i) for i, t in enumerate(targets)])  # (N, B)
-            activation = self.grid(raw[0]) if raw else image.detach()
             run = Run(inputs, targets, scores, output, raw[0] if raw else None)
             pre_relu, weights = self.map(activation, run)
         return self._result(pre_relu, weights, scores, activation, output, self._size(inputs, size, pre_relu.shape), many)

@@ -115,7 +115,7 @@ class Relevancy:
         if grid is None and reshape is not None:
             grid = getattr(reshape, "grid", None)  # the adapter's token grid (mx.adapters.PatchGrid), when it knows one
         if grid is not None:
-            grid = _check_grid(grid)
+            grid = check_size(grid, "grid")
         if encoder is not None:
             if not isinstance(encoder, str) or encoder not in dict(model.named_modules()):
                 raise ValueError(f"encoder: expected the dotted name of a submodule of the model, got {encoder!r}")
@@ -303,13 +303,6 @@ def _normalize(r: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _check_grid(grid: Any) -> tuple[int, int]:
-    if (not isinstance(grid, (tuple, list)) or len(grid) != 2
-            or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):
-        raise ValueError(f"grid: expected (h, w) positive ints, got {grid!r}")
-    return int(grid[0]), int(grid[1])
 
 
 def _square(length: int) -> tuple[int, int]:
