@@ -242,7 +242,13 @@ class LMAttention(_LMMethod):
     Args:
         layers: which LM layers to average: ``"all"`` (default), ``"last-half"``, or a list of indices.
 
-    A counterfactual target gets a zero map (attention has no sign).
+    A counterfactual target gets a zero map (attention has no sign). Departures: none (a
+    map of raw attention, no rollout or gradient weighting; see ``relevancy`` for that).
+
+    Example:
+        >>> import mmexplain as mx
+        >>> vlm = mx.hf.adapter(llava, processor)                              # doctest: +SKIP
+        >>> ex = mx.explain_caption(vlm, "cat.jpg", method="attention")  # (T, H, W) word maps  # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module, *, reshape: Any = None, layers: str | Sequence[int] = "all") -> None:
@@ -301,6 +307,11 @@ class TokenActivationMap(_LMMethod):
     closed-form least-squares fit (clamped at 0) rather than a searched one; the filter's
     sigma is fixed (``sigma`` in ranks) rather than set from the window's coefficient of
     variation; a multi-token word averages its tokens' maps.
+
+    Example:
+        >>> import mmexplain as mx
+        >>> vlm = mx.hf.adapter(llava, processor)                              # doctest: +SKIP
+        >>> ex = mx.explain_caption(vlm, "cat.jpg", method="tam")  # (T, H, W) word maps  # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module, *, reshape: Any = None, denoise: bool = True, kernel: int = 3,
@@ -367,6 +378,12 @@ class LMGradCAM(_LMMethod):
     Default layer: the middle one, ``len(layers) // 2`` — the last layer's output at an
     image position reaches no word's logit (its gradient there is zero), and the layers
     in the middle carry the image tokens' content read by the words' positions.
+    Departures from Grad-CAM: none in the formula (alpha_d = mean over the image tokens).
+
+    Example:
+        >>> import mmexplain as mx
+        >>> vlm = mx.hf.adapter(llava, processor)                              # doctest: +SKIP
+        >>> ex = mx.explain_caption(vlm, "cat.jpg", method="lm-gradcam")  # (T, H, W) word maps  # doctest: +SKIP
     """
 
     uses_gradient = True
@@ -394,6 +411,12 @@ class GradientXInput(LMGradCAM):
     image-token embeddings the LM reads: the projector's output, placed in the sequence),
     signed; ``raw`` / ``maps`` are its ReLU, upsampled and normalised as every map. It is
     the engine's HiResCAM on that input (element-wise gradient weights, one batched backward).
+    Departures: none (the classic gradient x input, restricted to the image tokens).
+
+    Example:
+        >>> import mmexplain as mx
+        >>> vlm = mx.hf.adapter(llava, processor)                              # doctest: +SKIP
+        >>> ex = mx.explain_caption(vlm, "cat.jpg", method="gradxinput")  # (T, H, W) word maps  # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module, *, reshape: Any = None) -> None:
