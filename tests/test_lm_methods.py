@@ -264,3 +264,17 @@ def test_explain_caption_routes_lm_methods(name):
     direct = cls(vlm.model, reshape=vlm.reshape_for(pixels))(inputs, targets_of(spans), size=(32, 32))
     torch.testing.assert_close(ex.result.pre_relu, direct.pre_relu)
     torch.testing.assert_close(ex.logprobs, direct.scores[:, 0])
+
+
+@pytest.mark.parametrize("name", ["attention", "tam", "lm-gradcam", "gradxinput"])
+def test_explain_answer_routes_lm_methods(name):
+    """An answer and its counterfactual from one call; the counterfactual of a signed map is its negation."""
+    vlm, image, *_ = built()
+    ax = mx.explain_answer(vlm, image, "describe image", "red circle", method=name)
+    assert ax.maps.shape == ax.counterfactuals.shape == (1, 32, 32) and torch.isfinite(ax.maps).all()
+    pre = ax.result.pre_relu[:, 0]  # (2, 4, 4): the answer, its counterfactual
+    if name == "attention":
+        assert float(pre[0].sum()) > 0 and float(pre[1].abs().sum()) == 0
+    else:
+        torch.testing.assert_close(pre[1], -pre[0])
+    assert ax.token_attributions is not None and ax.token_attributions.shape == (1, 2)
