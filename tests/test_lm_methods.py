@@ -33,15 +33,15 @@ CHAT = ("{% for message in messages %}{{ message['role'] }}:{% for item in messa
 CAPTION = "a red circle left of a blue square".split()
 
 
-def tokenizer():
+def tokenizer(specials=("<image>",), extra=None):
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    base = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "<image>"]
+    base = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", *specials]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(base + WORDS)}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in base])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, extra_special_tokens={"image_token": "<image>"},
+    return PreTrainedTokenizerFast(tokenizer_object=backend, extra_special_tokens=extra or {"image_token": "<image>"},
                                    pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]")
 
 
@@ -132,12 +132,13 @@ def test_attention_equals_eager_output_attentions():
     targets = targets_of(spans)
     res = LMAttention(vlm.model)(inputs, [*targets, Counterfactual(targets[0])], size=(32, 32))
     hf = vlm.hf_model
+    own = hf.config._attn_implementation
     hf.set_attn_implementation("eager")
     try:
         with torch.no_grad():
             out = hf(**full(inputs), output_attentions=True)
     finally:
-        hf.set_attn_implementation("sdpa")
+        hf.set_attn_implementation(own)
     attn = torch.stack(out.attentions)  # (layers, B, heads, L, L)
     img = image_positions(vlm, inputs)
     for n, q in enumerate(absolute(inputs, spans)):
@@ -151,7 +152,7 @@ def test_attention_equals_eager_output_attentions():
     logp = out.logits[0].log_softmax(-1)
     torch.testing.assert_close(res.scores[:len(spans), 0],
                                torch.stack([logp[q, t[0]] for q, (_, t) in zip(absolute(inputs, spans), spans)]))
-    assert hf.config._attn_implementation == "sdpa"
+    assert hf.config._attn_implementation == own
 
 
 def test_tam_equals_logit_lens_with_interference_removed():
@@ -278,3 +279,51 @@ def test_explain_answer_routes_lm_methods(name):
     else:
         torch.testing.assert_close(pre[1], -pre[0])
     assert ax.token_attributions is not None and ax.token_attributions.shape == (1, 2)
+
+
+@functools.lru_cache(maxsize=None)
+def built_qwen():
+    """A tiny Qwen2-VL: 48 x 64 px -> 6 x 8 patches, merged 2 x 2 -> 12 image tokens on a 3 x 4 grid."""
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
+                              Qwen2VLVideoProcessor)
+
+    torch.manual_seed(1)
+    specials = ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"]
+    tok = tokenizer(specials, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                               "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"})
+    ip = Qwen2VLImageProcessor(size={"shortest_edge": 64, "longest_edge": 64 * 64}, patch_size=8, merge_size=2,
+                               temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    proc = Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
+                            chat_template=CHAT.replace("<image>", "<|vision_start|><|image_pad|><|vision_end|>"))
+    ids = {k: tok.convert_tokens_to_ids(t) for k, t in zip(("image", "start", "end", "video"), specials)}
+    text = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=37, max_position_embeddings=128, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
+    vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=8, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    cfg = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["image"],
+                        video_token_id=ids["video"], vision_start_token_id=ids["start"], vision_end_token_id=ids["end"])
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    vlm = mx.hf.adapter(model, proc, prompt="describe image", max_new_tokens=4)
+    image = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(7))
+    pixels = vlm.load_image(image)
+    inputs, spans = vlm.teacher_forced(pixels, CAPTION)
+    with torch.no_grad():
+        vlm.model(**inputs)
+    return vlm, image, pixels, inputs, spans
+
+
+def test_qwen2vl_gradients_and_explainer():
+    """On Qwen2-VL (patches, M-RoPE, merged tokens): lm-gradcam and gradxinput equal the autograd reference on
+    the 3 x 4 merged grid, and every LM method runs through explain_caption."""
+    vlm, image, pixels, inputs, spans = built_qwen()
+    layers = vlm.hf_model.model.language_model.layers
+    for cls, module, input in ((LMGradCAM, layers[1], False), (GradientXInput, layers[0], True)):
+        res = cls(vlm.model, reshape=vlm.reshape_for(pixels))(inputs, targets_of(spans))
+        for n, (grad, act) in enumerate(hooked_reference(vlm, inputs, spans, module, input=input)):
+            expected = act @ grad.mean(dim=0) if cls is LMGradCAM else (grad * act).sum(-1)
+            torch.testing.assert_close(res.pre_relu[n, 0], expected.reshape(3, 4), rtol=1e-4, atol=1e-6)
+    for name in ("attention", "tam", "lm-gradcam", "gradxinput"):
+        ex = mx.explain_caption(vlm, image, " ".join(CAPTION), method=name)
+        assert ex.maps.shape[0] == len(CAPTION) and ex.result.raw.shape[-2:] == (3, 4)
+        assert torch.isfinite(ex.maps).all()
