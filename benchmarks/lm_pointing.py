@@ -1,7 +1,8 @@
 """Pointing of the LM methods (and the vision tower's Grad-CAM) on held-out ShapeWorld scenes, per tiny VLM.
 
 A content word hits when its map's maximum lies in the mask of the object it describes
-(``scene.alignment``); the caption explained is the scene's own (teacher-forced). Also the
+(``scene.alignment``); the caption explained is the scene's own (teacher-forced). An answer
+(the scene's, given its question) hits when its map's maximum lies in its objects' masks. Also the
 seconds per caption (all words) of each method, and the variants of the methods' choices
 (attention layers, TAM denoise, the LM Grad-CAM layer) called directly.
 
@@ -43,6 +44,8 @@ def measure(path: str, scenes: int, prompt: str) -> None:
     hits = {m: [] for m in [*METHODS, *extra]}
     seconds = {m: 0.0 for m in hits}
     right = 0
+    answer_hits = {m: [] for m in METHODS}
+    answer_seconds = {m: 0.0 for m in METHODS}
     for seed in mx.world.split_seeds("test", scenes):
         scene = mx.world.generate(seed, size=size)
         words = scene.caption.split()
@@ -64,11 +67,26 @@ def measure(path: str, scenes: int, prompt: str) -> None:
             for m, per in maps.items():
                 flat = int(per[i].flatten().argmax())
                 hits[m].append(bool(mask.flatten()[flat]))
+        for qa in scene.questions:  # the answer's map (all its tokens), given the question
+            if not qa.objects:
+                continue
+            mask = torch.zeros_like(scene.objects[0].mask)
+            for j in qa.objects:
+                mask |= scene.objects[j].mask
+            for m in METHODS:
+                start = time.perf_counter()
+                per = mx.explain_answer(vlm, scene.image, qa.question, qa.answer, method=m).maps[0]
+                answer_seconds[m] += time.perf_counter() - start
+                answer_hits[m].append(bool(mask.flatten()[int(per.flatten().argmax())]))
     words = len(hits["tam"])
     print(f"{path}: {scenes} test scenes, {words} content words, greedy caption exact {right}/{scenes}, "
           f"{layers} LM layers, {size} px")
     for m, h in hits.items():
         print(f"  {m:24s} pointing {sum(h) / len(h):.3f}   {seconds[m] / scenes:.3f} s/caption")
+    count = len(answer_hits["tam"])
+    print(f"  answers ({count} questions about objects):")
+    for m, h in answer_hits.items():
+        print(f"  {m:24s} pointing {sum(h) / max(len(h), 1):.3f}   {answer_seconds[m] / max(count, 1):.3f} s/answer")
 
 
 def main() -> None:
