@@ -110,6 +110,8 @@ def test_view_and_grid():
     assert g == (2, 2) and pos.tolist() == [1, 2, 3, 4]
     with pytest.raises(ValueError, match="no grid of 3 cells"):
         image_grid(torch.tensor([[4, 4, 4]]), 4)
+    with pytest.raises(ValueError, match="no grid of 4 cells"):  # a square count, but the grid says otherwise
+        image_grid(torch.tensor([[9, 4, 4, 4, 4]]), 4, TokenGrid({6: (torch.arange(6), (2, 3))}))
     with pytest.raises(ValueError, match="no image token"):
         image_grid(torch.tensor([[1, 2]]), 4)
     with pytest.raises(TypeError, match="language model head"):

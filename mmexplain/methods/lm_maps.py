@@ -113,8 +113,9 @@ def image_grid(input_ids: Tensor, image_token: int, reshape: Any = None) -> tupl
     The image tokens ``input_ids == image_token`` (the same M positions in every sample) are
     laid row-major on the grid of ``reshape``'s level with ``h * w == M`` (LLaVA's patch
     grid without CLS, Qwen2-VL's merged grid); else, when ``reshape`` has a level of exactly
-    M tokens (LLaVA's ``"full"`` strategy, CLS first), in that level's order; else on a
-    square grid when M is a square.
+    M tokens (LLaVA's ``"full"`` strategy, CLS first), in that level's order; without a
+    ``reshape`` that has levels, on a square grid when M is a square. Tiled images
+    (Idefics3) and query tokens (BLIP-2) fit no grid: an error.
 
     Raises:
         ValueError: no image token, samples that differ, or no grid of M cells.
@@ -136,9 +137,10 @@ def image_grid(input_ids: Tensor, image_token: int, reshape: Any = None) -> tupl
         order, grid = levels[count]
         return positions[order.to(positions.device)], grid
     side = math.isqrt(count)
-    if side * side == count:
+    if not levels and side * side == count:
         return positions, (side, side)
-    raise ValueError(f"reshape: no grid of {count} cells for the {count} image tokens (got {reshape!r})")
+    raise ValueError(f"reshape: no grid of {count} cells for the {count} image tokens (got {reshape!r}); the LM "
+                     "methods lay out one image's tokens on one patch grid (no tiles, no query tokens)")
 
 
 class ImageTokens:
