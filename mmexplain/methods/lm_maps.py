@@ -29,7 +29,7 @@ Targets are ``SequenceLogProb`` (a word: its tokens and logit rows), optionally 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,9 +201,9 @@ def _rows(inputs: dict[str, Any], length: int, positions: Sequence[int]) -> list
 
 
 def _check_inputs(inputs: Any) -> dict[str, Any]:
-    if not isinstance(inputs, dict) or not isinstance(inputs.get("input_ids"), Tensor):
+    if not isinstance(inputs, Mapping) or not isinstance(inputs.get("input_ids"), Tensor):
         raise TypeError("inputs: the LM methods take the model's keyword inputs (a dict with input_ids)")
-    return inputs
+    return dict(inputs)
 
 
 def _result(pre_relu: Tensor, scores: Tensor, activations: Tensor, output: Any, size: Any, many: bool) -> CAMResult:
