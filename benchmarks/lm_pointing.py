@@ -44,6 +44,7 @@ def measure(path: str, scenes: int, prompt: str) -> None:
     hits = {m: [] for m in [*METHODS, *extra]}
     seconds = {m: 0.0 for m in hits}
     right = 0
+    share: list[float] = []
     answer_hits = {m: [] for m in METHODS}
     answer_seconds = {m: 0.0 for m in METHODS}
     for seed in mx.world.split_seeds("test", scenes):
@@ -64,6 +65,7 @@ def measure(path: str, scenes: int, prompt: str) -> None:
             seconds[name] += time.perf_counter() - start
         for i, j in sorted(scene.alignment.items()):
             mask = scene.objects[j].mask
+            share.append(float(mask.float().mean()))  # a random map's hit rate
             for m, per in maps.items():
                 flat = int(per[i].flatten().argmax())
                 hits[m].append(bool(mask.flatten()[flat]))
@@ -81,6 +83,7 @@ def measure(path: str, scenes: int, prompt: str) -> None:
     words = len(hits["tam"])
     print(f"{path}: {scenes} test scenes, {words} content words, greedy caption exact {right}/{scenes}, "
           f"{layers} LM layers, {size} px")
+    print(f"  {'chance (object area)':24s} pointing {sum(share) / len(share):.3f}")
     for m, h in hits.items():
         print(f"  {m:24s} pointing {sum(h) / len(h):.3f}   {seconds[m] / scenes:.3f} s/caption")
     count = len(answer_hits["tam"])
