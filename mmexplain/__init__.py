@@ -35,6 +35,7 @@ _LAZY_NAMES = {
     "EigenCAM": "methods",
     "Occlusion": "methods",
     "Relevancy": "methods",
+    "LMAttention": "methods", "TokenActivationMap": "methods", "LMGradCAM": "methods", "GradientXInput": "methods",
     "explain_caption": "explain",
     "explain_answer": "explain",
     "explain_class": "explain",

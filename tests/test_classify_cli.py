@@ -150,7 +150,7 @@ def test_help_lists_classify(capsys) -> None:
 def test_method_list_and_unknown_method(files, tmp_path, capsys) -> None:
     assert main(["classify", "--method", "list"]) == 0
     listed = capsys.readouterr().out
-    assert "counterfactual" in listed and "scorecam" in listed and "relevancy" not in listed
+    assert "counterfactual" in listed and "scorecam" in listed and "relevancy" not in listed and "tam" not in listed
     rc, _, stderr = _run(capsys, [files["image"], "--arch", "resnet18", "--method", "saliency", "--out", str(tmp_path / "x.png")])
     assert rc == 2 and "--method 'saliency'" in stderr and not (tmp_path / "x.png").exists()
 

@@ -196,7 +196,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from ..explain import METHODS
 
     methods = {"counterfactual": "counterfactual Grad-CAM (negated gradient, paper Sec. 3.2)",
-               **{k: spec.description for k, spec in METHODS.items() if "attention" not in spec.requires}}
+               **{k: spec.description for k, spec in METHODS.items() if not spec.requires & {"attention", "lm"}}}
     if args.method == "list":
         from .caption import print_methods
 

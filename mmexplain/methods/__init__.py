@@ -11,6 +11,7 @@
 - ``occlusion``: sliding-window occlusion (forward passes only, no layer needed).
 - ``relevancy``: transformer relevancy (Chefer et al. 2021) through recorded attention; no layer.
 - ``cam``: CAM for GAP + linear models.
+- ``lm_maps``: maps inside an LLM-based VLM's language model (attention, TAM, LM Grad-CAM, gradient x input).
 - ``guided``: pixel-space gradients (guided backprop, deconvolution, Guided Grad-CAM).
 
 - ``registry``: ``METHODS`` (name -> ``MethodSpec``: class, one-line description, display
@@ -33,6 +34,7 @@ from .occlusion import Occlusion
 from .relevancy import Relevancy
 from .guided import Deconvolution, GuidedBackprop, GuidedGradCAM, guided_gradcam
 from .variants import EigenGradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from .lm_maps import GradientXInput, LMAttention, LMGradCAM, TokenActivationMap
 from .registry import CAPABILITIES, METHODS, SALIENCY, MethodSpec, display_name, get_method, method_spec, register
 
 
@@ -41,5 +43,6 @@ __all__ = [
     "GradientMethod", "PerturbationMethod", "Run", "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenGradCAM",
     "ScoreCAM", "AblationCAM", "EigenCAM", "Occlusion", "Relevancy",
     "CAM", "GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam",
+    "LMAttention", "TokenActivationMap", "LMGradCAM", "GradientXInput",
     "METHODS", "MethodSpec", "CAPABILITIES", "SALIENCY", "register", "get_method", "method_spec", "display_name",
 ]

@@ -233,3 +233,20 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 # CAM is not in METHODS: it needs the model's global-pooling classifier (``fc``), which no capability names.
+
+# LLM-based VLMs: maps read inside the language model (see ``lm_maps``)
+from .lm_maps import GradientXInput, LMAttention, LMGradCAM, TokenActivationMap  # noqa: E402
+
+for _spec in (
+    MethodSpec("attention", LMAttention, "LM attention from the word's logit position to the image tokens, "
+               "mean over heads and layers; forward only", "LM attention", needs_layer=False, uses_gradient=False,
+               requires=frozenset({"lm"})),
+    MethodSpec("tam", TokenActivationMap, "Token Activation Map (Li et al. 2025): image tokens through the LM head, "
+               "earlier tokens' interference removed, rank Gaussian filter; forward only", "TAM", needs_layer=False,
+               uses_gradient=False, requires=frozenset({"lm"})),
+    MethodSpec("lm-gradcam", LMGradCAM, "Grad-CAM on an LM layer's hidden states at the image tokens (LLaVA-CAM)",
+               "LM Grad-CAM", needs_layer=False, requires=frozenset({"lm"})),
+    MethodSpec("gradxinput", GradientXInput, "gradient x input on the LM's image-token embeddings, summed over "
+               "channels", "Gradient x Input", needs_layer=False, requires=frozenset({"lm"})),
+):
+    METHODS[_spec.name] = _spec

@@ -1,0 +1,108 @@
+"""Pointing of the LM methods (and the vision tower's Grad-CAM) on held-out ShapeWorld scenes, per tiny VLM.
+
+A content word hits when its map's maximum lies in the mask of the object it describes
+(``scene.alignment``); the caption explained is the scene's own (teacher-forced). An answer
+(the scene's, given its question) hits when its map's maximum lies in its objects' masks. Also the
+seconds per caption (all words) of each method, and the variants of the methods' choices
+(attention layers, TAM denoise, the LM Grad-CAM layer) called directly.
+
+    python benchmarks/lm_pointing.py /tmp/tinyvlm_runs/tiny-llava /tmp/tinyvlm_runs/tiny-qwen2vl --scenes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import mmexplain as mx
+from mmexplain.evaluation.grounding import image_size
+from mmexplain.methods.lm_maps import LMAttention, LMGradCAM, TokenActivationMap
+from mmexplain.targets import SequenceLogProb
+
+METHODS = ["attention", "tam", "lm-gradcam", "gradxinput", "gradcam"]
+
+
+def variants(vlm, count):
+    """name -> method class factory for the choices the registry's defaults fix."""
+    out = {"attention[last-half]": lambda m, r: LMAttention(m, reshape=r, layers="last-half"),
+           "tam[no denoise]": lambda m, r: TokenActivationMap(m, reshape=r, denoise=False)}
+    for k in range(count - 1):
+        out[f"lm-gradcam[layer {k}]"] = lambda m, r, k=k: LMGradCAM(m, reshape=r, layer=k)
+    return out
+
+
+def measure(path: str, scenes: int, prompt: str) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    vlm = mx.hf.adapter(model, AutoProcessor.from_pretrained(path), prompt=prompt)
+    size = image_size(vlm)
+    layers = len(mx.methods.lm_maps.lm_view(vlm.model).layers)
+    extra = variants(vlm, layers)
+    hits = {m: [] for m in [*METHODS, *extra]}
+    seconds = {m: 0.0 for m in hits}
+    right = 0
+    share: list[float] = []
+    answer_hits = {m: [] for m in METHODS}
+    answer_seconds = {m: 0.0 for m in METHODS}
+    for seed in mx.world.split_seeds("test", scenes):
+        scene = mx.world.generate(seed, size=size)
+        words = scene.caption.split()
+        pixels = vlm.load_image(scene.image)
+        right += vlm.generate(pixels) == words
+        maps = {}
+        for m in METHODS:
+            start = time.perf_counter()
+            maps[m] = mx.explain_caption(vlm, scene.image, scene.caption, method=m).maps
+            seconds[m] += time.perf_counter() - start
+        inputs, spans = vlm.teacher_forced(pixels, words)
+        targets = [SequenceLogProb(t, positions=p) for p, t in spans]
+        for name, make in extra.items():
+            start = time.perf_counter()
+            maps[name] = make(vlm.model, vlm.reshape_for(pixels))(inputs, targets, size=(size, size)).maps[:, 0]
+            seconds[name] += time.perf_counter() - start
+        for i, j in sorted(scene.alignment.items()):
+            mask = scene.objects[j].mask
+            share.append(float(mask.float().mean()))  # a random map's hit rate
+            for m, per in maps.items():
+                flat = int(per[i].flatten().argmax())
+                hits[m].append(bool(mask.flatten()[flat]))
+        for qa in scene.questions:  # the answer's map (all its tokens), given the question
+            if not qa.objects:
+                continue
+            mask = torch.zeros_like(scene.objects[0].mask)
+            for j in qa.objects:
+                mask |= scene.objects[j].mask
+            for m in METHODS:
+                start = time.perf_counter()
+                per = mx.explain_answer(vlm, scene.image, qa.question, qa.answer, method=m).maps[0]
+                answer_seconds[m] += time.perf_counter() - start
+                answer_hits[m].append(bool(mask.flatten()[int(per.flatten().argmax())]))
+    words = len(hits["tam"])
+    print(f"{path}: {scenes} test scenes, {words} content words, greedy caption exact {right}/{scenes}, "
+          f"{layers} LM layers, {size} px")
+    print(f"  {'chance (object area)':24s} pointing {sum(share) / len(share):.3f}")
+    for m, h in hits.items():
+        print(f"  {m:24s} pointing {sum(h) / len(h):.3f}   {seconds[m] / scenes:.3f} s/caption")
+    count = len(answer_hits["tam"])
+    print(f"  answers ({count} questions about objects):")
+    for m, h in answer_hits.items():
+        print(f"  {m:24s} pointing {sum(h) / max(len(h), 1):.3f}   {answer_seconds[m] / max(count, 1):.3f} s/answer")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="local transformers VLM folders")
+    parser.add_argument("--scenes", type=int, default=20)
+    parser.add_argument("--prompt", default="describe the image", help="the caption prompt the models were trained on")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    for path in args.models:
+        measure(path, args.scenes, args.prompt)
+
+
+if __name__ == "__main__":
+    main()
