@@ -134,20 +134,21 @@ def test_a_user_method_runs_through_the_grounding_api(peak):
 
 
 def test_applicability_reads_the_capabilities_an_adapter_states():
-    from types import SimpleNamespace
-
     from mmexplain.evaluation.grounding import applicable_methods, capabilities_of, inapplicable_methods
+    from mmexplain.methods import method_spec
 
-    lm = SimpleNamespace(capabilities=frozenset({"layer", "lm"}))  # an adapter that states what it has
-    assert capabilities_of(lm) == {"layer", "lm"}
-    assert applicable_methods(lm, ["gradcam", "occlusion", "guided", "relevancy", "eigencam"]) == ["gradcam", "eigencam"]
-    reasons = inapplicable_methods(lm, ["occlusion", "guided", "gradcam"])
-    assert reasons == {
-        "occlusion": "Occlusion needs an editable float image tensor (B, C, H, W) among the inputs (pixels)",
-        "guided": "Guided Grad-CAM needs an editable float image tensor (B, C, H, W) among the inputs (pixels); "
-                  "ReLU-like units for guided backprop (relu)",
-    }
+    stated = frozenset({"layer", "lm"})  # what an LLM-based VLM adapter states
+    names = ["gradcam", "occlusion", "guided", "relevancy", "eigencam"]
+    assert [m for m in names if method_spec(m).why_not(stated) is None] == ["gradcam", "eigencam"]
+    assert method_spec("occlusion").why_not(stated) == \
+        "Occlusion needs an editable float image tensor (B, C, H, W) among the inputs (pixels)"
+    assert method_spec("guided").why_not(stated) == (
+        "Guided Grad-CAM needs an editable float image tensor (B, C, H, W) among the inputs (pixels); "
+        "ReLU-like units for guided backprop (relu)")
+    assert method_spec("gradcam").why_not(stated) is None
     torch.manual_seed(0)
     zoo_model = zoo.new("classifier", seed=None)  # no stated capabilities: a zoo model has a layer, pixels, ReLUs
     assert capabilities_of(zoo_model) == {"layer", "pixels", "relu"}
-    assert list(inapplicable_methods(zoo_model, mx.methods.METHODS)) == ["relevancy"]
+    not_here = inapplicable_methods(zoo_model, mx.methods.METHODS)
+    assert list(not_here) == ["relevancy", "attention", "tam", "lm-gradcam", "gradxinput"]
+    assert applicable_methods(zoo_model, ["gradcam", "relevancy", "guided"]) == ["gradcam", "guided"]
