@@ -127,9 +127,13 @@ class ImageTextToText(ItemQuestions):
 
     @property
     def capabilities(self) -> frozenset[str]:
-        """A layer, transformers attention, a language model; ``"pixels"`` when the processor gives a
-        (B, 3, H, W) image (not flattened patches or tiles); ``"relu"`` for ReLU-like units."""
-        found = {"layer", "attention", "lm"}
+        """A layer and a language model; ``"pixels"`` when the processor gives a (B, 3, H, W) image (not
+        flattened patches or tiles); ``"attention"`` only for encoder-decoder families (a decoder-only
+        LM reads the image tokens through a projector: no cross-attention joins the vision tower's
+        self-attention to the LM's, so the relevancy rule cannot follow it); ``"relu"`` for ReLU-like units."""
+        found = {"layer", "lm"}
+        if self.family.encoder_decoder:
+            found.add("attention")
         if self.family.images(torch.zeros(3, 32, 32))["pixel_values"].dim() == 4:
             found.add("pixels")
         return frozenset(found) | (super().capabilities & {"relu"})
