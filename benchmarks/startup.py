@@ -1,9 +1,10 @@
 """Wall time of short ``mmexplain`` commands, one checkout against another.
 
 Each command runs as a fresh process (``python -m mmexplain ...`` with the checkout on
-``PYTHONPATH``), as a user's shell would run it; the table shows the median of ``--runs``
-runs per checkout, the checkouts interleaved run by run so that a busy machine slows
-them alike. The last column is the first checkout's median over the last one's.
+``PYTHONPATH``), as a user's shell would run it; the table shows the median wall time
+and CPU time (user + system, which a busy machine inflates far less) of ``--runs`` runs
+per checkout, the checkouts interleaved run by run so that a busy machine slows them
+alike. The ratios are the first checkout's medians over the last one's.
 
 Example:
     $ python benchmarks/startup.py --repos /work/main . --runs 7
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -34,11 +36,15 @@ def commands(image: str, out: str) -> dict[str, list[str]]:
     }
 
 
-def run_once(repo: Path, args: list[str]) -> tuple[float, int]:
+def run_once(repo: Path, args: list[str]) -> tuple[float, float, int]:
+    """(wall s, CPU s, exit status) of one run."""
     env = {**os.environ, "PYTHONPATH": str(repo)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "mmexplain", *args], env=env, cwd=repo, capture_output=True)
-    return time.perf_counter() - start, proc.returncode
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, proc.returncode
 
 
 def main() -> None:
@@ -56,21 +62,21 @@ def main() -> None:
                         ".save(sys.argv[1])", image], env=env, check=True)
         table = commands(image, str(Path(tmp, "out.png")))
         names = [n for n in table if args.only is None or any(o in n for o in args.only)]
-        print(f"median of {args.runs} runs, seconds (exit status in brackets); "
-              f"load average {os.getloadavg()[0]:.1f} at start")
+        print(f"median of {args.runs} runs: wall s / CPU s (exit status); load average {os.getloadavg()[0]:.1f} "
+              "at start")
         head = " | ".join(str(r) for r in repos)
-        print(f"| command | {head} |" + (" ratio |" if len(repos) > 1 else ""))
-        print("|---|" + "---|" * len(repos) + ("---|" if len(repos) > 1 else ""))
+        ratio = " wall ratio | CPU ratio |" if len(repos) > 1 else ""
+        print(f"| command | {head} |{ratio}")
+        print("|---|" + "---|" * len(repos) + ("---|---|" if len(repos) > 1 else ""))
         for name in names:
-            times: dict[Path, list[float]] = {r: [] for r in repos}
-            codes: dict[Path, int] = {}
+            runs: dict[Path, list[tuple[float, float, int]]] = {r: [] for r in repos}
             for _ in range(args.runs):
                 for r in repos:
-                    t, codes[r] = run_once(r, table[name])
-                    times[r].append(t)
-            med = [statistics.median(times[r]) for r in repos]
-            cells = " | ".join(f"{m:.2f} ({codes[r]})" for m, r in zip(med, repos))
-            ratio = f" {med[0] / med[-1]:.1f}× |" if len(repos) > 1 else ""
+                    runs[r].append(run_once(r, table[name]))
+            wall = [statistics.median(w for w, _, _ in runs[r]) for r in repos]
+            cpu = [statistics.median(c for _, c, _ in runs[r]) for r in repos]
+            cells = " | ".join(f"{w:.2f} / {c:.2f} ({runs[r][-1][2]})" for w, c, r in zip(wall, cpu, repos))
+            ratio = f" {wall[0] / wall[-1]:.1f}× | {cpu[0] / cpu[-1]:.1f}× |" if len(repos) > 1 else ""
             print(f"| {name} | {cells} |{ratio}", flush=True)
 
 
