@@ -14,6 +14,37 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_LIMIT_S = float(os.environ.get("MMEXPLAIN_NOTEBOOK_LIMIT_S", 120))  # wall clock per notebook
 
 
+# ---------------------------------------------------------------- the fast lane: python -m pytest -m "not slow"
+# whole modules and single tests (``file::name``, every parametrization) that take over ~5 s on 2 busy cores;
+# tests that drive a browser (the ``driver`` fixture) are marked ``browser`` and ``slow``
+SLOW_MODULES = {"test_notebooks.py", "test_notebooks_bias.py", "test_notebooks_hf.py", "test_notebooks_naming.py",
+                "test_real_photos.py", "test_concurrency.py"}
+SLOW_TESTS = {
+    "test_bad_input.py::test_wheel_carries_the_models",
+    "test_cli_startup.py::test_progress_forces_bars_into_a_file",
+    "test_runner.py::test_grounding_two_processes_equal_one",
+    "test_runner.py::test_dissect_two_processes_equal_one",
+    "test_runner.py::test_explain_dataset_killed_and_resumed_gives_the_same_files",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow and the browser tests; a listed slow test that a collected file lacks is an error."""
+    seen: set[str] = set()
+    files = {item.path.name for item in items}
+    for item in items:
+        key = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        browser = "driver" in getattr(item, "fixturenames", ())
+        if item.path.name in SLOW_MODULES or key in SLOW_TESTS or browser:
+            item.add_marker(pytest.mark.slow)
+        if browser:
+            item.add_marker(pytest.mark.browser)
+        seen.add(key)
+    stale = sorted(k for k in SLOW_TESTS if k.split("::")[0] in files and k not in seen)
+    if stale:
+        raise pytest.UsageError(f"conftest.SLOW_TESTS names tests that do not exist: {', '.join(stale)}")
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     """Two CPU threads per test (the machine's cores), restored afterwards."""

@@ -78,8 +78,14 @@ def test_demo_writes_report(models_dir, tmp_path, capsys):
 
     real = [] if missing_reason() else ["real-photos.png"]  # EfficientNet-Lite0 on photos: the [real] extra
     assert names == sorted(["caption_0.png", "classes.png", "report.html", "report.md", "vqa_0_0.png", "vqa_0_1.png",
-                            *real])
-    assert ("Real photos" in (out / "report.md").read_text())
+                            "vqa_0_0_scorecam.png", "vqa_0_1_scorecam.png", *real])
+    printed = capsys.readouterr().out
+    assert ("Real photos" in (out / "report.md").read_text()) and ("Real photos skipped" in printed) == (not real)
+    # next to Grad-CAM, the method that points best on each model; measured numbers only for shipped models
+    report = (out / "report.md").read_text()
+    assert all(m in report for m in ("Guided Grad-CAM", "Score-CAM")) and "not on these weights" in report
+    html = (out / "report.html").read_text()
+    assert "1 image. Point at" in html and html.count('"kind":"figure"') == 1 + bool(real)  # classes (+ photos)
     assert all(_png(out / n) for n in names if n.endswith(".png"))
     report = (out / "report.md").read_text()
     for n in names:
@@ -87,7 +93,7 @@ def test_demo_writes_report(models_dir, tmp_path, capsys):
             assert f"]({n})" in report
     scene = world.generate(world.split_seeds("test", 1)[0])
     assert scene.questions[0].question in report and "Caption: **" in report
-    assert str(out / "report.md") in capsys.readouterr().out
+    assert str(out / "report.md") in printed
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # the temporary folder is gone
     # a second run into the same folder replaces the files and keeps the user's own
     (out / "notes.txt").write_text("mine")

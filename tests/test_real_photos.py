@@ -66,7 +66,8 @@ def test_sanity_and_road_run_on_a_photo(model):
 
 
 def test_real_photo_section(tmp_path):
-    from mmexplain.evaluation.real_photos import real_photo_section
+    from mmexplain.demo import real_photos
 
-    text = real_photo_section(tmp_path)
-    assert "Egyptian cat" in text and (tmp_path / "real-photos.png").stat().st_size > 1000
+    photos = real_photos(tmp_path)
+    assert [name for _, name, _ in photos.rows] == ["Egyptian cat", "espresso"]
+    assert "| chelsea | Egyptian cat |" in photos.markdown() and (tmp_path / "real-photos.png").stat().st_size > 1000

@@ -124,6 +124,37 @@ def test_methods_and_guided_maps_are_sections_entries(ex):
     assert np.allclose(np.delete(rgb.reshape(T, -1, 3), 10 * W + 20, axis=1), 0.5, atol=QUANT)
 
 
+def test_answer_methods_toggle_and_figure_sections(ex, ax, tmp_path):
+    k, (H, W) = len(ax.answers), ax.maps.shape[-2:]
+    other = dataclasses.replace(ax, maps=1 - ax.maps, counterfactuals=1 - ax.counterfactuals)
+    sec = rp.answer_view(ax, methods={"inverted": other}, method="plain")
+    assert [m["name"] for m in sec["methods"]] == ["plain", "inverted"]
+    assert sec["maps"] == sec["methods"][0]["maps"]  # the first method stays the section's own maps
+    assert np.abs(decode(sec["methods"][1]["maps"], (k, H, W)) - (1 - ax.maps).double().numpy()).max() <= QUANT
+    assert np.abs(decode(sec["methods"][1]["counterfactuals"], (k, H, W))
+                  - (1 - ax.counterfactuals).double().numpy()).max() <= QUANT
+    with pytest.raises(ValueError, match=r"methods\['wrong'\]: answers differ"):
+        rp.answer_view(ax, methods={"wrong": dataclasses.replace(ax, answers=list(reversed(ax.answers)))})
+    with pytest.raises(ValueError, match="name 'Grad-CAM' is taken"):
+        rp.answer_view(ax, methods={"Grad-CAM": other})
+
+    png = tmp_path / "figure.png"
+    Image.new("RGB", (4, 3), (255, 0, 0)).save(png)
+    fig = rp.figure_view(png, title=EVIL[0], paragraphs=["one", EVIL[1]], items=["a", "b"])
+    assert fig["kind"] == "figure" and fig["image"].startswith("data:image/png;base64,")
+    assert base64.b64decode(fig["image"].split(",", 1)[1]) == png.read_bytes()
+    with pytest.raises(ValueError, match="image: expected PNG data"):
+        rp.figure_view(b"GIF89a", title="t")
+    with pytest.raises(TypeError, match="paragraphs"):
+        rp.figure_view(None, title="t", paragraphs="one string")
+    # the lead counts images, not sections: 2 sections of one image, plus a figure
+    doc = rp.render_report([rp.caption_view(ex), rp.answer_view(ax), fig])
+    assert "1 image. Point at a caption word or an answer" in doc
+    data = embedded(doc)
+    assert [s["kind"] for s in data["sections"]] == ["caption", "answer", "figure"]
+    assert data["sections"][2]["title"] == EVIL[0] and EVIL[0] not in doc  # escaped in the page
+
+
 def test_text_is_escaped_and_round_trips(ex, ax):
     bad_ax = dataclasses.replace(ax, question=EVIL[1], answers=EVIL[:3], question_tokens=(EVIL * 3)[: len(ax.question_tokens)])
     doc = rp.render_report([rp.caption_view(evil_caption(ex), descriptions=EVIL[:1] * len(ex.words)),
@@ -399,4 +430,28 @@ def test_notebook_view_draws_when_inserted_twice(driver, ex, ax, tmp_path):
     canvases = driver.find_elements("css selector", "canvas.mmx-canvas")
     assert canvases[2].get_attribute("data-word-index") == "3"  # the second copy answers its own clicks
     assert canvases[0].get_attribute("data-word-index") == str(len(ex.words))
+    assert not [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def test_answer_method_toggle_and_figure_section_in_the_browser(driver, ax, tmp_path):
+    other = dataclasses.replace(ax, maps=1 - ax.maps, counterfactuals=1 - ax.counterfactuals)
+    png = tmp_path / "figure.png"
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(png)
+    sections = [rp.answer_view(ax, methods={"inverted": other}), rp.figure_view(png, title="classes", items=["x", "y"])]
+    path = rp.write_report(sections, tmp_path / "r.html")
+    driver.get(path.resolve().as_uri())
+    deadline = time.monotonic() + 10
+    while driver.execute_script("return document.querySelectorAll('canvas.mmx-canvas[data-ready]').length") < 1:
+        assert time.monotonic() < deadline, "the report did not draw"
+        time.sleep(0.02)
+    _opacity(driver, 0, 100)
+    canvas, shape = _canvas(driver, 0), ax.maps.shape[-2:]
+    y, x = _where_maps_differ(ax.maps[0], other.maps[0])
+    a, b = float(ax.maps[0, y, x]), float(other.maps[0, y, x])
+    assert canvas.get_attribute("data-method") == "Grad-CAM" and _closest(_pixel(driver, 0, y, x, shape), a, b) == a
+    _chips(driver, 0, "mmx-methods")[1].click()
+    assert canvas.get_attribute("data-method") == "inverted" and _closest(_pixel(driver, 0, y, x, shape), a, b) == b
+    figure = driver.find_element("css selector", "section[data-kind=figure]")
+    assert [li.text for li in figure.find_elements("css selector", "li")] == ["x", "y"]
+    assert driver.execute_script("return arguments[0].querySelector('img').naturalWidth", figure) == 40
     assert not [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]

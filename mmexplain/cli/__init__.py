@@ -5,10 +5,12 @@ its parser and sets ``func=`` to a handler ``handler(args) -> int``. This file o
 wires them up, so importing the CLI stays cheap and a subcommand's heavy imports
 happen when it runs. Shared option spellings and checks live in ``common``.
 
-Errors the user can fix (``CLIError``, ``ValueError``, ``TypeError`` from argument
-checks, missing or unwritable files) are printed as one line on stderr with exit
-status 2 (set ``MMEXPLAIN_TRACEBACK=1`` to see the traceback instead); nothing is
-left half-written because every writer goes through ``mmexplain._io``.
+Errors the user can fix (``mmexplain.errors.InputError``, of which ``CLIError`` is one,
+and missing, unreadable or unwritable files) are printed as one line on stderr with exit
+status 2 (set ``MMEXPLAIN_TRACEBACK=1`` to see the traceback instead); any other
+exception is a bug and shows its traceback. Either starts on a line of its own, also
+after a progress bar. Nothing is left half-written because every writer goes through
+``mmexplain._io``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import importlib
 import os
 import sys
 
+from ..errors import InputError
 from .common import CLIError
 
 __all__ = ["main", "build_parser", "CLIError", "COMMANDS"]
@@ -34,9 +37,9 @@ COMMANDS: dict[str, str] = {
     "train": "mmexplain.cli.train",
 }
 
-# errors a user can fix from the command line: one line, exit 2
-USER_ERRORS = (CLIError, ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-               PermissionError, OSError)
+# errors a user can fix from the command line: one line, exit 2 (OSError: a missing, unreadable or
+# unwritable file, a full disk); ValueError and TypeError stay here until every check raises InputError
+USER_ERRORS = (InputError, OSError, ValueError, TypeError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,11 +73,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
+        start_line(args)
         if os.environ.get("MMEXPLAIN_TRACEBACK"):
             raise
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"mmexplain {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        start_line(args)
         print(f"mmexplain {args.command}: interrupted; nothing was left half-written", file=sys.stderr)
         return 130
+    except BaseException:
+        start_line(args)
+        raise
+
+
+def start_line(args: argparse.Namespace) -> None:
+    """Put stderr at the start of an empty line, whatever a progress bar left there.
+
+    On a terminal the bar's line is cleared; to a file or pipe, where bars only appear with
+    ``--progress``, a newline ends the bar's line.
+    """
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[K")
+    elif getattr(args, "progress", None) and "tqdm" in sys.modules:
+        sys.stderr.write("\n")
+    sys.stderr.flush()

@@ -40,7 +40,8 @@ def add_explain_options(p: argparse.ArgumentParser, kind: str) -> None:
                    help=f"checkpoint folder, or a shipped model: {shipped}, ... (default {kind})")
     add_models(p)
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="figure to write (.png, .pdf, .svg, ...) or interactive report (.html)")
+                   help="figure to write (.png, .pdf, .svg, ...) or interactive report (.html); "
+                        "this or --html is required")
     p.add_argument("--html", default=None, metavar="FILE.html", help="also write the interactive HTML report")
     add_threads(p)
 
@@ -81,18 +82,19 @@ def write_outputs(ex: Any, figure: Any, html: Any, **plot: Any) -> None:
 
 
 def _caption_handler(args: argparse.Namespace) -> int:
+    if args.method != "list":  # the checks that need no model (nor torch) first
+        if args.image is None:
+            raise CLIError("IMAGE: give an image file")
+        figure, html = check_outputs(args)
+        check_image(args.image)
+        if args.caption is not None and not args.caption.strip():
+            raise CLIError("--caption: expected at least one word, got an empty caption")
     from ..explain import METHODS, explain_caption
 
     if args.method == "list":
         return print_methods(METHODS)
     if args.method not in METHODS:
         raise CLIError(f"--method {args.method!r} is not a method; one of: {', '.join(METHODS)}")
-    if args.image is None:
-        raise CLIError("IMAGE: give an image file")
-    figure, html = check_outputs(args)
-    check_image(args.image)
-    if args.caption is not None and not args.caption.strip():
-        raise CLIError("--caption: expected at least one word, got an empty caption")
     model = load_zoo_model("captioner", args.model, args.models)
     apply_threads(args)
     ex = explain_caption(model, args.image, args.caption, layer=args.layer, method=args.method)

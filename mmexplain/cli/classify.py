@@ -52,7 +52,7 @@ def add_classify_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", default="gradcam", metavar="NAME",
                         help="gradcam (default), counterfactual, guided, or any map method; --method list prints them")
     parser.add_argument("--size", type=positive_int, help="input side in pixels; default 224 (299 for inception_v3)")
-    parser.add_argument("--out", help="figure to write (.png, .pdf, .svg, ...)")
+    parser.add_argument("--out", metavar="FILE", help="figure to write (.png, .pdf, .svg, ...); required")
     add_threads(parser)
     parser.set_defaults(func=run_classify)
 

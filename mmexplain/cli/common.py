@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 __all__ = [
     "CLIError", "positive_int", "nonnegative_int", "add_threads", "apply_threads", "add_models", "add_scenes",
-    "check_out", "check_image", "load_zoo_model", "scene_seeds", "FIGURE_SUFFIXES",
+    "add_progress", "show_progress", "check_out", "check_image", "load_zoo_model", "scene_seeds", "FIGURE_SUFFIXES",
 ]
 
 # what matplotlib writes without extra packages (checked without importing matplotlib)
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
 
 
-class CLIError(Exception):
+class CLIError(InputError):
     """An error in the user's command line or input files: printed as one line, exit 2."""
 
 
@@ -60,6 +63,21 @@ def apply_threads(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    """``--progress`` / ``--quiet``: progress bars on or off (default: on when stderr is a terminal)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="show progress bars also when stderr is not a terminal")
+    group.add_argument("--quiet", dest="progress", action="store_false",
+                       help="no progress bars (default when stderr is not a terminal)")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether to draw progress bars: ``--progress``/``--quiet``, else whether stderr is a terminal."""
+    value = getattr(args, "progress", None)
+    return sys.stderr.isatty() if value is None else bool(value)
 
 
 def add_models(parser: argparse.ArgumentParser) -> None:

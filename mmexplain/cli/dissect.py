@@ -18,6 +18,7 @@ import argparse
 
 from .common import (
     CLIError, add_models, add_scenes, add_threads, apply_threads, check_out, nonnegative_int, positive_int, scene_seeds,
+    show_progress,
 )
 from .explain_dataset import add_runner_options, runner_from_args
 
@@ -50,7 +51,6 @@ def add_dissect_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--units", type=positive_int, default=10, help="rows of the gallery (best detectors)")
     p.add_argument("--top", type=positive_int, default=4, help="images per unit in the gallery")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced whole when complete)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-gallery", action="store_true", help="skip units.png (the top images per unit)")
     add_threads(p)
     add_runner_options(p)
@@ -74,10 +74,10 @@ def _dissect_handler(args: argparse.Namespace) -> int:
     size = getattr(getattr(model, "config", None), "image_size", 96)
     scene_seeds(args.scenes, start=args.seed, start_option="--seed", split="val")
     data = mx.world.concept_dataset(args.scenes, seed=args.seed, size=size)
-    with runner_from_args(args, progress=not args.quiet) as runner:
+    with runner_from_args(args) as runner:
         model.to(runner.device)
         labels = dissect(model, layer, data, quantile=args.quantile, iou_threshold=args.iou_threshold,
-                         batch_size=args.batch_size, forward=image_forward, progress=not args.quiet, runner=runner)
+                         batch_size=args.batch_size, forward=image_forward, progress=show_progress(args), runner=runner)
         runner.report("dissect", 2 * len(runner.shard(len(data))))
         if not runner.main:
             return 0
@@ -88,7 +88,7 @@ def _dissect_handler(args: argparse.Namespace) -> int:
             if not args.no_gallery:
                 units = [u.unit for u in labels.detectors()[:args.units] or labels.top(args.units)]
                 tops = top_activating(model, layer, data, units, top=args.top, batch_size=args.batch_size,
-                                      forward=image_forward, progress=not args.quiet)
+                                      forward=image_forward, progress=show_progress(args))
                 mx.viz.save_figure(mx.viz.plot_unit_gallery(tops, labels), tmp / "units.png")
                 written.append(out / "units.png")
         print(f"{args.model} {labels.summary()}")

@@ -17,13 +17,14 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from .common import CLIError, add_models, add_threads, apply_threads, check_out, positive_int, scene_seeds
+from .common import (CLIError, add_models, add_progress, add_threads, apply_threads, check_out, positive_int, scene_seeds,
+                     show_progress)
 
 __all__ = ["add_explain_dataset_command", "add_runner_options", "runner_from_args"]
 
 
 def add_runner_options(parser: argparse.ArgumentParser) -> None:
-    """``--workers N``, ``--device cpu|cuda``, ``--dtype bfloat16|float16|float32``."""
+    """``--workers N``, ``--device cpu|cuda``, ``--dtype bfloat16|float16|float32``, ``--progress/--quiet``."""
     from .common import nonnegative_int
 
     parser.add_argument("--workers", type=nonnegative_int, default=0, metavar="N",
@@ -33,14 +34,15 @@ def add_runner_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="autocast dtype of the model's forward and backward; maps are computed in float32 "
                              "(default float32)")
+    add_progress(parser)
 
 
 @contextlib.contextmanager
-def runner_from_args(args: argparse.Namespace, *, progress: bool = True) -> Iterator[Any]:
-    """The runner of ``--workers/--device/--dtype``, inside torchrun's process group when started by torchrun."""
+def runner_from_args(args: argparse.Namespace) -> Iterator[Any]:
+    """The runner of ``--workers/--device/--dtype/--progress``, inside torchrun's process group when started by torchrun."""
     from ..runner import distributed
 
-    with distributed(workers=args.workers, device=args.device, dtype=args.dtype, progress=progress) as runner:
+    with distributed(workers=args.workers, device=args.device, dtype=args.dtype, progress=show_progress(args)) as runner:
         yield runner
 
 
@@ -57,8 +59,6 @@ def _map_side(text: str) -> int:
 
 def add_explain_dataset_command(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``mmexplain explain-dataset``."""
-    from ..explain import METHODS
-
     p = subparsers.add_parser(
         "explain-dataset", help="explain every item of a dataset into Parquet rows + safetensors map shards",
         description="Explain every item of a dataset with one model and one method. Writes rows-NNNNN.parquet "
@@ -70,8 +70,8 @@ def add_explain_dataset_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="shapeworld (default), an image folder, a COCO-format FILE.json, or a saved HF dataset folder")
     p.add_argument("--model", default="captioner", metavar="NAME",
                    help="a shipped model: captioner, vqa, classifier, tiny-ved, tiny-vilt, tiny-vlm (default captioner)")
-    p.add_argument("--method", default="gradcam", choices=list(METHODS), metavar="NAME",
-                   help=f"explanation method, one of {', '.join(METHODS)} (default gradcam)")
+    p.add_argument("--method", default="gradcam", metavar="NAME",
+                   help="explanation method (default gradcam; `mmexplain caption --method list` prints them)")
     p.add_argument("--layer", default=None, help="layer to explain (default: the model's)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--scenes", type=positive_int, default=None, metavar="N",
@@ -86,7 +86,6 @@ def add_explain_dataset_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, metavar="DIR", help="folder of a COCO file's images (default: the file's)")
     p.add_argument("--question", default=None, metavar="TEXT",
                    help="question asked of every image, for VQA models on inputs without questions")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_models(p)
     add_runner_options(p)
     add_threads(p, default=None)
@@ -99,7 +98,10 @@ def _handler(args: argparse.Namespace) -> int:
     from ..evaluation.dataset_job import explain_dataset
     from ..evaluation.grounding import image_size, kind_of
     from ..evaluation.inputs import open_input
+    from ..explain import METHODS
 
+    if args.method not in METHODS:
+        raise CLIError(f"--method: expected one of {', '.join(METHODS)}, got {args.method!r}")
     out = check_out(args.out, kind="folder")
     if args.html is not None:
         check_out(args.html, kind="file", suffixes=(".html",), option="--html")
@@ -110,7 +112,7 @@ def _handler(args: argparse.Namespace) -> int:
     if args.input == "shapeworld" and args.scenes is not None:
         scene_seeds(args.scenes)
     apply_threads(args)
-    with runner_from_args(args, progress=not args.quiet) as runner:
+    with runner_from_args(args) as runner:
         model = zoo.load(args.model, args.models)
         module = model if hasattr(model, "parameters") else model.model
         module.to(runner.device)

@@ -20,6 +20,15 @@ __all__ = ["add_vqa_command"]
 
 
 def _vqa_handler(args: argparse.Namespace) -> int:
+    if args.method != "list":  # the checks that need no model (nor torch) first
+        if args.image is None or args.question is None:
+            raise CLIError("IMAGE QUESTION: give an image file and a question")
+        figure, html = check_outputs(args)
+        check_image(args.image)
+        if not args.question.strip():
+            raise CLIError("QUESTION: expected a non-empty question")
+        if args.answer is not None and not args.answer.strip():
+            raise CLIError("--answer: expected an answer word, got an empty string")
     from ..explain import METHODS, explain_answer
 
     if args.method == "list":

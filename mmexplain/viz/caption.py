@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from ..explain import AnswerExplanation, CaptionExplanation
+    from ..explain import AnswerExplanation, CaptionExplanation, ClassExplanation
 
-__all__ = ["plot_caption", "plot_answer"]
+__all__ = ["plot_caption", "plot_answer", "plot_classes"]
 
 PANEL = 2.1  # inches per panel side
 MAX_COLUMNS = 6  # panels per row before a caption wraps onto the next row
@@ -52,7 +52,7 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width=max(width, 20))) or text
 
 
-def plot_caption(ex: CaptionExplanation, *, hide_function_words: bool = False) -> Figure:
+def plot_caption(ex: CaptionExplanation, *, hide_function_words: bool = False, note: str | None = None) -> Figure:
     """One panel per caption word, then the whole-caption map; the caption as the title.
 
     Panels read left to right and wrap onto new rows (at most ``MAX_COLUMNS`` per row):
@@ -65,6 +65,7 @@ def plot_caption(ex: CaptionExplanation, *, hide_function_words: bool = False) -
         ex: the result of :func:`mmexplain.explain_caption`.
         hide_function_words: leave out "a", "of", ... (``mmexplain.words.FUNCTION_WORDS``);
             the whole-caption map still covers every word.
+        note: a line under the title (e.g. how often each map points at the right object).
 
     Returns:
         The figure.
@@ -82,6 +83,9 @@ def plot_caption(ex: CaptionExplanation, *, hide_function_words: bool = False) -
     per_row = 2 if guided else 1  # map row (+ guided row) per wrapped line
     title = f"\u201c{ex.caption}\u201d"
     title_lines = _wrap(title, int(cols * PANEL * 9)).count("\n") + 1
+    if note:
+        title = f"{_wrap(title, int(cols * PANEL * 9))}\n{_wrap(note, int(cols * PANEL * 11))}"
+        title_lines = title.count("\n") + 1
     fig = Figure(figsize=(PANEL * cols + 0.9, PANEL * 1.05 * rows * per_row + 0.35 * title_lines + 0.2),
                  layout="constrained")
     axes = np.asarray(fig.subplots(rows * per_row, cols, squeeze=False))
@@ -117,11 +121,11 @@ def plot_caption(ex: CaptionExplanation, *, hide_function_words: bool = False) -
             gax.set_title(f"guided: {words[i]}", fontsize=9)
     if mappable is not None:
         _add_colorbar(fig, mappable, map_axes)
-    fig.suptitle(_wrap(title, int(cols * PANEL * 9)), fontsize=12)
+    fig.suptitle(title if note else _wrap(title, int(cols * PANEL * 9)), fontsize=12)
     return fig
 
 
-def plot_answer(ax: AnswerExplanation) -> Figure:  # noqa: D417 - ``ax`` is the documented name
+def plot_answer(ax: AnswerExplanation, *, method: str = "Grad-CAM", note: str | None = None) -> Figure:  # noqa: D417
     """Where a VQA model looks for its answer, and what argues against it.
 
     One row per explained answer (``top_k > 1`` gives several): the image; when the
@@ -134,6 +138,8 @@ def plot_answer(ax: AnswerExplanation) -> Figure:  # noqa: D417 - ``ax`` is the 
 
     Args:
         ax: the result of :func:`mmexplain.explain_answer`.
+        method: the name of the maps' method, in the panel titles.
+        note: a line under the title (e.g. how often the maps point at the right object).
 
     Returns:
         The figure.
@@ -145,7 +151,7 @@ def plot_answer(ax: AnswerExplanation) -> Figure:  # noqa: D417 - ``ax`` is the 
     bars = ex.token_attributions is not None and len(ex.question_tokens) > 0
     cols = 4 if bars else 3
     widths = [1, 1.35, 1, 1] if bars else [1, 1, 1]
-    fig = Figure(figsize=(PANEL * sum(widths) + 1.0, PANEL * 1.12 * k + 0.55), layout="constrained")
+    fig = Figure(figsize=(PANEL * sum(widths) + 1.0, PANEL * 1.12 * k + 0.55 + (0.3 if note else 0)), layout="constrained")
     axes = np.asarray(fig.subplots(k, cols, squeeze=False, gridspec_kw={"width_ratios": widths}))
     first_map = 2 if bars else 1  # image | (question words) | answer map | counterfactual | colour bar
     map_axes = []
@@ -159,13 +165,56 @@ def plot_answer(ax: AnswerExplanation) -> Figure:  # noqa: D417 - ``ax`` is the 
             _token_bars(axes[row, 1], ex.question_tokens, ex.token_attributions[row].detach().cpu().numpy(),
                         title=f"question words for \u201c{answer}\u201d")
         a_ax, c_ax = axes[row, first_map], axes[row, first_map + 1]
-        overlay(ex.image, ex.maps[row], ax=a_ax, cmap=CMAP, colorbar=False, title=f"{rank}answer: {answer}\n{p}")
+        tag = "" if method == "Grad-CAM" else f"{method}, "
+        overlay(ex.image, ex.maps[row], ax=a_ax, cmap=CMAP, colorbar=False, title=f"{rank}answer: {answer}\n{tag}{p}")
         overlay(ex.image, ex.counterfactuals[row], ax=c_ax, cmap=CMAP, colorbar=False,
-                title=f"against \u201c{answer}\u201d\n(counterfactual)")
+                title=f"against \u201c{answer}\u201d\n({tag}counterfactual)")
         map_axes += [a_ax, c_ax]
         mappable = c_ax.images[-1]
     _add_colorbar(fig, mappable, map_axes)
-    fig.suptitle(f"Q: {ex.question}", fontsize=12)
+    fig.suptitle(f"Q: {ex.question}" + (f"\n{_wrap(note, int(PANEL * sum(widths) * 11))}" if note else ""), fontsize=12)
+    return fig
+
+
+def plot_classes(cx: ClassExplanation, *, note: str | None = None) -> Figure:
+    """A classifier's class maps for one image: the image, then one map per class.
+
+    With ``method="guided"`` explanations a row of Guided Grad-CAM images sits under the
+    maps. Titles: class and logit; the maps share one 0-1 colour bar.
+
+    Args:
+        cx: the result of :func:`mmexplain.explain_class`.
+        note: a line under the panels' title (e.g. how often the maps point at the object).
+
+    Returns:
+        The figure.
+    """
+    from matplotlib.figure import Figure
+
+    k = len(cx.labels)
+    guided = cx.guided is not None
+    rows = 2 if guided else 1
+    fig = Figure(figsize=(PANEL * (k + 1) + 0.9, PANEL * 1.1 * rows + (0.35 if note else 0) + 0.2), layout="constrained")
+    axes = np.asarray(fig.subplots(rows, k + 1, squeeze=False))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    axes[0, 0].set_axis_on()
+    _image(axes[0, 0], cx.image, "image")
+    map_axes = []
+    for i, (label, score) in enumerate(zip(cx.labels, cx.scores.tolist())):
+        ax = axes[0, i + 1]
+        ax.set_axis_on()
+        overlay(cx.image, cx.maps[i], ax=ax, cmap=CMAP, colorbar=False, title=f"{label}\nlogit {score:.2f}")
+        map_axes.append(ax)
+        if guided:
+            gax = axes[1, i + 1]
+            gax.set_axis_on()
+            gax.imshow(to_image_array(cx.guided[i], normalize=True), interpolation="nearest")
+            _blank(gax)
+            gax.set_title(f"guided: {label}", fontsize=9)
+    _add_colorbar(fig, map_axes[-1].images[-1], map_axes)
+    if note:
+        fig.suptitle(_wrap(note, int((k + 1) * PANEL * 11)), fontsize=11)
     return fig
 
 

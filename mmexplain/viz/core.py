@@ -158,6 +158,7 @@ def plot_maps(
     maps: Tensor | np.ndarray,
     *,
     titles: Sequence[str] | None = None,
+    image_titles: Sequence[str] | None = None,
     alpha: float = 0.5,
     cmap: str = "jet",
 ) -> Figure:
@@ -167,6 +168,7 @@ def plot_maps(
         images: ``(B, 3, H, W)`` in [0, 1].
         maps: ``(B, H, W)`` (one target) or ``(N, B, H, W)`` (N targets), in [0, 1].
         titles: N column titles, one per target (e.g. class names or caption words).
+        image_titles: B titles, one per image (default: "image" over the first).
         alpha: opacity of the maps.
         cmap: matplotlib colormap name.
 
@@ -188,6 +190,8 @@ def plot_maps(
     n, b = mps.shape[:2]
     if titles is not None and len(titles) != n:
         raise ValueError(f"titles must hold one title per target ({n}); got {len(titles)}")
+    if image_titles is not None and len(image_titles) != b:
+        raise ValueError(f"image_titles must hold one title per image ({b}); got {len(image_titles)}")
     fig = Figure(figsize=(2.4 * (n + 1) + 0.8, 2.4 * b), layout="constrained")
     axes = np.asarray(fig.subplots(b, n + 1, squeeze=False))
     shown = None
@@ -195,7 +199,9 @@ def plot_maps(
         axes[row, 0].imshow(to_image_array(imgs[row]), interpolation="nearest")
         axes[row, 0].set_xticks([])
         axes[row, 0].set_yticks([])
-        if row == 0:
+        if image_titles is not None:
+            axes[row, 0].set_title(image_titles[row], fontsize=10)
+        elif row == 0:
             axes[row, 0].set_title("image", fontsize=10)
         for col in range(n):
             title = (titles[col] if titles is not None else f"target {col}") if row == 0 else None

@@ -43,7 +43,7 @@ from .core import to_image_array
 from .embedded import check_data_image
 from .report_template import CSS, SCRIPT
 
-__all__ = ["caption_view", "answer_view", "render_report", "write_report", "ReportView", "show"]
+__all__ = ["caption_view", "answer_view", "figure_view", "render_report", "write_report", "ReportView", "show"]
 
 MAX_MAP_SIDE = 256  # maps larger than this (long side) are area-averaged down before embedding
 _TOL = 1e-4  # float slack when checking that map values lie in [0, 1]
@@ -210,8 +210,10 @@ def caption_view(
 def answer_view(
     ax: Any,
     *,
+    methods: Mapping[str, Any] | None = None,
     descriptions: Sequence[str | None] | Mapping[int, str] | None = None,
     title: str | None = None,
+    method: str = "Grad-CAM",
     max_map_side: int | None = MAX_MAP_SIDE,
 ) -> dict[str, Any]:
     """A VQA explanation as a JSON-able report section.
@@ -220,14 +222,18 @@ def answer_view(
         ax: an ``AnswerExplanation``: ``question``, ``answers`` (k), ``scores`` (k,),
             ``probabilities`` (k,) or None, ``maps`` and ``counterfactuals`` (k, H, W) in
             [0, 1], ``question_tokens`` (L), ``token_attributions`` (k, L) or None, ``image``.
+        methods: ``{name: AnswerExplanation}`` of the same answers by other methods, to
+            toggle between them; ``ax`` comes first, named ``method``.
         descriptions: a text per answer (k) or ``{index: text}``.
         title: the section heading (default: none; the question stands below it).
+        method: the name of ``ax``'s method.
         max_map_side: maps with a longer side are area-averaged down to it (None: never).
 
     Returns:
         ``{"kind": "answer", "question", "answers", "probabilities", "maps",
-        "counterfactuals", "tokens", "attributions", ...}``; the maps are base64 of
-        uint8 (k, h, w).
+        "counterfactuals", "tokens", "attributions", "methods": [{"name", "maps",
+        "counterfactuals"}], ...}``; the maps are base64 of uint8 (k, h, w); the top-level
+        ``maps``/``counterfactuals`` are ``ax``'s (the first method).
     """
     answers = list(getattr(ax, "answers", None) or [])
     if not answers or not all(isinstance(a, str) for a in answers):
@@ -249,6 +255,22 @@ def answer_view(
     probabilities = None if ax.probabilities is None else _numbers(ax.probabilities)
     if probabilities is not None and len(probabilities) != k:
         raise ValueError(f"ax.probabilities: expected {k} values, got {len(probabilities)}")
+    entries = [{"name": str(method), "maps": _quantize(maps), "counterfactuals": _quantize(counter)}]
+    if methods is not None:
+        if not isinstance(methods, Mapping) or not methods:
+            raise TypeError("methods: expected a non-empty {name: AnswerExplanation} mapping")
+        for name, other in methods.items():
+            if other is ax:
+                continue
+            if str(name) in (e["name"] for e in entries):
+                raise ValueError(f"methods: name {name!r} is taken; pass method= to name ax's method")
+            if list(getattr(other, "answers", [])) != answers:
+                raise ValueError(f"methods[{name!r}]: answers differ from ax.answers ({', '.join(answers)})")
+            m = _maps(other.maps, f"methods[{name!r}].maps", count=k, max_side=max_map_side)
+            c = _maps(other.counterfactuals, f"methods[{name!r}].counterfactuals", count=k, max_side=max_map_side)
+            if m.shape != maps.shape or c.shape != maps.shape:
+                raise ValueError(f"methods[{name!r}]: maps of shape {tuple(m.shape)} differ from ax's {tuple(maps.shape)}")
+            entries.append({"name": str(name), "maps": _quantize(m), "counterfactuals": _quantize(c)})
     return {
         "kind": "answer",
         "title": str(title) if title is not None else None,
@@ -258,12 +280,52 @@ def answer_view(
         "answers": answers,
         "scores": _numbers(ax.scores),
         "probabilities": probabilities,
-        "maps": _quantize(maps),
-        "counterfactuals": _quantize(counter),
+        "maps": entries[0]["maps"],
+        "counterfactuals": entries[0]["counterfactuals"],
+        "methods": entries,
         "tokens": tokens,
         "attributions": attributions,
         "descriptions": _texts(descriptions, "descriptions", count=k),
     }
+
+
+def figure_view(
+    image: str | os.PathLike[str] | bytes | None = None,
+    *,
+    title: str,
+    kicker: str = "Figure",
+    paragraphs: Sequence[str] = (),
+    items: Sequence[str] = (),
+) -> dict[str, Any]:
+    """A static report section: a heading, text, a bulleted list and a PNG figure.
+
+    For results that have no interactive view (a classifier's class maps, neuron names).
+
+    Args:
+        image: a PNG file (path or bytes), drawn below the text; None: text only.
+        title: the section heading.
+        kicker: the small line above the heading.
+        paragraphs: text paragraphs (plain text; shown as text, never as HTML).
+        items: bullet points (plain text).
+
+    Returns:
+        ``{"kind": "figure", "title", "kicker", "paragraphs", "items", "image"}``; ``image``
+        is a PNG data URI or None.
+    """
+    for name, value in (("title", title), ("kicker", kicker)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name}: expected a str, got {type(value).__name__}")
+    for name, values in (("paragraphs", paragraphs), ("items", items)):
+        if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+            raise TypeError(f"{name}: expected a list of str")
+    uri = None
+    if image is not None:
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ValueError(f"image: expected PNG data, got {str(image)[:80] if not isinstance(image, bytes) else 'other bytes'}")
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return {"kind": "figure", "title": title, "kicker": kicker, "paragraphs": list(paragraphs), "items": list(items),
+            "image": uri}
 
 
 def _sections(items: Any, **options: Any) -> list[dict[str, Any]]:
@@ -280,8 +342,8 @@ def _sections(items: Any, **options: Any) -> list[dict[str, Any]]:
         if isinstance(item, Mapping):
             if options:
                 raise ValueError(f"{', '.join(sorted(options))}: sections[{i}] is already a view; pass the explanation")
-            if item.get("kind") not in ("caption", "answer"):
-                raise ValueError(f"sections[{i}]: expected a section from caption_view or answer_view")
+            if item.get("kind") not in ("caption", "answer", "figure"):
+                raise ValueError(f"sections[{i}]: expected a section from caption_view, answer_view or figure_view")
             check_data_image(item.get("image"), f"sections[{i}]['image']")
             out.append(dict(item))
         elif hasattr(item, "words"):
@@ -307,7 +369,9 @@ def _fragment(sections: list[dict[str, Any]], title: str, *, standalone: bool) -
     script = SCRIPT.replace("__RID__", json.dumps(rid))
     kinds = {"caption": "a caption word", "answer": "an answer"}
     present = [kinds[k] for k in kinds if any(s["kind"] == k for s in sections)]
-    lead = f"{len(sections)} image{'s' if len(sections) > 1 else ''}. Point at {' or '.join(present)} to draw its map over the image."
+    images = len({s["image"] for s in sections if s["kind"] in kinds})
+    lead = (f"{images} image{'s' if images != 1 else ''}. Point at {' or '.join(present)} to draw its map over the image."
+            if present else "")
     return (
         f'<div class="mmx-report" data-mmx-root="{rid}" data-standalone="{str(standalone).lower()}">\n'
         f"<style>{CSS}</style>\n"

@@ -67,6 +67,10 @@ CSS = """
 .mmx-row { display: flex; align-items: center; gap: 10px; flex-wrap: wrap; }
 .mmx-label { font-size: 12px; text-transform: uppercase; letter-spacing: .06em; color: #6b7590; }
 .mmx-hint { font-size: 12px; color: #6b7590; margin: 0; }
+.mmx-static .mmx-panel { flex: 1 1 100%; }
+.mmx-text, .mmx-list { font-size: 14px; line-height: 1.5; color: #2a3142; margin: 0; }
+.mmx-list { padding-left: 20px; }
+.mmx-plot { display: block; max-width: 100%; height: auto; border-radius: 6px; }
 .mmx-hint kbd { font: inherit; border: 1px solid #ccd3df; border-bottom-width: 2px; border-radius: 4px; padding: 0 4px; background: #fff; }
 """
 
@@ -355,8 +359,10 @@ SCRIPT = r"""
     var panel = el("div", "mmx-panel");
     header(panel, "Visual question answering", sec.title);
     var K = sec.answers.length, size = sec.map_width * sec.map_height;
-    var maps = decode(sec.maps), counter = decode(sec.counterfactuals);
-    var selected = 0, cf = false, chips = [], tokens = [];
+    var methods = (sec.methods || [{ name: "Grad-CAM", maps: sec.maps, counterfactuals: sec.counterfactuals }]).map(function (m) {
+      return { name: m.name, maps: decode(m.maps), counter: decode(m.counterfactuals) };
+    });
+    var method = 0, selected = 0, cf = false, chips = [], tokens = [];
     var question = el("div", "mmx-question");
     question.appendChild(el("span", "mmx-q", "Q:"));
     sec.tokens.forEach(function (t) {
@@ -392,6 +398,12 @@ SCRIPT = r"""
       answers.appendChild(b);
     });
     panel.appendChild(answers);
+    var mtoggle = null;
+    if (methods.length > 1) {
+      mtoggle = toggleGroup(methods.map(function (m) { return m.name; }), function (i) { method = i; active = api; show(selected); });
+      mtoggle.classList.add("mmx-methods");
+      panel.appendChild(labelled("Method", mtoggle));
+    }
     var toggle = toggleGroup(["evidence for the answer", "counterfactual"], function (j) { cf = j === 1; active = api; show(selected); });
     toggle.classList.add("mmx-cf");
     panel.appendChild(labelled("Map", toggle));
@@ -413,8 +425,9 @@ SCRIPT = r"""
       });
     }
     function show(i, preview) {
-      fig.setMap(cf ? counter : maps, i * size, false);
-      canvas.setAttribute("data-method", "Grad-CAM");
+      var m = methods[method];
+      fig.setMap(cf ? m.counter : m.maps, i * size, false);
+      canvas.setAttribute("data-method", m.name);
       canvas.setAttribute("data-answer-index", String(i));
       canvas.setAttribute("data-answer", sec.answers[i]);
       canvas.setAttribute("data-counterfactual", String(cf));
@@ -424,9 +437,11 @@ SCRIPT = r"""
         c.setAttribute("aria-pressed", String(j === selected));
       });
       toggle.mark(cf ? 1 : 0);
+      if (mtoggle) mtoggle.mark(method);
       colour(i);
       var p = sec.probabilities ? "p(answer | image, question) = " + fmt(sec.probabilities[i]) : "score = " + sec.scores[i].toFixed(3);
-      var name = cf ? "Against \u201c" + sec.answers[i] + "\u201d (counterfactual)" : "A: " + sec.answers[i];
+      var name = (cf ? "Against \u201c" + sec.answers[i] + "\u201d (counterfactual)" : "A: " + sec.answers[i]) +
+                 (methods.length > 1 ? "  (" + m.name + ")" : "");
       var note = cf ? "Regions whose removal would raise the answer's score (negated gradients)." : "";
       box.set(name, p, sec.descriptions[i], note);
     }
@@ -437,9 +452,30 @@ SCRIPT = r"""
     return api;
   }
 
+  // ------------------------------------------------------------------ static sections (text + a figure)
+  function FigureSection(sec) {
+    var node = el("section", "mmx-section mmx-static");
+    node.setAttribute("data-kind", "figure");
+    var panel = el("div", "mmx-panel");
+    header(panel, sec.kicker, sec.title);
+    sec.paragraphs.forEach(function (t) { panel.appendChild(el("p", "mmx-text", t)); });
+    if (sec.items.length) {
+      var list = el("ul", "mmx-list");
+      sec.items.forEach(function (t) { list.appendChild(el("li", null, t)); });
+      panel.appendChild(list);
+    }
+    if (sec.image) {
+      var img = el("img", "mmx-plot");
+      img.src = sec.image; img.alt = sec.title;
+      panel.appendChild(img);
+    }
+    node.appendChild(panel);
+    return { node: node, step: function () {} };
+  }
+
   var sections = [], active = null;
   report.sections.forEach(function (sec, i) {
-    var s = sec.kind === "caption" ? CaptionSection(sec, i) : AnswerSection(sec, i);
+    var s = sec.kind === "caption" ? CaptionSection(sec, i) : sec.kind === "answer" ? AnswerSection(sec, i) : FigureSection(sec);
     root.appendChild(s.node);
     sections.push(s);
   });

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .common import MAX_HF_SIZE
+from .quiet import quiet_transformers
 
 SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")  # caption tokenizer ids 0..3
 QUESTION_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # question tokenizer ids 0..3
@@ -265,9 +266,10 @@ def load(name: str, path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"no transformers checkpoint for {name!r} at {path} (expected config.json); "
                                 f"train one with `mmexplain train {name}`")
     try:
-        model = getattr(transformers, model_class).from_pretrained(path, local_files_only=True, use_safetensors=True)
-        tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
-        processor = getattr(transformers, processor_class).from_pretrained(path, local_files_only=True)
+        with quiet_transformers():
+            model = getattr(transformers, model_class).from_pretrained(path, local_files_only=True, use_safetensors=True)
+            tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+            processor = getattr(transformers, processor_class).from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
         text = " ".join(str(exc).split())[:300]
         raise ValueError(f"checkpoint folder {path} does not hold a loadable {name} model: {text}") from exc

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from .quiet import quiet_transformers
+
 __all__ = ["TinyVLMConfig", "CAPTION_PROMPT", "vocabulary", "build_tokenizer", "build_processor", "build_model",
            "new", "new_parts", "load", "load_parts", "adapter", "write_checkpoint", "config_of"]
 
@@ -181,8 +183,9 @@ def load_parts(path: str | os.PathLike) -> tuple[Any, Any]:
         raise FileNotFoundError(f"no transformers checkpoint for 'tiny-vlm' at {path} (expected config.json); "
                                 "train one with `mmexplain train tiny-vlm`")
     try:
-        model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True)
-        processor = LlavaProcessor.from_pretrained(path, local_files_only=True)
+        with quiet_transformers():
+            model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True)
+            processor = LlavaProcessor.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
         text = " ".join(str(exc).split())[:300]
         raise ValueError(f"checkpoint folder {path} does not hold a loadable tiny-vlm model: {text}") from exc
