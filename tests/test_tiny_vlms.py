@@ -65,9 +65,8 @@ def hand_grid(name, config, values):
 def reference(vlm, name, image, words):
     """Per word: (summed log-probability, Grad-CAM grid) by hand (see the module docstring)."""
     model, processor, tok = vlm.hf_model, vlm.processor, vlm.processor.tokenizer
-    chat = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
-                                                                       {"type": "text", "text": "describe the image"}]}],
-                                         add_generation_prompt=True, tokenize=False)
+    turn = [{"type": "image"}, {"type": "text", "text": "describe the image"}]
+    chat = processor.apply_chat_template([{"role": "user", "content": turn}], add_generation_prompt=True, tokenize=False)
     pieces = [tok(w, add_special_tokens=False).input_ids for w in words]
     enc = processor(text=chat + " " + " ".join(words), images=image, return_tensors="pt", do_rescale=False)
     ids = enc["input_ids"][0]
@@ -79,7 +78,8 @@ def reference(vlm, name, image, words):
     start = len(ids) - n
     for p in pieces:
         store = {}
-        handle = site.register_forward_hook(lambda m, a, o: store.__setitem__("act", o[0] if isinstance(o, tuple) else o))
+        handle = site.register_forward_hook(
+            lambda m, a, o: store.__setitem__("act", o[0] if isinstance(o, tuple) else o))
         try:
             with torch.enable_grad():
                 logp = model(**enc).logits[0].log_softmax(-1)  # (L, V)

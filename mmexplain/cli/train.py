@@ -223,7 +223,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def _train_vlm(args: argparse.Namespace) -> int:
-    """tiny-llava / tiny-qwen2vl: the three-stage recipe (``--minutes`` scales its stage budgets), or --evaluate-only."""
+    """tiny-llava / tiny-qwen2vl: the three-stage recipe (``--minutes`` scales its stages), or --evaluate-only."""
     import json
 
     from ..training import tiny_vlms as T

@@ -87,7 +87,7 @@ def slot_targets(caption: str) -> list[list[int]]:
 
 
 def examples(n: int, *, size: int, cache_dir: Path | None = None) -> tuple[Tensor, list[list]]:
-    """uint8 images ``(n, 3, size, size)`` of the first ``n`` train scenes and ``[scene, prompt, target, kind]`` rows."""
+    """uint8 images ``(n, 3, size, size)`` of the first ``n`` train scenes; ``[scene, prompt, target, kind]`` rows."""
     cache = None if cache_dir is None else Path(cache_dir) / f"shapeworld_vlm_train_{n}_{size}"
     return scene_split("train", n, size=size, cache=cache, rows_of=lambda i, scene: [
         [i, tiny_vlms.CAPTION_PROMPT, scene.caption, "caption"],
@@ -220,15 +220,20 @@ def save(model: Any, processor: Any, out: str | os.PathLike, extra: dict[str, st
 
 
 def train(name: str, recipe: Recipe = Recipe(), *, out: str | os.PathLike | None = None,
-          cache_dir: Path | None = None, log: Callable[[str], None] | None = print) -> tuple[Any, Any, dict[str, Any]]:
+          init: str | os.PathLike | None = None, cache_dir: Path | None = None,
+          log: Callable[[str], None] | None = print) -> tuple[Any, Any, dict[str, Any]]:
     """Train ``name`` with the three stages; returns ``(model in eval mode, processor, info)``.
 
     ``out``: a checkpoint folder rewritten after every stage and every ``recipe.save_every``
-    minutes (``None``: none).
+    minutes (``None``: none). ``init``: continue from this checkpoint folder (stages with
+    0 minutes are skipped).
     """
     name = tiny_vlms.ALIASES.get(name, name)
     t0 = time.time()
-    model, processor = tiny_vlms.new_parts(name, seed=recipe.seed)
+    if init is None:
+        model, processor = tiny_vlms.new_parts(name, seed=recipe.seed)
+    else:
+        model, processor = tiny_vlms.load_parts(init, name)
     size = tiny_vlms.SPECS[name].image_size
     images, rows = examples(recipe.n_train, size=size, cache_dir=cache_dir)
     data = Batches(name, processor, images, rows)
@@ -271,7 +276,7 @@ def train(name: str, recipe: Recipe = Recipe(), *, out: str | os.PathLike | None
                           seed=recipe.seed + k, log_every=50)
 
     if recipe.minutes[0] > 0:
-        stages.append(fit(pre, slot_batch, lambda m, b: m.loss(b), config(0), log=log))
+        stages.append({**fit(pre, slot_batch, lambda m, b: m.loss(b), config(0), log=log), "stage": 1})
         checkpoint(force=True)
 
     def lm_batch(step: int, gen: torch.Generator) -> dict[str, Tensor]:
@@ -295,11 +300,12 @@ def train(name: str, recipe: Recipe = Recipe(), *, out: str | os.PathLike | None
                 for p in model.model.visual.patch_embed.parameters():
                     p.requires_grad_(False)
         data_batch = recipe.batch_size[k]
-        stages.append(fit(model, lm_batch, lm_loss, config(k), log=log))
+        stages.append({**fit(model, lm_batch, lm_loss, config(k), log=log), "stage": k + 1})
         checkpoint(force=True)
     for p in model.parameters():
         p.requires_grad_(True)
-    info = {"name": name, "recipe": asdict(recipe), "stages": stages, "data_seconds": round(data_seconds, 1),
+    info = {"name": name, "recipe": asdict(recipe), "stages": stages, "init": None if init is None else str(init),
+            "data_seconds": round(data_seconds, 1),
             "seconds": round(time.time() - t0, 1), "threads": torch.get_num_threads(),
             "parameters": sum(p.numel() for p in model.parameters()), "architecture": asdict(tiny_vlms.SPECS[name])}
     return model.eval(), processor, info
@@ -330,7 +336,7 @@ def train_and_save(name: str, out: str | os.PathLike, *, recipe: Recipe = Recipe
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m mmexplain.training.tiny_vlms NAME OUT [MINUTES1 MINUTES2 MINUTES3]``: train, checkpointing."""
+    """``python -m mmexplain.training.tiny_vlms NAME OUT [MINUTES1 MINUTES2 MINUTES3 [INIT]]``: train, checkpointing."""
     import json
     import sys
 
@@ -338,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     name, out = args[0], Path(args[1])
     minutes = tuple(float(m) for m in args[2:5]) if len(args) >= 5 else Recipe().minutes
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model, processor, info = train(name, Recipe(minutes=minutes), out=out, cache_dir=Path("/tmp/swcache"),
+    init = args[5] if len(args) > 5 else None
+    model, processor, info = train(name, Recipe(minutes=minutes), out=out, init=init, cache_dir=Path("/tmp/swcache"),
                                    log=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
     save(model, processor, out, {"train_info.json": json.dumps(info, indent=1)})
     print("done", json.dumps(info)[:2000], flush=True)

@@ -156,6 +156,7 @@ def card(name: str, info: dict[str, Any], metrics: dict[str, Any], *, command: s
     r = info["recipe"]
     stages = info["stages"]
     cpu = sum(s["cpu_seconds"] for s in stages)
+    budgets = ", ".join(f"{m:.1f}" for m in r["minutes"])
     words = "\n".join(f"| {k} | {v:.3f} |" for k, v in metrics["word_accuracy"].items())
     kinds = "\n".join(f"| {k} | {v:.3f} |" for k, v in metrics["answer_accuracy_per_kind"].items())
     splits = ", ".join(f"`{w}` = {' + '.join(f'`{p}`' for p in ps)}" for w, ps in split.items())
@@ -164,12 +165,13 @@ def card(name: str, info: dict[str, Any], metrics: dict[str, Any], *, command: s
         point = ("\n\nGrad-CAM pointing game (content words of the reference caption, map maximum inside the named "
                  f"object's mask, {metrics['pointing_words']} words): {metrics['pointing']['Grad-CAM']:.3f}; "
                  f"uniform map (chance): {metrics['pointing']['uniform map (chance)']:.3f}.")
+    labels = ("vision pretraining (tower + projector + slot head on the caption's objects)",
+              "alignment + instruction tuning, tower frozen", "full tuning")
     stage_lines = "\n".join(
-        f"  {k + 1}. {what}: {s['steps']} steps of {s['batch_size']}, lr {s['lr']}, {s['seconds']:.0f} s, "
+        f"  {s.get('stage', k + 1)}. {labels[s.get('stage', k + 1) - 1]}: {s['steps']} steps of {s['batch_size']}, "
+        f"lr {s['lr']}, {s['seconds']:.0f} s ({s['cpu_seconds']:.0f} s CPU), "
         f"loss {s['first_loss']} -> {s['final_loss']}"
-        for k, (what, s) in enumerate(zip(("vision pretraining (tower + projector + slot head on the caption's "
-                                           "objects)", "alignment + instruction tuning, tower frozen",
-                                           "full tuning"), stages)))
+        for k, s in enumerate(stages))
     return f"""# {name}: a tiny {cls.replace('ForConditionalGeneration', '')} trained on ShapeWorld
 
 A Hugging Face `{cls}` built from configs and trained from scratch on CPU: {arch}.
@@ -197,7 +199,7 @@ a 2-core machine with the other model and other jobs).
 
 - data: ShapeWorld train seeds 0..{r['n_train'] - 1} at {a['image_size']} px, each scene's caption and all
   its questions; random vertical flips; no masks or boxes are used;
-- stages (AdamW, warm-up + cosine, each with a wall-clock budget of {', '.join(f'{m:.1f}' for m in r['minutes'])} minutes):
+- stages (AdamW, warm-up + cosine, each with a wall-clock budget of {budgets} minutes):
 {stage_lines}
 
 ## Held-out metrics (ShapeWorld val, first {metrics['n_scenes']} seeds)
