@@ -40,7 +40,7 @@ from .loop import LoopConfig, fit
 from .tiny_hf import pixels, scene_split
 
 __all__ = ["Recipe", "SlotHead", "slot_targets", "examples", "Batches", "qwen_patches", "train", "save",
-           "train_and_save"]
+           "train_and_save", "finish"]
 
 SLOTS = 3  # at most three objects per scene
 
@@ -332,6 +332,38 @@ def train_and_save(name: str, out: str | os.PathLike, *, recipe: Recipe = Recipe
                 eval_command=f"mmexplain train {name} --evaluate-only --scenes {n}",
                 split=split_words(processor.tokenizer, words), size_bytes=size)
     save(model, processor, out, {"CARD.md": text, "metrics.json": json.dumps({**metrics, "training": info}, indent=1)})
+    return metrics
+
+
+def finish(name: str, folder: str | os.PathLike, *, n: int = 200, command: str = "",
+           log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Evaluate the checkpoint ``folder`` (trained by :func:`main`, its ``train_info.json`` beside it) and write
+    its ``CARD.md`` and ``metrics.json``; a continued run's stages follow those of the run it continued."""
+    import json
+
+    from .._io import write_text
+    from .. import world as sw
+    from ..zoo.shapeworld_bpe import split_words
+    from .tiny_vlms_eval import card, evaluate
+
+    name = tiny_vlms.ALIASES.get(name, name)
+    folder = Path(folder)
+    info = json.loads((folder / "train_info.json").read_text(encoding="utf-8"))
+    earlier = info.get("init") and Path(info["init"]) / "train_info.json"
+    if earlier and earlier.is_file():
+        before = json.loads(earlier.read_text(encoding="utf-8"))
+        info = {**info, "stages": before["stages"] + info["stages"], "seconds": before["seconds"] + info["seconds"],
+                "continued": info["recipe"]}
+        info["recipe"] = before["recipe"]
+    model, processor = tiny_vlms.load_parts(folder, name)
+    info["vocab_size"] = len(processor.tokenizer)
+    metrics = evaluate(tiny_vlms.adapter(model, processor), n=n, log=log)
+    words = [*sw.SIZES, *sw.COLORS, *sw.SHAPES, *sw.RELATION.split()]
+    text = card(name, info, metrics, command=command or f"mmexplain train {name}",
+                eval_command=f"mmexplain train {name} --evaluate-only --scenes {n}",
+                split=split_words(processor.tokenizer, words), size_bytes=(folder / "model.safetensors").stat().st_size)
+    write_text(folder / "metrics.json", json.dumps({**metrics, "training": info}, indent=1))
+    write_text(folder / "CARD.md", text)
     return metrics
 
 

@@ -157,6 +157,11 @@ def card(name: str, info: dict[str, Any], metrics: dict[str, Any], *, command: s
     stages = info["stages"]
     cpu = sum(s["cpu_seconds"] for s in stages)
     budgets = ", ".join(f"{m:.1f}" for m in r["minutes"])
+    continued = ""
+    if "continued" in info:
+        more = ", ".join(f"{m:.1f}" for m in info["continued"]["minutes"])
+        continued = (f"\n- then continued from that checkpoint (the last stage(s) above, wall-clock budgets {more} "
+                     "minutes), because the first run got too little CPU time on the shared machine")
     words = "\n".join(f"| {k} | {v:.3f} |" for k, v in metrics["word_accuracy"].items())
     kinds = "\n".join(f"| {k} | {v:.3f} |" for k, v in metrics["answer_accuracy_per_kind"].items())
     splits = ", ".join(f"`{w}` = {' + '.join(f'`{p}`' for p in ps)}" for w, ps in split.items())
@@ -200,7 +205,7 @@ a 2-core machine with the other model and other jobs).
 - data: ShapeWorld train seeds 0..{r['n_train'] - 1} at {a['image_size']} px, each scene's caption and all
   its questions; random vertical flips; no masks or boxes are used;
 - stages (AdamW, warm-up + cosine, each with a wall-clock budget of {budgets} minutes):
-{stage_lines}
+{stage_lines}{continued}
 
 ## Held-out metrics (ShapeWorld val, first {metrics['n_scenes']} seeds)
 
