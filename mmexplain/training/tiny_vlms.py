@@ -1,10 +1,11 @@
 """Training of the tiny ShapeWorld VLMs (``tiny-llava``, ``tiny-qwen2vl``): a three-stage recipe like the real ones.
 
 1. **vision pretraining**: the vision tower and projector learn to read the caption's
-   objects: a small slot head (three learned queries attending over the projected image
-   tokens) predicts, for the caption's objects left to right, whether the object exists
-   and its size, colour and shape. The targets come from the caption text only (no
-   masks, no boxes); the head is thrown away afterwards.
+   objects: a small head (learned queries attending over the projected image tokens)
+   predicts how many objects have each size, colour and shape, and, for the caption's
+   objects left to right, whether the object exists and its size, colour and shape. The
+   targets come from the caption text only (no masks, no boxes); the head is thrown away
+   afterwards.
 2. **alignment + instruction tuning with a frozen tower**: the projector and the language
    model learn the captions (prompt ``"describe the image"``) and every question of a scene
    (the question is the prompt); half of every batch captions, half questions.
@@ -49,8 +50,8 @@ SLOTS = 3  # at most three objects per scene
 class Recipe:
     """Budgets and schedules of the three stages (minutes each; steps are upper limits)."""
 
-    minutes: tuple[float, float, float] = (14.0, 30.0, 12.0)
-    lr: tuple[float, float, float] = (2e-3, 2e-3, 5e-4)
+    minutes: tuple[float, float, float] = (15.0, 10.0, 30.0)
+    lr: tuple[float, float, float] = (2e-3, 2e-3, 1e-3)
     batch_size: tuple[int, int, int] = (32, 32, 32)
     n_train: int = 8_000
     seed: int = 0
@@ -58,9 +59,11 @@ class Recipe:
 
 
 class SlotHead(nn.Module):
-    """Caption objects from image tokens: ``(B, N, D)`` -> per slot ``(B, 3, 2 + 2 + 5 + 4)`` logits.
+    """Caption objects from image tokens ``(B, N, D)``: per slot logits ``(B, 3, 2 + 2 + 5 + 4)`` and counts.
 
-    Columns: exists (2), size (2), colour (5), shape (4), for the caption's objects left to right.
+    Slot columns: exists (2), size (2), colour (5), shape (4), for the caption's objects left
+    to right. Counts ``(B, 11, 4)``: how many objects (0..3) have each size, colour and shape
+    (the caption's words counted: no order to find, so the tokens learn the attributes first).
     """
 
     def __init__(self, dim: int, tokens: int) -> None:
@@ -71,11 +74,16 @@ class SlotHead(nn.Module):
         self.attend = nn.MultiheadAttention(dim, 4, batch_first=True)
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(),
                                  nn.Linear(dim, 2 + len(world.SIZES) + len(world.COLORS) + len(world.SHAPES)))
+        values = len(world.SIZES) + len(world.COLORS) + len(world.SHAPES)
+        self.count_queries = nn.Parameter(torch.randn(values, dim) * 0.02)
+        self.count_attend = nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.count = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, SLOTS + 1))
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         keys = self.norm(tokens) + self.position  # (B, N, D)
         slots, _ = self.attend(self.queries.expand(len(tokens), -1, -1), keys, keys)  # (B, 3, D)
-        return self.out(slots)  # (B, 3, 13)
+        pooled, _ = self.count_attend(self.count_queries.expand(len(tokens), -1, -1), keys, keys)  # (B, 11, D)
+        return self.out(slots), self.count(pooled)  # (B, 3, 13), (B, 11, 4)
 
 
 def slot_targets(caption: str) -> list[list[int]]:
@@ -187,12 +195,16 @@ class Pretrainer(nn.Module):
         self.vlm, self.head = model, head
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        logits = self.head(image_tokens(self.vlm, batch))  # (B, 3, 13)
+        logits, counts = self.head(image_tokens(self.vlm, batch))  # (B, 3, 13), (B, 11, 4)
         target = batch["slots"]  # (B, 3, 4)
         cuts = [2, len(world.SIZES), len(world.COLORS), len(world.SHAPES)]
         parts = logits.split(cuts, dim=-1)
-        return sum(nn.functional.cross_entropy(p.flatten(0, 1), target[..., k].flatten(), ignore_index=-100)
+        loss = sum(nn.functional.cross_entropy(p.flatten(0, 1), target[..., k].flatten(), ignore_index=-100)
                    for k, p in enumerate(parts))
+        hot = [nn.functional.one_hot(target[..., k].clamp(min=0), n) * (target[..., k:k + 1] >= 0)
+               for k, n in ((1, len(world.SIZES)), (2, len(world.COLORS)), (3, len(world.SHAPES)))]
+        how_many = torch.cat(hot, dim=-1).sum(1)  # (B, 11): objects with each size, colour, shape
+        return loss + nn.functional.cross_entropy(counts.flatten(0, 1), how_many.flatten())
 
 
 def _checkpointer(model: Any, processor: Any, out: Path | None, every: float, log: Callable | None) -> Callable:
