@@ -103,13 +103,19 @@ def test_qwen_patches_match_the_processor():
     _, processor = tiny_vlms.new_parts("tiny-qwen2vl")
     images = (torch.rand(2, 3, 96, 96) * 255).round().to(torch.uint8)
     enc = processor.image_processor(images=[i.float() / 255 for i in images], return_tensors="pt", do_rescale=False)
-    assert torch.allclose(T.qwen_patches(T.pixels(images), patch=8), enc["pixel_values"], atol=1e-6)
-    assert enc["image_grid_thw"].tolist() == [[1, 12, 12]] * 2
+    p = processor.image_processor.patch_size
+    assert torch.allclose(T.qwen_patches(T.pixels(images), patch=p), enc["pixel_values"], atol=1e-6)
+    assert enc["image_grid_thw"].tolist() == [[1, 96 // p, 96 // p]] * 2
 
 
-def test_slot_targets_read_the_caption():
-    assert T.slot_targets("a small red diamond left of a large blue circle") == [
-        [1, 0, 0, 3], [1, 1, 2, 0], [0, -100, -100, -100]]
+def test_slot_and_count_targets_read_the_caption():
+    slots = T.slot_targets("a small red diamond left of a large blue circle left of a small red circle")
+    assert slots == [[1, 0, 0, 3], [1, 1, 2, 0], [1, 0, 0, 0]]
+    two = T.slot_targets("a small red diamond left of a large blue circle")
+    assert two == [[1, 0, 0, 3], [1, 1, 2, 0], [0, -100, -100, -100]]
+    # sizes (small, large), colours (red, green, blue, yellow, purple), shapes (circle, square, triangle, diamond)
+    assert T.count_targets(torch.tensor([slots, two])).tolist() == [[2, 1, 2, 0, 1, 0, 0, 2, 0, 0, 1],
+                                                                    [1, 1, 1, 0, 1, 0, 0, 1, 0, 0, 1]]
 
 
 def test_loads_offline_and_words_split(copied):

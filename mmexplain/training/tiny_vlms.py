@@ -40,7 +40,7 @@ from ..zoo import tiny_vlms
 from .loop import LoopConfig, fit
 from .tiny_hf import pixels, scene_split
 
-__all__ = ["Recipe", "SlotHead", "slot_targets", "examples", "Batches", "qwen_patches", "train", "save",
+__all__ = ["Recipe", "SlotHead", "slot_targets", "count_targets", "examples", "Batches", "qwen_patches", "train", "save",
            "train_and_save", "finish"]
 
 SLOTS = 3  # at most three objects per scene
@@ -92,6 +92,13 @@ def slot_targets(caption: str) -> list[list[int]]:
     objects = [words[i + 1:i + 4] for i, w in enumerate(words) if w == "a"]
     out = [[1, world.SIZES.index(s), list(world.COLORS).index(c), world.SHAPES.index(h)] for s, c, h in objects]
     return out + [[0, -100, -100, -100]] * (SLOTS - len(out))
+
+
+def count_targets(slots: Tensor) -> Tensor:
+    """``(B, 3, 4)`` slot targets -> ``(B, 11)``: how many objects have each size, colour and shape."""
+    hot = [nn.functional.one_hot(slots[..., k].clamp(min=0), n) * (slots[..., k:k + 1] >= 0)
+           for k, n in ((1, len(world.SIZES)), (2, len(world.COLORS)), (3, len(world.SHAPES)))]
+    return torch.cat(hot, dim=-1).sum(1)  # (B, 11)
 
 
 def examples(n: int, *, size: int, cache_dir: Path | None = None) -> tuple[Tensor, list[list]]:
@@ -201,10 +208,7 @@ class Pretrainer(nn.Module):
         parts = logits.split(cuts, dim=-1)
         loss = sum(nn.functional.cross_entropy(p.flatten(0, 1), target[..., k].flatten(), ignore_index=-100)
                    for k, p in enumerate(parts))
-        hot = [nn.functional.one_hot(target[..., k].clamp(min=0), n) * (target[..., k:k + 1] >= 0)
-               for k, n in ((1, len(world.SIZES)), (2, len(world.COLORS)), (3, len(world.SHAPES)))]
-        how_many = torch.cat(hot, dim=-1).sum(1)  # (B, 11): objects with each size, colour, shape
-        return loss + nn.functional.cross_entropy(counts.flatten(0, 1), how_many.flatten())
+        return loss + nn.functional.cross_entropy(counts.flatten(0, 1), count_targets(target).flatten())
 
 
 def _checkpointer(model: Any, processor: Any, out: Path | None, every: float, log: Callable | None) -> Callable:
