@@ -32,6 +32,7 @@ from .common import CLIError, add_threads, apply_threads, check_out, nonnegative
 __all__ = ["add_train_command"]
 
 MODELS = ("classifier", "captioner", "vqa", "tiny-ved", "tiny-vilt")  # the same as mmexplain.zoo.ALL_NAMES
+VLMS = ("tiny-llava", "tiny-qwen2vl", "tiny-vlm")  # mmexplain.training.tiny_vlms (tiny-vlm is tiny-llava)
 CNN = MODELS[:3]
 
 # mmexplain.training.run.recipe_table(), kept here so that building the parser imports no training code
@@ -65,7 +66,8 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
                "  mmexplain train captioner --steps 2500 --threads 1\n"
                "  mmexplain train tiny-ved --minutes 20 --config enc_layers=3 --cache-dir /tmp/swcache\n"
                "  mmexplain train vqa --evaluate-only              # held-out metrics of models/vqa")
-    p.add_argument("name", metavar="NAME", help="classifier, captioner, vqa, tiny-ved or tiny-vilt")
+    p.add_argument("name", metavar="NAME", help="classifier, captioner, vqa, tiny-ved, tiny-vilt, tiny-llava or "
+                                                "tiny-qwen2vl")
     loop = p.add_argument_group("training budget and schedule")
     loop.add_argument("--steps", metavar="N", type=positive_int,
                       help="optimizer steps (with --minutes: an upper limit)")
@@ -220,9 +222,46 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CLIError(f"--init-encoder: no checkpoint folder {args.init_encoder!r} (or give 'none')")
 
 
+def _train_vlm(args: argparse.Namespace) -> int:
+    """tiny-llava / tiny-qwen2vl: the three-stage recipe (``--minutes`` scales its stages), or --evaluate-only."""
+    import json
+
+    from ..training import tiny_vlms as T
+
+    name = "tiny-llava" if args.name == "tiny-vlm" else args.name
+    apply_threads(args)
+    n = args.n or 200
+    if args.evaluate_only:
+        from .. import zoo
+        from ..training.tiny_vlms_eval import evaluate
+
+        print(json.dumps(evaluate(zoo.load(name, args.source), n=n), indent=1))
+        return 0
+    for flag, dest in TRAINING_OPTIONS:
+        if dest not in ("minutes", "seed", "n_train", "out", "log_every") and getattr(args, dest) not in (None, False):
+            raise CLIError(f"{flag}: not for {name} (its recipe: --minutes, --seed, --n-train, --scenes)")
+    _check_float("--minutes", args.minutes)
+    out = check_out(args.out, kind="folder") if args.out is not None else _default_out(name)
+    if out.exists() and not args.force:
+        raise CLIError(f"--out {str(out)!r} exists; add --force to replace it (or choose another folder)")
+    base = T.Recipe()
+    scale = 1.0 if not args.minutes else args.minutes / sum(base.minutes)
+    recipe = dataclasses.replace(base, minutes=tuple(m * scale for m in base.minutes), seed=args.seed or 0,
+                                 n_train=args.n_train or base.n_train)
+    print(f"writing to {out}", flush=True)
+    metrics = T.train_and_save(name, out, recipe=recipe, n=n, command=_command_line(args),
+                               cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
+                               log=lambda line: print(line, flush=True))
+    print(json.dumps({k: metrics[k] for k in ("caption_exact", "word_accuracy", "answer_accuracy")}))
+    print(f"wrote {out}")
+    return 0
+
+
 def _train_handler(args: argparse.Namespace) -> int:
     from .. import zoo
 
+    if args.name in VLMS:
+        return _train_vlm(args)
     try:
         zoo.check_name(args.name, what="NAME")
     except ValueError as exc:

@@ -45,10 +45,11 @@ from .vqa import VQA, VQAConfig
 NAMES = ("classifier", "captioner", "vqa")  # the CNN models (zoo model files)
 HF_NAMES = ("tiny-ved", "tiny-vilt")  # the transformers models (tiny_hf.py)
 ALL_NAMES = NAMES + HF_NAMES
-VLM_NAMES = ("tiny-vlm",)  # loaded by load(); trained by mmexplain.training.tiny_vlm
+VLM_NAMES = ("tiny-llava", "tiny-qwen2vl")  # loaded by load() (tiny_vlms.py); trained by mmexplain.training.tiny_vlms
+VLM_ALIASES = {"tiny-vlm": "tiny-llava"}  # older names that still load
 WEIGHTS, CONFIG, VOCAB, CARD = "weights.safetensors", "config.json", "vocab.json", "CARD.md"
 
-__all__ = ["NAMES", "HF_NAMES", "ALL_NAMES", "VLM_NAMES", "load", "new", "save", "build", "default_root", "folder", "check_name",
+__all__ = ["NAMES", "HF_NAMES", "ALL_NAMES", "VLM_NAMES", "VLM_ALIASES", "load", "new", "save", "build", "default_root", "folder", "check_name",
            "config_class", "check_config", "default_vocab", "model_name", "vocab_json", "write_checkpoint", "Captioner",
            "CaptionerConfig", "Classifier", "ClassifierConfig", "VQA", "VQAConfig", "Vocab", "tokenize",
            "caption_vocab", "question_vocab"]
@@ -110,7 +111,7 @@ def check_name(name: object, *, what: str = "name") -> str:
     """``name`` if it is a shipped model's name; otherwise ValueError naming the nearest one."""
     if isinstance(name, str) and name in ALL_NAMES:
         return name
-    near = difflib.get_close_matches(str(name), ALL_NAMES + VLM_NAMES, n=1)
+    near = difflib.get_close_matches(str(name), ALL_NAMES + VLM_NAMES + tuple(VLM_ALIASES), n=1)
     hint = f" (nearest: {near[0]})" if near else ""
     raise ValueError(f"{what} must be one of {', '.join(ALL_NAMES)}, got {name!r}{hint}")
 
@@ -123,6 +124,7 @@ def folder(name: str, root: str | os.PathLike | None = None) -> Path:
         root: ``None`` for the package's ``models/``; otherwise a folder holding
             ``<name>/``, or the checkpoint folder itself (holding ``config.json``).
     """
+    name = VLM_ALIASES.get(name, name)
     if name not in VLM_NAMES:
         check_name(name)
     if root is None:
@@ -289,13 +291,13 @@ def load(name: str, root: str | os.PathLike | None = None) -> Any:
     """Load a shipped model in eval mode.
 
     Args:
-        name: one of :data:`ALL_NAMES`, or ``"tiny-vlm"``.
+        name: one of :data:`ALL_NAMES` or :data:`VLM_NAMES` (``"tiny-vlm"`` is ``"tiny-llava"``).
         root: ``None`` for the package's ``models/``; otherwise a folder holding
             ``<name>/``, or the checkpoint folder itself.
 
     Returns:
         The ``nn.Module`` (CNN models) or the ``mx.hf`` adapter (``"tiny-ved"``:
-        ``VisionEncoderDecoderCaptioner``, ``"tiny-vilt"``: ``ViltVQA``, ``"tiny-vlm"``:
+        ``VisionEncoderDecoderCaptioner``, ``"tiny-vilt"``: ``ViltVQA``, the VLMs:
         ``ImageTextToText`` over a LLaVA-style model).
 
     Raises:
@@ -313,10 +315,10 @@ def load(name: str, root: str | os.PathLike | None = None) -> Any:
         from . import tiny_hf
 
         return tiny_hf.load(name, path)
-    if name in VLM_NAMES:
-        from . import tiny_vlm
+    if VLM_ALIASES.get(name, name) in VLM_NAMES:
+        from . import tiny_vlms
 
-        return tiny_vlm.load(path)
+        return tiny_vlms.load(path, VLM_ALIASES.get(name, name))
     return _load_cnn(name, path)
 
 

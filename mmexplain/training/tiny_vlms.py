@@ -1,0 +1,403 @@
+"""Training of the tiny ShapeWorld VLMs (``tiny-llava``, ``tiny-qwen2vl``): a three-stage recipe like the real ones.
+
+1. **vision pretraining**: the vision tower and projector learn to read the caption's
+   objects: a small head (learned queries attending over the projected image tokens)
+   predicts how many objects have each size, colour and shape, and, for the caption's
+   objects left to right, whether the object exists and its size, colour and shape. The
+   targets come from the caption text only (no masks, no boxes); the head is thrown away
+   afterwards.
+2. **alignment + instruction tuning with a frozen tower**: the projector and the language
+   model learn the captions (prompt ``"describe the image"``) and every question of a scene
+   (the question is the prompt); half of every batch captions, half questions.
+3. **full tuning**: everything, at a lower learning rate.
+
+Each example is the processor's chat-templated prompt (image tokens expanded) followed by
+the target tokens and ``</s>``; the loss is the teacher-forced cross-entropy of the target
+tokens. Scenes (96 x 96) come from the train split, pre-generated as uint8 and flipped
+vertically at random (no word depends on up/down). Every stage is
+:func:`mmexplain.training.loop.fit` with a time budget; a checkpoint folder is written
+after each stage and every ``save_every`` minutes, so a cut-off run leaves a usable model.
+
+Example:
+    >>> from mmexplain.training.tiny_vlms import Recipe, train
+    >>> model, processor, info = train("tiny-qwen2vl", Recipe(minutes=(0.1, 0.1, 0.1)), out=None)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import world
+from ..zoo import tiny_vlms
+from .loop import LoopConfig, fit
+from .tiny_hf import pixels, scene_split
+
+__all__ = ["Recipe", "SlotHead", "slot_targets", "count_targets", "examples", "Batches", "qwen_patches", "train", "save",
+           "train_and_save", "finish"]
+
+SLOTS = 3  # at most three objects per scene
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Budgets and schedules of the three stages (minutes each; steps are upper limits)."""
+
+    minutes: tuple[float, float, float] = (15.0, 10.0, 30.0)
+    lr: tuple[float, float, float] = (2e-3, 2e-3, 1e-3)
+    batch_size: tuple[int, int, int] = (32, 32, 32)
+    n_train: int = 8_000
+    seed: int = 0
+    save_every: float = 5.0  # minutes between checkpoints
+
+
+class SlotHead(nn.Module):
+    """Caption objects from image tokens ``(B, N, D)``: per slot logits ``(B, 3, 2 + 2 + 5 + 4)`` and counts.
+
+    Slot columns: exists (2), size (2), colour (5), shape (4), for the caption's objects left
+    to right. Counts ``(B, 11, 4)``: how many objects (0..3) have each size, colour and shape
+    (the caption's words counted: no order to find, so the tokens learn the attributes first).
+    """
+
+    def __init__(self, dim: int, tokens: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.position = nn.Parameter(torch.zeros(tokens, dim))
+        self.queries = nn.Parameter(torch.randn(SLOTS, dim) * 0.02)
+        self.attend = nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(),
+                                 nn.Linear(dim, 2 + len(world.SIZES) + len(world.COLORS) + len(world.SHAPES)))
+        values = len(world.SIZES) + len(world.COLORS) + len(world.SHAPES)
+        self.count_queries = nn.Parameter(torch.randn(values, dim) * 0.02)
+        self.count_attend = nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.count = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, SLOTS + 1))
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        keys = self.norm(tokens) + self.position  # (B, N, D)
+        slots, _ = self.attend(self.queries.expand(len(tokens), -1, -1), keys, keys)  # (B, 3, D)
+        pooled, _ = self.count_attend(self.count_queries.expand(len(tokens), -1, -1), keys, keys)  # (B, 11, D)
+        return self.out(slots), self.count(pooled)  # (B, 3, 13), (B, 11, 4)
+
+
+def slot_targets(caption: str) -> list[list[int]]:
+    """``[exists, size, colour, shape]`` per slot, read from the caption (``-100``: no object there)."""
+    words = caption.split()
+    objects = [words[i + 1:i + 4] for i, w in enumerate(words) if w == "a"]
+    out = [[1, world.SIZES.index(s), list(world.COLORS).index(c), world.SHAPES.index(h)] for s, c, h in objects]
+    return out + [[0, -100, -100, -100]] * (SLOTS - len(out))
+
+
+def count_targets(slots: Tensor) -> Tensor:
+    """``(B, 3, 4)`` slot targets -> ``(B, 11)``: how many objects have each size, colour and shape."""
+    hot = [nn.functional.one_hot(slots[..., k].clamp(min=0), n) * (slots[..., k:k + 1] >= 0)
+           for k, n in ((1, len(world.SIZES)), (2, len(world.COLORS)), (3, len(world.SHAPES)))]
+    return torch.cat(hot, dim=-1).sum(1)  # (B, 11)
+
+
+def examples(n: int, *, size: int, cache_dir: Path | None = None) -> tuple[Tensor, list[list]]:
+    """uint8 images ``(n, 3, size, size)`` of the first ``n`` train scenes; ``[scene, prompt, target, kind]`` rows."""
+    cache = None if cache_dir is None else Path(cache_dir) / f"shapeworld_vlm_train_{n}_{size}"
+    return scene_split("train", n, size=size, cache=cache, rows_of=lambda i, scene: [
+        [i, tiny_vlms.CAPTION_PROMPT, scene.caption, "caption"],
+        *([i, qa.question, qa.answer, qa.kind] for qa in scene.questions)])
+
+
+def qwen_patches(images: Tensor, *, patch: int, merge: int = 2, temporal: int = 2) -> Tensor:
+    """``(B, 3, H, W)`` normalized -> Qwen2-VL's flattened patches ``(B * h * w, 3 * temporal * patch * patch)``.
+
+    Rows in merge-block order (each 2 x 2 block of patches together), the image repeated
+    ``temporal`` times, as ``Qwen2VLImageProcessor`` lays them out.
+    """
+    b, c, height, width = images.shape
+    h, w = height // patch, width // patch
+    x = images[:, None].expand(b, temporal, c, height, width)  # (B, T, C, H, W)
+    x = x.reshape(b, temporal, c, h // merge, merge, patch, w // merge, merge, patch)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (B, h/m, w/m, m, m, C, T, p, p)
+    return x.reshape(b * h * w, c * temporal * patch * patch)
+
+
+class Batches:
+    """Model inputs for the examples of one processor: prompts encoded once, images laid out per family."""
+
+    def __init__(self, name: str, processor: Any, images: Tensor, rows: list[list]) -> None:
+        from ..adapters.hf.vlm import chat_text
+
+        self.name, self.processor, self.images, self.rows = name, processor, images, rows
+        self.tokenizer = processor.tokenizer
+        self.spec = tiny_vlms.SPECS[name]
+        side = images.shape[-1]
+        prompts: dict[str, list[int]] = {}
+        self.encoded = []
+        for _, prompt, target, _ in rows:
+            if prompt not in prompts:
+                enc = processor(text=chat_text(processor, prompt), images=torch.zeros(3, side, side),
+                                return_tensors="pt", do_rescale=False)
+                prompts[prompt] = enc["input_ids"][0].tolist()
+            self.encoded.append((prompts[prompt], self.target_ids(target)))
+        self.image_token = processor.image_token_id if hasattr(processor, "image_token_id") else \
+            self.tokenizer.convert_tokens_to_ids(processor.image_token)
+
+    def target_ids(self, text: str) -> list[int]:
+        """The target's token ids followed by ``</s>``."""
+        return [*self.tokenizer(text, add_special_tokens=False).input_ids, self.tokenizer.eos_token_id]
+
+    def pixel_inputs(self, images: Tensor) -> dict[str, Tensor]:
+        """uint8 ``(B, 3, H, W)`` -> ``pixel_values`` (and ``image_grid_thw``) as the saved processor makes them."""
+        values = pixels(images)  # (B, 3, H, W) in [-1, 1]
+        if self.name == "tiny-llava":
+            return {"pixel_values": values}
+        p = self.spec.patch_size
+        grid = torch.tensor([[1, values.shape[-2] // p, values.shape[-1] // p]] * len(values))  # (B, 3)
+        return {"pixel_values": qwen_patches(values, patch=p), "image_grid_thw": grid}
+
+    def images_of(self, index: list[int]) -> Tensor:
+        return self.images[torch.tensor([self.rows[i][0] for i in index])]
+
+    def text(self, index: list[int], *, flip: bool = False) -> dict[str, Tensor]:
+        """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` ``(B, L)`` and the pixel inputs."""
+        seqs = [self.encoded[i][0] + self.encoded[i][1] for i in index]
+        length = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(index), length), pad)  # (B, L)
+        labels = torch.full((len(index), length), -100)  # (B, L)
+        mask = torch.zeros(len(index), length, dtype=torch.long)  # (B, L)
+        for b, i in enumerate(index):
+            prompt, target = self.encoded[i]
+            ids[b, :len(prompt) + len(target)] = torch.tensor(prompt + target)
+            labels[b, len(prompt):len(prompt) + len(target)] = torch.tensor(target)
+            mask[b, :len(prompt) + len(target)] = 1
+        images = self.images_of(index)
+        out = {"input_ids": ids, "attention_mask": mask, "labels": labels,
+               **self.pixel_inputs(images.flip(-2) if flip else images)}
+        if self.name == "tiny-qwen2vl":
+            out["mm_token_type_ids"] = (ids == self.image_token).long()  # (B, L): 1 on image tokens
+        return out
+
+
+def image_tokens(model: Any, inputs: dict[str, Tensor]) -> Tensor:
+    """The projected image tokens the LM reads, ``(B, N, D)``."""
+    kw = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
+    return torch.stack(list(model.model.get_image_features(**kw).pooler_output))
+
+
+def lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Teacher-forced cross-entropy of the target tokens (the token at t is scored by the logits at t - 1)."""
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, L, V)
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                       ignore_index=-100)
+
+
+class Pretrainer(nn.Module):
+    """The VLM's vision path (tower + projector) and the slot head, trained together in stage 1."""
+
+    def __init__(self, model: nn.Module, head: SlotHead) -> None:
+        super().__init__()
+        self.vlm, self.head = model, head
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        logits, counts = self.head(image_tokens(self.vlm, batch))  # (B, 3, 13), (B, 11, 4)
+        target = batch["slots"]  # (B, 3, 4)
+        cuts = [2, len(world.SIZES), len(world.COLORS), len(world.SHAPES)]
+        parts = logits.split(cuts, dim=-1)
+        loss = sum(nn.functional.cross_entropy(p.flatten(0, 1), target[..., k].flatten(), ignore_index=-100)
+                   for k, p in enumerate(parts))
+        return loss + nn.functional.cross_entropy(counts.flatten(0, 1), count_targets(target).flatten())
+
+
+def _checkpointer(model: Any, processor: Any, out: Path | None, every: float, log: Callable | None) -> Callable:
+    last = [time.time()]
+
+    def maybe(force: bool = False) -> None:
+        if out is None or not (force or time.time() - last[0] >= 60 * every):
+            return
+        save(model, processor, out)
+        last[0] = time.time()
+        if log is not None:
+            log(f"checkpoint written to {out}")
+    return maybe
+
+
+def save(model: Any, processor: Any, out: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
+    """Write the checkpoint folder ``out`` whole and atomically (``extra``: more files, name -> text)."""
+    from .._io import atomic_folder, write_text
+
+    with atomic_folder(out) as tmp:
+        tiny_vlms.write_checkpoint(model, processor, tmp)
+        for name, text in (extra or {}).items():
+            write_text(tmp / name, text)
+    return Path(out)
+
+
+def train(name: str, recipe: Recipe = Recipe(), *, out: str | os.PathLike | None = None,
+          init: str | os.PathLike | None = None, cache_dir: Path | None = None,
+          log: Callable[[str], None] | None = print) -> tuple[Any, Any, dict[str, Any]]:
+    """Train ``name`` with the three stages; returns ``(model in eval mode, processor, info)``.
+
+    ``out``: a checkpoint folder rewritten after every stage and every ``recipe.save_every``
+    minutes (``None``: none). ``init``: continue from this checkpoint folder (stages with
+    0 minutes are skipped).
+    """
+    name = tiny_vlms.ALIASES.get(name, name)
+    t0 = time.time()
+    if init is None:
+        model, processor = tiny_vlms.new_parts(name, seed=recipe.seed)
+    else:
+        model, processor = tiny_vlms.load_parts(init, name)
+    size = tiny_vlms.SPECS[name].image_size
+    images, rows = examples(recipe.n_train, size=size, cache_dir=cache_dir)
+    data = Batches(name, processor, images, rows)
+    captions = [i for i, r in enumerate(rows) if r[3] == "caption"]
+    questions = [i for i, r in enumerate(rows) if r[3] != "caption"]
+    slots = torch.tensor([slot_targets(rows[i][2]) for i in captions])  # (n, 3, 4), captions in scene order
+    data_seconds = time.time() - t0
+    if log is not None:
+        log(f"data: {recipe.n_train} scenes, {len(captions)} captions, {len(questions)} questions, "
+            f"{data_seconds:.0f}s")
+    out = None if out is None else Path(out)
+    checkpoint = _checkpointer(model, processor, out, recipe.save_every, log)
+    stages = []
+
+    # stage 1: vision tower + projector + slot head on the caption's objects
+    for p in model.parameters():
+        p.requires_grad_(False)
+    vision = [model.model.vision_tower, model.model.multi_modal_projector] if name == "tiny-llava" else \
+        [model.model.visual]
+    for module in vision:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    probe = data.pixel_inputs(images[:1])
+    tokens = image_tokens(model, probe).shape[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        head = SlotHead(tiny_vlms.SPECS[name].text_hidden, tokens)
+    pre = Pretrainer(model, head)
+
+    def slot_batch(step: int, gen: torch.Generator) -> dict[str, Tensor]:
+        checkpoint()
+        pick = torch.randint(len(captions), (recipe.batch_size[0],), generator=gen)
+        flip = bool(torch.rand((), generator=gen) < 0.5)
+        scene_images = images[pick]
+        return {**data.pixel_inputs(scene_images.flip(-2) if flip else scene_images), "slots": slots[pick]}
+
+    def config(k: int) -> LoopConfig:
+        return LoopConfig(steps=100_000, minutes=recipe.minutes[k], batch_size=recipe.batch_size[k], lr=recipe.lr[k],
+                          weight_decay=0.01, warmup=100 if k < 2 else 20, min_lr=0.05, clip=1.0,
+                          seed=recipe.seed + k, log_every=50)
+
+    if recipe.minutes[0] > 0:
+        stages.append({**fit(pre, slot_batch, lambda m, b: m.loss(b), config(0), log=log), "stage": 1})
+        checkpoint(force=True)
+
+    def lm_batch(step: int, gen: torch.Generator) -> dict[str, Tensor]:
+        checkpoint()
+        half = max(1, data_batch // 2)
+        pick_c = torch.randint(len(captions), (half,), generator=gen).tolist()
+        pick_q = torch.randint(len(questions), (data_batch - half,), generator=gen).tolist()
+        flip = bool(torch.rand((), generator=gen) < 0.5)
+        return data.text([captions[i] for i in pick_c] + [questions[i] for i in pick_q], flip=flip)
+
+    for k in (1, 2):  # stage 2: everything but the tower; stage 3: everything
+        if recipe.minutes[k] <= 0:
+            continue
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if k == 1:
+            tower = model.model.vision_tower if name == "tiny-llava" else model.model.visual.blocks
+            for p in tower.parameters():
+                p.requires_grad_(False)
+            if name == "tiny-qwen2vl":
+                for p in model.model.visual.patch_embed.parameters():
+                    p.requires_grad_(False)
+        data_batch = recipe.batch_size[k]
+        stages.append({**fit(model, lm_batch, lm_loss, config(k), log=log), "stage": k + 1})
+        checkpoint(force=True)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    info = {"name": name, "recipe": asdict(recipe), "stages": stages, "init": None if init is None else str(init),
+            "data_seconds": round(data_seconds, 1),
+            "seconds": round(time.time() - t0, 1), "threads": torch.get_num_threads(),
+            "parameters": sum(p.numel() for p in model.parameters()), "architecture": asdict(tiny_vlms.SPECS[name])}
+    return model.eval(), processor, info
+
+
+def train_and_save(name: str, out: str | os.PathLike, *, recipe: Recipe = Recipe(), n: int = 200,
+                   cache_dir: Path | None = None, command: str = "",
+                   log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Train ``name`` (checkpoints in ``out`` as it goes), evaluate it and write ``out`` with its card and metrics."""
+    import json
+
+    from .. import world as sw
+    from ..zoo.shapeworld_bpe import split_words
+    from .tiny_vlms_eval import card, evaluate
+
+    name = tiny_vlms.ALIASES.get(name, name)
+    model, processor, info = train(name, recipe, out=out, cache_dir=cache_dir, log=log)
+    info["vocab_size"] = len(processor.tokenizer)
+    metrics = evaluate(tiny_vlms.adapter(model, processor), n=n, log=log)
+    save(model, processor, out)
+    size = (Path(out) / "model.safetensors").stat().st_size
+    words = [*sw.SIZES, *sw.COLORS, *sw.SHAPES, *sw.RELATION.split()]
+    text = card(name, info, metrics, command=command or f"mmexplain train {name}",
+                eval_command=f"mmexplain train {name} --evaluate-only --scenes {n}",
+                split=split_words(processor.tokenizer, words), size_bytes=size)
+    save(model, processor, out, {"CARD.md": text, "metrics.json": json.dumps({**metrics, "training": info}, indent=1)})
+    return metrics
+
+
+def finish(name: str, folder: str | os.PathLike, *, n: int = 200, command: str = "",
+           log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Evaluate the checkpoint ``folder`` (trained by :func:`main`, its ``train_info.json`` beside it) and write
+    its ``CARD.md`` and ``metrics.json``; a continued run's stages follow those of the run it continued."""
+    import json
+
+    from .._io import write_text
+    from .. import world as sw
+    from ..zoo.shapeworld_bpe import split_words
+    from .tiny_vlms_eval import card, evaluate
+
+    name = tiny_vlms.ALIASES.get(name, name)
+    folder = Path(folder)
+    info = json.loads((folder / "train_info.json").read_text(encoding="utf-8"))
+    earlier = info.get("init") and Path(info["init"]) / "train_info.json"
+    if earlier and earlier.is_file():
+        before = json.loads(earlier.read_text(encoding="utf-8"))
+        info = {**info, "stages": before["stages"] + info["stages"], "seconds": before["seconds"] + info["seconds"],
+                "continued": info["recipe"]}
+        info["recipe"] = before["recipe"]
+    model, processor = tiny_vlms.load_parts(folder, name)
+    info["vocab_size"] = len(processor.tokenizer)
+    metrics = evaluate(tiny_vlms.adapter(model, processor), n=n, log=log)
+    words = [*sw.SIZES, *sw.COLORS, *sw.SHAPES, *sw.RELATION.split()]
+    text = card(name, info, metrics, command=command or f"mmexplain train {name}",
+                eval_command=f"mmexplain train {name} --evaluate-only --scenes {n}",
+                split=split_words(processor.tokenizer, words), size_bytes=(folder / "model.safetensors").stat().st_size)
+    write_text(folder / "metrics.json", json.dumps({**metrics, "training": info}, indent=1))
+    write_text(folder / "CARD.md", text)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mmexplain.training.tiny_vlms NAME OUT [MINUTES1 MINUTES2 MINUTES3 [INIT]]``: train, checkpointing."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    name, out = args[0], Path(args[1])
+    minutes = tuple(float(m) for m in args[2:5]) if len(args) >= 5 else Recipe().minutes
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    init = args[5] if len(args) > 5 else None
+    model, processor, info = train(name, Recipe(minutes=minutes), out=out, init=init, cache_dir=Path("/tmp/swcache"),
+                                   log=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
+    save(model, processor, out, {"train_info.json": json.dumps(info, indent=1)})
+    print("done", json.dumps(info)[:2000], flush=True)
+
+
+if __name__ == "__main__":
+    main()
