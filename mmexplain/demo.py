@@ -62,9 +62,9 @@ def best_method(model: str) -> str:
 
 def method_label(model: str, method: str, *, shipped: bool = True) -> str:
     """``"Score-CAM · points 96.9%"``: the method's name and its measured pointing on the shipped model."""
-    from .evaluation.grounding import METHOD_NAMES
+    from .methods import display_name
 
-    name = METHOD_NAMES.get(method, method)
+    name = display_name(method)
     if not shipped or method not in POINTING.get(model, {}):
         return name
     return f"{name} \u00b7 points {POINTING[model][method]:.1f}%"
@@ -72,16 +72,16 @@ def method_label(model: str, method: str, *, shipped: bool = True) -> str:
 
 def trust_note(model: str, *, shipped: bool) -> str:
     """One sentence: how often Grad-CAM and the best method point at the referred object on ``model``."""
-    from .evaluation.grounding import METHOD_NAMES
+    from .methods import display_name
 
     best = best_method(model)
-    names = f"{METHOD_NAMES['gradcam']} and {METHOD_NAMES[best]}"
+    names = f"{display_name('gradcam')} and {display_name(best)}"
     if not shipped:
         return f"{names}; their pointing was measured on the shipped {model}, not on these weights."
     p = POINTING[model]
     return (f"How far to trust these maps: on held-out scenes the map's maximum lies on the referred object for "
-            f"{p['gradcam']:.1f}% of {ITEMS[model]} with {METHOD_NAMES['gradcam']}, {p[best]:.1f}% with "
-            f"{METHOD_NAMES[best]} (chance 4%; {LEADERBOARD}).")
+            f"{p['gradcam']:.1f}% of {ITEMS[model]} with {display_name('gradcam')}, {p[best]:.1f}% with "
+            f"{display_name(best)} (chance 4%; {LEADERBOARD}).")
 
 
 def load_shipped(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -274,7 +274,7 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
     """
     from . import world
     from ._io import atomic_folder, write_text
-    from .evaluation.grounding import METHOD_NAMES
+    from .methods import display_name
     from .explain import explain_answer, explain_caption, explain_class
     from .viz import (
         answer_view, caption_view, figure_view, plot_answer, plot_caption, plot_classes, save_figure, write_report,
@@ -356,7 +356,7 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
             "For each question, the map of the predicted answer (where the evidence for it lies), the "
             "counterfactual map (what argues against it: the negated gradients, paper Sec. 3.2), and the "
             "question words that pushed the answer up (green) or down (red); left Grad-CAM, right "
-            f"{METHOD_NAMES[best['vqa']]}.",
+            f"{display_name(best['vqa'])}.",
             "",
             trust_note("vqa", shipped=shipped),
             "",
@@ -370,7 +370,7 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
                                             title=f"Scene {k + 1} (seed {scene.seed}): {qa.question}"))
                 names = [f"vqa_{k}_{j}.png", f"vqa_{k}_{j}_{best['vqa']}.png"]
                 save_figure(plot_answer(ax, note=gc), tmp / names[0])
-                save_figure(plot_answer(other, method=METHOD_NAMES[best["vqa"]], note=bm), tmp / names[1])
+                save_figure(plot_answer(other, method=display_name(best["vqa"]), note=bm), tmp / names[1])
                 p = float(ax.probabilities[0]) if ax.probabilities is not None else math.nan
                 verdict = "correct" if ax.answer == qa.answer else f"wrong; truth: {qa.answer}"
                 md += [

@@ -737,14 +737,14 @@ def _pickle(folder: Path) -> None:
 
 
 HF_FOLDER_CASES = [
-    ("vlm-hidden-1e7", "tiny-vlm", _set("text_config", hidden_size=10**7), "text_config.hidden_size"),
-    ("vlm-vocab-1e9", "tiny-vlm", _set("text_config", vocab_size=10**9), "text_config.vocab_size"),
-    ("vlm-vision-hidden-1e7", "tiny-vlm", _set("vision_config", hidden_size=10**7), "vision_config.hidden_size"),
-    ("vlm-layers-0", "tiny-vlm", _set("text_config", num_hidden_layers=0), "num_hidden_layers"),
-    ("vlm-heads-text", "tiny-vlm", _set("text_config", num_attention_heads="4"), "num_attention_heads"),
-    ("vlm-nested", "tiny-vlm", _write("config.json", b"{" + b'"a": {' * 200_000 + b"}" * 200_001), "nested"),
-    ("vlm-pickle", "tiny-vlm", _pickle, "pickle"),
-    ("vlm-config-huge", "tiny-vlm", _write("config.json", b" " * (5 * 2**20) + b"{}"), "bytes"),
+    ("vlm-hidden-1e7", "tiny-llava", _set("text_config", hidden_size=10**7), "text_config.hidden_size"),
+    ("vlm-vocab-1e9", "tiny-llava", _set("text_config", vocab_size=10**9), "text_config.vocab_size"),
+    ("vlm-vision-hidden-1e7", "tiny-llava", _set("vision_config", hidden_size=10**7), "vision_config.hidden_size"),
+    ("vlm-layers-0", "tiny-llava", _set("text_config", num_hidden_layers=0), "num_hidden_layers"),
+    ("vlm-heads-text", "tiny-llava", _set("text_config", num_attention_heads="4"), "num_attention_heads"),
+    ("vlm-nested", "tiny-llava", _write("config.json", b"{" + b'"a": {' * 200_000 + b"}" * 200_001), "nested"),
+    ("vlm-pickle", "tiny-llava", _pickle, "pickle"),
+    ("vlm-config-huge", "tiny-llava", _write("config.json", b" " * (5 * 2**20) + b"{}"), "bytes"),
     ("ved-pickle", "tiny-ved", _pickle, "model.safetensors"),
     ("ved-truncated", "tiny-ved", lambda f: (f / "model.safetensors").write_bytes(
         (f / "model.safetensors").read_bytes()[:1000]), "model.safetensors"),

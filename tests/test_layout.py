@@ -28,8 +28,8 @@ FORBIDDEN = {
 
 # every top-level module in import order: a module imports only modules before it (no circle;
 # imports under ``if TYPE_CHECKING:`` are annotations, not imports, and are not counted)
-ORDER = ["_io", "targets", "metrics", "runner", "words", "world_coco", "world", "methods", "adapters", "dissect",
-         "zoo", "viz", "explain", "evaluation", "training", "cli", "__main__"]
+ORDER = ["errors", "_io", "targets", "metrics", "runner", "words", "world_coco", "world", "methods", "adapters", "dissect",
+         "zoo", "viz", "explain", "evaluation", "demo", "training", "cli", "__main__"]
 PACKAGE_ITSELF = {"__init__", "__version__"}  # ``from .. import __version__`` reads the package, not a module
 
 # underscore names imported across modules that are still to be made public (owners: other parts of the
