@@ -45,7 +45,8 @@ from torch import Tensor, nn
 from ...targets import SequenceLogProb
 from ..images import load_image
 from ..protocols import AnswerQuery, WordSpan, check_copies
-from .common import decode_words, device_of, split_processor, tokenize_words
+from .common import device_of, split_processor
+from .words import GeneratedWords, generated_words, tokenize_words
 from .families import Family, chat_text, family_of
 from .layouts import TokenGrid
 from .tap import VisionTap
@@ -155,15 +156,22 @@ class ImageTextToText:
         device = device_of(self.hf_model)
         return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in enc.items()}
 
-    def _generate(self, pixels: Tensor, prompt: str) -> list[str]:
+    def _generate(self, pixels: Tensor, prompt: str) -> GeneratedWords:
         inputs = self.prompt_inputs(pixels, prompt)
         with torch.no_grad():
             out = self.hf_model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
-        new = out[0] if self.family.encoder_decoder else out[0, inputs["input_ids"].shape[1]:]  # (T,)
-        return decode_words(self.tokenizer, new)
+        if self.family.encoder_decoder:
+            return generated_words(self.tokenizer, out[0], start=self.decoder_start())
+        return generated_words(self.tokenizer, out[0, inputs["input_ids"].shape[1]:])  # (T,) after the prompt
 
-    def generate(self, pixels: Tensor) -> list[str]:
-        """The model's greedy continuation of the prompt, as words (special tokens dropped)."""
+    def decoder_start(self) -> int:
+        """An encoder-decoder's decoder start token id."""
+        start = self.hf_model.generation_config.decoder_start_token_id
+        return int(self.hf_model.config.get_text_config().decoder_start_token_id if start is None else start)
+
+    def generate(self, pixels: Tensor) -> GeneratedWords:
+        """The model's greedy continuation of the prompt, as words that carry the generated ids
+        (:class:`~.words.GeneratedWords`: teacher forcing scores exactly those tokens)."""
         return self._generate(pixels, self.prompt)
 
     def split_words(self, caption: str) -> list[str]:
@@ -195,16 +203,17 @@ class ImageTextToText:
         if check_copies(copies) != 1:
             raise ValueError(f"copies: {type(self).__name__} explains the words with one batched backward "
                              f"(targets_in_batch=False), got copies={copies}")
-        ids, groups = tokenize_words(self.tokenizer, list(words))
+        kept = words.tokens_for(words) if isinstance(words, GeneratedWords) else None
+        ids, groups = kept if kept is not None else tokenize_words(self.tokenizer, list(words))
         inputs = self.prompt_inputs(pixels, prompt)
         text = torch.tensor([ids], device=inputs["input_ids"].device)  # (1, n)
         n = len(ids)
         if self.family.encoder_decoder:
-            start = self.hf_model.generation_config.decoder_start_token_id
-            start = self.hf_model.config.get_text_config().decoder_start_token_id if start is None else start
-            full, _ = tokenize_words(self.tokenizer, list(words), add_special_tokens=True)
-            lead = full[:full.index(ids[0])] if ids[0] in full else []  # the tokenizer's own BOS before the words
-            prefix = torch.tensor([[int(start), *lead]], device=text.device)
+            lead: list[int] = []
+            if kept is None:  # given words: the tokenizer's own BOS before them (generated ids carry theirs)
+                full, _ = tokenize_words(self.tokenizer, list(words), add_special_tokens=True)
+                lead = full[:full.index(ids[0])] if ids[0] in full else []
+            prefix = torch.tensor([[self.decoder_start(), *lead]], device=text.device)
             inputs["decoder_input_ids"] = torch.cat([prefix, text], dim=1)  # (1, s + n)
             inputs["decoder_attention_mask"] = torch.ones_like(inputs["decoder_input_ids"])
             offset = prefix.shape[1] - 1
@@ -241,11 +250,12 @@ class ImageTextToText:
         if answer is None and top_k != 1:
             raise ValueError(f"top_k: a generated answer has no ranked alternatives (top_k=1), got {top_k}; "
                              "pass answer= to explain another")
+        words: list[str] = answer.split() if answer is not None else self._generate(pixels, question)
         if answer is None:
-            answer = self.answer(pixels, question)
+            answer = " ".join(words)
             if not answer:
                 raise ValueError(f"the model generated an empty answer to {question!r}; pass answer=")
-        inputs, spans = self._forced(pixels, question, answer.split())
+        inputs, spans = self._forced(pixels, question, words)  # generated words keep their generated ids
         target = SequenceLogProb([t for _, tokens in spans for t in tokens],
                                  positions=[p for positions, _ in spans for p in positions])
         key = "input_ids"
