@@ -55,6 +55,7 @@ from __future__ import annotations
 from ..grids import PatchGrid
 from .captioners import BlipCaptioner, VisionEncoderDecoderCaptioner
 from .common import tokenize_words
+from .discovery import Unsupported, discover, register_family, unregister_family
 from .dispatch import adapter, answer_adapter, caption_adapter
 from .layouts import TokenGrid
 from .tap import VisionTap
@@ -75,6 +76,10 @@ __all__ = [
     "TokenGrid",
     "VisionTap",
     "adapter",
+    "register_family",
+    "unregister_family",
+    "discover",
+    "Unsupported",
     "caption_adapter",
     "answer_adapter",
 ]

@@ -47,7 +47,8 @@ from ..images import load_image
 from ..protocols import AnswerQuery, WordSpan, check_copies
 from .common import device_of, split_processor
 from .words import GeneratedWords, generated_words, tokenize_words
-from .families import Family, chat_text, family_of
+from .discovery import discover
+from .families import Family, chat_text
 from .layouts import TokenGrid
 from .tap import VisionTap
 
@@ -58,7 +59,8 @@ class ImageTextToText:
     """An image-text-to-text VLM as a caption adapter and an answer adapter (see the module docstring).
 
     Args:
-        model: a supported transformers model (``mx.hf.adapters.hf.families.FAMILIES``).
+        model: an image-text-to-text transformers model whose layout :func:`~.discovery.discover` finds
+            from its config and modules (or a family registered with ``mx.hf.register_family``).
         processor: its processor (image processor, tokenizer, chat template).
         image_processor, tokenizer: given separately (they win over the processor's).
         layer: dotted name (in ``model``) of the vision layer to explain instead of the one
@@ -71,7 +73,9 @@ class ImageTextToText:
     Attributes:
         model: the :class:`~.tap.VisionTap` the engine hooks; ``hf_model``: the model itself.
         default_layer: ``"features"``, the tap's output (the ``site`` layer's output).
-        site: the explained layer's name in ``hf_model``.
+        site: the explained layer's name in ``hf_model`` (the deepest, when the LM reads several).
+        sites: every vision layer the LM reads (their maps are summed on one grid, see :mod:`.tap`).
+        rule: which discovery rule placed the model, in words.
         question_layer: the LM input embedding, relative to ``model``.
     """
 
@@ -80,12 +84,7 @@ class ImageTextToText:
     def __init__(self, model: nn.Module, processor: Any = None, *, image_processor: Any = None, tokenizer: Any = None,
                  layer: str | None = None, prompt: str | None = None, chat: bool | None = None,
                  max_new_tokens: int = 30) -> None:
-        family = family_of(model)
-        if family is None:
-            from .families import FAMILIES
-
-            names = ", ".join(n for f in FAMILIES for n in f.names)
-            raise TypeError(f"ImageTextToText model: expected one of {names}, got {type(model).__name__}")
+        family, self.rule = discover(model)  # Unsupported (a TypeError) saying what is missing
         if processor is None:
             raise TypeError("ImageTextToText: expected processor= (the model's processor builds its prompts)")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -104,16 +103,17 @@ class ImageTextToText:
         self.chat = has_template if chat is None else chat
         self.prompt = self.family.default_prompt if prompt is None else prompt
         self.max_new_tokens = max_new_tokens
-        self.site = self.family.site() if layer is None else layer
-        self.model = VisionTap(model, self.site)
+        self.sites = self.family.sites() if layer is None else [layer]
+        self.site = self.sites[-1]
+        self.model = VisionTap(model, self.sites)
         self.default_layer = "features"
         embedding = model.get_input_embeddings()
         self.question_layer = "model." + next(n for n, m in model.named_modules() if m is embedding)
         self.logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def __repr__(self) -> str:
-        return (f"ImageTextToText({type(self.hf_model).__name__}, site={self.site!r}, prompt={self.prompt!r}, "
-                f"chat={self.chat})")
+        return (f"ImageTextToText({type(self.hf_model).__name__}, sites={self.sites!r}, prompt={self.prompt!r}, "
+                f"chat={self.chat}, rule={self.rule!r})")
 
     def with_prompt(self, prompt: str) -> ImageTextToText:
         """The same adapter (model, processor, layer) writing after ``prompt``: e.g. a question, so that
@@ -222,7 +222,8 @@ class ImageTextToText:
             for key, value in list(inputs.items()):
                 if key == "input_ids":
                     inputs[key] = torch.cat([value, text], dim=1)  # (1, P + n)
-                elif isinstance(value, Tensor) and value.dim() == 2 and value.shape == (1, length):
+                elif isinstance(value, Tensor) and value.dim() == 2 and value.shape == (1, length) \
+                        and not key.startswith("qformer"):
                     extra = value.new_ones(1, n) if key == "attention_mask" else self.family.continuation(key, value, n)
                     inputs[key] = torch.cat([value, extra], dim=1)
             offset = length - 1
