@@ -43,7 +43,7 @@ def caption_adapter(model: nn.Module, processor: Any = None,
     Example:
         >>> ex = mx.explain_caption(mx.hf.caption_adapter(model, processor), "cat.jpg")  # doctest: +SKIP
     """
-    cls = CAPTIONERS.get(type(model).__name__) or vlm_class(model)
+    cls = CAPTIONERS.get(type(model).__name__) or vlm_class(model, role="caption ")
     return cls(model, processor, **kwargs)
 
 
@@ -59,7 +59,7 @@ def answer_adapter(model: nn.Module, processor: Any = None, **kwargs: Any) -> Bl
     Example:
         >>> ax = mx.explain_answer(mx.hf.answer_adapter(model, processor), "cat.jpg", "what is it?")  # doctest: +SKIP
     """
-    cls = ANSWERERS.get(type(model).__name__) or vlm_class(model)
+    cls = ANSWERERS.get(type(model).__name__) or vlm_class(model, role="VQA ")
     return cls(model, processor, **kwargs)
 
 
@@ -83,13 +83,17 @@ def adapter(model: nn.Module, processor: Any = None, **kwargs: Any) -> Any:
     return vlm_class(model)(model, processor, **kwargs)
 
 
-def vlm_class(model: nn.Module) -> type:
+def vlm_class(model: nn.Module, *, role: str = "") -> type:
     """:class:`ImageTextToText` when discovery places ``model`` (from its config and modules); otherwise
     :class:`~.discovery.Unsupported` (a TypeError) naming the class and what is missing."""
+    name = type(model).__name__
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
-        raise TypeError(f"model: expected a transformers model, got {type(model).__name__}")
+        raise TypeError(f"model: no {role}adapter for {name} (expected a transformers model)")
     try:
         discover(model)
     except Unsupported as exc:
-        raise Unsupported(f"{exc} (other adapters: {', '.join(sorted(set(CAPTIONERS) | set(ANSWERERS)))})") from None
+        others = ", ".join(sorted(set(CAPTIONERS if role == "caption " else ANSWERERS if role else CAPTIONERS)
+                                  - set(VLMS) | (set(ANSWERERS) - set(VLMS) if not role else set())))
+        raise Unsupported(f"model: no {role}adapter for {name}: {str(exc).removeprefix('model: ')} "
+                          f"(adapters by class: {others})") from None
     return ImageTextToText
