@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .families import FAMILIES, Family, blocks, tower_of
+from .families import FAMILIES, Family, OneImage, blocks, tower_of
 from .layouts import TokenGrid
 
 __all__ = ["Unsupported", "Projected", "register_family", "unregister_family", "registered_families", "discover",
@@ -113,7 +113,7 @@ def refusal(model: nn.Module) -> str | None:
     return None
 
 
-class Projected(Family):
+class Projected(OneImage):
     """The general rule: a ViT tower whose tokens a projector maps to the LM's image tokens, one per patch
     (the projector may pool or merge them: the tower's grid is what is explained). Gemma 3, Idefics2 (the
     perceiver resampler reads the tower), and others."""
@@ -131,28 +131,6 @@ class Projected(Family):
             return post  # what the tower returns as last_hidden_state
         layers = blocks(self.model, self.tower_name)
         return f"{layers}.{len(self.model.get_submodule(layers)) - 1}"
-
-    def images(self, image: Tensor) -> dict[str, Tensor]:
-        images = super().images(image)
-        pixels = images["pixel_values"]
-        if pixels.dim() == 5 and pixels.shape[1] != 1:
-            raise ValueError(f"{type(self.model).__name__}: the processor made {pixels.shape[1]} crops of one image; "
-                             "crops are not stitched for this model (use a processor that does not split images)")
-        return images
-
-    def view(self, images: dict[str, Tensor]) -> Tensor:
-        pixels = images["pixel_values"]
-        return super().view({"pixel_values": pixels.reshape(-1, *pixels.shape[-3:])[:1]})
-
-    def patch_grid(self, images: dict[str, Tensor]) -> tuple[int, int]:
-        pixels = images["pixel_values"]
-        return super().patch_grid({"pixel_values": pixels.reshape(-1, *pixels.shape[-3:])[:1]})
-
-    def prompt_inputs(self, image: Tensor, prompt: str, *, chat: bool) -> dict[str, Tensor]:
-        enc = super().prompt_inputs(image, prompt, chat=chat)
-        if "pixel_values" in enc and enc["pixel_values"].dim() == 5 and enc["pixel_values"].shape[1] != 1:
-            self.images(image)  # the same error as the grid's
-        return enc
 
     def grid(self, images: dict[str, Tensor]) -> TokenGrid:
         h, w = self.patch_grid(images)

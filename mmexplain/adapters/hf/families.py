@@ -21,6 +21,7 @@ asks it, per image, for:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -72,11 +73,17 @@ def has_module(model: nn.Module, name: str) -> bool:
     return any(n.rsplit(".", 1)[-1] == name for n, _ in model.named_modules())
 
 
+def feature_layer_of(config: Any) -> Any:
+    """``config.vision_feature_layer`` (VipLLaVA: ``vision_feature_layers``), or None."""
+    value = getattr(config, "vision_feature_layer", None)
+    return getattr(config, "vision_feature_layers", None) if value is None else value
+
+
 def feature_layers(model: nn.Module, tower: str) -> list[str]:
     """The blocks ``config.vision_feature_layer`` selects (an int or a list): ``hidden_states[k]`` is block ``k - 1``."""
     layers = blocks(model, tower)
     count = len(model.get_submodule(layers))
-    chosen = model.config.vision_feature_layer
+    chosen = feature_layer_of(model.config)
     chosen = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
     indices = sorted({k if k >= 0 else k + count + 1 for k in chosen})
     if indices[0] < 1:
@@ -154,8 +161,15 @@ class Family:
 
     def prompt_inputs(self, image: Tensor, prompt: str, *, chat: bool) -> dict[str, Tensor]:
         """The processor's inputs (batch of one) for ``prompt`` and the image; ``labels`` dropped."""
-        enc = dict(self.processor(text=self.prompt_text(prompt, chat=chat), images=[image], return_tensors="pt",
-                                  do_rescale=False))
+        text = self.prompt_text(prompt, chat=chat)
+        try:
+            enc = dict(self.processor(text=text, images=[image], return_tensors="pt", do_rescale=False))
+        except (TypeError, ValueError) as exc:  # a processor that loads images itself (Idefics2) takes PIL images
+            if "format" not in str(exc) and "PIL" not in str(exc):
+                raise
+            from torchvision.transforms.functional import to_pil_image
+
+            enc = dict(self.processor(text=text, images=[to_pil_image(image)], return_tensors="pt"))
         enc.pop("labels", None)
         return enc
 
@@ -173,7 +187,34 @@ class Family:
         return (inputs["input_ids"][0] == int(token)).nonzero()[:, 0]
 
 
-class Llava(Family):
+class OneImage(Family):
+    """A tower that reads the image as one frame: crops the processor makes are refused by name."""
+
+    def images(self, image: Tensor) -> dict[str, Tensor]:
+        return self.one_frame(super().images(image))
+
+    def one_frame(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``enc`` when its pixels are one image; ValueError when the processor cut it into crops."""
+        pixels = enc.get("pixel_values")
+        if isinstance(pixels, Tensor) and pixels.dim() >= 4 and pixels.shape[:-3].numel() != 1:
+            raise ValueError(f"{type(self.model).__name__}: the processor made {pixels.shape[:-3].numel()} crops of one "
+                             "image; crops are not stitched back for this model (set the processor to one crop, e.g. "
+                             "crop_to_patches=False / do_image_splitting=False / max_patches=1)")
+        return enc
+
+    def view(self, images: dict[str, Tensor]) -> Tensor:
+        pixels = images["pixel_values"]
+        return super().view({"pixel_values": pixels.reshape(-1, *pixels.shape[-3:])[:1]})
+
+    def patch_grid(self, images: dict[str, Tensor]) -> tuple[int, int]:
+        pixels = images["pixel_values"]
+        return super().patch_grid({"pixel_values": pixels.reshape(-1, *pixels.shape[-3:])[:1]})
+
+    def prompt_inputs(self, image: Tensor, prompt: str, *, chat: bool) -> dict[str, Tensor]:
+        return self.one_frame(super().prompt_inputs(image, prompt, chat=chat))
+
+
+class Llava(OneImage):
     """The LM reads ``hidden_states[vision_feature_layer]`` of the tower (several layers for a list: VipLLaVA);
     patches row-major, a CLS token dropped or kept by the projector (LLaVA, Mistral3 / Pixtral, Aya Vision,
     InternVL with one tile, VipLLaVA, Cohere2-Vision, ...): the layout of a plain ViT, whatever the projector
@@ -184,7 +225,7 @@ class Llava(Family):
     @classmethod
     def claims(cls, model: nn.Module) -> str | None:
         config = model.config
-        if getattr(config, "vision_feature_layer", None) is None or tower_of(model) is None:
+        if feature_layer_of(config) is None or tower_of(model) is None:
             return None
         if getattr(config, "image_grid_pinpoints", None):
             return None  # anyres tiles
@@ -337,6 +378,8 @@ class Blip2(Family):
     def __init__(self, model: nn.Module, processor: Any, image_processor: Any, tokenizer: Any) -> None:
         super().__init__(model, processor, image_processor, tokenizer)
         self.encoder_decoder = not model.config.use_decoder_only_language_model
+        if "qformer_input_ids" in inspect.signature(model.forward).parameters:  # InstructBLIP reads an instruction
+            self.default_prompt = Family.default_prompt
 
     def site(self) -> str:
         layers = blocks(self.model, self.tower_name)  # post_layernorm runs twice (tokens, pooled CLS)

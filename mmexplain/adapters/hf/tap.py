@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -50,8 +51,8 @@ class VisionTap(_Wrapper):
             blocks). Several layers must have the same number of tokens; ``features`` then sees them
             concatenated along channels ``(1, L, D_1 + ... + D_S)``, so Grad-CAM's
             ``sum_k alpha_k A^k`` over those channels is the sum of the layers' pre-ReLU maps on one grid.
-            Later layers depend on earlier ones, so the layers' outputs are recorded by a first forward
-            without gradients; the second forward adds ``slice - slice.detach()`` to each layer's output
+            Later layers depend on earlier ones, so the layers' outputs are recorded first, without
+            gradients, by the model's ``get_image_features`` (the vision path only); the forward adds ``slice - slice.detach()`` to each layer's output
             (the same values; the gradient of each slice is the gradient at its layer).
     """
 
@@ -91,7 +92,7 @@ class VisionTap(_Wrapper):
         handles = [self.model.get_submodule(n).register_forward_hook(record(n), prepend=True) for n in self.sites]
         try:
             with torch.no_grad():
-                self.model(**inputs)
+                self.vision_only(inputs)
         finally:
             for h in handles:
                 h.remove()
@@ -120,6 +121,15 @@ class VisionTap(_Wrapper):
         finally:
             for h in handles:
                 h.remove()
+
+    def vision_only(self, inputs: dict[str, Any]) -> None:
+        """Run the vision path only (``get_image_features`` with the inputs it takes), or the whole model."""
+        features = getattr(self.model, "get_image_features", None)
+        if features is None:
+            self.model(**inputs)
+            return
+        accepted = inspect.signature(features).parameters
+        features(**{k: v for k, v in inputs.items() if k in accepted})
 
     def _route(self, module: nn.Module, args: Any, output: Any) -> Any:
         tensor = first_tensor(output, self.site)
