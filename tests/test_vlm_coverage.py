@@ -107,6 +107,27 @@ def test_several_sites_are_summed_on_one_grid():
         torch.testing.assert_close(both.logprobs, alone.logprobs)
 
 
+@pytest.mark.parametrize("name", ["llava_next", "llava_onevision"])
+def test_anyres_cells_are_the_tokens_the_model_packs(name):
+    """The model's own pack_image_features, fed each token's index as its feature, lists the crop tokens the
+    LM reads (base image first, then the unpadded crop grid row by row): our grid's cells, in the same order."""
+    vlm, image = built(name)
+    pixels = vlm.load_image(image)
+    images = vlm.family.images(pixels[0])
+    grid = vlm.reshape_for(pixels)
+    frames = images["pixel_values"].shape[1]
+    n = vlm.hf_model.config.vision_config.image_size // vlm.hf_model.config.vision_config.patch_size
+    index = torch.arange(frames * n * n, dtype=torch.float32).reshape(frames, n * n, 1)
+    inner = vlm.hf_model.model
+    kwargs = {"vision_feature_select_strategy": "full"} if name == "llava_next" else {}
+    packed, _ = inner.pack_image_features([index], images["image_sizes"], image_newline=None, **kwargs)
+    packed = torch.cat(packed) if isinstance(packed, (list, tuple)) else packed  # (L, 1)
+    order, (h, w) = grid.levels[frames * n * n]
+    assert packed[: n * n, 0].tolist() == list(range(n * n))  # the base image first
+    assert packed[n * n:, 0].long().tolist() == order.tolist() and h * w == packed.shape[0] - n * n
+    assert vlm.display_image(pixels).shape[-2:] == (h * 8, w * 8)
+
+
 def test_register_family_places_a_class_discovery_refuses():
     """A class discovery cannot place (here: LLaVA under another name, its tower not built from its config)
     is refused by name; registered, it works and matches the built-in family."""
@@ -165,6 +186,8 @@ def tiny_config(model_type):
                 shrink(sub)
             elif key in SHRINK and isinstance(value, int) and not isinstance(value, bool):
                 setattr(cfg, key, SHRINK[key])
+            elif key == "pad_token_id" and isinstance(value, int) and value >= SHRINK["vocab_size"]:
+                setattr(cfg, key, 0)
         return cfg
 
     return shrink(AutoConfig.for_model(model_type))
@@ -193,9 +216,9 @@ def sweep_one(model_type, class_name):
     except TypeError as exc:
         if "processor" not in str(exc):
             raise
-    family, rule = (None, "own adapter") if class_name in hf.dispatch.CAPTIONERS and class_name not in hf.dispatch.VLMS \
+    family, rule = (None, "its own adapter (mx.hf.caption_adapter)") if class_name in hf.dispatch.CAPTIONERS and class_name not in hf.dispatch.VLMS \
         else hf.discover(model)
-    return "placed", f"{family.__name__ if family else 'by class'}: {rule}"
+    return "placed", rule
 
 
 def checked_classes():
@@ -203,7 +226,7 @@ def checked_classes():
     out = {}
     for name in BUILDERS:
         vlm, _ = built(name)
-        out[type(vlm.hf_model).__name__] = name
+        out[type(vlm.hf_model).__name__] = (name, vlm.rule)
     return out
 
 
@@ -218,7 +241,7 @@ def sweep():
             status, detail = sweep_one(model_type, class_name)
         if class_name in checked and status != "refused":
             status = "works"
-            detail = f"checked against autograd (tests/vlm_builders.py: {checked[class_name]}); {detail}"
+            detail = f"{checked[class_name][1]} (checked against autograd: tests/vlm_builders.py {checked[class_name][0]})"
         rows.append((class_name, model_type, status, detail))
     return rows
 

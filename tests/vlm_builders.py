@@ -164,6 +164,58 @@ def instructblip():
     return InstructBlipForConditionalGeneration(cfg), proc, (40, 30)
 
 
+def aya_vision():
+    from transformers import AyaVisionConfig, AyaVisionForConditionalGeneration, AyaVisionProcessor, GotOcr2ImageProcessor
+
+    specials = ["<image>", "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>", "TILE",
+                "TILE_GLOBAL"]
+    tok = make_tokenizer(specials)
+    ip = GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=False, max_patches=1, **half())
+    proc = AyaVisionProcessor(image_processor=ip, tokenizer=tok, patch_size=8, img_size=32, downsample_factor=2,
+                              chat_template=CHAT.replace("IMAGE", "<image>"))
+    text = llama(tok, model_type="cohere2", head_dim=8, sliding_window=64, layer_types=["full_attention"] * 2)
+    cfg = AyaVisionConfig(vision_config=dict(model_type="siglip_vision_model", **vit()), text_config=text,
+                          downsample_factor=2, image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+                          vision_feature_layer=-1, vision_feature_select_strategy="full")
+    return AyaVisionForConditionalGeneration(cfg), proc, (40, 30)
+
+
+PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+
+
+def llava_next():
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor
+    from transformers import LlavaNextProcessor
+
+    tok = make_tokenizer(["<image>"], extra={"image_token": "<image>"})
+    ip = LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                 image_grid_pinpoints=PINPOINTS, **half())
+    proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                              num_additional_image_tokens=1, chat_template=CHAT.replace("IMAGE", "<image>"))
+    cfg = LlavaNextConfig(vision_config=dict(model_type="clip_vision_model", **vit(num_hidden_layers=3)),
+                          text_config=llama(tok, max_position_embeddings=256),
+                          image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=PINPOINTS,
+                          vision_feature_layer=-2, vision_feature_select_strategy="default")
+    return LlavaNextForConditionalGeneration(cfg), proc, (40, 64)  # 1 x 2 crops + the base image
+
+
+def llava_onevision():
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+    tok = make_tokenizer(["<image>", "<video>"], extra={"image_token": "<image>", "video_token": "<video>"})
+    ip = LlavaOnevisionImageProcessor(size={"height": 32, "width": 32}, image_grid_pinpoints=PINPOINTS, **half())
+    proc = LlavaOnevisionProcessor(image_processor=ip, tokenizer=tok, video_processor=LlavaOnevisionVideoProcessor(),
+                                   num_image_tokens=16, vision_feature_select_strategy="full",
+                                   chat_template=CHAT.replace("IMAGE", "<image>"))
+    cfg = LlavaOnevisionConfig(vision_config=dict(model_type="siglip_vision_model", **vit()),
+                               text_config=llama(tok, model_type="qwen2", max_position_embeddings=256),
+                               image_token_index=tok.convert_tokens_to_ids("<image>"),
+                               video_token_index=tok.convert_tokens_to_ids("<video>"), image_grid_pinpoints=PINPOINTS,
+                               vision_feature_layer=-1, vision_feature_select_strategy="full")
+    return LlavaOnevisionForConditionalGeneration(cfg), proc, (64, 40)  # 2 x 1 crops + the base image
+
+
 BUILDERS = {
     **BASE,
     "qwen3_vl": qwen3,
@@ -175,4 +227,7 @@ BUILDERS = {
     "internvl": internvl,
     "idefics2": idefics2,
     "instructblip": instructblip,
+    "aya_vision": aya_vision,
+    "llava_next": llava_next,
+    "llava_onevision": llava_onevision,
 }

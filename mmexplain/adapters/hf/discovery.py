@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .anyres import AnyRes
 from .families import FAMILIES, Family, OneImage, blocks, tower_of
 from .layouts import TokenGrid
 
@@ -147,7 +148,7 @@ def discover(model: nn.Module) -> tuple[type[Family], str]:
             return family, f"registered for class {name}"
         if when is not None and when(model):
             return family, f"registered: {getattr(when, '__name__', 'predicate')}"
-    for family in (*FAMILIES, Projected):
+    for family in (*FAMILIES, AnyRes, Projected):
         rule = family.claims(model)
         if rule:
             return family, rule
