@@ -107,6 +107,25 @@ def test_several_sites_are_summed_on_one_grid():
         torch.testing.assert_close(both.logprobs, alone.logprobs)
 
 
+@pytest.mark.parametrize("name", ["qwen3_vl", "glm4v"])
+def test_merge_block_order_matches_the_processors_patchify(name):
+    """A probe image whose pixels encode their own row and column: the patch each token holds, read back from
+    the processor's flattened patches, lies on the cell our grid puts the token on."""
+    vlm, image = built(name)
+    h, w = image.shape[-2:]
+    rows = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w) / h
+    cols = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w) / w
+    probe = torch.stack([rows, cols, torch.zeros(h, w)])  # (3, H, W) in [0, 1]
+    images = vlm.family.images(probe)
+    ip = vlm.image_processor
+    p, t = ip.patch_size, ip.temporal_patch_size
+    patches = images["pixel_values"].reshape(-1, 3, t, p, p)[:, :2, 0]  # (N, 2, P, P) in the processor's order
+    tokens = (patches.mean(dim=(-2, -1)) * 0.5 + 0.5)[None]  # (1, N, 2): un-normalized (row, col) / size
+    laid = vlm.reshape_for(probe[None])(tokens)[0]  # (2, gh, gw)
+    assert (laid[0].diff(dim=0) > 0).all() and (laid[0].diff(dim=1).abs() < 1e-4).all(), name
+    assert (laid[1].diff(dim=1) > 0).all() and (laid[1].diff(dim=0).abs() < 1e-4).all(), name
+
+
 @pytest.mark.parametrize("name", ["llava_next", "llava_onevision"])
 def test_anyres_cells_are_the_tokens_the_model_packs(name):
     """The model's own pack_image_features, fed each token's index as its feature, lists the crop tokens the
