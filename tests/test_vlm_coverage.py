@@ -126,6 +126,29 @@ def test_merge_block_order_matches_the_processors_patchify(name):
     assert (laid[1].diff(dim=1) > 0).all() and (laid[1].diff(dim=0).abs() < 1e-4).all(), name
 
 
+@pytest.mark.parametrize("size", [(32, 64), (64, 32), (64, 64)])
+def test_mllama_tiles_match_the_processors_tiling(size):
+    """Mllama: probe images in three arrangements (1 x 2, 2 x 1, 2 x 2 tiles); each tile's patches, read back
+    from pixel_values into the towers' padded sequence ([CLS] + patches + padding per tile), lie on our cells."""
+    vlm, _ = built("mllama")
+    h, w = size
+    rows = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w) / h
+    cols = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w) / w
+    probe = torch.stack([rows, cols, torch.zeros(h, w)])
+    images = vlm.family.images(probe)
+    frames = images["pixel_values"][0, 0, :, :2] * 0.5 + 0.5  # (T, 2, S, S)
+    p = vlm.hf_model.config.vision_config.patch_size
+    patches = frames.unfold(2, p, p).unfold(3, p, p).mean(dim=(-2, -1)).flatten(2).transpose(1, 2)  # (T, n*n, 2)
+    stride = patches.shape[1] + 1 + (8 - (patches.shape[1] + 1) % 8) % 8
+    tokens = torch.full((patches.shape[0], stride, 2), -1.0)
+    tokens[:, 1:1 + patches.shape[1]] = patches
+    laid = vlm.reshape_for(probe[None])(tokens.reshape(1, -1, 2))[0]  # (2, gh, gw)
+    assert (laid >= 0).all()
+    assert (laid[0].diff(dim=0) > 0).all() and (laid[0].diff(dim=1).abs() < 1e-4).all()
+    assert (laid[1].diff(dim=1) > 0).all() and (laid[1].diff(dim=0).abs() < 1e-4).all()
+    assert vlm.display_image(probe[None]).shape[-2:] == (laid.shape[1] * p, laid.shape[2] * p)
+
+
 @pytest.mark.parametrize("name", ["llava_next", "llava_onevision"])
 def test_anyres_cells_are_the_tokens_the_model_packs(name):
     """The model's own pack_image_features, fed each token's index as its feature, lists the crop tokens the
@@ -274,12 +297,13 @@ def test_every_class_of_the_mapping_is_placed_or_refused_by_name():
     for name in ("LlavaForConditionalGeneration", "Qwen3VLForConditionalGeneration", "Gemma3ForConditionalGeneration",
                  "Mistral3ForConditionalGeneration", "InternVLForConditionalGeneration",
                  "Idefics2ForConditionalGeneration", "InstructBlipForConditionalGeneration",
-                 "Glm4vForConditionalGeneration"):
+                 "Glm4vForConditionalGeneration", "MllamaForConditionalGeneration",
+                 "LlavaNextForConditionalGeneration", "LlavaOnevisionForConditionalGeneration",
+                 "AyaVisionForConditionalGeneration"):
         assert name in works, name
     refused = {r[0]: r[3] for r in rows if r[2] == "refused"}
     assert all(refused.values())  # every refusal says why
-    if "MllamaForConditionalGeneration" in refused:
-        assert "cross-attention" in refused["MllamaForConditionalGeneration"]
+    assert "cross-attention" in refused["IdeficsForVisionText2Text"]
 
 
 def main():

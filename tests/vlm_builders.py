@@ -216,6 +216,25 @@ def llava_onevision():
     return LlavaOnevisionForConditionalGeneration(cfg), proc, (64, 40)  # 2 x 1 crops + the base image
 
 
+def mllama():
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessor, MllamaProcessor
+
+    tok = make_tokenizer(["<|image|>", "<|python_tag|>"], extra={"image_token": "<|image|>"})
+    ip = MllamaImageProcessor(size={"height": 32, "width": 32}, max_image_tiles=4, **half())
+    proc = MllamaProcessor(image_processor=ip, tokenizer=tok, chat_template=CHAT.replace("IMAGE", "<|image|>"))
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_global_layers=1, num_attention_heads=4,
+                  image_size=32, patch_size=8, max_num_tiles=4, intermediate_layers_indices=[1], vision_output_dim=64)
+    text = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=37, cross_attention_layers=[1], pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                max_position_embeddings=128)
+    cfg = MllamaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<|image|>"))
+    model = MllamaForConditionalGeneration(cfg)
+    for name, param in model.named_parameters():
+        if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+            param.data.fill_(1.0)  # initialised to zeros: the LM would not read the image
+    return model, proc, (32, 64)  # 1 x 2 tiles of 4 x 4 patches
+
+
 BUILDERS = {
     **BASE,
     "qwen3_vl": qwen3,
@@ -230,4 +249,5 @@ BUILDERS = {
     "aya_vision": aya_vision,
     "llava_next": llava_next,
     "llava_onevision": llava_onevision,
+    "mllama": mllama,
 }

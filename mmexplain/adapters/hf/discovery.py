@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from .anyres import AnyRes
 from .families import FAMILIES, Family, OneImage, blocks, tower_of
 from .layouts import TokenGrid
+from .mllama import Mllama
 
 __all__ = ["Unsupported", "Projected", "register_family", "unregister_family", "registered_families", "discover",
            "refusal"]
@@ -148,7 +149,7 @@ def discover(model: nn.Module) -> tuple[type[Family], str]:
             return family, f"registered for class {name}"
         if when is not None and when(model):
             return family, f"registered: {getattr(when, '__name__', 'predicate')}"
-    for family in (*FAMILIES, AnyRes, Projected):
+    for family in (*FAMILIES, AnyRes, Mllama, Projected):
         rule = family.claims(model)
         if rule:
             return family, rule

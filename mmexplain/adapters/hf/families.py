@@ -179,6 +179,10 @@ class Family:
             return values.new_zeros(1, n)  # text tokens
         return values[:, -1:].expand(1, n)  # GenerationMixin repeats the last value
 
+    def per_token(self) -> tuple[str, ...]:
+        """Inputs of more than two dims with one row per token (axis 1) that teacher forcing extends."""
+        return ()
+
     def image_positions(self, inputs: dict[str, Tensor]) -> Tensor:
         """(K,) positions of the image tokens in the sequence the language model reads."""
         token = getattr(self.model.config, "image_token_id", None)

@@ -87,12 +87,16 @@ class VisionTap(_Wrapper):
                 if name in recorded:
                     raise ValueError(f"layer {name!r} ran twice in one forward; explain one layer (layer=)")
                 recorded[name] = first_tensor(output, name).detach()
+                if len(recorded) == len(self.sites):
+                    raise Recorded  # the rest of the forward is not needed
             return fn
 
         handles = [self.model.get_submodule(n).register_forward_hook(record(n), prepend=True) for n in self.sites]
         try:
             with torch.no_grad():
                 self.vision_only(inputs)
+        except Recorded:
+            pass
         finally:
             for h in handles:
                 h.remove()
@@ -123,7 +127,8 @@ class VisionTap(_Wrapper):
                 h.remove()
 
     def vision_only(self, inputs: dict[str, Any]) -> None:
-        """Run the vision path only (``get_image_features`` with the inputs it takes), or the whole model."""
+        """Run the vision path only (``get_image_features`` with the inputs it takes), or the model up to the
+        last site (the recording hook stops it there)."""
         features = getattr(self.model, "get_image_features", None)
         if features is None:
             self.model(**inputs)
@@ -139,6 +144,10 @@ class VisionTap(_Wrapper):
             tokens = tokens.float()
         routed = self.features(tokens).to(dtype).reshape(shape)
         return replace_first(output, routed)
+
+
+class Recorded(Exception):
+    """Every site's output is recorded: stops the recording forward early."""
 
 
 def first_tensor(output: Any, name: str) -> Tensor:

@@ -222,8 +222,8 @@ class ImageTextToText:
             for key, value in list(inputs.items()):
                 if key == "input_ids":
                     inputs[key] = torch.cat([value, text], dim=1)  # (1, P + n)
-                elif isinstance(value, Tensor) and value.dim() == 2 and value.shape == (1, length) \
-                        and not key.startswith("qformer"):
+                elif isinstance(value, Tensor) and value.dim() >= 2 and value.shape[:2] == (1, length) \
+                        and (value.dim() == 2 or key in self.family.per_token()) and not key.startswith("qformer"):
                     extra = value.new_ones(1, n) if key == "attention_mask" else self.family.continuation(key, value, n)
                     inputs[key] = torch.cat([value, extra], dim=1)
             offset = length - 1
