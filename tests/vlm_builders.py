@@ -42,9 +42,12 @@ def qwen3(model_cls="Qwen3VLForConditionalGeneration", config_cls="Qwen3VLConfig
     return getattr(transformers, model_cls)(cfg), proc, (48, 64)
 
 
-def glm4v():
-    from transformers import Glm4vConfig, Glm4vForConditionalGeneration, Glm4vImageProcessor, Glm4vProcessor
-    from transformers import Glm4vVideoProcessor
+def glm4v(prefix="Glm4v"):
+    from transformers import Glm4vImageProcessor, Glm4vVideoProcessor
+
+    Glm4vConfig = getattr(transformers, f"{prefix}Config")
+    Glm4vForConditionalGeneration = getattr(transformers, f"{prefix}ForConditionalGeneration")
+    Glm4vProcessor = getattr(transformers, f"{prefix}Processor")
 
     specials = ["<|image|>", "<|begin_of_image|>", "<|end_of_image|>", "<|video|>", "<|begin_of_video|>",
                 "<|end_of_video|>"]
@@ -183,16 +186,22 @@ def aya_vision():
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 
 
-def llava_next():
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor
-    from transformers import LlavaNextProcessor
+def llava_next(video=False):
+    from transformers import LlavaNextImageProcessor
 
-    tok = make_tokenizer(["<image>"], extra={"image_token": "<image>"})
+    prefix = "LlavaNextVideo" if video else "LlavaNext"
+    LlavaNextConfig = getattr(transformers, f"{prefix}Config")
+    LlavaNextForConditionalGeneration = getattr(transformers, f"{prefix}ForConditionalGeneration")
+    tok = make_tokenizer(["<image>", "<video>"], extra={"image_token": "<image>", "video_token": "<video>"})
     ip = LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                                  image_grid_pinpoints=PINPOINTS, **half())
-    proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
-                              num_additional_image_tokens=1, chat_template=CHAT.replace("IMAGE", "<image>"))
-    cfg = LlavaNextConfig(vision_config=dict(model_type="clip_vision_model", **vit(num_hidden_layers=3)),
+    kwargs = dict(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                  num_additional_image_tokens=1, chat_template=CHAT.replace("IMAGE", "<image>"))
+    if video:
+        kwargs["video_processor"] = transformers.LlavaNextVideoVideoProcessor()
+    proc = getattr(transformers, f"{prefix}Processor")(**kwargs)
+    extra = {"video_token_index": tok.convert_tokens_to_ids("<video>")} if video else {}
+    cfg = LlavaNextConfig(**extra,vision_config=dict(model_type="clip_vision_model", **vit(num_hidden_layers=3)),
                           text_config=llama(tok, max_position_embeddings=256),
                           image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=PINPOINTS,
                           vision_feature_layer=-2, vision_feature_select_strategy="default")
@@ -235,6 +244,20 @@ def mllama():
     return model, proc, (32, 64)  # 1 x 2 tiles of 4 x 4 patches
 
 
+def video_llava():
+    from transformers import (VideoLlavaConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor,
+                              VideoLlavaProcessor, VideoLlavaVideoProcessor)
+
+    tok = make_tokenizer(["<image>", "<video>"], extra={"image_token": "<image>", "video_token": "<video>"})
+    ip = VideoLlavaImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, **half())
+    proc = VideoLlavaProcessor(image_processor=ip, video_processor=VideoLlavaVideoProcessor(), tokenizer=tok,
+                               patch_size=8, chat_template=CHAT.replace("IMAGE", "<image>"))
+    cfg = VideoLlavaConfig(vision_config=dict(model_type="clip_vision_model", **vit(num_hidden_layers=3)),
+                           text_config=llama(tok), image_token_index=tok.convert_tokens_to_ids("<image>"),
+                           video_token_index=tok.convert_tokens_to_ids("<video>"), vision_feature_layer=-2)
+    return VideoLlavaForConditionalGeneration(cfg), proc, (40, 50)
+
+
 BUILDERS = {
     **BASE,
     "qwen3_vl": qwen3,
@@ -250,4 +273,7 @@ BUILDERS = {
     "llava_next": llava_next,
     "llava_onevision": llava_onevision,
     "mllama": mllama,
+    "glm46v": lambda: glm4v("Glm46V"),
+    "llava_next_video": lambda: llava_next(video=True),
+    "video_llava": video_llava,
 }

@@ -59,13 +59,23 @@ def blocks(model: nn.Module, under: str) -> str:
     return max(lists, key=lambda item: (len(item[1]), -len(item[0])))[0]
 
 
+def pixel_key(images: dict[str, Any]) -> str:
+    """The processor's pixels: ``pixel_values``, or the one key that starts with it (``pixel_values_images``)."""
+    if "pixel_values" in images:
+        return "pixel_values"
+    keys = [k for k in images if k.startswith("pixel_values") and "video" not in k]
+    if len(keys) != 1:
+        raise ValueError(f"images: expected pixel_values from the processor, got keys {sorted(images)}")
+    return keys[0]
+
+
 def tower_of(model: nn.Module) -> str | None:
     """The vision tower: the outermost module built from ``config.vision_config`` (None when there is none)."""
     vision = getattr(model.config, "vision_config", None)
     if vision is None:
         return None
     hits = [n for n, m in model.named_modules() if n and getattr(m, "config", None) is vision]
-    return min(hits, key=len) if hits else None
+    return min(hits, key=lambda n: (n.count("."), "video" in n)) if hits else None  # Video-LLaVA: its image tower
 
 
 def has_module(model: nn.Module, name: str) -> bool:
@@ -199,7 +209,7 @@ class OneImage(Family):
 
     def one_frame(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
         """``enc`` when its pixels are one image; ValueError when the processor cut it into crops."""
-        pixels = enc.get("pixel_values")
+        pixels = enc.get(pixel_key(enc))
         if isinstance(pixels, Tensor) and pixels.dim() >= 4 and pixels.shape[:-3].numel() != 1:
             raise ValueError(f"{type(self.model).__name__}: the processor made {pixels.shape[:-3].numel()} crops of one "
                              "image; crops are not stitched back for this model (set the processor to one crop, e.g. "
@@ -207,11 +217,11 @@ class OneImage(Family):
         return enc
 
     def view(self, images: dict[str, Tensor]) -> Tensor:
-        pixels = images["pixel_values"]
+        pixels = images[pixel_key(images)]
         return super().view({"pixel_values": pixels.reshape(-1, *pixels.shape[-3:])[:1]})
 
     def patch_grid(self, images: dict[str, Tensor]) -> tuple[int, int]:
-        pixels = images["pixel_values"]
+        pixels = images[pixel_key(images)]
         return super().patch_grid({"pixel_values": pixels.reshape(-1, *pixels.shape[-3:])[:1]})
 
     def prompt_inputs(self, image: Tensor, prompt: str, *, chat: bool) -> dict[str, Tensor]:
