@@ -1,24 +1,26 @@
 """Per-word maps of an LLM-based VLM: all T words in one call vs T single-word calls, time and memory.
 
-Models: the shipped ``models/tiny-vlm`` (``mx.zoo.load("tiny-vlm")``; an untrained one of the
-same architecture when it is not there) and a random-weight ``LlavaForConditionalGeneration``
-of about 0.5B parameters built from a config here (CLIP ViT-B/32-like tower at 224 px,
-Qwen2-0.5B-like Llama LM with a 151,936-token vocabulary; nothing downloads).
+Models (random weights, configs built here, nothing downloads): three families at ~6M parameters
+(``llava``: CLIP-like tower 224 px / patch 16 + Llama LM; ``qwen2_vl``: Qwen2-VL tower 224 px / patch 14,
+2 x 2 merge; ``gemma3``: SigLIP 224 px / patch 14, 64 pooled image tokens + Gemma 3 LM), and on request
+the shipped ``models/tiny-vlm`` (``tiny``) and a LLaVA of about 0.5B parameters (``0.5b``: CLIP
+ViT-B/32-like tower, Qwen2-0.5B-like LM with a 151,936-token vocabulary).
 
 Rows, for a caption of T words (one teacher-forced forward each call):
 
 * one word: ``GradCAM`` of the first word alone;
 * T words, one call: one forward, one batched backward (``is_grads_batched``) over the T words;
 * T single-word calls: T forwards, T backwards (what a per-target library does);
-* T words, words_per_pass=k: one forward, the batched backward k words at a time over the
-  retained graph (the engine option proposed as ``targets_per_backward``; here a subclass).
+* T words, words_per_pass=2: one forward, the batched backward 2 words at a time over the
+  retained graph (``explain_caption(..., words_per_pass=2)``; the engine's ``targets_per_backward``):
+  the backward's memory is bounded by the words per pass, not by T.
 
 Time: the median of ``--runs`` calls. Memory: the peak resident memory a call adds on top of the
 model (after one warm-up call), sampled every millisecond in a fresh process per row (CPU).
 
 Usage:
-    python benchmarks/vlm.py                 # both models, prints a markdown table
-    python benchmarks/vlm.py --small-only    # the tiny VLM only
+    python benchmarks/vlm.py                          # llava, qwen2_vl, gemma3: a markdown table
+    python benchmarks/vlm.py --models tiny 0.5b       # the shipped tiny VLM, the 0.5B LLaVA
 """
 
 from __future__ import annotations
@@ -44,22 +46,98 @@ CAPTION = "a small red circle left of a large blue square"
 ROWS = ("one word", "T words, one call", "T single-word calls", "T words, words_per_pass=2")
 
 
-class ChunkedGradCAM(GradCAM):
-    """GradCAM whose batched backward takes ``words_per_pass`` targets at a time over one retained graph."""
+def word_tokenizer(specials: list[str], extra: dict | None = None):
+    """A word-level tokenizer over ShapeWorld's words, with a family's special tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
-    def __init__(self, *args, words_per_pass: int | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.words_per_pass = words_per_pass
+    from mmexplain.zoo.tiny_vlm import vocabulary
 
-    def _gradients(self, totals: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        n = totals.shape[0]
-        step = self.words_per_pass or n
-        if step >= n:
-            return GradCAM._gradients(totals, inputs)
-        eye = torch.eye(n, dtype=totals.dtype, device=totals.device)  # (N, N)
-        parts = [torch.autograd.grad(totals, inputs, grad_outputs=eye[i:i + step], is_grads_batched=True,
-                                     retain_graph=i + step < n, allow_unused=True) for i in range(0, n, step)]
-        return [None if parts[0][j] is None else torch.cat([p[j] for p in parts]) for j in range(len(inputs))]
+    base = [w for w in vocabulary() if w not in specials]
+    vocab = {w: i for i, w in enumerate([*base, *specials])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
+                                   eos_token="[EOS]", extra_special_tokens=extra or {})
+
+
+def lm(tok, **kw):
+    return {**dict(vocab_size=len(tok), hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                   num_key_value_heads=2, intermediate_size=688, max_position_embeddings=1024, pad_token_id=0,
+                   head_dim=64), **kw}
+
+
+def vision(**kw):
+    return {**dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768,
+                   image_size=224, patch_size=16), **kw}
+
+
+def image224():
+    return torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0))
+
+
+def family_llava():
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    from mmexplain.zoo.tiny_vlm import CHAT_TEMPLATE
+
+    tok = word_tokenizer(["<image>"], {"image_token": "<image>"})
+    ip = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=16, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    cfg = LlavaConfig(vision_config=dict(model_type="clip_vision_model", **vision()),
+                      text_config=dict(model_type="llama", **lm(tok)), image_token_id=tok.convert_tokens_to_ids("<image>"),
+                      vision_feature_layer=-2, vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    return mx.hf.adapter(LlavaForConditionalGeneration(cfg).eval(), proc, prompt="describe the image"), image224(), "LLaVA"
+
+
+def family_qwen2_vl():
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers import Qwen2VLVideoProcessor
+
+    from mmexplain.zoo.tiny_vlm import CHAT_TEMPLATE
+
+    specials = ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"]
+    tok = word_tokenizer(specials, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                                    "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"})
+    ip = Qwen2VLImageProcessor(size={"shortest_edge": 224 * 224, "longest_edge": 224 * 224}, patch_size=14,
+                               merge_size=2, temporal_patch_size=2)
+    proc = Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
+                            chat_template=CHAT_TEMPLATE.replace("<image>", "<|vision_start|><|image_pad|><|vision_end|>"))
+    ids = [tok.convert_tokens_to_ids(t) for t in specials]
+    text = lm(tok, rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]})  # head_dim 64
+    cfg = Qwen2VLConfig(text_config=text, vision_config=dict(depth=4, embed_dim=192, hidden_size=256, num_heads=3,
+                                                             mlp_ratio=4, patch_size=14, spatial_merge_size=2,
+                                                             temporal_patch_size=2),
+                        image_token_id=ids[0], vision_start_token_id=ids[1], vision_end_token_id=ids[2],
+                        video_token_id=ids[3])
+    torch.manual_seed(0)
+    return (mx.hf.adapter(Qwen2VLForConditionalGeneration(cfg).eval(), proc, prompt="describe the image"), image224(),
+            "Qwen2-VL")
+
+
+def family_gemma3():
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
+
+    from mmexplain.zoo.tiny_vlm import CHAT_TEMPLATE
+
+    specials = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+    tok = word_tokenizer(specials, {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
+                                    "eoi_token": "<end_of_image>"})
+    proc = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": 224, "width": 224}), tokenizer=tok,
+                           image_seq_length=64, chat_template=CHAT_TEMPLATE.replace("<image>", "<start_of_image>"))
+    cfg = Gemma3Config(vision_config=dict(model_type="siglip_vision_model", **vision(patch_size=14)),  # 16 x 16 -> 8 x 8
+                       text_config=dict(model_type="gemma3_text", **lm(tok, sliding_window=512)), mm_tokens_per_image=64,
+                       image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+                       boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+                       eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"))
+    torch.manual_seed(0)
+    model = Gemma3ForConditionalGeneration(cfg).eval()
+    model.model.multi_modal_projector.mm_input_projection_weight.data.normal_(0, 0.02)  # zeros at initialisation
+    return mx.hf.adapter(model, proc, prompt="describe the image"), image224(), "Gemma 3"
 
 
 def tiny_vlm():
@@ -94,7 +172,8 @@ def llava_05b():
     return vlm, torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0)), "LLaVA ~0.5B (random)"
 
 
-MODELS = {"tiny": tiny_vlm, "0.5b": llava_05b}
+MODELS = {"llava": family_llava, "qwen2_vl": family_qwen2_vl, "gemma3": family_gemma3, "tiny": tiny_vlm,
+          "0.5b": llava_05b}
 
 
 def setup(which: str):
@@ -104,7 +183,7 @@ def setup(which: str):
     inputs, spans = vlm.teacher_forced(pixels, words)
     targets = [mx.targets.SequenceLogProb(t, positions=p) for p, t in spans]
     reshape = vlm.reshape_for(pixels)
-    return vlm, inputs, targets, reshape, label
+    return vlm, inputs, targets, reshape, label, pixels
 
 
 def run_row(row: str, vlm, inputs, targets, reshape) -> None:
@@ -118,7 +197,7 @@ def run_row(row: str, vlm, inputs, targets, reshape) -> None:
         for t in targets:
             cam(inputs, [t])
     else:
-        ChunkedGradCAM(vlm.model, vlm.default_layer, reshape=reshape, words_per_pass=2)(inputs, targets)
+        GradCAM(vlm.model, vlm.default_layer, reshape=reshape)(inputs, targets, targets_per_backward=2)
 
 
 def resident_mib() -> float:
@@ -134,7 +213,7 @@ def peak_child(which: str, row: str) -> None:
     """
     import threading
 
-    vlm, inputs, targets, reshape, _ = setup(which)
+    vlm, inputs, targets, reshape, _, _ = setup(which)
     run_row("one word", vlm, inputs, targets, reshape)  # transformers' own hooks, allocator warm
     base, peak, done = resident_mib(), [0.0], threading.Event()
 
@@ -157,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="timed calls per row on the tiny VLM (median)")
     parser.add_argument("--runs-large", type=int, default=2, help="timed calls per row on the 0.5B model")
-    parser.add_argument("--small-only", action="store_true", help="the tiny VLM only")
+    parser.add_argument("--models", nargs="+", default=["llava", "qwen2_vl", "gemma3"], choices=sorted(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peak", nargs=2, metavar=("MODEL", "ROW"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -167,11 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     lines = ["| model | params | image tokens | T | row | time s (median) | x one word | extra peak MiB |",
              "|---|---|---|---|---|---|---|---|"]
-    for which in (["tiny"] if args.small_only else ["tiny", "0.5b"]):
-        vlm, inputs, targets, reshape, label = setup(which)
+    for which in args.models:
+        vlm, inputs, targets, reshape, label, pixels = setup(which)
         params = sum(p.numel() for p in vlm.hf_model.parameters())
-        tokens = len(vlm.image_positions(vlm.load_image(torch.rand(3, 64, 64))))
-        runs = args.runs if which == "tiny" else args.runs_large
+        tokens = len(vlm.image_positions(pixels))
+        runs = args.runs_large if which == "0.5b" else args.runs
         run_row("one word", vlm, inputs, targets, reshape)  # warm-up (and transformers' own hooks)
         times = {}
         for row in ROWS:
@@ -189,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {label} | {params / 1e6:.1f}M | {tokens} | {len(targets)} | {row} | {times[row]:.3f} | "
                          f"{times[row] / times['one word']:.2f} | {extra:.0f} |")
         print("\n".join(lines[-len(ROWS):]), file=sys.stderr, flush=True)
-    print(f"CPU, {args.threads} torch threads; caption {CAPTION!r}; time: median of {args.runs} (tiny) / "
-          f"{args.runs_large} (0.5B) calls")
+    print(f"CPU, {args.threads} torch threads; caption {CAPTION!r}; time: median of {args.runs} calls "
+          f"({args.runs_large} for 0.5b)")
     print("\n".join(lines))
     return 0
 

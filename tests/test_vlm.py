@@ -380,8 +380,10 @@ def test_generated_caption_and_answer(name):
     assert torch.allclose(ax.probabilities, ax.scores.exp()) and ax.counterfactuals.shape == ax.maps.shape
     assert ax.question_tokens == QUESTION.split() and ax.token_attributions.shape == (1, len(QUESTION.split()))
     assert torch.isfinite(ax.token_attributions).all()
-    # the answer's words, explained like caption words: their log-probabilities add up to the answer's
-    per_word = mx.explain_caption(vlm.with_prompt(QUESTION), image, ax.answer)
+    # the answer's words, explained like caption words (the same generation: its ids kept, a special token
+    # the model wrote between words included): their log-probabilities add up to the answer's
+    per_word = mx.explain_caption(vlm.with_prompt(QUESTION), image, None if generated else "red")
+    assert " ".join(per_word.words) == ax.answer
     assert torch.allclose(per_word.logprobs.sum(), ax.scores[0], atol=1e-4)
     assert all(w in vlm.tokenizer.get_vocab() for w in words)
     with pytest.raises(ValueError, match="top_k"):

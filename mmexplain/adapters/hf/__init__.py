@@ -22,20 +22,29 @@ model                                     adapter                               
 ``VisionEncoderDecoderModel`` (ViT+GPT2)  :class:`VisionEncoderDecoderCaptioner`  log p(word) per word
 ``BlipForQuestionAnswering``              :class:`BlipVQA`                        sum of the answer tokens' log p
 ``ViltForQuestionAnswering``              :class:`ViltVQA`                        the answer's logit
-LLaVA, Qwen2-VL, Qwen2.5-VL, PaliGemma,   :class:`ImageTextToText`                log p(word) per word of the
-Idefics3, SmolVLM, BLIP-2, GIT,                                                   caption; the answer's summed
-Florence-2 (image-text-to-text)                                                   log p (generated answers)
+image-text-to-text VLMs placed by                                                 log p(word) per word of the
+their config (``discover``): LLaVA,       :class:`ImageTextToText`                caption; the answer's summed
+LLaVA-NeXT/OneVision, Qwen2/2.5/3-VL,                                             log p (generated answers)
+GLM-4V, Gemma 3, PaliGemma, Idefics2/3,
+SmolVLM, InternVL, Mistral3, Aya Vision,
+Mllama, BLIP-2, InstructBLIP, GIT,
+Florence-2, ...
 ========================================  ======================================  ================================
+
+A model discovery cannot place is refused with :class:`Unsupported` saying what is missing;
+``register_family`` adds a layout for it. Words keep all their tokens (:mod:`.words`).
 
 Some models need a thin wrapper module (``adapter.model``, see :mod:`.wrappers`, :mod:`.tap`),
 which calls the real model's own ``forward`` and changes nothing in it: :class:`DecoderLogits`
 for BLIP VQA, :class:`ViltPatchOrder` for ViLT's shuffled patch tokens, :class:`VisionTap`
 for the vision layer a VLM's language model reads.
 
-Modules: ``common`` (tokens, images, shared adapter base), ``wrappers``, ``captioners``,
-``vqa``, ``vlm`` (image-text-to-text), ``families`` (each VLM family's layer, prompt and
-image layout), ``layouts`` (token orders: CLS, merge blocks, windows, tiles, pixel
-shuffle), ``tap``, ``dispatch`` (``adapter``, ``caption_adapter``, ``answer_adapter``).
+Modules: ``common`` (images, shared adapter base), ``words`` (words <-> tokens), ``wrappers``,
+``captioners``, ``vqa``, ``vlm`` (image-text-to-text), ``families`` (layouts whose rules read the
+config), ``anyres`` (LLaVA-NeXT / OneVision crops), ``mllama`` (cross-attention tiles),
+``discovery`` (``discover``, ``register_family``, ``Unsupported``), ``layouts`` (token orders:
+CLS, merge blocks, windows, tiles, pixel shuffle), ``tap``, ``dispatch`` (``adapter``,
+``caption_adapter``, ``answer_adapter``).
 
 Example:
     >>> import mmexplain as mx
@@ -55,6 +64,7 @@ from __future__ import annotations
 from ..grids import PatchGrid
 from .captioners import BlipCaptioner, VisionEncoderDecoderCaptioner
 from .common import tokenize_words
+from .discovery import Unsupported, discover, register_family, unregister_family
 from .dispatch import adapter, answer_adapter, caption_adapter
 from .layouts import TokenGrid
 from .tap import VisionTap
@@ -75,6 +85,10 @@ __all__ = [
     "TokenGrid",
     "VisionTap",
     "adapter",
+    "register_family",
+    "unregister_family",
+    "discover",
+    "Unsupported",
     "caption_adapter",
     "answer_adapter",
 ]

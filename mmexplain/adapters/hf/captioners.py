@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from ..grids import PatchGrid
 from ..protocols import WordSpan, check_copies
-from .common import ProcessedImages, check_model, decode_words, last_layer, tokenize_words
+from .common import ProcessedImages, check_model, last_layer, tokenize_words
+from .words import GeneratedWords, generated_words
 
 __all__ = ["BlipCaptioner", "VisionEncoderDecoderCaptioner"]
 
@@ -43,13 +44,13 @@ class _Captioner(ProcessedImages):
         """``PatchGrid()``: a square grid from the token count; ``reshape_for(pixels)`` is exact for any size."""
         return PatchGrid()
 
-    def generate(self, pixels: Tensor) -> list[str]:
-        """Greedy caption of one image, as words (special tokens dropped)."""
+    def generate(self, pixels: Tensor) -> GeneratedWords:
+        """Greedy caption of one image, as words (special tokens dropped) carrying the generated ids."""
         if pixels.dim() != 4 or pixels.shape[0] != 1:
             raise ValueError(f"pixels: expected (1, 3, H, W), got {tuple(pixels.shape)}")
         with torch.no_grad():
             ids = self.model.generate(pixel_values=pixels, max_new_tokens=self.max_new_tokens)  # (1, T)
-        return decode_words(self.tokenizer, ids[0], start=self.start_token_id)
+        return generated_words(self.tokenizer, ids[0], start=self.start_token_id)  # words that keep their ids
 
     def split_words(self, caption: str) -> list[str]:
         """A given caption -> its words; a word the tokenizer only knows as unknown raises ValueError."""
@@ -76,7 +77,8 @@ class _Captioner(ProcessedImages):
         ``GradCAM(..., targets_in_batch=True)`` the engine copies the layer's activation).
         """
         check_copies(copies)
-        ids, groups = tokenize_words(self.tokenizer, words)
+        kept = words.tokens_for(words) if isinstance(words, GeneratedWords) else None
+        ids, groups = kept if kept is not None else tokenize_words(self.tokenizer, words)
         tokens = torch.tensor([[self.start_token_id, *ids]], device=pixels.device)  # (1, 1+n)
         tokens = tokens.repeat(copies, 1)  # (copies, 1+n)
         spans = [(list(g), [ids[k] for k in g]) for g in groups]

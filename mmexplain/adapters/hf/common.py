@@ -1,4 +1,4 @@
-"""What every transformers adapter shares: words <-> tokens, images in and out, model checks.
+"""What every transformers adapter shares: images in and out, model checks (words <-> tokens: :mod:`.words`).
 
 Images are read by the project's one loader (:func:`mmexplain.adapters.images.load_image`)
 and handed to the model's image processor as a float ``(3, H, W)`` tensor in [0, 1]
@@ -7,8 +7,7 @@ with ``do_rescale=False``.
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,86 +16,9 @@ from torch import Tensor, nn
 from ..grids import PatchGrid, conv_grid
 from ..images import load_image
 from ..items import ItemQuestions
+from .words import decode_words, tokenize_words
 
-__all__ = ["tokenize_words", "ProcessedImages"]
-
-
-# ----------------------------------------------------------------------------- words <-> tokens
-
-
-def tokenize_words(tokenizer: Any, words: Sequence[str], *,
-                   add_special_tokens: bool = False) -> tuple[list[int], list[list[int]]]:
-    """Token ids of ``" ".join(words)`` and, for each word, the indices of its tokens.
-
-    Fast tokenizers map tokens to words through their character offsets (exact for
-    WordPiece, BPE and SentencePiece alike); slow ones tokenize word by word (with the
-    leading space BPE expects).
-
-    Args:
-        tokenizer: a transformers tokenizer.
-        words: the words, each non-empty and without spaces.
-        add_special_tokens: include the tokenizer's special tokens ([CLS] ... [SEP]);
-            they belong to no word.
-
-    Returns:
-        ``(ids, groups)``: ids of the whole text; ``groups[i]`` the positions in
-        ``ids`` of word i's tokens (never empty).
-
-    Example:
-        >>> import mmexplain as mx
-        >>> tokenizer = mx.zoo.load("tiny-ved").tokenizer          # doctest: +SKIP
-        >>> tokenize_words(tokenizer, ["a", "red", "circle"])       # doctest: +SKIP
-        ([4, 9, 14], [[0], [1], [2]])
-    """
-    words = list(words)
-    if not words or not all(isinstance(w, str) and w and w.split() == [w] for w in words):
-        raise ValueError(f"words: expected a non-empty list of words without spaces, got {words!r}")
-    text = " ".join(words)
-    starts, pos = [], 0
-    for w in words:
-        starts.append(pos)
-        pos += len(w) + 1
-    groups: list[list[int]] = [[] for _ in words]
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        for k, (s, e) in enumerate(enc["offset_mapping"]):
-            while s < e and text[s].isspace():  # BPE tokens may carry the space before their word
-                s += 1
-            if e > s:  # special tokens have empty offsets
-                groups[bisect_right(starts, s) - 1].append(k)
-    else:
-        ids = []
-        for i, w in enumerate(words):
-            piece = tokenizer.encode(w if i == 0 else " " + w, add_special_tokens=False)
-            groups[i] = list(range(len(ids), len(ids) + len(piece)))
-            ids.extend(piece)
-        if add_special_tokens:
-            full = list(tokenizer.build_inputs_with_special_tokens(ids))
-            shift = next((j for j in range(len(full) - len(ids) + 1) if full[j:j + len(ids)] == ids), None)
-            if shift is None:
-                raise ValueError(f"{type(tokenizer).__name__} changed the tokens when adding special tokens")
-            groups = [[k + shift for k in g] for g in groups]
-            ids = full
-    empty = [words[i] for i, g in enumerate(groups) if not g]
-    if empty:
-        raise ValueError(f"words {empty} produced no tokens with {type(tokenizer).__name__}")
-    return ids, groups
-
-
-def decode_words(tokenizer: Any, ids: Sequence[int] | Tensor, *, start: int | None = None) -> list[str]:
-    """Generated ids -> the words a person reads (special tokens dropped).
-
-    Args:
-        tokenizer: the model's tokenizer.
-        ids: the generated ids.
-        start: the decoder's start token, dropped when the ids begin with it (``generate``
-            returns it first, and a tokenizer need not list it as special).
-    """
-    ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-    if start is not None and ids and ids[0] == start:
-        ids = ids[1:]
-    return tokenizer.decode(ids, skip_special_tokens=True).split()
+__all__ = ["tokenize_words", "decode_words", "ProcessedImages"]
 
 
 # ----------------------------------------------------------------------------- images

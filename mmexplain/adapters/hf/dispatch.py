@@ -1,8 +1,9 @@
 """The adapter for a transformers model, chosen by its class.
 
-Image-text-to-text VLMs (LLaVA, Qwen2-VL / 2.5-VL, PaliGemma, Idefics3 / SmolVLM, BLIP-2,
-GIT, Florence-2) are in both tables: one :class:`~.vlm.ImageTextToText` adapter captions
-(``explain_caption``) and answers (``explain_answer``); ``adapter`` gives it for them.
+BLIP, VisionEncoderDecoder and ViLT have adapters of their own (by class). Every other model goes
+to :class:`~.vlm.ImageTextToText` when :func:`~.discovery.discover` places it from its config and
+modules (one adapter captions with ``explain_caption`` and answers with ``explain_answer``), and is
+refused with :class:`~.discovery.Unsupported` saying what is missing otherwise.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import Any
 from torch import nn
 
 from .captioners import BlipCaptioner, VisionEncoderDecoderCaptioner
+from .discovery import Unsupported, discover
 from .families import FAMILIES
 from .vlm import ImageTextToText
 from .vqa import BlipVQA, ViltVQA
 
-__all__ = ["caption_adapter", "answer_adapter", "adapter", "CAPTIONERS", "ANSWERERS", "VLMS"]
+__all__ = ["caption_adapter", "answer_adapter", "adapter", "vlm_class", "CAPTIONERS", "ANSWERERS", "VLMS"]
 
 # model class name -> adapter class, per role
 CAPTIONERS: dict[str, type] = {"BlipForConditionalGeneration": BlipCaptioner,
@@ -41,9 +43,7 @@ def caption_adapter(model: nn.Module, processor: Any = None,
     Example:
         >>> ex = mx.explain_caption(mx.hf.caption_adapter(model, processor), "cat.jpg")  # doctest: +SKIP
     """
-    cls = CAPTIONERS.get(type(model).__name__)
-    if cls is None:
-        raise TypeError(f"model: no caption adapter for {type(model).__name__}; supported: {', '.join(CAPTIONERS)}")
+    cls = CAPTIONERS.get(type(model).__name__) or vlm_class(model, role="caption ")
     return cls(model, processor, **kwargs)
 
 
@@ -59,9 +59,7 @@ def answer_adapter(model: nn.Module, processor: Any = None, **kwargs: Any) -> Bl
     Example:
         >>> ax = mx.explain_answer(mx.hf.answer_adapter(model, processor), "cat.jpg", "what is it?")  # doctest: +SKIP
     """
-    cls = ANSWERERS.get(type(model).__name__)
-    if cls is None:
-        raise TypeError(f"model: no VQA adapter for {type(model).__name__}; supported: {', '.join(ANSWERERS)}")
+    cls = ANSWERERS.get(type(model).__name__) or vlm_class(model, role="VQA ")
     return cls(model, processor, **kwargs)
 
 
@@ -82,5 +80,20 @@ def adapter(model: nn.Module, processor: Any = None, **kwargs: Any) -> Any:
         return caption_adapter(model, processor, **kwargs)
     if name in ANSWERERS:
         return answer_adapter(model, processor, **kwargs)
-    raise TypeError(f"model: no adapter for {name}; captioners: {', '.join(CAPTIONERS)}; "
-                    f"VQA: {', '.join(ANSWERERS)}")
+    return vlm_class(model)(model, processor, **kwargs)
+
+
+def vlm_class(model: nn.Module, *, role: str = "") -> type:
+    """:class:`ImageTextToText` when discovery places ``model`` (from its config and modules); otherwise
+    :class:`~.discovery.Unsupported` (a TypeError) naming the class and what is missing."""
+    name = type(model).__name__
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"model: no {role}adapter for {name} (expected a transformers model)")
+    try:
+        discover(model)
+    except Unsupported as exc:
+        others = ", ".join(sorted(set(CAPTIONERS if role == "caption " else ANSWERERS if role else CAPTIONERS)
+                                  - set(VLMS) | (set(ANSWERERS) - set(VLMS) if not role else set())))
+        raise Unsupported(f"model: no {role}adapter for {name}: {str(exc).removeprefix('model: ')} "
+                          f"(adapters by class: {others})") from None
+    return ImageTextToText

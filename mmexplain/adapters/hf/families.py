@@ -21,6 +21,7 @@ asks it, per image, for:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from ..grids import conv_grid
 from .common import display_of, pixels_of
 from .layouts import Level, TokenGrid, as_int, merge_blocks, row_major, stitch, tiles, unpatchify, windows
 
-__all__ = ["FAMILIES", "family_of", "chat_text"]
+__all__ = ["FAMILIES", "Family", "chat_text", "tower_of"]
 
 
 def chat_text(processor: Any, prompt: str) -> str:
@@ -58,6 +59,49 @@ def blocks(model: nn.Module, under: str) -> str:
     return max(lists, key=lambda item: (len(item[1]), -len(item[0])))[0]
 
 
+def pixel_key(images: dict[str, Any]) -> str:
+    """The processor's pixels: ``pixel_values``, or the one key that starts with it (``pixel_values_images``)."""
+    if "pixel_values" in images:
+        return "pixel_values"
+    keys = [k for k in images if k.startswith("pixel_values") and "video" not in k]
+    if len(keys) != 1:
+        raise ValueError(f"images: expected pixel_values from the processor, got keys {sorted(images)}")
+    return keys[0]
+
+
+def tower_of(model: nn.Module) -> str | None:
+    """The vision tower: the outermost module built from ``config.vision_config`` (None when there is none)."""
+    vision = getattr(model.config, "vision_config", None)
+    if vision is None:
+        return None
+    hits = [n for n, m in model.named_modules() if n and getattr(m, "config", None) is vision]
+    return min(hits, key=lambda n: (n.count("."), "video" in n)) if hits else None  # Video-LLaVA: its image tower
+
+
+def has_module(model: nn.Module, name: str) -> bool:
+    """True when some module's last name part is ``name``."""
+    return any(n.rsplit(".", 1)[-1] == name for n, _ in model.named_modules())
+
+
+def feature_layer_of(config: Any) -> Any:
+    """``config.vision_feature_layer`` (VipLLaVA: ``vision_feature_layers``), or None."""
+    value = getattr(config, "vision_feature_layer", None)
+    return getattr(config, "vision_feature_layers", None) if value is None else value
+
+
+def feature_layers(model: nn.Module, tower: str) -> list[str]:
+    """The blocks ``config.vision_feature_layer`` selects (an int or a list): ``hidden_states[k]`` is block ``k - 1``."""
+    layers = blocks(model, tower)
+    count = len(model.get_submodule(layers))
+    chosen = feature_layer_of(model.config)
+    chosen = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
+    indices = sorted({k if k >= 0 else k + count + 1 for k in chosen})
+    if indices[0] < 1:
+        raise ValueError("the model reads its vision embeddings (vision_feature_layer selects hidden_states[0]); "
+                         "pass layer=")
+    return [f"{layers}.{k - 1}" for k in indices]
+
+
 def patches_of(conv: nn.Conv2d, size: tuple[int, int]) -> tuple[int, int]:
     """The output grid of a patch convolution (``padding="valid"`` is no padding, as SigLIP's)."""
     if conv.padding == "valid":
@@ -83,12 +127,21 @@ class Family:
 
     def __init__(self, model: nn.Module, processor: Any, image_processor: Any, tokenizer: Any) -> None:
         self.model, self.processor, self.image_processor, self.tokenizer = model, processor, image_processor, tokenizer
-        self.tower_name = find(model, self.tower)
+        self.tower_name = tower_of(model) or find(model, self.tower)
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> str | None:
+        """Why this family lays out ``model`` (the rule, in words), or None when it does not."""
+        return f"class name {type(model).__name__}" if type(model).__name__ in cls.names else None
 
     # ------------------------------------------------------------- vision
     def site(self) -> str:
         """The vision layer the language model reads."""
         return find(self.model, "post_layernorm", under=self.tower_name)
+
+    def sites(self) -> list[str]:
+        """Every vision layer the language model reads (several: their maps are summed on one grid)."""
+        return [self.site()]
 
     def images(self, image: Tensor) -> dict[str, Tensor]:
         """The image processor's tensors for one (3, H, W) image in [0, 1]."""
@@ -118,8 +171,15 @@ class Family:
 
     def prompt_inputs(self, image: Tensor, prompt: str, *, chat: bool) -> dict[str, Tensor]:
         """The processor's inputs (batch of one) for ``prompt`` and the image; ``labels`` dropped."""
-        enc = dict(self.processor(text=self.prompt_text(prompt, chat=chat), images=[image], return_tensors="pt",
-                                  do_rescale=False))
+        text = self.prompt_text(prompt, chat=chat)
+        try:
+            enc = dict(self.processor(text=text, images=[image], return_tensors="pt", do_rescale=False))
+        except (TypeError, ValueError) as exc:  # a processor that loads images itself (Idefics2) takes PIL images
+            if "format" not in str(exc) and "PIL" not in str(exc):
+                raise
+            from torchvision.transforms.functional import to_pil_image
+
+            enc = dict(self.processor(text=text, images=[to_pil_image(image)], return_tensors="pt"))
         enc.pop("labels", None)
         return enc
 
@@ -129,6 +189,10 @@ class Family:
             return values.new_zeros(1, n)  # text tokens
         return values[:, -1:].expand(1, n)  # GenerationMixin repeats the last value
 
+    def per_token(self) -> tuple[str, ...]:
+        """Inputs of more than two dims with one row per token (axis 1) that teacher forcing extends."""
+        return ()
+
     def image_positions(self, inputs: dict[str, Tensor]) -> Tensor:
         """(K,) positions of the image tokens in the sequence the language model reads."""
         token = getattr(self.model.config, "image_token_id", None)
@@ -137,21 +201,55 @@ class Family:
         return (inputs["input_ids"][0] == int(token)).nonzero()[:, 0]
 
 
-class Llava(Family):
-    """LLaVA: CLIP / SigLIP tower; the LM reads ``hidden_states[vision_feature_layer]`` (CLS dropped by "default")."""
+class OneImage(Family):
+    """A tower that reads the image as one frame: crops the processor makes are refused by name."""
+
+    def images(self, image: Tensor) -> dict[str, Tensor]:
+        return self.one_frame(super().images(image))
+
+    def one_frame(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``enc`` when its pixels are one image; ValueError when the processor cut it into crops."""
+        pixels = enc.get(pixel_key(enc))
+        if isinstance(pixels, Tensor) and pixels.dim() >= 4 and pixels.shape[:-3].numel() != 1:
+            raise ValueError(f"{type(self.model).__name__}: the processor made {pixels.shape[:-3].numel()} crops of one "
+                             "image; crops are not stitched back for this model (set the processor to one crop, e.g. "
+                             "crop_to_patches=False / do_image_splitting=False / max_patches=1)")
+        return enc
+
+    def view(self, images: dict[str, Tensor]) -> Tensor:
+        pixels = images[pixel_key(images)]
+        return super().view({"pixel_values": pixels.reshape(-1, *pixels.shape[-3:])[:1]})
+
+    def patch_grid(self, images: dict[str, Tensor]) -> tuple[int, int]:
+        pixels = images[pixel_key(images)]
+        return super().patch_grid({"pixel_values": pixels.reshape(-1, *pixels.shape[-3:])[:1]})
+
+    def prompt_inputs(self, image: Tensor, prompt: str, *, chat: bool) -> dict[str, Tensor]:
+        return self.one_frame(super().prompt_inputs(image, prompt, chat=chat))
+
+
+class Llava(OneImage):
+    """The LM reads ``hidden_states[vision_feature_layer]`` of the tower (several layers for a list: VipLLaVA);
+    patches row-major, a CLS token dropped or kept by the projector (LLaVA, Mistral3 / Pixtral, Aya Vision,
+    InternVL with one tile, VipLLaVA, Cohere2-Vision, ...): the layout of a plain ViT, whatever the projector
+    does after it (pixel shuffle, patch merger)."""
 
     names = ("LlavaForConditionalGeneration",)
 
+    @classmethod
+    def claims(cls, model: nn.Module) -> str | None:
+        config = model.config
+        if feature_layer_of(config) is None or tower_of(model) is None:
+            return None
+        if getattr(config, "image_grid_pinpoints", None):
+            return None  # anyres tiles
+        return "config.vision_feature_layer: the blocks whose hidden states the projector reads"
+
     def site(self) -> str:
-        layers = blocks(self.model, self.tower_name)
-        count = len(self.model.get_submodule(layers))
-        chosen = self.model.config.vision_feature_layer
-        chosen = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
-        index = max(k if k >= 0 else k + count + 1 for k in chosen)  # the deepest layer read
-        if index < 1:
-            raise ValueError("the model reads its vision embeddings (vision_feature_layer selects hidden_states[0]); "
-                             "pass layer=")
-        return f"{layers}.{index - 1}"  # hidden_states[k] is the output of block k - 1
+        return feature_layers(self.model, self.tower_name)[-1]  # the deepest layer read
+
+    def sites(self) -> list[str]:
+        return feature_layers(self.model, self.tower_name)
 
 
 class PaliGemma(Family):
@@ -159,6 +257,12 @@ class PaliGemma(Family):
 
     names = ("PaliGemmaForConditionalGeneration",)
     default_prompt = "caption en"
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> str | None:
+        if getattr(model.config, "model_type", "") == "paligemma":
+            return "config.model_type 'paligemma': token_type_ids mark the causal suffix"
+        return None
     placeholder_of = ""  # the processor puts the image tokens and BOS before the prompt
 
     def continuation(self, key: str, values: Tensor, n: int) -> Tensor:
@@ -173,9 +277,29 @@ class QwenVL(Family):
     names = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
     tower = "visual"
 
+    @classmethod
+    def claims(cls, model: nn.Module) -> str | None:
+        vision = getattr(model.config, "vision_config", None)
+        if getattr(vision, "spatial_merge_size", None) and getattr(vision, "temporal_patch_size", None) \
+                and tower_of(model):
+            return ("vision_config.spatial_merge_size + temporal_patch_size: flattened patches in merge-block order, "
+                    "the grid from image_grid_thw")
+        return None
+
     def site(self) -> str:
+        post = f"{self.tower_name}.post_layernorm"  # GLM-4V: the final norm before the merge convolution
+        if post in dict(self.model.named_modules()):
+            return post
         layers = blocks(self.model, self.tower_name)
         return f"{layers}.{len(self.model.get_submodule(layers)) - 1}"  # the merger reads it
+
+    def sites(self) -> list[str]:
+        """The merger's input and, for Qwen3-VL, the deepstack blocks whose outputs the LM also reads."""
+        deep = getattr(self.model.config.vision_config, "deepstack_visual_indexes", None) or []
+        layers = blocks(self.model, self.tower_name)
+        count = len(self.model.get_submodule(layers))
+        extra = [f"{layers}.{k}" for k in sorted(set(deep)) if 0 <= k < count]
+        return [*[e for e in extra if e != self.site()], self.site()]
 
     def placeholder(self) -> str:
         t = self.tokenizer
@@ -211,6 +335,12 @@ class Idefics3(Family):
 
     names = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
     tower = "vision_model"
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> str | None:
+        if getattr(model.config, "scale_factor", None) and has_module(model, "connector") and tower_of(model):
+            return "config.scale_factor + a connector: tiles (rows, cols) + a global image, pixel shuffle"
+        return None
 
     def images(self, image: Tensor) -> dict[str, Tensor]:
         return pixels_of(self.image_processor, image, return_row_col_info=True)
@@ -248,14 +378,22 @@ class Idefics3(Family):
 class Blip2(Family):
     """BLIP-2: ViT tower -> Q-Former (query tokens, not spatial) -> LM; explained at the tower's last layer."""
 
-    names = ("Blip2ForConditionalGeneration",)
+    names = ("Blip2ForConditionalGeneration", "InstructBlipForConditionalGeneration")
     tower = "vision_model"
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> str | None:
+        if has_module(model, "qformer") and tower_of(model):
+            return "a Q-Former (query tokens, not spatial): the map comes from the vision tower's last block"
+        return None
     default_prompt = ""
     placeholder_of = ""  # the processor puts the query tokens before the prompt
 
     def __init__(self, model: nn.Module, processor: Any, image_processor: Any, tokenizer: Any) -> None:
         super().__init__(model, processor, image_processor, tokenizer)
         self.encoder_decoder = not model.config.use_decoder_only_language_model
+        if "qformer_input_ids" in inspect.signature(model.forward).parameters:  # InstructBLIP reads an instruction
+            self.default_prompt = Family.default_prompt
 
     def site(self) -> str:
         layers = blocks(self.model, self.tower_name)  # post_layernorm runs twice (tokens, pooled CLS)
@@ -267,6 +405,10 @@ class Git(Family):
 
     names = ("GitForCausalLM",)
     tower = "image_encoder"
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> str | None:
+        return "config.model_type 'git': CLS + patch tokens prefix the text" if model.config.model_type == "git" else None
     default_prompt = ""
 
     def prompt_inputs(self, image: Tensor, prompt: str, *, chat: bool) -> dict[str, Tensor]:
@@ -286,6 +428,12 @@ class Florence2(Family):
 
     names = ("Florence2ForConditionalGeneration",)
     default_prompt = "<CAPTION>"
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> str | None:
+        if model.config.model_type == "florence2":
+            return "config.model_type 'florence2': a DaViT map before the encoder's text"
+        return None
     encoder_decoder = True
     placeholder_of = ""  # the processor puts the image tokens first
 
@@ -306,10 +454,5 @@ class Florence2(Family):
         return TokenGrid({h * w: (row_major(h, w), (h, w))})
 
 
-FAMILIES: tuple[type[Family], ...] = (Llava, PaliGemma, QwenVL, Idefics3, Blip2, Git, Florence2)
-
-
-def family_of(model: nn.Module) -> type[Family] | None:
-    """The family class of a transformers model, by class name (None when unsupported)."""
-    name = type(model).__name__
-    return next((f for f in FAMILIES if name in f.names), None)
+#: built-in families, asked in this order (the most specific rule first)
+FAMILIES: tuple[type[Family], ...] = (Git, Florence2, Blip2, PaliGemma, QwenVL, Idefics3, Llava)

@@ -46,8 +46,10 @@ from ...targets import SequenceLogProb
 from ..images import load_image
 from ..items import ItemQuestions
 from ..protocols import AnswerQuery, WordSpan, check_copies
-from .common import decode_words, device_of, split_processor, tokenize_words
-from .families import Family, chat_text, family_of
+from .common import device_of, split_processor
+from .words import GeneratedWords, generated_words, tokenize_words
+from .discovery import discover
+from .families import Family, chat_text
 from .layouts import TokenGrid
 from .tap import VisionTap
 
@@ -58,7 +60,8 @@ class ImageTextToText(ItemQuestions):
     """An image-text-to-text VLM as a caption adapter and an answer adapter (see the module docstring).
 
     Args:
-        model: a supported transformers model (``mx.hf.adapters.hf.families.FAMILIES``).
+        model: an image-text-to-text transformers model whose layout :func:`~.discovery.discover` finds
+            from its config and modules (or a family registered with ``mx.hf.register_family``).
         processor: its processor (image processor, tokenizer, chat template).
         image_processor, tokenizer: given separately (they win over the processor's).
         layer: dotted name (in ``model``) of the vision layer to explain instead of the one
@@ -71,7 +74,9 @@ class ImageTextToText(ItemQuestions):
     Attributes:
         model: the :class:`~.tap.VisionTap` the engine hooks; ``hf_model``: the model itself.
         default_layer: ``"features"``, the tap's output (the ``site`` layer's output).
-        site: the explained layer's name in ``hf_model``.
+        site: the explained layer's name in ``hf_model`` (the deepest, when the LM reads several).
+        sites: every vision layer the LM reads (their maps are summed on one grid, see :mod:`.tap`).
+        rule: which discovery rule placed the model, in words.
         question_layer: the LM input embedding, relative to ``model``.
     """
 
@@ -81,12 +86,7 @@ class ImageTextToText(ItemQuestions):
     def __init__(self, model: nn.Module, processor: Any = None, *, image_processor: Any = None, tokenizer: Any = None,
                  layer: str | None = None, prompt: str | None = None, chat: bool | None = None,
                  max_new_tokens: int = 30) -> None:
-        family = family_of(model)
-        if family is None:
-            from .families import FAMILIES
-
-            names = ", ".join(n for f in FAMILIES for n in f.names)
-            raise TypeError(f"ImageTextToText model: expected one of {names}, got {type(model).__name__}")
+        family, self.rule = discover(model)  # Unsupported (a TypeError) saying what is missing
         if processor is None:
             raise TypeError("ImageTextToText: expected processor= (the model's processor builds its prompts)")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -105,16 +105,17 @@ class ImageTextToText(ItemQuestions):
         self.chat = has_template if chat is None else chat
         self.prompt = self.family.default_prompt if prompt is None else prompt
         self.max_new_tokens = max_new_tokens
-        self.site = self.family.site() if layer is None else layer
-        self.model = VisionTap(model, self.site)
+        self.sites = self.family.sites() if layer is None else [layer]
+        self.site = self.sites[-1]
+        self.model = VisionTap(model, self.sites)
         self.default_layer = "features"
         embedding = model.get_input_embeddings()
         self.question_layer = "model." + next(n for n, m in model.named_modules() if m is embedding)
         self.logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def __repr__(self) -> str:
-        return (f"ImageTextToText({type(self.hf_model).__name__}, site={self.site!r}, prompt={self.prompt!r}, "
-                f"chat={self.chat})")
+        return (f"ImageTextToText({type(self.hf_model).__name__}, sites={self.sites!r}, prompt={self.prompt!r}, "
+                f"chat={self.chat}, rule={self.rule!r})")
 
     def with_prompt(self, prompt: str) -> ImageTextToText:
         """The same adapter (model, processor, layer) writing after ``prompt``: e.g. a question, so that
@@ -170,15 +171,22 @@ class ImageTextToText(ItemQuestions):
         device = device_of(self.hf_model)
         return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in enc.items()}
 
-    def _generate(self, pixels: Tensor, prompt: str) -> list[str]:
+    def _generate(self, pixels: Tensor, prompt: str) -> GeneratedWords:
         inputs = self.prompt_inputs(pixels, prompt)
         with torch.no_grad():
             out = self.hf_model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
-        new = out[0] if self.family.encoder_decoder else out[0, inputs["input_ids"].shape[1]:]  # (T,)
-        return decode_words(self.tokenizer, new)
+        if self.family.encoder_decoder:
+            return generated_words(self.tokenizer, out[0], start=self.decoder_start())
+        return generated_words(self.tokenizer, out[0, inputs["input_ids"].shape[1]:])  # (T,) after the prompt
 
-    def generate(self, pixels: Tensor) -> list[str]:
-        """The model's greedy continuation of the prompt, as words (special tokens dropped)."""
+    def decoder_start(self) -> int:
+        """An encoder-decoder's decoder start token id."""
+        start = self.hf_model.generation_config.decoder_start_token_id
+        return int(self.hf_model.config.get_text_config().decoder_start_token_id if start is None else start)
+
+    def generate(self, pixels: Tensor) -> GeneratedWords:
+        """The model's greedy continuation of the prompt, as words that carry the generated ids
+        (:class:`~.words.GeneratedWords`: teacher forcing scores exactly those tokens)."""
         return self._generate(pixels, self.prompt)
 
     def split_words(self, caption: str) -> list[str]:
@@ -210,16 +218,17 @@ class ImageTextToText(ItemQuestions):
         if check_copies(copies) != 1:
             raise ValueError(f"copies: {type(self).__name__} explains the words with one batched backward "
                              f"(targets_in_batch=False), got copies={copies}")
-        ids, groups = tokenize_words(self.tokenizer, list(words))
+        kept = words.tokens_for(words) if isinstance(words, GeneratedWords) else None
+        ids, groups = kept if kept is not None else tokenize_words(self.tokenizer, list(words))
         inputs = self.prompt_inputs(pixels, prompt)
         text = torch.tensor([ids], device=inputs["input_ids"].device)  # (1, n)
         n = len(ids)
         if self.family.encoder_decoder:
-            start = self.hf_model.generation_config.decoder_start_token_id
-            start = self.hf_model.config.get_text_config().decoder_start_token_id if start is None else start
-            full, _ = tokenize_words(self.tokenizer, list(words), add_special_tokens=True)
-            lead = full[:full.index(ids[0])] if ids[0] in full else []  # the tokenizer's own BOS before the words
-            prefix = torch.tensor([[int(start), *lead]], device=text.device)
+            lead: list[int] = []
+            if kept is None:  # given words: the tokenizer's own BOS before them (generated ids carry theirs)
+                full, _ = tokenize_words(self.tokenizer, list(words), add_special_tokens=True)
+                lead = full[:full.index(ids[0])] if ids[0] in full else []
+            prefix = torch.tensor([[self.decoder_start(), *lead]], device=text.device)
             inputs["decoder_input_ids"] = torch.cat([prefix, text], dim=1)  # (1, s + n)
             inputs["decoder_attention_mask"] = torch.ones_like(inputs["decoder_input_ids"])
             offset = prefix.shape[1] - 1
@@ -228,7 +237,8 @@ class ImageTextToText(ItemQuestions):
             for key, value in list(inputs.items()):
                 if key == "input_ids":
                     inputs[key] = torch.cat([value, text], dim=1)  # (1, P + n)
-                elif isinstance(value, Tensor) and value.dim() == 2 and value.shape == (1, length):
+                elif isinstance(value, Tensor) and value.dim() >= 2 and value.shape[:2] == (1, length) \
+                        and (value.dim() == 2 or key in self.family.per_token()) and not key.startswith("qformer"):
                     extra = value.new_ones(1, n) if key == "attention_mask" else self.family.continuation(key, value, n)
                     inputs[key] = torch.cat([value, extra], dim=1)
             offset = length - 1
@@ -256,11 +266,12 @@ class ImageTextToText(ItemQuestions):
         if answer is None and top_k != 1:
             raise ValueError(f"top_k: a generated answer has no ranked alternatives (top_k=1), got {top_k}; "
                              "pass answer= to explain another")
+        words: list[str] = answer.split() if answer is not None else self._generate(pixels, question)
         if answer is None:
-            answer = self.answer(pixels, question)
+            answer = " ".join(words)
             if not answer:
                 raise ValueError(f"the model generated an empty answer to {question!r}; pass answer=")
-        inputs, spans = self._forced(pixels, question, answer.split())
+        inputs, spans = self._forced(pixels, question, words)  # generated words keep their generated ids
         target = SequenceLogProb([t for _, tokens in spans for t in tokens],
                                  positions=[p for positions, _ in spans for p in positions])
         key = "input_ids"
