@@ -153,8 +153,6 @@ def test_word_maps_equal_the_hand_reference(copied):
         assert grid.amax() > 0
 
 
-@pytest.mark.xfail(strict=True, reason="the adapter leaves a word's lone leading-space token out of its sum "
-                                       "(being fixed in mmexplain/adapters/hf)")
 def test_words_with_a_lone_space_token_equal_the_hand_reference(copied):
     name, vlm = copied
     scene = mx.world.generate(mx.world.split_seeds("test", 2)[1])
