@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
+
 __all__ = ["atomic_write", "write_text", "write_json", "atomic_folder", "read_json", "check_replaceable"]
 
 
@@ -132,7 +134,7 @@ def check_replaceable(out: str | os.PathLike[str], *, option: str = "out") -> Pa
         return path
     if target == here or target in here.parents:
         what = "the current folder" if target == here else "a folder holding the current folder"
-        raise ValueError(f"{option} {str(out)!r} is {what}; the output folder is replaced whole, so name a new "
+        raise InputError(f"{option} {str(out)!r} is {what}; the output folder is replaced whole, so name a new "
                          f"folder inside it (e.g. {option} {str(Path(out) / 'results')!r})")
     return path
 
@@ -197,17 +199,17 @@ def read_json(path: str | os.PathLike[str], *, what: str, max_bytes: int = 4 * 2
         raise FileNotFoundError(f"no {what} file: {str(path)!r}")
     size = path.stat().st_size
     if size > max_bytes:
-        raise ValueError(f"{what} {str(path)!r}: {size} bytes, more than such a file holds ({max_bytes} at most)")
+        raise InputError(f"{what} {str(path)!r}: {size} bytes, more than such a file holds ({max_bytes} at most)")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{what} {str(path)!r}: not UTF-8 text (byte {exc.start})") from exc
+        raise InputError(f"{what} {str(path)!r}: not UTF-8 text (byte {exc.start})") from exc
     if not text.strip():
-        raise ValueError(f"{what} {str(path)!r}: the file is empty")
+        raise InputError(f"{what} {str(path)!r}: the file is empty")
     try:
         return json.loads(text)
     except RecursionError as exc:
-        raise ValueError(f"{what} {str(path)!r}: JSON nested too deeply") from exc
+        raise InputError(f"{what} {str(path)!r}: JSON nested too deeply") from exc
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} {str(path)!r}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+        raise InputError(f"{what} {str(path)!r}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
                          "the file is damaged or truncated") from exc

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
+
 __all__ = ["run_demo", "load_shipped", "pick_questions", "best_method", "method_label", "POINTING", "MODELS",
            "RealPhotos", "real_photos"]
 
@@ -281,14 +283,14 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
     )
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"--scenes: expected a number of scenes >= 1, got {n!r}")
+        raise InputError(f"--scenes: expected a number of scenes >= 1, got {n!r}")
     if isinstance(naming_scenes, bool) or not isinstance(naming_scenes, int) or naming_scenes < 0:
-        raise ValueError(f"--naming-scenes: expected an integer >= 0, got {naming_scenes!r}")
+        raise InputError(f"--naming-scenes: expected an integer >= 0, got {naming_scenes!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"--seed: expected an integer >= 0, got {seed!r}")
+        raise InputError(f"--seed: expected an integer >= 0, got {seed!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+        raise InputError(f"--out {str(out)!r} exists and is not a folder")
     models = load_shipped(root)
     captioner, vqa, classifier = models["captioner"], models["vqa"], models["classifier"]
     shipped = root is None

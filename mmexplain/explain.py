@@ -39,6 +39,7 @@ from .adapters.zoo import as_answer_adapter, as_caption_adapter
 from .methods import METHODS, CAMResult, GradCAM, GradientMethod, MethodSpec, method_spec, upsample_and_normalize
 from .targets import ClassLogit, Counterfactual, SequenceLogProb, Target, TopClass
 from .words import FUNCTION_WORDS
+from .errors import InputError, InputTypeError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -284,18 +285,18 @@ def explain_caption(
     """
     plan = _method(method)
     if caption is not None and not isinstance(caption, str):
-        raise TypeError(f"caption: expected a str or None, got {type(caption).__name__}")
+        raise InputTypeError(f"caption: expected a str or None, got {type(caption).__name__}")
     adapter = as_caption_adapter(captioner)
     pixels = adapter.load_image(image)  # (1, 3, H, W)
     shown = adapter.display_image(pixels)  # (3, H, W)
     if caption is None:
         words = adapter.generate(pixels)
         if not words:
-            raise ValueError("the captioner generated an empty caption: nothing to explain")
+            raise InputError("the captioner generated an empty caption: nothing to explain")
     else:
         words = adapter.split_words(caption)
         if not words:
-            raise ValueError("caption: expected at least one word, got an empty caption")
+            raise InputError("caption: expected at least one word, got an empty caption")
     plain_inputs, spans = adapter.teacher_forced(pixels, words)
     # words through the batch axis only at the adapter's own layer, which it knows sits before the text
     in_batch = adapter.targets_in_batch and len(words) > 1 and plan.in_batch and layer is None
@@ -341,13 +342,13 @@ def explain_answer(
     """
     plan = _method(method)
     if not isinstance(question, str):
-        raise TypeError(f"question: expected a str, got {type(question).__name__}")
+        raise InputTypeError(f"question: expected a str, got {type(question).__name__}")
     if not question.strip():
-        raise ValueError("question: expected a non-empty question")
+        raise InputError("question: expected a non-empty question")
     if answer is not None and (not isinstance(answer, str) or not answer.strip()):
-        raise ValueError(f"answer: expected a non-empty str or None, got {answer!r}")
+        raise InputError(f"answer: expected a non-empty str or None, got {answer!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
+        raise InputError(f"top_k: expected an int >= 1, got {top_k!r}")
     adapter = as_answer_adapter(vqa)
     pixels = adapter.load_image(image)  # (1, 3, H, W)
     shown = adapter.display_image(pixels)  # (3, H, W)
@@ -406,13 +407,13 @@ def explain_class(
     adapter = as_class_adapter(classifier)
     layer = layer if layer is not None else adapter.default_layer
     if layer is None and plan.spec.needs_layer:
-        raise ValueError("layer: this classifier has no default layer; pass layer=")
+        raise InputError("layer: this classifier has no default layer; pass layer=")
     pixels = adapter.load_image(image)  # (1, 3, H, W)
     shown = adapter.display_image(pixels)  # (3, H, W)
     inputs = adapter.class_inputs(pixels)
     if classes is None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
+            raise InputError(f"top_k: expected an int >= 1, got {top_k!r}")
         targets: list[Target] = [TopClass(rank) for rank in range(top_k)]
     else:
         wanted = [classes] if isinstance(classes, (int, str)) else list(classes)

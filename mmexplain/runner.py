@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 __all__ = ["Runner", "distributed", "DTYPES", "world_from_env"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,10 +61,10 @@ def world_from_env(environ: dict[str, str] | None = None) -> tuple[int, int, int
         try:
             values[name] = default if text in (None, "") else int(text)
         except ValueError:
-            raise ValueError(f"{name}: expected an integer (set by torchrun), got {text!r}") from None
+            raise InputError(f"{name}: expected an integer (set by torchrun), got {text!r}") from None
     rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise ValueError(f"RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}: expected 0 <= RANK < WORLD_SIZE")
+        raise InputError(f"RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}: expected 0 <= RANK < WORLD_SIZE")
     return rank, world, local
 
 
@@ -90,11 +92,11 @@ class Runner:
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise ValueError(f"workers: expected an integer >= 0, got {self.workers!r}")
+            raise InputError(f"workers: expected an integer >= 0, got {self.workers!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise InputError(f"dtype: expected one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if torch.device(self.device).type not in DEVICES:
-            raise ValueError(f"device: expected cpu or cuda, got {self.device!r}")
+            raise InputError(f"device: expected cpu or cuda, got {self.device!r}")
 
     @property
     def main(self) -> bool:
@@ -200,12 +202,12 @@ def distributed(*, workers: int = 0, device: str = "cpu", dtype: str = "float32"
     kind = torch.device(device).type
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device: {device!r} asked for, but this machine has no CUDA device (use --device cpu)")
+            raise InputError(f"device: {device!r} asked for, but this machine has no CUDA device (use --device cpu)")
         if device == "cuda":
             device = f"cuda:{local % torch.cuda.device_count()}"
         torch.cuda.set_device(torch.device(device))
     elif kind != "cpu":
-        raise ValueError(f"device: expected cpu or cuda, got {device!r}")
+        raise InputError(f"device: expected cpu or cuda, got {device!r}")
     own = False
     if world > 1:
         import torch.distributed as dist

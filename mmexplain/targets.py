@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from .errors import InputError, InputTypeError
+
 __all__ = [
     "Target",
     "logits_of",
@@ -62,7 +64,7 @@ def logits_of(output: Any) -> Tensor:
         return output["logits"]
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
-    raise TypeError(
+    raise InputTypeError(
         "model output: expected a tensor, a tuple starting with a tensor, or an object with "
         f"'.logits'; got {type(output).__name__}"
     )
@@ -71,15 +73,15 @@ def logits_of(output: Any) -> Tensor:
 def _check_index(index: Any, name: str) -> None:
     """TypeError unless ``index`` is an int, a sequence of ints or an integer tensor."""
     if isinstance(index, (bool, str, bytes)) or not isinstance(index, (int, Sequence, Tensor)):
-        raise TypeError(f"{name}: expected an int or one int per sample, got {type(index).__name__} {index!r}")
+        raise InputTypeError(f"{name}: expected an int or one int per sample, got {type(index).__name__} {index!r}")
     if isinstance(index, Tensor):
         if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool or index.dim() > 1:
-            raise TypeError(f"{name}: expected an integer tensor of shape () or (B,), got dtype {index.dtype}, "
+            raise InputTypeError(f"{name}: expected an integer tensor of shape () or (B,), got dtype {index.dtype}, "
                             f"shape {tuple(index.shape)}")
     elif isinstance(index, Sequence):
         bad = [v for v in index if isinstance(v, bool) or not isinstance(v, int)]
         if bad:
-            raise TypeError(f"{name}: expected one int per sample, got {type(bad[0]).__name__} {bad[0]!r} in the list")
+            raise InputTypeError(f"{name}: expected one int per sample, got {type(bad[0]).__name__} {bad[0]!r} in the list")
 
 
 def _per_sample_index(index: Any, batch: int, size: int, *, name: str, device: torch.device) -> Tensor:
@@ -87,15 +89,15 @@ def _per_sample_index(index: Any, batch: int, size: int, *, name: str, device: t
     _check_index(index, name)
     idx = torch.as_tensor(index, device=device)
     if idx.is_floating_point() or idx.is_complex():
-        raise TypeError(f"{name}: expected integer indices, got dtype {idx.dtype}")
+        raise InputTypeError(f"{name}: expected integer indices, got dtype {idx.dtype}")
     idx = idx.long()
     if idx.dim() == 0:
         idx = idx.expand(batch)
     elif idx.shape != (batch,):
-        raise ValueError(f"{name}: expected one index per sample ({batch}), got shape {tuple(idx.shape)}")
+        raise InputError(f"{name}: expected one index per sample ({batch}), got shape {tuple(idx.shape)}")
     if batch and (int(idx.min()) < 0 or int(idx.max()) >= size):
         bad = int(idx.max()) if int(idx.max()) >= size else int(idx.min())
-        raise ValueError(f"{name} {bad} out of range for {size} entries")
+        raise InputError(f"{name} {bad} out of range for {size} entries")
     return idx
 
 
@@ -119,7 +121,7 @@ class ClassLogit:
     def __call__(self, output: Any) -> Tensor:  # (B,)
         logits = logits_of(output)  # (B, C)
         if logits.dim() != 2:
-            raise ValueError(f"{type(self).__name__}: expected logits of shape (B, C), got {tuple(logits.shape)}")
+            raise InputError(f"{type(self).__name__}: expected logits of shape (B, C), got {tuple(logits.shape)}")
         idx = _per_sample_index(self.index, logits.shape[0], logits.shape[1], name=self._what, device=logits.device)
         return logits.gather(1, idx[:, None])[:, 0]
 
@@ -141,13 +143,13 @@ class TopClass:
 
     def __init__(self, rank: int = 0) -> None:
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-            raise ValueError(f"TopClass rank: expected an int >= 0, got {rank!r}")
+            raise InputError(f"TopClass rank: expected an int >= 0, got {rank!r}")
         self.rank = rank
 
     def __call__(self, output: Any) -> Tensor:  # (B,)
         logits = logits_of(output)  # (B, C)
         if logits.dim() != 2 or logits.shape[1] <= self.rank:
-            raise ValueError(f"TopClass rank {self.rank}: needs logits (B, C) with C > rank, got {tuple(logits.shape)}")
+            raise InputError(f"TopClass rank {self.rank}: needs logits (B, C) with C > rank, got {tuple(logits.shape)}")
         top = logits.detach().topk(self.rank + 1, dim=1).indices[:, self.rank]  # (B,)
         return logits.gather(1, top[:, None])[:, 0]
 
@@ -162,7 +164,7 @@ class TopClass:
 def _sequence_logits(output: Any, name: str) -> Tensor:
     logits = logits_of(output)
     if logits.dim() != 3:
-        raise ValueError(f"{name}: expected sequence logits of shape (B, T, V), got {tuple(logits.shape)}")
+        raise InputError(f"{name}: expected sequence logits of shape (B, T, V), got {tuple(logits.shape)}")
     return logits
 
 
@@ -180,7 +182,7 @@ class WordLogProb:
 
     def __init__(self, position: int, token: int | Sequence[int] | Tensor) -> None:
         if isinstance(position, bool) or not isinstance(position, int):
-            raise TypeError(f"WordLogProb position: expected an int, got {type(position).__name__}")
+            raise InputTypeError(f"WordLogProb position: expected an int, got {type(position).__name__}")
         self.position = position
         self.token = token
 
@@ -188,7 +190,7 @@ class WordLogProb:
         logits = _sequence_logits(output, "WordLogProb")  # (B, T, V)
         batch, length, vocab = logits.shape
         if not -length <= self.position < length:
-            raise ValueError(f"WordLogProb position {self.position} out of range for a sequence of {length}")
+            raise InputError(f"WordLogProb position {self.position} out of range for a sequence of {length}")
         tok = _per_sample_index(self.token, batch, vocab, name="WordLogProb token", device=logits.device)
         logp = logits[:, self.position].log_softmax(dim=-1)  # (B, V)
         return logp.gather(1, tok[:, None])[:, 0]
@@ -208,10 +210,10 @@ class SequenceLogProb:
     def __init__(self, tokens: Sequence[int] | Tensor, *, positions: Sequence[int] | None = None) -> None:
         tok = torch.as_tensor(tokens)
         if tok.is_floating_point() or tok.dim() not in (1, 2) or tok.shape[-1] == 0:
-            raise ValueError(f"SequenceLogProb tokens: expected a non-empty (T,) or (B, T) integer sequence, got {tokens!r}")
+            raise InputError(f"SequenceLogProb tokens: expected a non-empty (T,) or (B, T) integer sequence, got {tokens!r}")
         pos = list(range(tok.shape[-1])) if positions is None else [int(p) for p in positions]
         if len(pos) != tok.shape[-1]:
-            raise ValueError(f"SequenceLogProb positions: expected {tok.shape[-1]} positions (one per token), got {len(pos)}")
+            raise InputError(f"SequenceLogProb positions: expected {tok.shape[-1]} positions (one per token), got {len(pos)}")
         self.tokens = tok.long()
         self.positions = pos
 
@@ -220,10 +222,10 @@ class SequenceLogProb:
         batch, length, vocab = logits.shape
         bad = [p for p in self.positions if not -length <= p < length]
         if bad:
-            raise ValueError(f"SequenceLogProb positions {bad} out of range for a sequence of {length}")
+            raise InputError(f"SequenceLogProb positions {bad} out of range for a sequence of {length}")
         tok = self.tokens.to(logits.device).expand(batch, -1)  # (B, T')
         if int(tok.min()) < 0 or int(tok.max()) >= vocab:
-            raise ValueError(f"SequenceLogProb tokens: ids must lie in [0, {vocab}), got {self.tokens.tolist()}")
+            raise InputError(f"SequenceLogProb tokens: ids must lie in [0, {vocab}), got {self.tokens.tolist()}")
         logp = logits[:, self.positions].log_softmax(dim=-1)  # (B, T', V)
         return logp.gather(2, tok[:, :, None])[:, :, 0].sum(dim=1)
 
@@ -241,7 +243,7 @@ class Scalar:
 
     def __init__(self, fn: Callable[[Any], Tensor]) -> None:
         if not callable(fn):
-            raise TypeError(f"Scalar fn: expected a callable, got {type(fn).__name__}")
+            raise InputTypeError(f"Scalar fn: expected a callable, got {type(fn).__name__}")
         self.fn = fn
 
     def __call__(self, output: Any) -> Tensor:  # (B,)
@@ -259,7 +261,7 @@ class Counterfactual:
 
     def __init__(self, target: Target) -> None:
         if not callable(target):
-            raise TypeError(f"Counterfactual target: expected a target callable, got {type(target).__name__}")
+            raise InputTypeError(f"Counterfactual target: expected a target callable, got {type(target).__name__}")
         self.target = target
 
     def __call__(self, output: Any) -> Tensor:  # (B,)

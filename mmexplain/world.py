@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError, InputTypeError
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (0.90, 0.12, 0.12),
@@ -154,29 +156,29 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.nda
         top = -1.05 * r
         base = 0.85 * r
         return (y >= top) & (y <= base) & (np.abs(x) <= (y - top) * (1.05 * r) / (base - top))
-    raise ValueError(f"unknown shape {shape!r}")  # internal: shapes come from SHAPES
+    raise InputError(f"unknown shape {shape!r}")  # internal: shapes come from SHAPES
 
 
 def _check_bias(bias: Mapping[str, str] | None) -> dict[str, str] | None:
     if bias is None:
         return None
     if not isinstance(bias, Mapping):
-        raise TypeError(f"bias must be a dict like {{'circle': 'red'}} or None, got {type(bias).__name__}")
+        raise InputTypeError(f"bias must be a dict like {{'circle': 'red'}} or None, got {type(bias).__name__}")
     out = {}
     for shape, color in bias.items():
         if shape not in SHAPES:
-            raise ValueError(f"bias: unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+            raise InputError(f"bias: unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
         if color not in COLORS:
-            raise ValueError(f"bias: unknown colour {color!r} for {shape!r}; expected one of {', '.join(COLORS)}")
+            raise InputError(f"bias: unknown colour {color!r} for {shape!r}; expected one of {', '.join(COLORS)}")
         out[shape] = color
     return out
 
 
 def _check_seed(seed: object, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"{name} must be a non-negative int, got {type(seed).__name__}")
+        raise InputTypeError(f"{name} must be a non-negative int, got {type(seed).__name__}")
     if seed < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {seed}")
+        raise InputError(f"{name} must be a non-negative int, got {seed}")
     return int(seed)
 
 
@@ -194,9 +196,9 @@ def generate(seed: int, *, size: int = 96, bias: Mapping[str, str] | None = None
     """
     seed = _check_seed(seed)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise TypeError(f"size must be an int >= 32, got {type(size).__name__}")
+        raise InputTypeError(f"size must be an int >= 32, got {type(size).__name__}")
     if size < 32:
-        raise ValueError(f"size must be an int >= 32, got {size}")
+        raise InputError(f"size must be an int >= 32, got {size}")
     size = int(size)
     bias_map = _check_bias(bias)
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -320,12 +322,12 @@ def split_seeds(split: str, n: int, *, start: int = 0) -> range:
         A ``range`` of seeds inside ``SPLITS[split]``.
     """
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     n = _check_seed(n, "n")
     start = _check_seed(start, "start")
     seeds = SPLITS[split]
     if start + n > len(seeds):
-        raise ValueError(f"n + start = {start + n} exceeds the {len(seeds)} seeds of split {split!r}")
+        raise InputError(f"n + start = {start + n} exceeds the {len(seeds)} seeds of split {split!r}")
     return seeds[start:start + n]
 
 
@@ -355,7 +357,7 @@ def concepts(scene: Scene) -> dict[str, torch.Tensor]:
         concept; every name of :func:`concept_names` is present (all False if absent).
     """
     if not isinstance(scene, Scene):
-        raise TypeError(f"scene must be a mmexplain.world.Scene, got {type(scene).__name__}")
+        raise InputTypeError(f"scene must be a mmexplain.world.Scene, got {type(scene).__name__}")
     h, w = scene.image.shape[-2:]
     out = {name: torch.zeros(h, w, dtype=torch.bool) for name in concept_names()}
     for obj in scene.objects:
@@ -451,7 +453,7 @@ class SceneDataset(torch.utils.data.Dataset):
 def collate(scenes: Sequence[Scene]) -> dict[str, object]:
     """Batch scenes: ``{"images": (B, 3, H, W), "captions": [str], "questions": [[QA]], "scenes": [Scene]}``."""
     if not scenes:
-        raise ValueError("scenes must be a non-empty sequence of Scene")
+        raise InputError("scenes must be a non-empty sequence of Scene")
     return {
         "images": torch.stack([s.image for s in scenes]),  # (B, 3, H, W)
         "captions": [s.caption for s in scenes],
@@ -477,5 +479,5 @@ def export_coco(seeds: Sequence[int], out_dir: str | os.PathLike, *, size: int =
 
     seeds = [_check_seed(s) for s in seeds]
     if not seeds:
-        raise ValueError("seeds: expected at least one scene seed, got none")
+        raise InputError("seeds: expected at least one scene seed, got none")
     return write_coco(((s, generate(s, size=size)) for s in seeds), out_dir, shapes=SHAPES)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..targets import AnswerScore, Target, TopClass, logits_of
 from .protocols import AnswerQuery
+from ..errors import InputError, InputTypeError
 
 __all__ = ["AnswerClassifier"]
 
@@ -42,7 +43,7 @@ class AnswerClassifier:
 
     def __init__(self, labels: Sequence[str], *, activation: str = "softmax") -> None:
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {', '.join(_ACTIVATIONS)}, got {activation!r}")
+            raise InputError(f"activation: expected one of {', '.join(_ACTIVATIONS)}, got {activation!r}")
         self.labels = [str(label) for label in labels]
         self.activation = activation
 
@@ -51,10 +52,10 @@ class AnswerClassifier:
         if answer is not None:
             if answer not in self.labels:
                 shown = ", ".join(self.labels[:30]) + (", ..." if len(self.labels) > 30 else "")
-                raise ValueError(f"answer {answer!r} is not one of the model's {len(self.labels)} answers: {shown}")
+                raise InputError(f"answer {answer!r} is not one of the model's {len(self.labels)} answers: {shown}")
             return [AnswerScore(self.labels.index(answer))]
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(self.labels):
-            raise ValueError(f"top_k: expected an int in [1, {len(self.labels)}] (the model's answers), got {top_k!r}")
+            raise InputError(f"top_k: expected an int in [1, {len(self.labels)}] (the model's answers), got {top_k!r}")
         return [TopClass(rank) for rank in range(top_k)]
 
     def answer_indices(self, query: AnswerQuery, output: Any) -> Tensor:
@@ -66,7 +67,7 @@ class AnswerClassifier:
             elif isinstance(target, AnswerScore) and isinstance(target.index, int):
                 indices.append(target.index)
             else:
-                raise TypeError(f"query.targets[{i}]: expected AnswerScore(int) or TopClass, got {target!r}")
+                raise InputTypeError(f"query.targets[{i}]: expected AnswerScore(int) or TopClass, got {target!r}")
         return torch.tensor(indices, dtype=torch.long)
 
     def answers(self, query: AnswerQuery, output: Any) -> list[str]:

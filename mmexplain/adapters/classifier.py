@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .images import load_image, resize
 from .items import ItemQuestions
 from .protocols import ClassAdapter
+from ..errors import InputError, InputTypeError
 
 __all__ = ["ClassifierAdapter", "as_class_adapter", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -64,19 +65,19 @@ class ClassifierAdapter(ItemQuestions):
                  size: int | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  activation: str = "softmax") -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected an nn.Module classifier, got {type(model).__name__}")
+            raise InputTypeError(f"model: expected an nn.Module classifier, got {type(model).__name__}")
         if layer is not None and not isinstance(layer, str):
-            raise TypeError(f"layer: expected a dotted layer name or None, got {type(layer).__name__}")
+            raise InputTypeError(f"layer: expected a dotted layer name or None, got {type(layer).__name__}")
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {', '.join(_ACTIVATIONS)}, got {activation!r}")
+            raise InputError(f"activation: expected one of {', '.join(_ACTIVATIONS)}, got {activation!r}")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"size: expected an int >= 1 or None, got {size!r}")
+            raise InputError(f"size: expected an int >= 1 or None, got {size!r}")
         if (mean is None) != (std is None):
-            raise ValueError("mean, std: give both or neither")
+            raise InputError("mean, std: give both or neither")
         if std is not None and (len(std) != 3 or any(s <= 0 for s in std)):
-            raise ValueError(f"std: expected three positive numbers, got {list(std)}")
+            raise InputError(f"std: expected three positive numbers, got {list(std)}")
         if mean is not None and len(mean) != 3:
-            raise ValueError(f"mean: expected three numbers, got {list(mean)}")
+            raise InputError(f"mean: expected three numbers, got {list(mean)}")
         self.model = model
         self.default_layer = layer
         self.reshape = reshape
@@ -122,7 +123,7 @@ class ClassifierAdapter(ItemQuestions):
             return self.preprocess(image).to(self._device())  # (1, 3, H, W)
         if isinstance(image, Tensor) and self.size is None and self.mean is None:
             if image.dim() not in (3, 4) or (image.dim() == 4 and image.shape[0] != 1):
-                raise ValueError(f"image: expected a (3, H, W) or (1, 3, H, W) tensor, got {tuple(image.shape)}")
+                raise InputError(f"image: expected a (3, H, W) or (1, 3, H, W) tensor, got {tuple(image.shape)}")
             return (image if image.dim() == 4 else image[None]).to(self._device())  # (1, 3, H, W)
         pixels = load_image(image)[None]  # (1, 3, H, W) in [0, 1]
         if self.size is not None:
@@ -155,10 +156,10 @@ class ClassifierAdapter(ItemQuestions):
         if isinstance(name, str):
             if name not in self.classes:
                 known = ", ".join(self.classes[:30]) + (", ..." if len(self.classes) > 30 else "") or "(no class names)"
-                raise ValueError(f"classes: unknown class {name!r}; known: {known}")
+                raise InputError(f"classes: unknown class {name!r}; known: {known}")
             return self.classes.index(name)
         if isinstance(name, bool) or not isinstance(name, int) or name < 0:
-            raise ValueError(f"classes: expected class indices (int >= 0) or names, got {name!r}")
+            raise InputError(f"classes: expected class indices (int >= 0) or names, got {name!r}")
         return name
 
 
@@ -175,7 +176,7 @@ def as_class_adapter(classifier: Any) -> ClassAdapter:
     if isinstance(classifier, ClassAdapter):
         return classifier
     if not isinstance(classifier, nn.Module):
-        raise TypeError(f"classifier: expected an nn.Module classifier or a ClassAdapter, got {type(classifier).__name__}")
+        raise InputTypeError(f"classifier: expected an nn.Module classifier or a ClassAdapter, got {type(classifier).__name__}")
     if all(hasattr(classifier, a) for a in _ZOO_FACE):
         return ClassifierAdapter(classifier, layer=classifier.default_layer, classes=classifier.classes,
                                  preprocess=classifier.preprocess, activation=getattr(classifier, "activation", "softmax"))

@@ -22,6 +22,7 @@ import math
 from torch import Tensor, nn
 
 from ..methods.base import check_size
+from ..errors import InputError, InputTypeError
 
 __all__ = ["PatchGrid", "conv_grid"]
 
@@ -54,11 +55,11 @@ class PatchGrid:
     def __call__(self, tokens: Tensor) -> Tensor:  # (..., L, D) -> (..., D, h, w)
         if not isinstance(tokens, Tensor) or tokens.dim() < 3:
             got = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-            raise ValueError(f"PatchGrid tokens: expected a (B, L, D) tensor, got {got}")
+            raise InputError(f"PatchGrid tokens: expected a (B, L, D) tensor, got {got}")
         length = tokens.shape[-2]
         h, w = (_square_side(length),) * 2 if self.grid is None else self.grid
         if h * w > length:
-            raise ValueError(f"PatchGrid: a {h}x{w} grid needs {h * w} tokens, the layer gave {length}")
+            raise InputError(f"PatchGrid: a {h}x{w} grid needs {h * w} tokens, the layer gave {length}")
         patches = tokens[..., length - h * w:, :]  # (..., h*w, D)
         return patches.transpose(-1, -2).unflatten(-1, (h, w))  # (..., D, h, w)
 
@@ -77,9 +78,9 @@ def conv_grid(conv: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
         ``(h, w)``: ``floor((H + 2p - d(k - 1) - 1) / s) + 1`` per axis.
     """
     if not isinstance(conv, nn.Conv2d):
-        raise TypeError(f"conv: expected an nn.Conv2d patch embedding, got {type(conv).__name__}")
+        raise InputTypeError(f"conv: expected an nn.Conv2d patch embedding, got {type(conv).__name__}")
     if isinstance(conv.padding, str):
-        raise ValueError(f"conv: padding={conv.padding!r} is not supported; expected integer padding")
+        raise InputError(f"conv: padding={conv.padding!r} is not supported; expected integer padding")
     out = []
     for axis in (0, 1):
         k, s, p, d = conv.kernel_size[axis], conv.stride[axis], conv.padding[axis], conv.dilation[axis]
@@ -92,7 +93,7 @@ def _square_side(length: int) -> int:
         side = math.isqrt(max(length - prefix, 0))
         if side > 0 and side * side == length - prefix:
             return side
-    raise ValueError(
+    raise InputError(
         f"PatchGrid: cannot infer a square patch grid from {length} tokens; pass grid=(h, w) "
         "(non-square images, or text tokens before the patches)"
     )

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError, InputTypeError
+
 __all__ = ["load_image", "resize", "MAX_PIXELS"]
 
 # the largest image read from a file (pixels); larger headers are refused before decoding
@@ -35,30 +37,30 @@ def _read_file(path: Path, name: str) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"{name}: no such image file: {str(path)!r}")
     if not path.is_file():
-        raise ValueError(f"{name}: {str(path)!r} is not a file")
+        raise InputError(f"{name}: {str(path)!r} is not a file")
     try:
         with warnings.catch_warnings():  # the pixel limit below speaks instead of Pillow's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 return _from_pil(im, name, what=repr(str(path)))
     except Image.DecompressionBombError as exc:
-        raise ValueError(f"{name}: {str(path)!r} declares more pixels than the limit of {MAX_PIXELS:,} "
+        raise InputError(f"{name}: {str(path)!r} declares more pixels than the limit of {MAX_PIXELS:,} "
                          f"(mmexplain.adapters.images.MAX_PIXELS): {exc}") from exc
     except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{name}: {str(path)!r} is not an image file Pillow can read ({type(exc).__name__})") from exc
+        raise InputError(f"{name}: {str(path)!r} is not an image file Pillow can read ({type(exc).__name__})") from exc
 
 
 def _from_pil(im: Any, name: str, *, what: str = "the PIL image") -> np.ndarray:
     """(H, W, 3) float32 in [0, 1] from a PIL image; 16-bit (and 32-bit integer) grayscale keeps its range."""
     if im.width * im.height > MAX_PIXELS:
-        raise ValueError(
+        raise InputError(
             f"{name}: {what} is {im.width}x{im.height} pixels, over the limit of "
             f"{MAX_PIXELS:,} (mmexplain.adapters.images.MAX_PIXELS)"
         )
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit) grayscale
         gray = np.asarray(im, dtype=np.float64)
         if gray.size and gray.min() < 0:
-            raise ValueError(f"{name}: {what} has negative integer pixels (mode {im.mode})")
+            raise InputError(f"{name}: {what} has negative integer pixels (mode {im.mode})")
         top = 65535.0 if im.mode.startswith("I;16") or gray.size == 0 or gray.max() <= 65535 else float(gray.max())
         return np.repeat((gray / top).astype(np.float32)[..., None], 3, axis=-1)
     if im.mode == "F":
@@ -72,11 +74,11 @@ def _from_array(array: np.ndarray, name: str) -> Tensor:
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"{name}: a numpy image must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+        raise InputError(f"{name}: a numpy image must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"{name}: the image is empty, shape {array.shape}")
+        raise InputError(f"{name}: the image is empty, shape {array.shape}")
     if array.shape[0] * array.shape[1] > MAX_PIXELS:
-        raise ValueError(f"{name}: the image has {array.shape[0]}x{array.shape[1]} pixels, over the limit of {MAX_PIXELS:,}")
+        raise InputError(f"{name}: the image has {array.shape[0]}x{array.shape[1]} pixels, over the limit of {MAX_PIXELS:,}")
     array = array[..., :3]
     if array.dtype == np.uint8:
         values = array.astype(np.float32) / 255.0
@@ -86,17 +88,17 @@ def _from_array(array: np.ndarray, name: str) -> Tensor:
         values = array.astype(np.float32)
         _check_unit_range(torch.from_numpy(values), name)
     else:
-        raise ValueError(f"{name}: a numpy image must be uint8, uint16 or float in [0, 1], got {array.dtype}")
+        raise InputError(f"{name}: a numpy image must be uint8, uint16 or float in [0, 1], got {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(values)).permute(2, 0, 1).expand(3, -1, -1)  # (3, H, W)
 
 
 def _check_unit_range(values: Tensor, name: str) -> None:
     if not torch.isfinite(values).all():
-        raise ValueError(f"{name}: the image has NaN or infinite pixels")
+        raise InputError(f"{name}: the image has NaN or infinite pixels")
     low, high = float(values.min()), float(values.max())
     if low < -1e-3 or high > 1 + 1e-3:
         hint = " (divide a 0-255 image by 255)" if high > 1.5 else ""
-        raise ValueError(f"{name}: a float image must lie in [0, 1], got values in [{low:.3g}, {high:.3g}]{hint}")
+        raise InputError(f"{name}: a float image must lie in [0, 1], got values in [{low:.3g}, {high:.3g}]{hint}")
 
 
 def load_image(image: object, *, name: str = "image") -> Tensor:
@@ -123,20 +125,20 @@ def load_image(image: object, *, name: str = "image") -> Tensor:
     if isinstance(image, np.ndarray):
         return _from_array(image, name).contiguous()
     if not isinstance(image, Tensor):
-        raise TypeError(
+        raise InputTypeError(
             f"{name}: expected a path, PIL image, numpy (H, W, 3) array or (3, H, W) tensor, got {type(image).__name__}"
         )
     img = image.detach()
     if img.dim() == 4 and img.shape[0] == 1:
         img = img[0]
     if img.dim() != 3 or img.shape[0] not in (1, 3):
-        raise ValueError(f"{name}: a tensor image must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
+        raise InputError(f"{name}: a tensor image must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
     if img.shape[1] == 0 or img.shape[2] == 0:
-        raise ValueError(f"{name}: the image is empty, shape {tuple(image.shape)}")
+        raise InputError(f"{name}: the image is empty, shape {tuple(image.shape)}")
     if img.dtype == torch.uint8:
         img = img.float() / 255.0
     elif not img.is_floating_point():
-        raise TypeError(f"{name}: a tensor image must be float in [0, 1] or uint8, got dtype {image.dtype}")
+        raise InputTypeError(f"{name}: a tensor image must be float in [0, 1] or uint8, got dtype {image.dtype}")
     else:
         _check_unit_range(img, name)
     return img.float().expand(3, -1, -1).clamp(0.0, 1.0).contiguous()

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..methods import call_model
 from ..methods.guided import relu_units
 from ..targets import ClassLogit, SequenceLogProb, Target, logits_of
+from ..errors import InputError, InputTypeError
 
 __all__ = ["Item", "ItemQuestions", "KINDS", "stack_inputs"]
 
@@ -72,7 +73,7 @@ class Item:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {self.kind!r}")
+            raise InputError(f"kind: expected one of {', '.join(KINDS)}, got {self.kind!r}")
 
 
 def stack_inputs(rows: Sequence[Any]) -> Any:
@@ -90,7 +91,7 @@ def stack_inputs(rows: Sequence[Any]) -> Any:
     if isinstance(first, (tuple, list)):
         return type(first)(stack_inputs([r[i] for r in rows]) for i in range(len(first)))
     if any(r != first for r in rows[1:]):
-        raise ValueError(f"inputs: a non-tensor input differs between rows ({first!r} vs {rows[1]!r})")
+        raise InputError(f"inputs: a non-tensor input differs between rows ({first!r} vs {rows[1]!r})")
     return first
 
 
@@ -115,9 +116,9 @@ class ItemQuestions:
     def check_item(self, item: Any) -> Item:
         """``item`` if this adapter explains its kind; TypeError / ValueError naming it otherwise."""
         if not isinstance(item, Item):
-            raise TypeError(f"item: expected an mmexplain Item, got {type(item).__name__}")
+            raise InputTypeError(f"item: expected an mmexplain Item, got {type(item).__name__}")
         if item.kind not in self.tasks:
-            raise ValueError(f"item: {type(self).__name__} explains {' and '.join(sorted(self.tasks))} items, "
+            raise InputError(f"item: {type(self).__name__} explains {' and '.join(sorted(self.tasks))} items, "
                              f"not {item.kind!r}")
         return item
 
@@ -130,7 +131,7 @@ class ItemQuestions:
         """
         self.check_item(item)
         if not (item.classes if item.kind == "class" else item.caption if item.kind == "caption" else item.answer):
-            raise ValueError(f"item: a {item.kind} item without its classes / caption / answer has no fixed targets")
+            raise InputError(f"item: a {item.kind} item without its classes / caption / answer has no fixed targets")
         if item.kind == "caption":
             inputs, spans = self.teacher_forced(pixels, item.caption.split())  # type: ignore[attr-defined]
             words = item.words or range(len(spans))
@@ -157,13 +158,13 @@ class ItemQuestions:
         """
         self.check_item(item)
         if not isinstance(images, Tensor) or images.dim() != 4:
-            raise ValueError(f"images: expected (N, 3, H, W), got {getattr(images, 'shape', type(images).__name__)}")
+            raise InputError(f"images: expected (N, 3, H, W), got {getattr(images, 'shape', type(images).__name__)}")
         rows, targets = [], []
         for image in images:
             inputs, targets = self.item_inputs(self.load_image(image), item)  # type: ignore[attr-defined]
             rows.append(inputs)
         if not 0 <= index < len(targets):
-            raise ValueError(f"index: the item has {len(targets)} targets, got {index!r}")
+            raise InputError(f"index: the item has {len(targets)} targets, got {index!r}")
         with torch.no_grad():
             output = call_model(self.model, stack_inputs(rows))
         return self.probability_of(output, targets[index]).detach()  # (N,)

@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 from torch import Tensor, nn
 
 from ..targets import Target
+from ..errors import InputError
 
 __all__ = ["CaptionAdapter", "AnswerAdapter", "ClassAdapter", "ItemAdapter", "AnswerQuery", "WordSpan", "check_copies"]
 
@@ -212,5 +213,5 @@ class ItemAdapter(Protocol):
 def check_copies(copies: Any) -> int:
     """The ``copies`` argument of ``teacher_forced``: an int >= 1, else ValueError naming it."""
     if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
-        raise ValueError(f"copies: expected an int >= 1, got {copies!r}")
+        raise InputError(f"copies: expected an int >= 1, got {copies!r}")
     return copies

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from .grids import PatchGrid
+from ..errors import InputError, InputTypeError
 
 __all__ = ["default_layer"]
 
@@ -50,7 +51,7 @@ def default_layer(arch: str, model: nn.Module) -> tuple[str, Callable[[Tensor], 
         ValueError: ``arch`` has no known default and ``model`` has no ``Conv2d``.
     """
     if not isinstance(arch, str):
-        raise TypeError(f"arch: expected a torchvision model name, got {type(arch).__name__}")
+        raise InputTypeError(f"arch: expected a torchvision model name, got {type(arch).__name__}")
     family = arch.split("_")[0].rstrip("0123456789")
     if family in NAMED_LAYERS:
         return NAMED_LAYERS[family], None
@@ -61,5 +62,5 @@ def default_layer(arch: str, model: nn.Module) -> tuple[str, Callable[[Tensor], 
         return f"encoder.layers.encoder_layer_{last}.ln_1", PatchGrid()  # (B, 1 + h*w, D) -> (B, D, h, w)
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]  # vgg, alexnet, others
     if not convs:
-        raise ValueError(f"arch {arch!r}: no default layer known and the model has no Conv2d; pass a layer")
+        raise InputError(f"arch {arch!r}: no default layer known and the model has no Conv2d; pass a layer")
     return convs[-1], None

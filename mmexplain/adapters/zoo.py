@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .answers import AnswerClassifier
 from .items import ItemQuestions
 from .protocols import AnswerAdapter, AnswerQuery, CaptionAdapter, ItemAdapter, WordSpan, check_copies
+from ..errors import InputError, InputTypeError
 
 __all__ = ["ZooCaptionAdapter", "ZooAnswerAdapter", "as_caption_adapter", "as_answer_adapter", "as_item_adapter"]
 
@@ -71,7 +72,7 @@ class ZooCaptionAdapter(_ZooModel):
         specials = (vocab.pad, vocab.bos, vocab.eos, vocab.unk)
         unknown = [w for w in words if w not in vocab or vocab.stoi[w] in specials]
         if unknown:
-            raise ValueError(f"caption: unknown word {unknown[0]!r}; the captioner's vocabulary has {len(vocab) - 4} words")
+            raise InputError(f"caption: unknown word {unknown[0]!r}; the captioner's vocabulary has {len(vocab) - 4} words")
         return words
 
     def teacher_forced(self, pixels: Tensor, words: Sequence[str], *, copies: int = 1) -> tuple[Any, list[WordSpan]]:
@@ -115,7 +116,7 @@ def as_caption_adapter(captioner: Any) -> CaptionAdapter:
         return captioner
     if isinstance(captioner, nn.Module) and all(hasattr(captioner, a) for a in _CAPTIONER_ATTRS):
         return ZooCaptionAdapter(captioner)
-    raise TypeError(
+    raise InputTypeError(
         "captioner: expected an mx.zoo captioner or a CaptionAdapter (e.g. mx.hf.caption_adapter(model, processor)), "
         f"got {type(captioner).__name__}"
     )
@@ -131,7 +132,7 @@ def as_answer_adapter(vqa: Any) -> AnswerAdapter:
         return vqa
     if isinstance(vqa, nn.Module) and all(hasattr(vqa, a) for a in _VQA_ATTRS):
         return ZooAnswerAdapter(vqa)
-    raise TypeError(
+    raise InputTypeError(
         "vqa: expected an mx.zoo VQA model or an AnswerAdapter (e.g. mx.hf.answer_adapter(model, processor)), "
         f"got {type(vqa).__name__}"
     )
@@ -157,5 +158,5 @@ def as_item_adapter(model: Any) -> ItemAdapter:
         from .classifier import as_class_adapter
 
         return as_class_adapter(model)
-    raise TypeError(f"model: expected an mx.zoo model, a classifier or an adapter with item_inputs / probability / "
+    raise InputTypeError(f"model: expected an mx.zoo model, a classifier or an adapter with item_inputs / probability / "
                     f"capabilities (mx.hf, mx.adapters.ClassifierAdapter), got {type(model).__name__}")

@@ -39,7 +39,7 @@ COMMANDS: dict[str, str] = {
 
 # errors a user can fix from the command line: one line, exit 2 (OSError: a missing, unreadable or
 # unwritable file, a full disk); ValueError and TypeError stay here until every check raises InputError
-USER_ERRORS = (InputError, OSError, ValueError, TypeError)
+USER_ERRORS = (InputError, OSError)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "CLIError", "positive_int", "nonnegative_int", "add_threads", "apply_threads", "add_models", "add_scenes",
@@ -132,7 +133,7 @@ def check_out(out: str, *, kind: str, suffixes: Sequence[str] = (), option: str 
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     else:
-        raise ValueError(f"kind: expected 'file' or 'folder', got {kind!r}")
+        raise InputError(f"kind: expected 'file' or 'folder', got {kind!r}")
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent

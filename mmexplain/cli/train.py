@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import CLIError, add_threads, apply_threads, check_out, nonnegative_int, positive_int
+from ..errors import InputError
 
 __all__ = ["add_train_command"]
 
@@ -136,7 +137,7 @@ def _parse_config(name: str, items: list[str]) -> dict[str, Any]:
         try:
             if isinstance(default, bool):
                 if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(text)
+                    raise InputError(text)
                 out[key] = text.lower() in ("true", "1", "yes")
             elif isinstance(default, tuple):
                 out[key] = tuple(type(default[0])(v) for v in text.split(","))

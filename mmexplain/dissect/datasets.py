@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .. import world
 from ..world import concept_categories as shapeworld_categories
+from ..errors import InputError
 
 __all__ = ["BrodenDataset", "shapeworld_concepts", "shapeworld_categories"]
 
@@ -71,7 +72,7 @@ class BrodenDataset:
             if not (self.root / name).is_file():
                 raise FileNotFoundError(f"root: {str(self.root)!r} has no {name} (not a Broden folder)")
         if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-            raise ValueError(f"image_size: expected a positive int or None, got {image_size!r}")
+            raise InputError(f"image_size: expected a positive int or None, got {image_size!r}")
         self.image_size = image_size
         with (self.root / "label.csv").open(newline="") as f:
             label_rows = list(csv.DictReader(f))
@@ -82,7 +83,7 @@ class BrodenDataset:
         if categories is not None:
             unknown = [c for c in categories if c not in columns]
             if unknown:
-                raise ValueError(f"categories: {unknown} not in index.csv (has {columns})")
+                raise InputError(f"categories: {unknown} not in index.csv (has {columns})")
             columns = list(categories)
         self.category_columns = columns
         if split is not None:
@@ -127,7 +128,7 @@ class BrodenDataset:
                         rgb = np.asarray(seg.convert("RGB"), dtype=np.int64)
                     number = torch.from_numpy(rgb[..., 0] + 256 * rgb[..., 1])  # (sh, sw)
                     if tuple(number.shape) != (sh, sw):
-                        raise ValueError(f"{entry}: mask is {tuple(number.shape)}, index.csv says {(sh, sw)}")
+                        raise InputError(f"{entry}: mask is {tuple(number.shape)}, index.csv says {(sh, sw)}")
                     for n in number.unique().tolist():
                         if n == 0:
                             continue
@@ -140,7 +141,7 @@ class BrodenDataset:
 
     def _name(self, number: int, where: str) -> str:
         if number not in self.names:
-            raise ValueError(f"{where}: label number {number} is not in label.csv")
+            raise InputError(f"{where}: label number {number} is not in label.csv")
         return self.names[number]
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from .labels import NeuronLabels
+from ..errors import InputError, InputTypeError
 
 __all__ = ["Evidence", "unit_evidence", "describe"]
 
@@ -57,13 +58,13 @@ def unit_evidence(weights: Tensor, labels: NeuronLabels, *, k: int = 5,
         ``(evidence_for, evidence_against)`` lists of :class:`Evidence`.
     """
     if not isinstance(weights, Tensor) or weights.dim() != 1:
-        raise ValueError(f"weights: expected a (K,) tensor, got "
+        raise InputError(f"weights: expected a (K,) tensor, got "
                          f"{tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__}")
     if weights.shape[0] != len(labels):
-        raise ValueError(f"labels: has {len(labels)} units but the weights have {weights.shape[0]} channels "
+        raise InputError(f"labels: has {len(labels)} units but the weights have {weights.shape[0]} channels "
                          f"(dissect the same layer that was explained)")
     if not isinstance(k, int) or k < 0:
-        raise ValueError(f"k: expected a non-negative int, got {k!r}")
+        raise InputError(f"k: expected a non-negative int, got {k!r}")
     alpha = weights.detach().double().cpu().tolist()
     named = [u for u in labels if u.iou >= min_iou]
     ev = [Evidence(u.unit, u.concept, u.category, u.iou, alpha[u.unit]) for u in named]
@@ -99,7 +100,7 @@ def _rows_and_names(result: Any) -> tuple[Tensor, list[str]]:
         obj = obj.result
     weights = obj if isinstance(obj, Tensor) else getattr(obj, "weights", None)
     if not isinstance(weights, Tensor):
-        raise TypeError(f"result: expected a CAMResult (with .weights), an explanation with .result, or a "
+        raise InputTypeError(f"result: expected a CAMResult (with .weights), an explanation with .result, or a "
                         f"weights tensor, got {type(result).__name__}")
     if keep is not None and weights.dim() >= 2:
         weights = weights[:keep]  # the counterfactual rows mirror the answers' (alpha negated)
@@ -114,7 +115,7 @@ def _rows_and_names(result: Any) -> tuple[Tensor, list[str]]:
         rows = weights.reshape(n * b, -1)  # (N B, K), target-major
         default = [f"target {i}" if b == 1 else f"target {i}, sample {j}" for i in range(n) for j in range(b)]
     else:
-        raise ValueError(f"result: weights must be (K,), (B, K) or (N, B, K), got {tuple(weights.shape)}")
+        raise InputError(f"result: weights must be (K,), (B, K) or (N, B, K), got {tuple(weights.shape)}")
     if names is not None and len(names) != rows.shape[0]:
         if rows.shape[0] % len(names) == 0:  # several images per target
             b = rows.shape[0] // len(names)
@@ -157,16 +158,16 @@ def describe(result: Any, labels: NeuronLabels, *, k: int = 5, min_iou: float = 
         ['red — evidence for: red (unit 0, IoU 0.30); evidence against: circle (unit 1, IoU 0.20).']
     """
     if not isinstance(labels, NeuronLabels):
-        raise TypeError(f"labels: expected NeuronLabels, got {type(labels).__name__}")
+        raise InputTypeError(f"labels: expected NeuronLabels, got {type(labels).__name__}")
     if not isinstance(min_iou, (int, float)):
-        raise TypeError(f"min_iou: expected a number, got {type(min_iou).__name__}")
+        raise InputTypeError(f"min_iou: expected a number, got {type(min_iou).__name__}")
     rows, names = _rows_and_names(result)
     if target_names is not None:
         if isinstance(target_names, str):
             target_names = [target_names]
         names = [str(t) for t in target_names]
         if len(names) != rows.shape[0]:
-            raise ValueError(f"target_names: expected {rows.shape[0]} names (one per explained row), got {len(names)}")
+            raise InputError(f"target_names: expected {rows.shape[0]} names (one per explained row), got {len(names)}")
     out = []
     for name, row in zip(names, rows):
         pos, neg = unit_evidence(row, labels, k=k, min_iou=min_iou)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError, InputTypeError
+
 __all__ = ["upsample_bilinear", "iou_counts", "IoUTally"]
 
 
@@ -70,9 +72,9 @@ def iou_counts(activations: Tensor, thresholds: Tensor, masks: Tensor) -> tuple[
         ([[1.0]], [1.0], [4.0])
     """
     if activations.dim() != 3:
-        raise ValueError(f"activations: expected (K, h, w), got shape {tuple(activations.shape)}")
+        raise InputError(f"activations: expected (K, h, w), got shape {tuple(activations.shape)}")
     if masks.dim() != 3:
-        raise ValueError(f"masks: expected (C, H, W), got shape {tuple(masks.shape)}")
+        raise InputError(f"masks: expected (C, H, W), got shape {tuple(masks.shape)}")
     k = activations.shape[0]
     maps = upsample_bilinear(activations.float()[None], tuple(masks.shape[-2:]))  # (1, K, H, W)
     unit = (maps[0] > thresholds.to(maps)[:, None, None]).reshape(k, -1).float()  # (K, HW)
@@ -95,13 +97,13 @@ def stack_masks(masks: Mapping[str, Tensor], n: int) -> tuple[list[str], Tensor]
     for name in names:
         m = masks[name]
         if not isinstance(m, Tensor) or m.dim() != 2:
-            raise TypeError(f"dataset: item {n}, concept {name!r}: expected an (H, W) mask tensor, got "
+            raise InputTypeError(f"dataset: item {n}, concept {name!r}: expected an (H, W) mask tensor, got "
                             f"{tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__}")
         stacked.append(m.bool())
     try:
         return names, torch.stack(stacked)  # (C, H, W)
     except RuntimeError as exc:
-        raise ValueError(f"dataset: item {n}'s masks differ in size") from exc
+        raise InputError(f"dataset: item {n}'s masks differ in size") from exc
 
 
 class IoUTally:
@@ -124,7 +126,7 @@ class IoUTally:
     def __init__(self, thresholds: Tensor, names: Sequence[str], categories: Sequence[str], device: torch.device,
                  *, max_elements: int = 1 << 22) -> None:
         if len(categories) != len(names):
-            raise ValueError(f"categories: expected one per concept ({len(names)}), got {len(categories)}")
+            raise InputError(f"categories: expected one per concept ({len(names)}), got {len(categories)}")
         self.k = thresholds.shape[0]
         self.thr = thresholds.float().to(device)[:, None, None]  # (K, 1, 1)
         self.device = device
@@ -150,7 +152,7 @@ class IoUTally:
                 continue
             unknown = [c for c in names if c not in self.index]
             if unknown:
-                raise ValueError(f"dataset: the second pass yielded new concepts {unknown}; it must be deterministic")
+                raise InputError(f"dataset: the second pass yielded new concepts {unknown}; it must be deterministic")
             groups.setdefault(tuple(stacked.shape[-2:]), []).append((b, names, stacked))
         h, w = acts.shape[-2:]
         n_c = len(self.index)

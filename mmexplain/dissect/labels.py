@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .._io import write_json, write_text
+from ..errors import InputError, InputTypeError
 
 __all__ = ["UnitLabel", "NeuronLabels"]
 
@@ -75,9 +76,9 @@ class NeuronLabels:
         units = list(units)
         for i, u in enumerate(units):
             if not isinstance(u, UnitLabel):
-                raise TypeError(f"units: expected UnitLabel items, got {type(u).__name__} at {i}")
+                raise InputTypeError(f"units: expected UnitLabel items, got {type(u).__name__} at {i}")
             if u.unit != i:
-                raise ValueError(f"units: expected unit {i} at position {i} (channel order), got unit {u.unit}")
+                raise InputError(f"units: expected unit {i} at position {i} (channel order), got unit {u.unit}")
         self.units = units
         self.categories = dict(categories)
         self.layer = layer
@@ -93,11 +94,11 @@ class NeuronLabels:
 
     def __getitem__(self, unit: int) -> UnitLabel:
         if isinstance(unit, bool):
-            raise TypeError("unit: expected an int channel index, got bool")
+            raise InputTypeError("unit: expected an int channel index, got bool")
         try:
             unit = operator.index(unit)
         except TypeError as exc:
-            raise TypeError(f"unit: expected an int channel index, got {type(unit).__name__}") from exc
+            raise InputTypeError(f"unit: expected an int channel index, got {type(unit).__name__}") from exc
         if not -len(self.units) <= unit < len(self.units):
             raise IndexError(f"unit: {unit} out of range for a layer of {len(self.units)} units")
         return self.units[unit]
@@ -132,7 +133,7 @@ class NeuronLabels:
     def top(self, k: int = 10) -> list[UnitLabel]:
         """The ``k`` units with the highest IoU, best first."""
         if not isinstance(k, int) or k < 0:
-            raise ValueError(f"k: expected a non-negative int, got {k!r}")
+            raise InputError(f"k: expected a non-negative int, got {k!r}")
         return sorted(self.units, key=lambda u: (-u.iou, u.unit))[:k]
 
     def unique_concepts(self) -> list[str]:
@@ -170,7 +171,7 @@ class NeuronLabels:
     def from_dict(cls, data: Mapping[str, Any]) -> NeuronLabels:
         """Inverse of :meth:`to_dict`."""
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
-            raise ValueError(f"data: not a {_FORMAT} document")
+            raise InputError(f"data: not a {_FORMAT} document")
         try:
             units = [UnitLabel(_unit_id(u["unit"], f"units[{n}].unit"), str(u["concept"]), str(u["category"]),
                                _number(u["iou"], f"units[{n}].iou"),
@@ -179,12 +180,12 @@ class NeuronLabels:
                                {str(c): _number(v, f"units[{n}].ious[{c!r}]") for c, v in u.get("ious", {}).items()})
                      for n, u in enumerate(data["units"])]
             if not isinstance(data["categories"], Mapping):
-                raise TypeError(f"categories must be an object, got {type(data['categories']).__name__}")
+                raise InputTypeError(f"categories must be an object, got {type(data['categories']).__name__}")
             return cls(units, categories=data["categories"], layer=data.get("layer"), quantile=data.get("quantile"),
                        iou_threshold=_number(data.get("iou_threshold", 0.04), "iou_threshold"),
                        n_images=_unit_id(data.get("n_images", 0), "n_images"))
         except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"data: malformed {_FORMAT} document ({exc!r})") from exc
+            raise InputError(f"data: malformed {_FORMAT} document ({exc!r})") from exc
 
     def to_csv_text(self) -> str:
         """NetDissect ``tally.csv`` text: ``unit,category,label,score`` then ``threshold``,
@@ -206,7 +207,7 @@ class NeuronLabels:
             return write_json(path, self.to_dict(), indent=1)
         if path.suffix == ".csv":
             return write_text(path, self.to_csv_text())
-        raise ValueError(f"path: expected a .json or .csv file name, got {str(path)!r}")
+        raise InputError(f"path: expected a .json or .csv file name, got {str(path)!r}")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, iou_threshold: float = 0.04) -> NeuronLabels:
@@ -214,43 +215,43 @@ class NeuronLabels:
         which does not store it)."""
         path = Path(path)
         if path.suffix not in (".json", ".csv"):
-            raise ValueError(f"path: expected a .json or .csv file name, got {str(path)!r}")
+            raise InputError(f"path: expected a .json or .csv file name, got {str(path)!r}")
         if not path.is_file():
             raise FileNotFoundError(f"path: no such labels file: {str(path)!r}")
         if path.stat().st_size > _MAX_BYTES:
-            raise ValueError(f"path: {str(path)!r} is {path.stat().st_size} bytes, over the limit of {_MAX_BYTES}")
+            raise InputError(f"path: {str(path)!r} is {path.stat().st_size} bytes, over the limit of {_MAX_BYTES}")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise ValueError(f"path: {str(path)!r} is not UTF-8 text ({exc.reason})") from exc
+            raise InputError(f"path: {str(path)!r} is not UTF-8 text ({exc.reason})") from exc
         if path.suffix == ".json":
             try:
                 data = json.loads(text)
             except RecursionError as exc:
-                raise ValueError(f"path: {str(path)!r} is JSON nested too deeply") from exc
+                raise InputError(f"path: {str(path)!r} is JSON nested too deeply") from exc
             except json.JSONDecodeError as exc:
-                raise ValueError(f"path: {str(path)!r} is not valid JSON ({exc})") from exc
+                raise InputError(f"path: {str(path)!r} is not valid JSON ({exc})") from exc
             try:
                 return cls.from_dict(data)
             except ValueError as exc:
-                raise ValueError(f"path: {str(path)!r}: {exc}") from exc
+                raise InputError(f"path: {str(path)!r}: {exc}") from exc
         try:
             rows = list(csv.reader(io.StringIO(text, newline="")))
         except csv.Error as exc:
-            raise ValueError(f"path: {str(path)!r} is not a readable CSV file ({exc})") from exc
+            raise InputError(f"path: {str(path)!r} is not a readable CSV file ({exc})") from exc
         if not rows or rows[0][:4] != ["unit", "category", "label", "score"]:
-            raise ValueError(f"path: {str(path)!r} is not a tally.csv (header unit,category,label,score)")
+            raise InputError(f"path: {str(path)!r} is not a tally.csv (header unit,category,label,score)")
         header = rows[0]
         concept_cols = [(i, h.split(":", 2)) for i, h in enumerate(header) if h.startswith("iou:")]
         if any(len(parts) != 3 for _, parts in concept_cols):
-            raise ValueError(f"path: {str(path)!r}: a column name starting iou: must be iou:<category>:<concept>")
+            raise InputError(f"path: {str(path)!r}: a column name starting iou: must be iou:<category>:<concept>")
         categories = {parts[2]: parts[1] for _, parts in concept_cols}
         col = {h: i for i, h in enumerate(header)}
         units = []
         for n, row in enumerate(rows[1:], start=2):
             where = f"path: {str(path)!r} line {n}"
             if len(row) != len(header):
-                raise ValueError(f"{where} has {len(row)} fields, the header {len(header)}")
+                raise InputError(f"{where} has {len(row)} fields, the header {len(header)}")
             try:
                 units.append(UnitLabel(
                     _unit_id(row[0], "unit"), row[2], row[1], _number(row[3], "score"),
@@ -258,7 +259,7 @@ class NeuronLabels:
                     _number(row[col["threshold_error"]], "threshold_error") if "threshold_error" in col else 0.0,
                     {parts[2]: _number(row[i], header[i]) for i, parts in concept_cols}))
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"{where}: {exc}") from exc
+                raise InputError(f"{where}: {exc}") from exc
         return cls(units, categories=categories, iou_threshold=iou_threshold)
 
 
@@ -269,13 +270,13 @@ _MAX_BYTES = 64 * 1024 * 1024
 def _number(value: Any, what: str) -> float:
     """A finite float from a JSON number or CSV field; ValueError naming ``what`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{what} must be a number, got {value!r}")
+        raise InputError(f"{what} must be a number, got {value!r}")
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
+        raise InputError(f"{what} must be a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise ValueError(f"{what} must be finite, got {value!r}")
+        raise InputError(f"{what} must be finite, got {value!r}")
     return number
 
 
@@ -285,4 +286,4 @@ def _unit_id(value: Any, what: str) -> int:
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+    raise InputError(f"{what} must be a non-negative integer, got {value!r}")

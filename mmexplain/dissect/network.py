@@ -26,6 +26,7 @@ from ..methods.hooks import Site
 from .iou import IoUTally
 from .labels import NeuronLabels, UnitLabel
 from .quantile import StreamingQuantile
+from ..errors import InputError, InputTypeError
 
 if TYPE_CHECKING:
     from ..runner import Runner
@@ -91,11 +92,11 @@ def recording(model: nn.Module, module: nn.Module, forward: ForwardFn) -> Iterat
             except TypeError as exc:
                 if forward is not default_forward:
                     raise
-                raise TypeError(f"forward: model(images) failed ({exc}); for a model that takes more inputs pass "
+                raise InputTypeError(f"forward: model(images) failed ({exc}); for a model that takes more inputs pass "
                                 "forward=mmexplain.dissect.image_forward or your own forward(model, images)") from exc
         out = store.pop("out")
         if out.dim() != 4:
-            raise ValueError(f"layer: expected a (B, K, h, w) convolutional activation, got {tuple(out.shape)}")
+            raise InputError(f"layer: expected a (B, K, h, w) convolutional activation, got {tuple(out.shape)}")
         return out.float()
 
     flags = [(m, m.training) for m in model.modules()]
@@ -122,18 +123,18 @@ def batches(dataset: Iterable[Any], batch_size: int, device: torch.device, *, de
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for n, item in enumerate(dataset):
             if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise TypeError(f"dataset: item {n} must be (image, {{concept: mask}}), got {type(item).__name__}")
+                raise InputTypeError(f"dataset: item {n} must be (image, {{concept: mask}}), got {type(item).__name__}")
             image, concept_masks = item
             if not isinstance(image, Tensor) or image.dim() != 3:
-                raise TypeError(f"dataset: item {n}'s image must be a (3, H, W) tensor, got "
+                raise InputTypeError(f"dataset: item {n}'s image must be a (3, H, W) tensor, got "
                                 f"{tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__}")
             if not isinstance(concept_masks, Mapping):
-                raise TypeError(f"dataset: item {n}'s concepts must be a dict {{name: (H, W) mask}}, "
+                raise InputTypeError(f"dataset: item {n}'s concepts must be a dict {{name: (H, W) mask}}, "
                                 f"got {type(concept_masks).__name__}")
             for concept, mask in concept_masks.items():
                 if not isinstance(mask, Tensor) or mask.dim() != 2 or 0 in mask.shape:
                     got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-                    raise ValueError(f"dataset: item {n}'s mask {concept!r} must be a non-empty (H, W) tensor, got {got}")
+                    raise InputError(f"dataset: item {n}'s mask {concept!r} must be a non-empty (H, W) tensor, got {got}")
             if images and image.shape != images[0].shape:
                 yield torch.stack(images).to(device), masks
                 bar.update(len(images))
@@ -166,9 +167,9 @@ def model_device(model: nn.Module, device: str | torch.device | None) -> torch.d
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device: expected a torch device, got {device!r}") from exc
+        raise InputError(f"device: expected a torch device, got {device!r}") from exc
     if own is not None and own.type != dev.type:
-        raise ValueError(f"device: the model's parameters are on {own}, not {dev}; move the model first "
+        raise InputError(f"device: the model's parameters are on {own}, not {dev}; move the model first "
                          f"(model.to({str(dev)!r})) — dissect leaves the model where it is")
     return dev
 
@@ -185,7 +186,7 @@ def _autocast(forward: ForwardFn, runner: Runner) -> ForwardFn:
 def check_reiterable(dataset: Any) -> None:
     """Reject a one-shot iterator: :func:`dissect` reads the dataset twice."""
     if iter(dataset) is dataset:
-        raise TypeError("dataset: a one-shot iterator cannot be read twice; pass a list, a Dataset-like object "
+        raise InputTypeError("dataset: a one-shot iterator cannot be read twice; pass a list, a Dataset-like object "
                         "or mx.world.concept_dataset(n)")
 
 
@@ -197,7 +198,7 @@ def resolve_categories(dataset: Any, categories: Mapping[str, str] | None) -> Ma
     if categories is None:
         return {}
     if not isinstance(categories, Mapping):
-        raise TypeError(f"{where}: expected a dict {{concept: category}} or None, got {type(categories).__name__}")
+        raise InputTypeError(f"{where}: expected a dict {{concept: category}} or None, got {type(categories).__name__}")
     return categories
 
 
@@ -241,11 +242,11 @@ def _sharded(dataset: Any, runner: Runner | None) -> tuple[Any, Callable[[int], 
     if runner is None:
         return dataset, lambda n: n
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-        raise TypeError("dataset: a runner needs a dataset with len() and indexing, got "
+        raise InputTypeError("dataset: a runner needs a dataset with len() and indexing, got "
                         f"{type(dataset).__name__}")
     mine = runner.shard(len(dataset))
     if len(mine) == 0:
-        raise ValueError(f"dataset: {len(dataset)} items cannot be split over {runner.world_size} processes")
+        raise InputError(f"dataset: {len(dataset)} items cannot be split over {runner.world_size} processes")
     return runner.loader(dataset, mine), mine.__getitem__
 
 
@@ -310,17 +311,17 @@ def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Te
         >>> print(labels.summary())                                           # doctest: +SKIP
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(quantile, (int, float)) or not 0 < quantile < 1:
-        raise ValueError(f"quantile: expected a fraction in (0, 1), got {quantile!r}")
+        raise InputError(f"quantile: expected a fraction in (0, 1), got {quantile!r}")
     if not isinstance(iou_threshold, (int, float)) or not 0 <= iou_threshold < 1:
-        raise ValueError(f"iou_threshold: expected a number in [0, 1), got {iou_threshold!r}")
+        raise InputError(f"iou_threshold: expected a number in [0, 1), got {iou_threshold!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        raise InputError(f"batch_size: expected a positive int, got {batch_size!r}")
     check_reiterable(dataset)
     module, layer_name = resolve(model, layer)
     if runner is not None and device is not None:
-        raise ValueError("device: give the device through the runner (runner.device), not both")
+        raise InputError("device: give the device through the runner (runner.device), not both")
     dev = model_device(model, device if runner is None else runner.device)
     forward = forward or default_forward
     categories = resolve_categories(dataset, categories)
@@ -339,21 +340,21 @@ def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Te
             if hist is None:
                 hist = _start_histogram(acts, bins)
             elif acts.shape[1] != hist.num_units:
-                raise ValueError(f"layer: channel count changed from {hist.num_units} to {acts.shape[1]}")
+                raise InputError(f"layer: channel count changed from {hist.num_units} to {acts.shape[1]}")
             hist.update(acts.transpose(0, 1).reshape(acts.shape[1], -1))  # (K, B h w)
             for b, m in enumerate(masks):
                 for p, name in enumerate(m):
                     concepts.setdefault(name, (where(n_images + b), p))
             n_images += images.shape[0]
         if hist is None:
-            raise ValueError("dataset: no images")
+            raise InputError("dataset: no images")
         local_images = n_images
         if runner is not None and runner.distributed:
             hist = _merge_histogram(hist, runner)
             n_images = int(runner.sum(torch.tensor([n_images], dtype=torch.float64)).item())
         names = _merge_concepts(concepts, runner if runner is not None and runner.distributed else None)
         if not names:
-            raise ValueError("dataset: no concept masks in any item")
+            raise InputError("dataset: no concept masks in any item")
         thresholds = hist.upper(quantile)  # (K,) float64
         errors = hist.bin_width  # (K,)
         k = hist.num_units
@@ -366,7 +367,7 @@ def dissect(model: nn.Module, layer: str | nn.Module, dataset: Iterable[tuple[Te
             tally.add(run(images), masks, seen)  # acts (B, K, h, w)
             seen += images.shape[0]
         if seen != local_images:
-            raise ValueError(f"dataset: the first pass had {local_images} images, the second {seen}; "
+            raise InputError(f"dataset: the first pass had {local_images} images, the second {seen}; "
                              "it must be re-iterable")
         if runner is not None and runner.distributed:
             tally.inter, tally.mask_area, tally.unit_area = (runner.sum(t) for t in

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = ["StreamingQuantile"]
 
 
@@ -46,9 +48,9 @@ class StreamingQuantile:
 
     def __init__(self, num_units: int, *, bins: int = 4096, radius: Tensor | None = None) -> None:
         if not isinstance(num_units, int) or num_units < 1:
-            raise ValueError(f"num_units: expected a positive int, got {num_units!r}")
+            raise InputError(f"num_units: expected a positive int, got {num_units!r}")
         if not isinstance(bins, int) or bins < 4 or bins % 4:
-            raise ValueError(f"bins: expected a positive multiple of 4, got {bins!r}")
+            raise InputError(f"bins: expected a positive multiple of 4, got {bins!r}")
         self.num_units = num_units
         self.bins = bins
         self.counts = torch.zeros(num_units, bins, dtype=torch.float64)  # (K, bins)
@@ -56,7 +58,7 @@ class StreamingQuantile:
         if radius is not None:
             radius = torch.as_tensor(radius, dtype=torch.float64).reshape(-1)
             if radius.shape != (num_units,) or not bool((radius > 0).all()):
-                raise ValueError(f"radius: expected {num_units} positive starting ranges, got {tuple(radius.shape)}")
+                raise InputError(f"radius: expected {num_units} positive starting ranges, got {tuple(radius.shape)}")
             self.radius = radius.clone()
         self.count = 0
 
@@ -64,18 +66,18 @@ class StreamingQuantile:
     def bin_width(self) -> Tensor:
         """(K,) w_k, the bound on |T̂_k - v_k| (see the class docstring)."""
         if self.radius is None:
-            raise ValueError("StreamingQuantile: no values yet")
+            raise InputError("StreamingQuantile: no values yet")
         return 2 * self.radius / self.bins
 
     def update(self, values: Tensor) -> None:
         """Add ``values`` (K, n): n new activations of each of the K units."""
         if values.dim() != 2 or values.shape[0] != self.num_units:
-            raise ValueError(f"values: expected shape ({self.num_units}, n), got {tuple(values.shape)}")
+            raise InputError(f"values: expected shape ({self.num_units}, n), got {tuple(values.shape)}")
         if values.shape[1] == 0:
             return
         values = values.detach().to(device="cpu", dtype=torch.float64)  # (K, n)
         if not torch.isfinite(values).all():
-            raise ValueError("values: activations contain NaN or infinity")
+            raise InputError("values: activations contain NaN or infinity")
         absmax = values.abs().amax(dim=1)  # (K,)
         if self.radius is None:
             # start just above the first batch's range; a zero unit gets a tiny range
@@ -103,7 +105,7 @@ class StreamingQuantile:
     def widen(self, radius: Tensor) -> None:
         """Double each unit's range until it reaches ``radius`` (K,) (up to 1e-9 relative); bins nest."""
         if self.radius is None:
-            raise ValueError("StreamingQuantile: no values yet")
+            raise InputError("StreamingQuantile: no values yet")
         target = torch.as_tensor(radius, dtype=torch.float64) * (1 - 1e-9)
         self._grow(self.radius < target, target)
 
@@ -118,7 +120,7 @@ class StreamingQuantile:
             ValueError: a different number of units or bins, or ranges that do not nest.
         """
         if not isinstance(other, StreamingQuantile) or (other.num_units, other.bins) != (self.num_units, self.bins):
-            raise ValueError(f"other: expected a StreamingQuantile of {self.num_units} units and {self.bins} bins")
+            raise InputError(f"other: expected a StreamingQuantile of {self.num_units} units and {self.bins} bins")
         if other.radius is None:
             return self
         if self.radius is None:
@@ -130,7 +132,7 @@ class StreamingQuantile:
         self.widen(common)
         theirs.widen(common)
         if not torch.allclose(self.radius, theirs.radius, rtol=1e-9, atol=0):
-            raise ValueError("other: its ranges do not nest with these (start both on one ladder, radius=c 2^e)")
+            raise InputError("other: its ranges do not nest with these (start both on one ladder, radius=c 2^e)")
         self.counts += theirs.counts
         self.count += theirs.count
         return self
@@ -138,9 +140,9 @@ class StreamingQuantile:
     def upper(self, q: float) -> Tensor:
         """(K,) float64 T̂_k: the level exceeded by the top fraction ``q`` of each unit's values."""
         if self.radius is None:
-            raise ValueError("StreamingQuantile: no values yet")
+            raise InputError("StreamingQuantile: no values yet")
         if not 0 < q < 1:
-            raise ValueError(f"q: expected a fraction in (0, 1), got {q!r}")
+            raise InputError(f"q: expected a fraction in (0, 1), got {q!r}")
         # the bin i with S_{i+1} < ceil(q n) <= S_i holds the ceil(q n)-th largest value
         target = max(math.ceil(q * self.count - 1e-9), 1)
         above = self.counts.flip(1).cumsum(1).flip(1)  # (K, bins) S_i = count in bins >= i

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .network import ForwardFn, batches, default_forward, model_device, recording, resolve
+from ..errors import InputError
 
 __all__ = ["TopActivations", "top_activating"]
 
@@ -64,10 +65,10 @@ def top_activating(model: nn.Module, layer: str | nn.Module, dataset: Iterable[t
         torch.Size([2, 4, 3, 96, 96])
     """
     if not isinstance(top, int) or top < 1:
-        raise ValueError(f"top: expected a positive int, got {top!r}")
+        raise InputError(f"top: expected a positive int, got {top!r}")
     units = [int(u) for u in units]
     if not units:
-        raise ValueError("units: expected at least one unit index")
+        raise InputError("units: expected at least one unit index")
     module, _ = resolve(model, layer)
     dev = model_device(model, device)
     sel = torch.tensor(units)
@@ -77,7 +78,7 @@ def top_activating(model: nn.Module, layer: str | nn.Module, dataset: Iterable[t
         for batch, _ in batches(dataset, batch_size, dev, desc="unit gallery", progress=progress):
             acts = run(batch)  # (B, K, h, w)
             if int(sel.max()) >= acts.shape[1] or int(sel.min()) < 0:
-                raise ValueError(f"units: indices must lie in [0, {acts.shape[1]}), got {units}")
+                raise InputError(f"units: indices must lie in [0, {acts.shape[1]}), got {units}")
             a = acts[:, sel].transpose(0, 1).cpu()  # (U, B, h, w)
             s = a.flatten(2).amax(2)  # (U, B)
             b = batch.shape[0]
@@ -94,5 +95,5 @@ def top_activating(model: nn.Module, layer: str | nn.Module, dataset: Iterable[t
             scores, maps, indices = s.gather(1, keep), a[rows, keep], idx.gather(1, keep)  # (U, top'), (U, top', h, w)
             offset += b
     if scores is None:
-        raise ValueError("dataset: no images")
+        raise InputError("dataset: no images")
     return TopActivations(units, images.contiguous(), maps.contiguous(), scores, indices)  # type: ignore[union-attr]

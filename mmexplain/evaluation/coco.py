@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = ["CocoItem", "coco_items", "coco_grounding", "default_word_map", "read_word_map", "match_words", "COCO_CATEGORIES"]
 
 COCO_CATEGORIES = (
@@ -116,9 +118,9 @@ def read_word_map(path: str | os.PathLike) -> dict[str, str]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"word map {str(path)!r}: not a readable JSON file ({exc})") from exc
+        raise InputError(f"word map {str(path)!r}: not a readable JSON file ({exc})") from exc
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise ValueError(f"word map {str(path)!r}: expected a JSON object of word -> category name")
+        raise InputError(f"word map {str(path)!r}: expected a JSON object of word -> category name")
     return {k.lower(): v for k, v in data.items()}
 
 
@@ -168,10 +170,10 @@ def coco_items(instances: str | os.PathLike, images: str | os.PathLike, *, capti
 
     for name, path in (("instances", instances), ("captions", captions)):
         if path is not None and not Path(path).is_file():
-            raise ValueError(f"{name}: no such COCO file: {str(path)!r}")
+            raise InputError(f"{name}: no such COCO file: {str(path)!r}")
     folder = Path(images)
     if not folder.is_dir():
-        raise ValueError(f"images: no such folder: {str(images)!r}")
+        raise InputError(f"images: no such folder: {str(images)!r}")
     import contextlib
     import io
 
@@ -192,7 +194,7 @@ def coco_items(instances: str | os.PathLike, images: str | os.PathLike, *, capti
         info = coco.loadImgs(image_id)[0]
         path = folder / info["file_name"]
         if not path.is_file():
-            raise ValueError(f"images: {info['file_name']!r} (image {image_id}) is not in {str(folder)!r}")
+            raise InputError(f"images: {info['file_name']!r} (image {image_id}) is not in {str(folder)!r}")
         pixels = load_image(str(path))  # (3, H, W)
         h, w = pixels.shape[-2:]
         if size is not None:

@@ -30,6 +30,7 @@ from torch import Tensor
 from .. import metrics
 from ..runner import Runner
 from .shards import FORMAT, MANIFEST, MAX_MAP_SIZE, read_manifest, shard_files, write_shard
+from ..errors import InputError
 
 __all__ = ["explain_dataset"]
 
@@ -98,18 +99,18 @@ def _prepare(out: Path, options: Mapping[str, Any], n_items: int, *, resume: boo
         try:
             old = read_manifest(path)
         except ValueError as exc:
-            raise ValueError(f"{'resume' if resume else 'out'}: {exc}; it cannot be resumed: choose another "
+            raise InputError(f"{'resume' if resume else 'out'}: {exc}; it cannot be resumed: choose another "
                              "folder") from exc
         if not resume:
-            raise ValueError(f"out: {str(out)!r} already holds an explain-dataset run; pass --resume to finish or "
+            raise InputError(f"out: {str(out)!r} already holds an explain-dataset run; pass --resume to finish or "
                              "skip it, or choose another folder")
         if old["options"] != dict(options):
             changed = sorted(k for k in set(old["options"]) | set(options) if old["options"].get(k) != options.get(k))
-            raise ValueError(f"resume: {str(out)!r} was written with other options ({', '.join(changed)} differ)")
+            raise InputError(f"resume: {str(out)!r} was written with other options ({', '.join(changed)} differ)")
         if old["complete"]:
             return
     elif out.exists() and any(out.iterdir()):
-        raise ValueError(f"out: {str(out)!r} is not empty and holds no explain-dataset run; choose another folder")
+        raise InputError(f"out: {str(out)!r} is not empty and holds no explain-dataset run; choose another folder")
     for stale in list(out.glob(".maps-*.tmp")) + list(out.glob(".rows-*.tmp")) + list(out.glob(f".{MANIFEST}.*.tmp")):
         stale.unlink(missing_ok=True)
     write_json(path, _manifest(options, [], n_items, complete=False))
@@ -142,19 +143,19 @@ def explain_dataset(model: Any, data: Any, out: str | Path, *, method: str = "gr
 
     runner = runner or Runner()
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size: expected an integer >= 1, got {shard_size!r}")
+        raise InputError(f"shard_size: expected an integer >= 1, got {shard_size!r}")
     if map_size is not None and (isinstance(map_size, bool) or not isinstance(map_size, int)
                                  or not 1 <= map_size <= MAX_MAP_SIZE):
-        raise ValueError(f"map_size: expected an integer in 1..{MAX_MAP_SIZE} or None, got {map_size!r}")
+        raise InputError(f"map_size: expected an integer in 1..{MAX_MAP_SIZE} or None, got {map_size!r}")
     out = Path(out)
     model = adapter_of(model)
     kind = kind_of(model)
     reason = inapplicable(model, [method]).get(method)
     if reason is not None:
-        raise ValueError(f"method: {reason}")
+        raise InputError(f"method: {reason}")
     n = len(data)
     if n == 0:
-        raise ValueError("data: no items to explain")
+        raise InputError("data: no items to explain")
     options = dict(options or {}) | {"method": method, "map_size": map_size, "shard_size": shard_size}
     n_shards = math.ceil(n / shard_size)
     if runner.main:  # the first item, explained before anything is written: a wrong layer or method fails here

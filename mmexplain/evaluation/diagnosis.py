@@ -31,6 +31,7 @@ from .. import metrics, world
 from ..methods import call_model
 from ..targets import ClassLogit, logits_of
 from .items import Item, adapter_of, explain_item, image_size
+from ..errors import InputError
 
 __all__ = ["pgd_attack", "adversarial_pointing", "bias_evidence", "format_bias", "format_adversarial", "failure_modes",
            "format_failures"]
@@ -56,12 +57,12 @@ def pgd_attack(model_fn: Callable[[Tensor], Tensor], images: Tensor, target: Ten
         (B, C, H, W) adversarial images, detached.
     """
     if not isinstance(images, Tensor) or images.dim() != 4:
-        raise ValueError(f"images: expected a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}")
+        raise InputError(f"images: expected a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}")
     for name, value in (("eps", eps), ("alpha", alpha)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            raise ValueError(f"{name}: expected a number in (0, 1] (pixels are in [0, 1]), got {value!r}")
+            raise InputError(f"{name}: expected a number in (0, 1] (pixels are in [0, 1]), got {value!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
+        raise InputError(f"steps: expected an int >= 1, got {steps!r}")
     y = torch.as_tensor(target, device=images.device).long().expand(images.shape[0])  # (B,)
     original = images.detach()
     x = original.clone()
@@ -103,7 +104,7 @@ def adversarial_pointing(model: Any, seeds: Sequence[int], *, eps: float = 8 / 2
     """
     for name, value in (("eps", eps), ("alpha", alpha)):  # checked before any scene is attacked
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            raise ValueError(f"{name}: expected a number in (0, 1] (pixels are in [0, 1]), got {value!r}")
+            raise InputError(f"{name}: expected a number in (0, 1] (pixels are in [0, 1]), got {value!r}")
     start = time.perf_counter()
     adapter = adapter_of(model)
     size = image_size(adapter)
@@ -135,7 +136,7 @@ def adversarial_pointing(model: Any, seeds: Sequence[int], *, eps: float = 8 / 2
         before += metrics.pointing_game(class_map(pixels[0], top), mask)
         after += metrics.pointing_game(class_map(adversarial[0], top), mask)
     if scored == 0:
-        raise ValueError("seeds: no scene whose top class is present to attack")
+        raise InputError("seeds: no scene whose top class is present to attack")
     return {"scenes": scored, "flipped": flipped / scored, "pointing_before": before / flipped if flipped else None,
             "pointing_after": after / flipped if flipped else None, "eps": eps, "max_change": change,
             "seconds": time.perf_counter() - start}
@@ -169,7 +170,7 @@ def bias_evidence(models: dict[str, Any], seeds: Sequence[int], *, shape: str = 
         "energy_ratio": mean inside the decoys / outside}}}``.
     """
     if decoy not in ("color", "shape"):
-        raise ValueError(f"decoy: expected 'color' or 'shape', got {decoy!r}")
+        raise InputError(f"decoy: expected 'color' or 'shape', got {decoy!r}")
     name = f"{color} {shape}"
     scenes = []
     for seed in seeds:
@@ -186,7 +187,7 @@ def bias_evidence(models: dict[str, Any], seeds: Sequence[int], *, shape: str = 
                 mask |= o.mask
             scenes.append((scene, mask))
     if not scenes:
-        raise ValueError(f"seeds: no scene with a {decoy} decoy for {name!r}")
+        raise InputError(f"seeds: no scene with a {decoy} decoy for {name!r}")
     rows = {}
     for label, model in models.items():
         adapter = adapter_of(model)

@@ -54,6 +54,7 @@ from ..methods import METHODS, call_model, display_name
 from ..targets import logits_of
 from .items import Item, adapter_of, explain_item, image_size, inapplicable, kind_of
 from .scoring import BASELINES, Baselines, ModelRun, fmt, metric_tables
+from ..errors import InputError, InputTypeError
 
 if TYPE_CHECKING:
     from ..runner import Runner
@@ -99,10 +100,10 @@ def _check_methods(methods: Sequence[str] | str) -> list[str]:
     if methods == "all":
         return list(METHODS)
     if isinstance(methods, str) or not methods:
-        raise ValueError(f"methods: expected 'all' or a non-empty list of names, got {methods!r}")
+        raise InputError(f"methods: expected 'all' or a non-empty list of names, got {methods!r}")
     bad = [m for m in methods if m not in METHODS]
     if bad:
-        raise ValueError(f"methods: unknown {', '.join(map(repr, bad))}; expected names of: {', '.join(METHODS)}")
+        raise InputError(f"methods: unknown {', '.join(map(repr, bad))}; expected names of: {', '.join(METHODS)}")
     return list(dict.fromkeys(methods))
 
 
@@ -213,7 +214,7 @@ def _evaluate(model: Any, seeds: list[int], methods: list[str], *, layer: Any, s
 def _check_seeds(seeds: Iterable[int]) -> list[int]:
     seeds = list(seeds)
     if not seeds:
-        raise ValueError("seeds: expected at least one scene seed, got none")
+        raise InputError("seeds: expected at least one scene seed, got none")
     return seeds
 
 
@@ -258,9 +259,9 @@ def grounding_report(
         infinite ones beside it), ``energy_inside``, ``discrimination`` and ``localization``.
     """
     if "caption" not in adapter_of(captioner).tasks:
-        raise TypeError(f"captioner: expected a captioner, got {type(captioner).__name__}")
+        raise InputTypeError(f"captioner: expected a captioner, got {type(captioner).__name__}")
     if "answer" not in adapter_of(vqa).tasks:
-        raise TypeError(f"vqa: expected a VQA model, got {type(vqa).__name__}")
+        raise InputTypeError(f"vqa: expected a VQA model, got {type(vqa).__name__}")
     chosen = _check_methods(methods)
     seeds = _check_seeds(seeds)
     start = time.perf_counter()
@@ -268,7 +269,7 @@ def grounding_report(
     vqa_methods = applicable_methods(vqa, chosen)
     for model, kept in ((captioner, cap_methods), (vqa, vqa_methods)):
         if not kept:
-            raise ValueError(f"methods: none of {', '.join(chosen)} applies to {type(model).__name__} "
+            raise InputError(f"methods: none of {', '.join(chosen)} applies to {type(model).__name__} "
                              "(relevancy reads transformers attention, Guided Grad-CAM needs ReLU units)")
     vqa_layer = vqa_layer if vqa_layer is not None else layer
     caption = _evaluate(captioner, seeds, cap_methods, layer=layer, seed=seed, runner=runner, desc="captions",
@@ -338,7 +339,7 @@ def leaderboard(models: Mapping[str, Any], seeds: Iterable[int], *, methods: Seq
         ``reason`` saying why (``MethodSpec.why_not``).
     """
     if not isinstance(models, Mapping) or not models:
-        raise ValueError("models: expected a non-empty mapping name -> model")
+        raise InputError("models: expected a non-empty mapping name -> model")
     chosen = _check_methods(methods)
     seeds = _check_seeds(seeds)
     start = time.perf_counter()

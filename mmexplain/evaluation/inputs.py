@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from .. import world
+from ..errors import InputError
 
 __all__ = ["open_input", "SceneSeeds", "IMAGE_SUFFIXES"]
 
@@ -91,7 +92,7 @@ class FolderInput(torch.utils.data.Dataset):
     def __init__(self, folder: Path, *, size: int, question: str | None = None) -> None:
         self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.files:
-            raise ValueError(f"input: no image files ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r}")
+            raise InputError(f"input: no image files ({', '.join(IMAGE_SUFFIXES)}) in {str(folder)!r}")
         self.size, self.question = size, question
 
     def __len__(self) -> int:
@@ -107,11 +108,11 @@ def _image_file(root: Path, name: Any, source: Path) -> Path:
     """A COCO ``file_name``: a relative path to an existing file inside ``root`` (checked before any work)."""
     option = "--images" if source.parent != root else "input"
     if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
-        raise ValueError(f"input: {str(source)!r} lists the image file_name {name!r}; expected a path relative to "
+        raise InputError(f"input: {str(source)!r} lists the image file_name {name!r}; expected a path relative to "
                          f"its image folder, without '..'")
     file = root / name
     if not file.is_file():
-        raise ValueError(f"{option}: {name!r}, listed in {str(source)!r}, is not a file in {str(root)!r}")
+        raise InputError(f"{option}: {name!r}, listed in {str(source)!r}, is not a file in {str(root)!r}")
     return file
 
 
@@ -126,13 +127,13 @@ class CocoInput(torch.utils.data.Dataset):
             for ann in sorted(data.get("annotations", []), key=lambda a: a.get("id", 0)):
                 captions.setdefault(ann["image_id"], str(ann["caption"]).strip())
         except RecursionError as exc:
-            raise ValueError(f"input: {str(path)!r} is not a COCO-format annotation file (JSON nested too deeply)") from exc
+            raise InputError(f"input: {str(path)!r} is not a COCO-format annotation file (JSON nested too deeply)") from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"input: {str(path)!r} is not a COCO-format annotation file ({exc})") from exc
+            raise InputError(f"input: {str(path)!r} is not a COCO-format annotation file ({exc})") from exc
         root = images if images is not None else path.parent
         self.entries = [(str(e["id"]), _image_file(root, e.get("file_name"), path), captions.get(e["id"])) for e in entries]
         if not self.entries:
-            raise ValueError(f"input: {str(path)!r} lists no images")
+            raise InputError(f"input: {str(path)!r} lists no images")
         self.size, self.question = size, question
 
     def __len__(self) -> int:
@@ -158,7 +159,7 @@ class HFInput(torch.utils.data.Dataset):
             split = next((s for s in ("test", "validation") if s in data), next(iter(data)))
             data = data[split]
         if "image" not in data.column_names:
-            raise ValueError(f"input: the dataset in {str(folder)!r} has no 'image' column "
+            raise InputError(f"input: the dataset in {str(folder)!r} has no 'image' column "
                              f"(columns: {', '.join(data.column_names)})")
         self.data, self.size, self.question = data, size, question
         self.caption = next((c for c in ("caption", "text") if c in data.column_names), None)
@@ -199,11 +200,11 @@ def open_input(spec: str, *, size: int, limit: int | None = None, images: str | 
         return ShapeWorldInput(limit or 100, size=size)
     path = Path(spec)
     if not path.exists():
-        raise ValueError(f"input: expected 'shapeworld', an image folder, a COCO .json or a saved HF dataset; "
+        raise InputError(f"input: expected 'shapeworld', an image folder, a COCO .json or a saved HF dataset; "
                          f"{spec!r} does not exist")
     if path.is_file():
         if path.suffix.lower() != ".json":
-            raise ValueError(f"input: a file must be a COCO-format .json, got {spec!r}")
+            raise InputError(f"input: a file must be a COCO-format .json, got {spec!r}")
         data: Any = CocoInput(path, size=size, images=Path(images) if images else None, question=question)
     elif (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         data = HFInput(path, size=size, question=question)

@@ -41,6 +41,7 @@ from ..adapters.zoo import as_item_adapter
 from ..explain import explain_answer, explain_caption, explain_class
 from ..methods import call_model, method_spec
 from ..targets import logits_of
+from ..errors import InputError
 
 __all__ = ["Item", "ItemMaps", "NotApplicable", "adapter_of", "kind_of", "inapplicable", "split_methods", "explain_item",
            "saliency", "scene_items", "resolve_items", "image_size"]
@@ -89,11 +90,11 @@ def split_methods(model: Any, methods: str | Iterable[str]) -> tuple[list[str], 
     """The methods ``model`` can run, and name -> reason for the others (blank cells); none runnable is refused."""
     asked = [methods] if isinstance(methods, str) else list(methods)
     if not asked:
-        raise ValueError(f"methods: expected at least one method name, got {methods!r}")
+        raise InputError(f"methods: expected at least one method name, got {methods!r}")
     reasons = inapplicable(model, asked)
     runnable = [m for m in asked if m not in reasons]
     if not runnable:  # a table of blank cells only: refused, with the reasons
-        raise ValueError(f"methods: none of {', '.join(asked)} applies to this model ({'; '.join(reasons.values())})")
+        raise InputError(f"methods: none of {', '.join(asked)} applies to this model ({'; '.join(reasons.values())})")
     return runnable, reasons
 
 
@@ -138,7 +139,7 @@ def image_size(model: Any) -> int:
     adapter = adapter_of(model)
     shown = adapter.display_image(adapter.load_image(torch.full((3, 96, 96), 0.5)))  # (3, H, W)
     if shown.shape[-1] != shown.shape[-2]:
-        raise ValueError(f"model: its images are {tuple(shown.shape[-2:])}; the protocols need square maps")
+        raise InputError(f"model: its images are {tuple(shown.shape[-2:])}; the protocols need square maps")
     return int(shown.shape[-1])
 
 
@@ -179,7 +180,7 @@ def scene_items(model: Any, kind: str, seeds: Sequence[int], *, size: int) -> li
                                       masks=[obj.mask], boxes=[obj.box]))
                     break
         else:
-            raise ValueError(f"kind: expected 'class', 'caption' or 'answer', got {kind!r}")
+            raise InputError(f"kind: expected 'class', 'caption' or 'answer', got {kind!r}")
     return items
 
 
@@ -187,9 +188,9 @@ def resolve_items(model: Any, kind: str, items: Any, seeds: Any) -> list[Item]:
     """``items`` as a list, or the items of the ShapeWorld scenes of ``seeds`` when ``items`` is None."""
     if items is None:
         if seeds is None:
-            raise ValueError("seeds: expected scene seeds (or items=), got None")
+            raise InputError("seeds: expected scene seeds (or items=), got None")
         items = scene_items(model, kind, list(seeds), size=image_size(model))
     items = list(items)
     if not items:
-        raise ValueError("items: nothing to explain (no item for these scenes)")
+        raise InputError("items: nothing to explain (no item for these scenes)")
     return items

@@ -32,6 +32,7 @@ from .. import metrics, world
 from ..methods import call_model
 from ..targets import logits_of
 from .items import Item, adapter_of, explain_item
+from ..errors import InputError
 
 __all__ = ["localization_error", "shapeworld_boxes", "format_localization"]
 
@@ -78,7 +79,7 @@ def localization_error(
         "mean_iou" (top-1 class when right), "k", "method", "seconds"}``.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
+        raise InputError(f"top_k: expected an int >= 1, got {top_k!r}")
     start = time.perf_counter()
     adapter = adapter_of(model)
     n = loc1 = lock = cls1 = clsk = 0
@@ -102,7 +103,7 @@ def localization_error(
         loc1 += not (hits[0][0] and hits[0][1])
         lock += not any(a and b for a, b in hits)
     if n == 0:
-        raise ValueError("data: expected at least one image, got none")
+        raise InputError("data: expected at least one image, got none")
     return {"images": n, "k": top_k, "method": method, "top1_loc_error": loc1 / n, "topk_loc_error": lock / n,
             "top1_cls_error": cls1 / n, "topk_cls_error": clsk / n,
             "mean_iou": sum(ious) / len(ious) if ious else float("nan"), "seconds": time.perf_counter() - start}

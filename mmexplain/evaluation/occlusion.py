@@ -30,6 +30,7 @@ from typing import Any
 from .. import metrics, world
 from .grounding import method_label
 from .items import Item, adapter_of, explain_item, image_size, inapplicable, split_methods
+from ..errors import InputError
 
 __all__ = ["occlusion_agreement", "format_occlusion", "PAPER"]
 
@@ -62,7 +63,7 @@ def occlusion_agreement(model: Any, seeds: Sequence[int], *,
     model = adapter_of(model)
     reason = inapplicable(model, ["occlusion"]).get("occlusion")
     if reason is not None:
-        raise ValueError(f"model: the reference map is occlusion's, and {reason}")
+        raise InputError(f"model: the reference map is occlusion's, and {reason}")
     asked = [methods] if isinstance(methods, str) else list(methods)
     methods, reasons = split_methods(model, [m for m in asked if m != "occlusion"])
     size = image_size(model)
@@ -87,7 +88,7 @@ def occlusion_agreement(model: Any, seeds: Sequence[int], *,
                 hits += top in referring
                 chance += len(referring) / len(tokens)
     if n == 0:
-        raise ValueError("seeds: no question that refers to objects")
+        raise InputError("seeds: no question that refers to objects")
     rows = {m: {"spearman": statistics.fmean(v), "sem": statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0.0}
             for m, v in values.items()}
     return {"questions": n, "rows": rows, "not_applicable": reasons, "word_hit": hits / n, "word_chance": chance / n,

@@ -41,6 +41,7 @@ from torch import nn
 from .. import metrics
 from .grounding import method_label
 from .items import Item, adapter_of, explain_item, kind_of, resolve_items, split_methods
+from ..errors import InputError
 
 __all__ = ["parametrised_layers", "randomise", "randomised_adapter", "sanity_check", "format_sanity",
            "SURVIVES_THRESHOLD"]
@@ -86,7 +87,7 @@ def _check_layers(model: nn.Module, layers: Iterable[str]) -> list[str]:
     layers = list(layers)
     missing = [n for n in layers if n not in modules]
     if missing:
-        raise ValueError(f"layers: no module {missing[0]!r} in the model")
+        raise InputError(f"layers: no module {missing[0]!r} in the model")
     return layers
 
 
@@ -165,7 +166,7 @@ def sanity_check(
     """
     adapter = adapter_of(model)
     if isinstance(max_stages, bool) or not isinstance(max_stages, int) or max_stages < 1:
-        raise ValueError(f"max_stages: expected an int >= 1, got {max_stages!r}")
+        raise InputError(f"max_stages: expected an int >= 1, got {max_stages!r}")
     start = time.perf_counter()
     kind = kind_of(adapter)
     items = resolve_items(adapter, kind, items, seeds)

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = ["read_dataset", "read_manifest", "ExplainedDataset", "ShardMaps", "write_shard", "shard_files", "FORMAT",
            "MANIFEST", "MAX_MAP_SIZE"]
 
@@ -72,7 +74,7 @@ def write_shard(folder: Path, k: int, rows: list[dict[str, Any]], maps: list[Ten
     from .._io import atomic_write
 
     if len(rows) != len(maps):
-        raise ValueError(f"maps: expected one per row ({len(rows)}), got {len(maps)}")
+        raise InputError(f"maps: expected one per row ({len(rows)}), got {len(maps)}")
     maps_file, rows_file = shard_files(folder, k)
     tensors = {f"{r:06d}": m.detach().to("cpu", torch.float16).contiguous() for r, m in enumerate(maps)}
     atomic_write(maps_file, lambda tmp: save_file(tensors, str(tmp), metadata={"mmexplain": f"shard {k}, {len(rows)} rows"}))
@@ -113,7 +115,7 @@ class ShardMaps:
         from safetensors.torch import load_file
 
         if k not in self.shards:
-            raise ValueError(f"k: no shard {k}; shards: {self.shards[:5]}{'...' if len(self.shards) > 5 else ''}")
+            raise InputError(f"k: no shard {k}; shards: {self.shards[:5]}{'...' if len(self.shards) > 5 else ''}")
         tensors = load_file(str(shard_files(self.folder, k)[0]))
         return [tensors[key] for key in sorted(tensors)]
 
@@ -237,7 +239,7 @@ def read_dataset(folder: str | Path) -> ExplainedDataset:
         raise FileNotFoundError(f"folder: no {MANIFEST} in {str(folder)!r}; is it an explain-dataset output?")
     manifest = read_manifest(path)
     if not manifest["complete"]:
-        raise ValueError(f"folder: the run in {str(folder)!r} is unfinished; finish it with --resume")
+        raise InputError(f"folder: the run in {str(folder)!r} is unfinished; finish it with --resume")
     shards = [s["shard"] for s in manifest["shards"]]
     tables = []
     for entry in manifest["shards"]:
@@ -248,9 +250,9 @@ def read_dataset(folder: str | Path) -> ExplainedDataset:
         try:
             table = pq.read_table(str(rows_file))
         except (OSError, pa.ArrowException) as exc:
-            raise ValueError(f"folder: shard file {str(rows_file)!r} is damaged ({' '.join(str(exc).split())[:120]})") from exc
+            raise InputError(f"folder: shard file {str(rows_file)!r} is damaged ({' '.join(str(exc).split())[:120]})") from exc
         if table.num_rows != entry["rows"] or not set(_schema().names) <= set(table.column_names):
-            raise ValueError(f"folder: shard file {str(rows_file)!r} does not hold the {entry['rows']} rows of "
+            raise InputError(f"folder: shard file {str(rows_file)!r} does not hold the {entry['rows']} rows of "
                              f"the row schema that {MANIFEST} lists")
         tables.append(table.select(_schema().names))
     rows = pa.concat_tables(tables) if tables else _schema().empty_table()

@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError, InputTypeError
+
 __all__ = ["AttentionRecord", "AttentionRecorder", "has_cross_attention", "is_cross_attention"]
 
 # switching a model's attention implementation is visible to every thread that runs the model, so
@@ -114,13 +116,13 @@ class AttentionRecorder:
                 continue
             attention = [type(m).__name__ for m in leaf.modules() if "Attention" in type(m).__name__]
             if attention:
-                raise TypeError(
+                raise InputTypeError(
                     f"model: {type(leaf).__name__} computes attention in {attention[0]} outside transformers' "
                     f"AttentionInterface (ALL_ATTENTION_FUNCTIONS), and Relevancy has no recording hook for it; "
                     f"supported: models using the AttentionInterface, and {', '.join(HOOKED_CLASSES)}"
                 )
         if not self.kernel_models and not self.hooked:
-            raise TypeError(f"model: found no transformers attention in {type(model).__name__}; Relevancy explains "
+            raise InputTypeError(f"model: found no transformers attention in {type(model).__name__}; Relevancy explains "
                             "transformers models (ViT, GPT-2, ViLT, BLIP, VisionEncoderDecoder, ...)")
         # configs switched to the recording kernel: the kernel sub-models', their composites' (when these hold
         # no hooked module) and every sub-config of those, by identity
@@ -265,7 +267,7 @@ def _hook(records: list[AttentionRecord], name: str, own: _Owner) -> Any:
             return
         probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
         if not isinstance(probs, Tensor) or probs.dim() != 4:
-            raise ValueError(f"attention module {name!r} ({type(module).__name__}) returned no attention "
+            raise InputError(f"attention module {name!r} ({type(module).__name__}) returned no attention "
                              "probabilities; do not pass output_attentions=False in the inputs")
         records.append(AttentionRecord(name, is_cross_attention(name, module), probs))
 
@@ -285,7 +287,7 @@ def _kernel(records: list[AttentionRecord], names: dict[int, str], own: _Owner) 
                                                    dropout=dropout, **kwargs)
         for unsupported in ("softcap", "s_aux"):
             if kwargs.get(unsupported) is not None:
-                raise ValueError(f"{type(module).__name__} passes {unsupported}=; the Relevancy recording kernel "
+                raise InputError(f"{type(module).__name__} passes {unsupported}=; the Relevancy recording kernel "
                                  "computes plain softmax attention only")
         if key.shape[1] != query.shape[1]:  # grouped-query attention: one key/value head per group
             key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)

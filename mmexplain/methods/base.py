@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError, InputTypeError
+
 
 __all__ = [
     "CAMResult", "resolve_layer", "upsample_and_normalize", "call_model", "find_image", "replace_image", "image_key",
@@ -73,7 +75,7 @@ class CAMResult:
     def __getitem__(self, n: int) -> CAMResult:
         """The single-target result of target n of a multi-target call."""
         if not self.many:
-            raise TypeError("CAMResult index: this result explains one target; index only a list-of-targets result")
+            raise InputTypeError("CAMResult index: this result explains one target; index only a list-of-targets result")
         return CAMResult(
             maps=self.maps[n],
             raw=self.raw[n],
@@ -98,16 +100,16 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> nn.Module:
     """
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
-            raise ValueError(f"layer: the module {type(layer).__name__} is not a submodule of the model")
+            raise InputError(f"layer: the module {type(layer).__name__} is not a submodule of the model")
         return layer
     if not isinstance(layer, str):
-        raise TypeError(f"layer: expected a dotted module name or an nn.Module, got {type(layer).__name__}")
+        raise InputTypeError(f"layer: expected a dotted module name or an nn.Module, got {type(layer).__name__}")
     modules = dict(model.named_modules())
     if layer in modules and layer != "":
         return modules[layer]
     names = [n for n in modules if n]
     nearest = difflib.get_close_matches(layer, names, n=3, cutoff=0.0)
-    raise ValueError(f"layer {layer!r} not found; nearest: {', '.join(nearest) or '(model has no submodules)'}")
+    raise InputError(f"layer {layer!r} not found; nearest: {', '.join(nearest) or '(model has no submodules)'}")
 
 
 def upsample_and_normalize(raw: Tensor, size: tuple[int, int]) -> Tensor:
@@ -139,7 +141,7 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
-    raise TypeError(f"inputs: expected a tensor, a tuple/list (positional) or a dict (keywords), got {type(inputs).__name__}")
+    raise InputTypeError(f"inputs: expected a tensor, a tuple/list (positional) or a dict (keywords), got {type(inputs).__name__}")
 
 
 def _slots(inputs: Any) -> dict[Any, Any]:
@@ -149,7 +151,7 @@ def _slots(inputs: Any) -> dict[Any, Any]:
         return dict(inputs)
     if isinstance(inputs, (tuple, list)):
         return dict(enumerate(inputs))
-    raise TypeError(f"inputs: expected a tensor, a tuple/list (positional) or a dict (keywords), got {type(inputs).__name__}")
+    raise InputTypeError(f"inputs: expected a tensor, a tuple/list (positional) or a dict (keywords), got {type(inputs).__name__}")
 
 
 def _is_image(value: Any) -> bool:
@@ -167,14 +169,14 @@ def image_key(inputs: Any, key: int | str | None = None) -> int | str | None:
         found = next((k for k, v in slots.items() if _is_image(v)), _MISSING)
         if found is _MISSING:
             got = f" (got dtype {inputs.dtype}, shape {tuple(inputs.shape)})" if isinstance(inputs, Tensor) else ""
-            raise ValueError(f"inputs: expected a floating (B, C, H, W) image tensor among the inputs{got}; pass image_key=")
+            raise InputError(f"inputs: expected a floating (B, C, H, W) image tensor among the inputs{got}; pass image_key=")
         return found
     if isinstance(inputs, Tensor) or key not in slots:
-        raise ValueError(f"image_key {key!r} not in inputs; available: {list(slots) if not isinstance(inputs, Tensor) else 'none (a tensor)'}")
+        raise InputError(f"image_key {key!r} not in inputs; available: {list(slots) if not isinstance(inputs, Tensor) else 'none (a tensor)'}")
     if not _is_image(slots[key]):
         value = slots[key]
         got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"inputs[{key!r}] must be a floating (B, C, H, W) tensor; got {got}")
+        raise InputError(f"inputs[{key!r}] must be a floating (B, C, H, W) tensor; got {got}")
     return key
 
 
@@ -281,7 +283,7 @@ def check_finite(tensor: Tensor, what: str) -> None:
     if tensor.is_floating_point() or tensor.is_complex():
         bad = ~torch.isfinite(tensor)
         if bool(bad.any()):
-            raise ValueError(
+            raise InputError(
                 f"{what} is not finite ({int(bad.sum())} of {tensor.numel()} values are NaN or inf); "
                 "check the input image and the model's weights"
             )
@@ -291,7 +293,7 @@ def check_size(size: Any, name: str = "size") -> tuple[int, int]:
     """``size`` as (H, W) of two positive ints (a map's size, a patch grid); ValueError naming ``name`` otherwise."""
     if (not isinstance(size, (tuple, list)) or len(size) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        raise ValueError(f"{name}: expected (H, W) with two positive ints, got {size!r}")
+        raise InputError(f"{name}: expected (H, W) with two positive ints, got {size!r}")
     return (int(size[0]), int(size[1]))
 
 
@@ -310,10 +312,10 @@ def check_targets(targets: Any, *, name: str = "targets") -> tuple[bool, list[An
     many = isinstance(targets, (list, tuple))
     target_list = list(targets) if many else [targets]
     if not target_list:
-        raise ValueError(f"{name}: expected a target or a non-empty list of targets, got an empty list")
+        raise InputError(f"{name}: expected a target or a non-empty list of targets, got an empty list")
     for i, t in enumerate(target_list):
         if not callable(t):
-            raise TypeError(f"{name}[{i}]: expected a callable output -> (B,), got {type(t).__name__}")
+            raise InputTypeError(f"{name}[{i}]: expected a callable output -> (B,), got {type(t).__name__}")
     return many, target_list
 
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..targets import ClassLogit, Target
 from .base import CAMResult, resolve_layer
 from .core import PerturbationMethod, Run
+from ..errors import InputError, InputTypeError
 
 __all__ = ["CAM"]
 
@@ -63,7 +64,7 @@ class CAM(PerturbationMethod):
         super().__init__(model, layer, relu=relu, input=input, call=call)
         self.fc = resolve_layer(model, fc)
         if not isinstance(self.fc, nn.Linear):
-            raise TypeError(f"fc must be an nn.Linear (the classifier after global pooling); got {type(self.fc).__name__}")
+            raise InputTypeError(f"fc must be an nn.Linear (the classifier after global pooling); got {type(self.fc).__name__}")
 
     def __call__(self, inputs: Any, targets: Target | Sequence[Target] | int | Sequence[int] | Tensor, *,
                  size: tuple[int, int] | None = None) -> CAMResult:
@@ -88,12 +89,12 @@ class CAM(PerturbationMethod):
         """activation (B, K, u, v) -> (N, B, K): the fc row of each target's class."""
         k = self.fc.in_features
         if activation.shape[1] != k:
-            raise ValueError(f"layer: expected an output of shape (B, {k}, u, v) to match fc.in_features; "
+            raise InputError(f"layer: expected an output of shape (B, {k}, u, v) to match fc.in_features; "
                              f"got {tuple(activation.shape)}")
         rows = []
         for i, t in enumerate(run.targets):
             if not isinstance(getattr(t, "index", None), (int, Sequence, Tensor)):
-                raise ValueError(f"targets[{i}]: CAM reads the fc row of a class: expected a ClassLogit, got {t!r}")
+                raise InputError(f"targets[{i}]: CAM reads the fc row of a class: expected a ClassLogit, got {t!r}")
             idx = torch.as_tensor(t.index, device=self.fc.weight.device).long().expand(activation.shape[0])  # (B,)
             rows.append(self.fc.weight.detach()[idx].to(activation.dtype))  # (B, K)
         return torch.stack(rows)  # (N, B, K)

@@ -33,6 +33,7 @@ from .base import (
     kept_buffers, module_name, repeat_rows, resolve_layer, upsample_and_normalize, warn_training,
 )
 from .hooks import Site
+from ..errors import InputError, InputTypeError
 
 __all__ = ["GradientMethod", "PerturbationMethod", "Run", "score_of", "gradients", "combine"]
 
@@ -47,12 +48,12 @@ def score_of(target: Target, output: Any, batch: int, *, index: int = 0, grad: b
     score = target(output)
     if not isinstance(score, Tensor) or score.shape != (batch,):
         got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
-        raise ValueError(f"target {index} ({target!r}) must return one scalar per sample, shape ({batch},); got {got}")
+        raise InputError(f"target {index} ({target!r}) must return one scalar per sample, shape ({batch},); got {got}")
     if not score.is_floating_point():
-        raise TypeError(f"target {index} ({target!r}) must return a real floating-point score, got dtype {score.dtype}")
+        raise InputTypeError(f"target {index} ({target!r}) must return a real floating-point score, got dtype {score.dtype}")
     check_finite(score.detach(), f"target {index} ({target!r}) score")
     if grad and not score.requires_grad:
-        raise ValueError(f"target {index} ({target!r}) does not depend on the explained tensor differentiably "
+        raise InputError(f"target {index} ({target!r}) does not depend on the explained tensor differentiably "
                          "(argmax, detach or no_grad inside the target or the model?)")
     return score
 
@@ -94,7 +95,7 @@ def combine(weights: Tensor, activation: Tensor, *, who: str) -> Tensor:
         return torch.einsum("nbk,bkuv->nbuv", weights, activation)
     if weights.dim() == 5 and weights.shape[1:] == activation.shape:
         return (weights * activation.unsqueeze(0)).sum(dim=2)
-    raise ValueError(f"{who}.weights returned shape {tuple(weights.shape)}; expected (N, *{tuple(activation.shape[:2])}) "
+    raise InputError(f"{who}.weights returned shape {tuple(weights.shape)}; expected (N, *{tuple(activation.shape[:2])}) "
                      f"or (N, *{tuple(activation.shape)}) for an activation of shape {tuple(activation.shape)}")
 
 
@@ -107,11 +108,11 @@ class _LayerMethod:
     def __init__(self, model: nn.Module, layer: LayerSpec | None, *, reshape: Callable[[Tensor], Tensor] | None = None,
                  relu: bool = True, input: bool = False, call: int | None = None) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if reshape is not None and not callable(reshape):
-            raise TypeError(f"reshape: expected a callable tokens -> (B, D, h, w), got {type(reshape).__name__}")
+            raise InputTypeError(f"reshape: expected a callable tokens -> (B, D, h, w), got {type(reshape).__name__}")
         if not isinstance(relu, bool):
-            raise TypeError(f"relu: expected True or False, got {type(relu).__name__}")
+            raise InputTypeError(f"relu: expected True or False, got {type(relu).__name__}")
         self.model, self.reshape, self.relu = model, reshape, relu
         self.layer = None if layer is None else resolve_layer(model, layer)
         self.layer_name = None if layer is None else layer if isinstance(layer, str) else module_name(model, layer)
@@ -125,7 +126,7 @@ class _LayerMethod:
             tensor = self.reshape(tensor)
         if tensor.dim() != 4:
             hint = "" if self.reshape is not None else "; token-shaped layers (B, N, D) need reshape=tokens -> (B, D, h, w)"
-            raise ValueError(f"layer {self.layer_name!r} {what} has shape {tuple(tensor.shape)}, expected (B, K, u, v){hint}")
+            raise InputError(f"layer {self.layer_name!r} {what} has shape {tuple(tensor.shape)}, expected (B, K, u, v){hint}")
         return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor  # half models: maps in float32
 
     def _result(self, pre_relu: Tensor, weights: Tensor, scores: Tensor, activation: Tensor, output: Any,
@@ -166,7 +167,7 @@ class GradientMethod(_LayerMethod):
     def __init__(self, model: nn.Module, layer: LayerSpec, *, reshape: Callable[[Tensor], Tensor] | None = None,
                  relu: bool = True, input: bool = False, call: int | None = None) -> None:
         if layer is None:
-            raise TypeError(f"layer: {type(self).__name__} explains a layer; expected a dotted name or a module, got None")
+            raise InputTypeError(f"layer: {type(self).__name__} explains a layer; expected a dotted name or a module, got None")
         super().__init__(model, layer, reshape=reshape, relu=relu, input=input, call=call)
 
     def weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
@@ -192,18 +193,18 @@ class GradientMethod(_LayerMethod):
         size = None if size is None else check_size(size)
         if targets_per_backward is not None and (isinstance(targets_per_backward, bool)
                                                  or not isinstance(targets_per_backward, int) or targets_per_backward < 1):
-            raise ValueError(f"targets_per_backward: expected None or an int >= 1, got {targets_per_backward!r}")
+            raise InputError(f"targets_per_backward: expected None or an int >= 1, got {targets_per_backward!r}")
         if torch.is_inference_mode_enabled():
             raise RuntimeError(f"{type(self).__name__} needs autograd: call it outside torch.inference_mode()")
         warn_training(self.model)
         sites = [self.site]
         for name, spec in (extra_layers or {}).items():
             if name == self.layer_name:
-                raise ValueError(f"extra_layers: name {name!r} is the explained layer's own name")
+                raise InputError(f"extra_layers: name {name!r} is the explained layer's own name")
             sites.append(Site(resolve_layer(self.model, spec), name))
         copies = len(targets) if targets_in_batch else 1
         if copies > 1 and extra_layers:
-            raise ValueError("extra_layers: not supported together with targets_in_batch=True")
+            raise InputError("extra_layers: not supported together with targets_in_batch=True")
         with kept_buffers(self.model):
             output, leaves = self._forward(inputs, sites, copies)
             rows = leaves[0].shape[0]
@@ -217,7 +218,7 @@ class GradientMethod(_LayerMethod):
                     grads = gradients(scores.sum(dim=1), leaves, chunk=targets_per_backward)
         for site, g in zip(sites, grads):
             if g is None:
-                raise ValueError(f"the targets do not depend on layer {site.name!r}: its gradient is None")
+                raise InputError(f"the targets do not depend on layer {site.name!r}: its gradient is None")
             check_finite(g, f"gradient of the target score(s) at layer {site.name!r}")
         if copies > 1:
             output = batch_rows(output, 0, batch, rows)
@@ -238,7 +239,7 @@ class GradientMethod(_LayerMethod):
         def take(i: int) -> Callable[[Tensor], Tensor]:
             def fn(tensor: Tensor) -> Tensor:
                 if not tensor.is_floating_point():
-                    raise TypeError(f"layer {sites[i].name!r} tensor has dtype {tensor.dtype}; expected floating point")
+                    raise InputTypeError(f"layer {sites[i].name!r} tensor has dtype {tensor.dtype}; expected floating point")
                 if tensor.requires_grad:  # a later site reached through the first keeps its place in the graph
                     leaves[i] = tensor
                     return tensor.clone()
@@ -302,7 +303,7 @@ class PerturbationMethod(_LayerMethod):
     def __init__(self, model: nn.Module, layer: LayerSpec | None, *, batch_size: int = 32, **options: Any) -> None:
         super().__init__(model, layer, **options)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive int (perturbed inputs per forward pass), got {batch_size!r}")
+            raise InputError(f"batch_size: expected a positive int (perturbed inputs per forward pass), got {batch_size!r}")
         self.batch_size = batch_size
 
     def weights(self, activation: Tensor, run: Run) -> Tensor:
@@ -329,7 +330,7 @@ class PerturbationMethod(_LayerMethod):
                 check_finite(raw[0], f"layer {self.layer_name!r} activation")
             image = find_image(inputs)
             if image is None and not raw:
-                raise ValueError(f"inputs: {type(self).__name__} perturbs the image and found no floating "
+                raise InputError(f"inputs: {type(self).__name__} perturbs the image and found no floating "
                                  "(B, C, H, W) tensor in the inputs")
             activation = self.grid(raw[0]) if raw else image.detach()  # (B, K, u, v): the grid knows the batch
             batch = activation.shape[0]
@@ -372,7 +373,7 @@ class PerturbationMethod(_LayerMethod):
             grown = [a for a in range(tensor.dim()) if tensor.shape[a] == r * clean.shape[a]
                      and tensor.shape[:a] + tensor.shape[a + 1:] == clean.shape[:a] + clean.shape[a + 1:]]
             if not grown:
-                raise ValueError(f"layer {self.layer_name!r}: its tensor has shape {tuple(tensor.shape)} for {r} "
+                raise InputError(f"layer {self.layer_name!r}: its tensor has shape {tuple(tensor.shape)} for {r} "
                                  f"copies of a batch whose tensor is {tuple(clean.shape)}; no axis holds the copies")
             at = grown[0]
             out = tensor.clone().unflatten(at, (r, clean.shape[at])).movedim(at, 0)  # (r, *clean.shape)

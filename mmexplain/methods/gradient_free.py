@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .base import LayerSpec, batch_rows, call_model, detach_all, find_image, replace_image
 from .core import PerturbationMethod, Run, score_of
 from .variants import first_component, safe_div
+from ..errors import InputError, InputTypeError
 
 __all__ = ["ScoreCAM", "AblationCAM", "EigenCAM"]
 
@@ -81,17 +82,17 @@ class ScoreCAM(PerturbationMethod):
     ) -> None:
         super().__init__(model, layer, **options)
         if not isinstance(softmax, bool):
-            raise TypeError(f"softmax: expected True or False, got {type(softmax).__name__}")
+            raise InputTypeError(f"softmax: expected True or False, got {type(softmax).__name__}")
         self.softmax = softmax
         if isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
-            raise TypeError(f"baseline: expected a number (the value of the baseline image), got {type(baseline).__name__}")
+            raise InputTypeError(f"baseline: expected a number (the value of the baseline image), got {type(baseline).__name__}")
         self.baseline = float(baseline)
 
     def weights(self, activation: Tensor, run: Run) -> Tensor:
         """activation (B, K, u, v) -> (N, B, K) channel weights from K masked forwards."""
         image = find_image(run.inputs)  # (B, C, H, W)
         if image is None:
-            raise ValueError(f"inputs: {type(self).__name__} perturbs the image and found no floating (B, C, H, W) tensor in the inputs")
+            raise InputError(f"inputs: {type(self).__name__} perturbs the image and found no floating (B, C, H, W) tensor in the inputs")
         batch, k = activation.shape[:2]
 
         def build(index: Tensor) -> Any:
@@ -156,7 +157,7 @@ class AblationCAM(PerturbationMethod):
     def __init__(self, model: nn.Module, layer: LayerSpec, *, reuse_prefix: bool = False, **options: Any) -> None:
         super().__init__(model, layer, **options)
         if not isinstance(reuse_prefix, bool):
-            raise TypeError(f"reuse_prefix: expected True or False, got {type(reuse_prefix).__name__}")
+            raise InputTypeError(f"reuse_prefix: expected True or False, got {type(reuse_prefix).__name__}")
         self.reuse_prefix = reuse_prefix
 
     def weights(self, activation: Tensor, run: Run) -> Tensor:
@@ -172,7 +173,7 @@ class AblationCAM(PerturbationMethod):
             try:
                 output = self.zero_channels(run, index, reuse=True)
             except RuntimeError as exc:  # e.g. a skip path of B rows meets the copies' r*B rows
-                raise ValueError(f"reuse_prefix: the forward fails when the copies are made at layer {self.layer_name!r} "
+                raise InputError(f"reuse_prefix: the forward fails when the copies are made at layer {self.layer_name!r} "
                                  f"({exc}); call without reuse_prefix") from exc
             rows = len(index) * batch
             for i, t in enumerate(run.targets):
@@ -180,7 +181,7 @@ class AblationCAM(PerturbationMethod):
                     a = score_of(t, batch_rows(full, j * batch, (j + 1) * batch, rows), batch, index=i)
                     b = score_of(t, batch_rows(output, j * batch, (j + 1) * batch, rows), batch, index=i)
                     if not torch.allclose(a, b, rtol=1e-4, atol=1e-6):
-                        raise ValueError(f"reuse_prefix: the model reads, after layer {self.layer_name!r}, tensors computed "
+                        raise InputError(f"reuse_prefix: the model reads, after layer {self.layer_name!r}, tensors computed "
                                          "before it, so the layer's copies cannot be made at the layer; call without reuse_prefix")
             return output
 

@@ -54,6 +54,7 @@ from ..targets import Target
 from .base import CAMResult, call_model, check_targets, image_key, kept_buffers, replace_image, warn_training
 from .core import score_of
 from .gradcam import GradCAM
+from ..errors import InputError, InputTypeError
 
 Inputs = Tensor | tuple[Any, ...] | Mapping[str, Any]
 
@@ -172,7 +173,7 @@ class _ReLURuleGradient:
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+            raise InputTypeError(f"model must be an nn.Module; got {type(model).__name__}")
         self.model = model
 
     def __call__(
@@ -197,7 +198,7 @@ class _ReLURuleGradient:
     def _gradient(self, inputs: Inputs, target: Target | Sequence[Target], image_key_: int | str | None) -> Tensor:
         many, targets = check_targets(target, name="target")
         if not isinstance(inputs, (Tensor, tuple, Mapping)):
-            raise TypeError(f"inputs must be a tensor, a tuple or a dict; got {type(inputs).__name__}")
+            raise InputTypeError(f"inputs must be a tensor, a tuple or a dict; got {type(inputs).__name__}")
         key = image_key(inputs, image_key_)
         image = (inputs if isinstance(inputs, Tensor) else inputs[key]).detach().clone().requires_grad_(True)  # (B, C, H, W) leaf
         new_inputs = replace_image(inputs, image, key)
@@ -313,7 +314,7 @@ class GuidedGradCAM(GradCAM):
                  **options: Any) -> CAMResult:
         """Grad-CAM of the targets (``options`` as for GradCAM, not ``targets_in_batch``), plus ``res.pixels``."""
         if options.get("targets_in_batch"):
-            raise ValueError("targets_in_batch: Guided Grad-CAM's guided backprop takes the plain inputs; call without it")
+            raise InputError("targets_in_batch: Guided Grad-CAM's guided backprop takes the plain inputs; call without it")
         targets = list(targets) if isinstance(targets, tuple) else targets
         res = super().__call__(inputs, targets, **options)  # warns once for a training-mode model
         with kept_buffers(self.model):

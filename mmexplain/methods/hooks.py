@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..errors import InputError, InputTypeError
+
 __all__ = ["Site", "first_tensor"]
 
 Edit = Callable[[Tensor], "Tensor | None"]
@@ -33,7 +35,7 @@ def first_tensor(output: Any, name: str) -> Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
     first = f" whose first item is {type(output[0]).__name__}" if isinstance(output, (tuple, list)) and output else ""
-    raise TypeError(
+    raise InputTypeError(
         f"layer {name!r} returns a {type(output).__name__}{first}, not a tensor; the methods explain a tensor "
         "activation: choose a layer whose output is a (B, K, u, v) tensor, or a (B, T, D) one with reshape="
     )
@@ -56,9 +58,9 @@ class Site:
 
     def __post_init__(self) -> None:
         if not isinstance(self.input, bool):
-            raise TypeError(f"input: expected True or False, got {type(self.input).__name__}")
+            raise InputTypeError(f"input: expected True or False, got {type(self.input).__name__}")
         if self.call is not None and (isinstance(self.call, bool) or not isinstance(self.call, int) or self.call < 0):
-            raise ValueError(f"call: expected None or a call index >= 0 (0-based), got {self.call!r}")
+            raise InputError(f"call: expected None or a call index >= 0 (0-based), got {self.call!r}")
 
     @contextlib.contextmanager
     def hooked(self, fn: Edit) -> Iterator[None]:
@@ -74,7 +76,7 @@ class Site:
             index = calls[0]
             calls[0] += 1
             if self.call is None and index > 0:
-                raise ValueError(
+                raise InputError(
                     f"layer {self.name!r} ran twice in one forward pass; a method explains one activation: "
                     "hook a layer that runs once, or pass call=k to explain its k-th call (0-based)"
                 )
@@ -97,7 +99,7 @@ class Site:
                 if isinstance(value, Tensor):
                     new = at(value)
                     return None if new is None else (args, {**kwargs, key: new})
-            raise TypeError(f"layer {self.name!r} was called with no tensor argument; input=True explains its first tensor input")
+            raise InputTypeError(f"layer {self.name!r} was called with no tensor argument; input=True explains its first tensor input")
 
         # prepend: before the model's own hooks (transformers' hidden-state capture)
         handle = (self.module.register_forward_pre_hook(pre, with_kwargs=True, prepend=True) if self.input
@@ -107,7 +109,7 @@ class Site:
         finally:
             handle.remove()
         if calls[0] == 0:
-            raise ValueError(f"layer {self.name!r} did not run during the forward pass; choose a layer the model uses")
+            raise InputError(f"layer {self.name!r} did not run during the forward pass; choose a layer the model uses")
         if self.call is not None and calls[0] <= self.call:
-            raise ValueError(f"call: layer {self.name!r} ran {calls[0]} time(s) in the forward pass; "
+            raise InputError(f"call: layer {self.name!r} ran {calls[0]} time(s) in the forward pass; "
                              f"call={self.call} (0-based) needs at least {self.call + 1}")

@@ -42,6 +42,7 @@ from .attention_record import AttentionRecorder
 from .base import CAMResult, call_model, check_targets, module_name, upsample_and_normalize
 from .gradcam import GradCAM
 from .variants import HiResCAM
+from ..errors import InputError, InputTypeError
 
 __all__ = ["LMView", "lm_view", "image_grid", "ImageTokens", "rank_gaussian_filter",
            "LMAttention", "TokenActivationMap", "LMGradCAM", "GradientXInput"]
@@ -83,11 +84,11 @@ def lm_view(model: nn.Module) -> LMView:
     from transformers import PreTrainedModel
 
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     top = next((m for m in model.modules() if isinstance(m, PreTrainedModel) and m.get_output_embeddings() is not None),
                None)
     if top is None:
-        raise TypeError(f"model: {type(model).__name__} holds no language model head (get_output_embeddings()); "
+        raise InputTypeError(f"model: {type(model).__name__} holds no language model head (get_output_embeddings()); "
                         "the LM methods explain LLM-based VLMs")
     decoder = top.get_decoder() if hasattr(top, "get_decoder") else None
     if decoder is None or decoder is top:
@@ -102,7 +103,7 @@ def lm_view(model: nn.Module) -> LMView:
                                        ("decoder layers", lists or None), ("a final norm", norm),
                                        ("config.image_token_id", token)) if part is None]
     if missing:
-        raise TypeError(f"model: {type(top).__name__} has no {missing[0]}; the LM methods explain LLM-based VLMs "
+        raise InputTypeError(f"model: {type(top).__name__} has no {missing[0]}; the LM methods explain LLM-based VLMs "
                         "(image tokens inside a language model's sequence)")
     return LMView(model, top, decoder, max(lists, key=len), norm, top.get_output_embeddings(), int(token))
 
@@ -121,12 +122,12 @@ def image_grid(input_ids: Tensor, image_token: int, reshape: Any = None) -> tupl
         ValueError: no image token, samples that differ, or no grid of M cells.
     """
     if input_ids.dim() != 2:
-        raise ValueError(f"input_ids: expected (B, L), got {tuple(input_ids.shape)}")
+        raise InputError(f"input_ids: expected (B, L), got {tuple(input_ids.shape)}")
     marks = input_ids == image_token  # (B, L)
     if not bool(marks[0].any()):
-        raise ValueError(f"input_ids: no image token (id {image_token}) in the sequence")
+        raise InputError(f"input_ids: no image token (id {image_token}) in the sequence")
     if not bool((marks == marks[:1]).all()):
-        raise ValueError("input_ids: the image tokens sit at different positions in the samples; explain one at a time")
+        raise InputError("input_ids: the image tokens sit at different positions in the samples; explain one at a time")
     positions = marks[0].nonzero()[:, 0]  # (M,)
     count = positions.numel()
     levels = getattr(reshape, "levels", None) or {}
@@ -139,7 +140,7 @@ def image_grid(input_ids: Tensor, image_token: int, reshape: Any = None) -> tupl
     side = math.isqrt(count)
     if not levels and side * side == count:
         return positions, (side, side)
-    raise ValueError(f"reshape: no grid of {count} cells for the {count} image tokens (got {reshape!r}); the LM "
+    raise InputError(f"reshape: no grid of {count} cells for the {count} image tokens (got {reshape!r}); the LM "
                      "methods lay out one image's tokens on one patch grid (no tiles, no query tokens)")
 
 
@@ -165,7 +166,7 @@ def rank_gaussian_filter(maps: Tensor, *, kernel: int = 3, sigma: float = 1.0) -
     the same shape; borders are replicated.
     """
     if kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"kernel: expected an odd int >= 1, got {kernel!r}")
+        raise InputError(f"kernel: expected an odd int >= 1, got {kernel!r}")
     if kernel == 1:
         return maps
     lead, (h, w) = maps.shape[:-2], maps.shape[-2:]
@@ -187,7 +188,7 @@ def _word(target: Any) -> tuple[SequenceLogProb, float]:
     while isinstance(target, Counterfactual):
         target, sign = target.target, -sign
     if not isinstance(target, SequenceLogProb):
-        raise TypeError(f"targets: the LM methods read a word's tokens and logit rows (SequenceLogProb, or its "
+        raise InputTypeError(f"targets: the LM methods read a word's tokens and logit rows (SequenceLogProb, or its "
                         f"Counterfactual), got {type(target).__name__}")
     return target, sign
 
@@ -202,7 +203,7 @@ def _rows(inputs: dict[str, Any], length: int, positions: Sequence[int]) -> list
 
 def _check_inputs(inputs: Any) -> dict[str, Any]:
     if not isinstance(inputs, Mapping) or not isinstance(inputs.get("input_ids"), Tensor):
-        raise TypeError("inputs: the LM methods take the model's keyword inputs (a dict with input_ids)")
+        raise InputTypeError("inputs: the LM methods take the model's keyword inputs (a dict with input_ids)")
     return dict(inputs)
 
 
@@ -263,7 +264,7 @@ class LMAttention(_LMMethod):
         elif isinstance(layers, (list, tuple)) and layers and all(isinstance(k, int) and -count <= k < count for k in layers):
             self.chosen = [k % count for k in layers]
         else:
-            raise ValueError(f"layers: expected 'all', 'last-half' or a list of indices in [-{count}, {count}), got {layers!r}")
+            raise InputError(f"layers: expected 'all', 'last-half' or a list of indices in [-{count}, {count}), got {layers!r}")
 
     def __call__(self, inputs: Any, targets: Any, *, size: tuple[int, int] | None = None) -> CAMResult:
         inputs = _check_inputs(inputs)
@@ -273,7 +274,7 @@ class LMAttention(_LMMethod):
         with recorder.recording() as records:
             output = call_model(self.model, inputs)
         if len(records) != len(self.view.layers):
-            raise ValueError(f"model: recorded {len(records)} attention layers in the LM, expected {len(self.view.layers)}")
+            raise InputError(f"model: recorded {len(records)} attention layers in the LM, expected {len(self.view.layers)}")
         probs = torch.stack([records[k].probs.detach() for k in self.chosen]).float()  # (layers, B, heads, L, L)
         mean = probs.mean(dim=(0, 2))[..., positions]  # (B, L, M)
         length = inputs["input_ids"].shape[1]
@@ -395,7 +396,7 @@ class LMGradCAM(_LMMethod):
         count = len(self.view.layers)
         layer = count // 2 if layer is None else layer
         if isinstance(layer, bool) or not isinstance(layer, int) or not -count <= layer < count:
-            raise ValueError(f"layer: expected an LM layer index in [-{count}, {count}), got {layer!r}")
+            raise InputError(f"layer: expected an LM layer index in [-{count}, {count}), got {layer!r}")
         self.layer = layer % count
 
     def _engine(self, positions: Tensor, grid: tuple[int, int]) -> GradCAM:

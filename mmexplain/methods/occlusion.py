@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .base import LayerSpec, call_model, find_image, replace_image
 from .core import PerturbationMethod, Run
+from ..errors import InputError, InputTypeError
 
 __all__ = ["Occlusion"]
 
@@ -23,7 +24,7 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
     if (not isinstance(pair, (tuple, list)) or len(pair) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)):
-        raise ValueError(f"{name}: expected a positive int or (h, w) of positive ints, got {value!r}")
+        raise InputError(f"{name}: expected a positive int or (h, w) of positive ints, got {value!r}")
     return (pair[0], pair[1])
 
 
@@ -88,7 +89,7 @@ class Occlusion(PerturbationMethod):
         **options: Any,
     ) -> None:
         if not isinstance(baseline, (int, float, Tensor)) or isinstance(baseline, bool):
-            raise TypeError(f"baseline: expected a float or a tensor that broadcasts to the image, got {type(baseline).__name__}")
+            raise InputTypeError(f"baseline: expected a float or a tensor that broadcasts to the image, got {type(baseline).__name__}")
         super().__init__(model, layer, relu=relu, **options)
         self.window = _pair(window, "window")
         self.stride = _pair(stride, "stride")
@@ -98,11 +99,11 @@ class Occlusion(PerturbationMethod):
         """(N, B, gh, gw) score drops on the window grid, and (N, B, 0) weights (no channels)."""
         image = find_image(run.inputs)  # (B, C, H, W)
         if image is None:
-            raise ValueError("inputs: Occlusion perturbs the image and found no floating (B, C, H, W) tensor in the inputs")
+            raise InputError("inputs: Occlusion perturbs the image and found no floating (B, C, H, W) tensor in the inputs")
         try:
             base = torch.as_tensor(self.baseline, dtype=image.dtype, device=image.device).expand_as(image)
         except RuntimeError as exc:
-            raise ValueError(f"baseline: shape {tuple(torch.as_tensor(self.baseline).shape)} does not broadcast "
+            raise InputError(f"baseline: shape {tuple(torch.as_tensor(self.baseline).shape)} does not broadcast "
                              f"to the image {tuple(image.shape)}") from exc
         rows = _windows(image.shape[-2], self.window[0], self.stride[0])
         cols = _windows(image.shape[-1], self.window[1], self.stride[1])

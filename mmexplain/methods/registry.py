@@ -39,6 +39,7 @@ from .guided import GuidedGradCAM
 from .occlusion import Occlusion
 from .relevancy import Relevancy
 from .variants import EigenGradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from ..errors import InputError, InputTypeError
 
 __all__ = ["CAPABILITIES", "SALIENCY", "MethodSpec", "METHODS", "register", "get_method", "method_spec", "display_name"]
 
@@ -100,7 +101,7 @@ class MethodSpec:
             return result.maps
         pixels = getattr(result, "pixels", None)
         if pixels is None:
-            raise ValueError(f"{self.display}: its result holds no pixel-resolution map (res.pixels is None)")
+            raise InputError(f"{self.display}: its result holds no pixel-resolution map (res.pixels is None)")
         return pixels.sum(dim=-3) if signed else pixels.abs().sum(dim=-3)
 
 
@@ -139,25 +140,25 @@ def register(
         The new MethodSpec (also in :data:`METHODS`).
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"name: expected a non-empty str, got {name!r}")
+        raise InputError(f"name: expected a non-empty str, got {name!r}")
     key = name.strip().lower()
     if key in METHODS:
-        raise ValueError(f"name: {key!r} is already registered (to {METHODS[key].cls.__name__}); choose another name")
+        raise InputError(f"name: {key!r} is already registered (to {METHODS[key].cls.__name__}); choose another name")
     if key == "list":
-        raise ValueError("name: 'list' is the command line's word for the list of methods; choose another name")
+        raise InputError("name: 'list' is the command line's word for the list of methods; choose another name")
     if not isinstance(cls, type):
-        raise TypeError(f"cls: expected a method class, got {type(cls).__name__}")
+        raise InputTypeError(f"cls: expected a method class, got {type(cls).__name__}")
     if not isinstance(description, str) or not description.strip() or "\n" in description.strip():
-        raise ValueError(f"description: expected one non-empty line, got {description!r}")
+        raise InputError(f"description: expected one non-empty line, got {description!r}")
     for flag, value in (("needs_layer", needs_layer), ("uses_gradient", uses_gradient)):
         if value is not None and not isinstance(value, bool):
-            raise TypeError(f"{flag}: expected True or False, got {type(value).__name__}")
+            raise InputTypeError(f"{flag}: expected True or False, got {type(value).__name__}")
     needs = frozenset(({"layer"} if needs_layer else set()) if requires is None else requires)
     unknown = sorted(needs - set(CAPABILITIES))
     if unknown:
-        raise ValueError(f"requires: unknown capability {unknown[0]!r}; expected some of: {', '.join(CAPABILITIES)}")
+        raise InputError(f"requires: unknown capability {unknown[0]!r}; expected some of: {', '.join(CAPABILITIES)}")
     if saliency not in SALIENCY:
-        raise ValueError(f"saliency: expected one of {', '.join(SALIENCY)}, got {saliency!r}")
+        raise InputError(f"saliency: expected one of {', '.join(SALIENCY)}, got {saliency!r}")
     spec = MethodSpec(key, cls, description.strip(), display or key, needs_layer,
                       _uses_gradient(cls) if uses_gradient is None else uses_gradient, needs, saliency)
     METHODS[key] = spec
@@ -172,12 +173,12 @@ def method_spec(name: str) -> MethodSpec:
         ValueError: an unknown name; the message names the nearest ones and lists all.
     """
     if not isinstance(name, str):
-        raise TypeError(f"method: expected a name (str), got {type(name).__name__}")
+        raise InputTypeError(f"method: expected a name (str), got {type(name).__name__}")
     key = name.strip().lower()
     if key not in METHODS:
         nearest = difflib.get_close_matches(key, list(METHODS), n=3, cutoff=0.5)
         hint = f"; nearest: {', '.join(nearest)}" if nearest else ""
-        raise ValueError(f"method: unknown name {name!r}{hint}; expected one of: {', '.join(METHODS)}")
+        raise InputError(f"method: unknown name {name!r}{hint}; expected one of: {', '.join(METHODS)}")
     return METHODS[key]
 
 

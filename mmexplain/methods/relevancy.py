@@ -31,6 +31,7 @@ from ..targets import Counterfactual, SequenceLogProb, Target, WordLogProb
 from .attention_record import AttentionRecord, AttentionRecorder, has_cross_attention
 from .base import CAMResult, call_model, check_size, check_targets, detach_all, find_image, upsample_and_normalize, warn_training
 from .core import gradients, score_of
+from ..errors import InputError, InputTypeError
 
 __all__ = ["Relevancy"]
 
@@ -107,20 +108,20 @@ class Relevancy:
                  grid: tuple[int, int] | None = None, encoder: str | None = None, token: int = 0,
                  reshape: Any = None) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if image_tokens is not None and not isinstance(image_tokens, slice):
             if (not isinstance(image_tokens, Sequence) or not image_tokens
                     or not all(isinstance(i, int) and not isinstance(i, bool) for i in image_tokens)):
-                raise ValueError(f"image_tokens: expected a slice or a non-empty list of ints, got {image_tokens!r}")
+                raise InputError(f"image_tokens: expected a slice or a non-empty list of ints, got {image_tokens!r}")
         if grid is None and reshape is not None:
             grid = getattr(reshape, "grid", None)  # the adapter's token grid (mx.adapters.PatchGrid), when it knows one
         if grid is not None:
             grid = check_size(grid, "grid")
         if encoder is not None:
             if not isinstance(encoder, str) or encoder not in dict(model.named_modules()):
-                raise ValueError(f"encoder: expected the dotted name of a submodule of the model, got {encoder!r}")
+                raise InputError(f"encoder: expected the dotted name of a submodule of the model, got {encoder!r}")
         if isinstance(token, bool) or not isinstance(token, int):
-            raise TypeError(f"token: expected an int, got {type(token).__name__}")
+            raise InputTypeError(f"token: expected an int, got {type(token).__name__}")
         self.model = model
         self.image_tokens = image_tokens
         self.grid = grid
@@ -150,7 +151,7 @@ class Relevancy:
         """
         many, target_list = check_targets(targets)
         if rows is not None and (isinstance(rows, (str, int)) or len(rows) != len(target_list)):
-            raise ValueError(f"rows: expected one entry per target ({len(target_list)}), got {rows!r}")
+            raise InputError(f"rows: expected one entry per target ({len(target_list)}), got {rows!r}")
         if size is not None:
             size = check_size(size)
         if torch.is_inference_mode_enabled():
@@ -161,7 +162,7 @@ class Relevancy:
             output = call_model(self.model, inputs)
         if not records:
             where = f" under encoder={self.encoder!r}" if self.encoder is not None else ""
-            raise ValueError(f"no attention layer of {type(self.model).__name__}{where} ran during the forward pass")
+            raise InputError(f"no attention layer of {type(self.model).__name__}{where} ran during the forward pass")
         cams, scores = self._gradient_weighted(output, target_list, records)  # [(N, B, Lq, Lk)], (N, B)
         with torch.no_grad():
             relevancy = _propagate(records, cams, self._streams(records))  # (N, B, Lrow, Lk)
@@ -201,7 +202,7 @@ class Relevancy:
         if not any(r.cross for r in records):
             lengths = {r.probs.shape[-1] for r in records} | {r.probs.shape[-2] for r in records}
             if len(lengths) != 1:
-                raise ValueError(f"the self-attention layers see sequences of lengths {sorted(lengths)} and none "
+                raise InputError(f"the self-attention layers see sequences of lengths {sorted(lengths)} and none "
                                  "cross-attends: pass encoder= to explain one of the sequences")
             return ["q"] * len(records)
         if self.encoder is not None:
@@ -229,7 +230,7 @@ class Relevancy:
                 chosen = [self.token]
         bad = [p for p in chosen if isinstance(p, bool) or not isinstance(p, int) or not -length <= p < length]
         if bad or not chosen:
-            raise ValueError(f"rows: target {n} reads rows {chosen} (from rows=, its positions, or token=); "
+            raise InputError(f"rows: target {n} reads rows {chosen} (from rows=, its positions, or token=); "
                              f"expected ints in [-{length}, {length})")
         return [p % length for p in chosen]
 
@@ -239,23 +240,23 @@ class Relevancy:
         if self.image_tokens is None:
             h, w = grid if grid is not None else _square(length)
             if h * w > length:
-                raise ValueError(f"grid: a {h}x{w} grid needs {h * w} image tokens, the image stream has {length}")
+                raise InputError(f"grid: a {h}x{w} grid needs {h * w} image tokens, the image stream has {length}")
             return h, w, torch.arange(length - h * w, length)
         index = torch.arange(length)[self.image_tokens] if isinstance(self.image_tokens, slice) else None
         if index is None:
             bad = [i for i in self.image_tokens if not -length <= i < length]
             if bad:
-                raise ValueError(f"image_tokens: positions {bad[:5]} out of range for {length} tokens")
+                raise InputError(f"image_tokens: positions {bad[:5]} out of range for {length} tokens")
             index = torch.tensor([i % length for i in self.image_tokens])
         if grid is not None:
             h, w = grid
         else:
             side = math.isqrt(len(index))
             if side * side != len(index):
-                raise ValueError(f"grid: {len(index)} image tokens are no square; pass grid=(h, w)")
+                raise InputError(f"grid: {len(index)} image tokens are no square; pass grid=(h, w)")
             h = w = side
         if h * w != len(index):
-            raise ValueError(f"image_tokens: {len(index)} tokens for a {h}x{w} grid ({h * w} expected)")
+            raise InputError(f"image_tokens: {len(index)} tokens for a {h}x{w} grid ({h * w} expected)")
         return h, w, index
 
 
@@ -283,7 +284,7 @@ def _propagate(records: list[AttentionRecord], cams: list[Tensor], streams: list
     r_sq, r_qs = like.new_zeros(n, b, s_len, q_len), like.new_zeros(n, b, q_len, s_len)
     for record, cam, stream in zip(records, cams, streams):
         if cam.shape[-2:] != {"q": (q_len, q_len), "s": (s_len, s_len), "x": (s_len, q_len)}[stream]:
-            raise ValueError(f"attention layer {record.name!r} has shape {tuple(cam.shape[-2:])}, expected "
+            raise InputError(f"attention layer {record.name!r} has shape {tuple(cam.shape[-2:])}, expected "
                              f"{s_len} text and {q_len} image tokens; pass encoder= to name the image encoder")
         if stream == "q":
             r_qq, r_qs = r_qq + cam @ r_qq, r_qs + cam @ r_qs
@@ -310,5 +311,5 @@ def _square(length: int) -> tuple[int, int]:
         side = math.isqrt(max(length - prefix, 0))
         if side > 0 and side * side == length - prefix:
             return side, side
-    raise ValueError(f"grid: cannot infer a square patch grid from {length} image-stream tokens; "
+    raise InputError(f"grid: cannot infer a square patch grid from {length} image-stream tokens; "
                      "pass grid=(h, w) or image_tokens=")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .grounding import _check_map, _check_mask
+from ..errors import InputError
 
 
 # ----------------------------------------------------------------------------- deletion / insertion
@@ -42,7 +43,7 @@ def _auc(curve: Tensor) -> float:
 def gaussian_blur(image: Tensor, *, kernel: int = 11, sigma: float = 5.0) -> Tensor:
     """Separable Gaussian blur of a (C, H, W) image, edge-replicate padding (RISE's insertion start)."""
     if image.dim() != 3:
-        raise ValueError(f"image: expected (C, H, W), got shape {tuple(image.shape)}")
+        raise InputError(f"image: expected (C, H, W), got shape {tuple(image.shape)}")
     x = torch.arange(kernel, dtype=image.dtype, device=image.device) - (kernel - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()  # (k,)
@@ -88,18 +89,18 @@ def deletion_insertion(
     """
     saliency = _check_map(saliency)
     if not isinstance(image, Tensor) or image.dim() != 3:
-        raise ValueError(f"image: expected a (C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
+        raise InputError(f"image: expected a (C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
     if tuple(image.shape[-2:]) != tuple(saliency.shape):
-        raise ValueError(f"saliency: expected the image's size {tuple(image.shape[-2:])}, got {tuple(saliency.shape)}")
+        raise InputError(f"saliency: expected the image's size {tuple(image.shape[-2:])}, got {tuple(saliency.shape)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
+        raise InputError(f"steps: expected an int >= 1, got {steps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        raise InputError(f"batch_size: expected an int >= 1, got {batch_size!r}")
     removed = torch.zeros_like(image) if removed is None else removed
     start = gaussian_blur(image) if start is None else start
     for name, t in (("removed", removed), ("start", start)):
         if t.shape != image.shape:
-            raise ValueError(f"{name}: expected the image's shape {tuple(image.shape)}, got {tuple(t.shape)}")
+            raise InputError(f"{name}: expected the image's shape {tuple(image.shape)}, got {tuple(t.shape)}")
     c, h, w = image.shape
     order = torch.argsort(-saliency.flatten(), stable=True)  # (H*W,) most salient first
     rank = torch.empty_like(order)
@@ -112,7 +113,7 @@ def deletion_insertion(
             batch = torch.where(changed, to[None], frm[None])  # (S+1, C, H, W)
             probs = torch.cat([model_fn(batch[i:i + batch_size]).reshape(-1) for i in range(0, steps + 1, batch_size)])
             if probs.shape != (steps + 1,):
-                raise ValueError(f"model_fn: expected one probability per image, got {probs.numel()} for {steps + 1} images")
+                raise InputError(f"model_fn: expected one probability per image, got {probs.numel()} for {steps + 1} images")
             curves.append(probs.detach().float())
     return DeletionInsertion(curves[0], curves[1], _auc(curves[0]), _auc(curves[1]))
 
@@ -153,10 +154,10 @@ def noisy_linear_imputation(image: Tensor, removed: Tensor, *, noise: float = 0.
     from scipy.sparse.linalg import spsolve
 
     if not isinstance(image, Tensor) or image.dim() != 3:
-        raise ValueError(f"image: expected a (C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
+        raise InputError(f"image: expected a (C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
     removed = _check_mask(removed, image.shape[-2:], "removed", nonempty=False)
     if not noise >= 0:
-        raise ValueError(f"noise: expected a standard deviation >= 0, got {noise!r}")
+        raise InputError(f"noise: expected a standard deviation >= 0, got {noise!r}")
     if not bool(removed.any()):
         return image.clone()
     c, h, w = image.shape
@@ -242,12 +243,12 @@ def road(
     """
     saliency = _check_map(saliency)
     if not isinstance(image, Tensor) or image.dim() != 3:
-        raise ValueError(f"image: expected a (C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
+        raise InputError(f"image: expected a (C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
     if tuple(image.shape[-2:]) != tuple(saliency.shape):
-        raise ValueError(f"saliency: expected the image's size {tuple(image.shape[-2:])}, got {tuple(saliency.shape)}")
+        raise InputError(f"saliency: expected the image's size {tuple(image.shape[-2:])}, got {tuple(saliency.shape)}")
     fractions = [float(f) for f in fractions]
     if not fractions or any(not 0 < f <= 1 for f in fractions):
-        raise ValueError(f"fractions: expected shares in (0, 1], got {fractions!r}")
+        raise InputError(f"fractions: expected shares in (0, 1], got {fractions!r}")
     h, w = saliency.shape
     order = torch.argsort(-saliency.flatten(), stable=True)  # (H*W,)
     rank = torch.empty_like(order)
@@ -264,7 +265,7 @@ def road(
         with torch.no_grad():
             probs = torch.cat([model_fn(batch[i:i + batch_size]).reshape(-1) for i in range(0, len(batch), batch_size)])
         if probs.shape != (len(fractions),):
-            raise ValueError(f"model_fn: expected one probability per image, got {probs.numel()} for {len(fractions)}")
+            raise InputError(f"model_fn: expected one probability per image, got {probs.numel()} for {len(fractions)}")
         curves.append(probs.detach().float())
     return ROAD(torch.tensor(fractions), curves[0], curves[1], float(curves[0].mean()), float(curves[1].mean()))
 

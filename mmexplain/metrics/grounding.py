@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError, InputTypeError
+
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1 / y1 exclusive
 
 # ----------------------------------------------------------------------------- checks
@@ -15,33 +17,33 @@ Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1 / y1 exclusive
 
 def _check_map(saliency: object, name: str = "saliency") -> Tensor:
     if not isinstance(saliency, Tensor):
-        raise TypeError(f"{name}: expected an (H, W) float tensor, got {type(saliency).__name__}")
+        raise InputTypeError(f"{name}: expected an (H, W) float tensor, got {type(saliency).__name__}")
     if saliency.dim() != 2:
-        raise ValueError(f"{name}: expected an (H, W) map, got shape {tuple(saliency.shape)}")
+        raise InputError(f"{name}: expected an (H, W) map, got shape {tuple(saliency.shape)}")
     if not saliency.is_floating_point():
         saliency = saliency.float()
     if not bool(torch.isfinite(saliency).all()):
-        raise ValueError(f"{name}: the map holds NaN or infinite values")
+        raise InputError(f"{name}: the map holds NaN or infinite values")
     return saliency
 
 
 def _check_mask(mask: object, shape: torch.Size, name: str = "mask", *, nonempty: bool = True) -> Tensor:
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         got = f"tensor of dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
-        raise TypeError(f"{name}: expected an (H, W) bool tensor, got {got}")
+        raise InputTypeError(f"{name}: expected an (H, W) bool tensor, got {got}")
     if mask.shape != shape:
-        raise ValueError(f"{name}: expected shape {tuple(shape)} (the map's), got {tuple(mask.shape)}")
+        raise InputError(f"{name}: expected shape {tuple(shape)} (the map's), got {tuple(mask.shape)}")
     if nonempty and not bool(mask.any()):
-        raise ValueError(f"{name}: the mask is empty (no pixel inside)")
+        raise InputError(f"{name}: the mask is empty (no pixel inside)")
     return mask
 
 
 def _check_box(box: object, name: str = "box") -> Box:
     if not isinstance(box, (tuple, list, Tensor)) or len(box) != 4:
-        raise TypeError(f"{name}: expected (x0, y0, x1, y1), got {box!r}")
+        raise InputTypeError(f"{name}: expected (x0, y0, x1, y1), got {box!r}")
     x0, y0, x1, y1 = (int(v) for v in box)
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"{name}: expected x0 < x1 and y0 < y1 (x1, y1 exclusive), got {(x0, y0, x1, y1)}")
+        raise InputError(f"{name}: expected x0 < x1 and y0 < y1 (x1, y1 exclusive), got {(x0, y0, x1, y1)}")
     return x0, y0, x1, y1
 
 
@@ -53,7 +55,7 @@ def _mean_over(saliency: Tensor, mask: Tensor) -> Tensor:
 def _dilate(mask: Tensor, tolerance: float) -> Tensor:
     """Pixels within ``tolerance`` px (Euclidean, centre to centre) of the mask."""
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
-        raise ValueError(f"tolerance: expected a number of pixels >= 0, got {tolerance!r}")
+        raise InputError(f"tolerance: expected a number of pixels >= 0, got {tolerance!r}")
     r = int(math.floor(tolerance))
     if r == 0:
         return mask
@@ -120,7 +122,7 @@ def energy_ratio(saliency: Tensor, mask: Tensor) -> float:
     saliency = _check_map(saliency)
     mask = _check_mask(mask, saliency.shape)
     if bool(mask.all()):
-        raise ValueError("mask: covers the whole image; the energy ratio needs pixels outside it")
+        raise InputError("mask: covers the whole image; the energy ratio needs pixels outside it")
     inside = _mean_over(saliency, mask)
     outside = _mean_over(saliency, ~mask)
     if bool(outside == 0):
@@ -173,7 +175,7 @@ def center_prior(height: int, width: int, *, sigma: float = 0.25, device: torch.
         sigma: standard deviation as a fraction of the image side (per axis).
     """
     if not sigma > 0:
-        raise ValueError(f"sigma: expected a fraction of the side > 0, got {sigma!r}")
+        raise InputError(f"sigma: expected a fraction of the side > 0, got {sigma!r}")
     y = (torch.arange(height, device=device) + 0.5 - height / 2) / (sigma * height)  # (H,)
     x = (torch.arange(width, device=device) + 0.5 - width / 2) / (sigma * width)  # (W,)
     return torch.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2))

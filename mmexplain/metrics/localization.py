@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .grounding import Box, _check_box, _check_map
+from ..errors import InputError, InputTypeError
 
 
 # ----------------------------------------------------------------------------- localisation
@@ -30,9 +31,9 @@ def connected_components(mask: Tensor, *, backend: str = "auto") -> Tensor:
     """
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() != 2:
         got = f"{mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
-        raise TypeError(f"mask: expected an (H, W) bool tensor, got {got}")
+        raise InputTypeError(f"mask: expected an (H, W) bool tensor, got {got}")
     if backend not in ("auto", "scipy", "torch"):
-        raise ValueError(f"backend: expected 'auto', 'scipy' or 'torch', got {backend!r}")
+        raise InputError(f"backend: expected 'auto', 'scipy' or 'torch', got {backend!r}")
     if backend != "torch":
         try:
             from scipy import ndimage
@@ -88,7 +89,7 @@ def largest_segment_box(saliency: Tensor, *, threshold: float = 0.15) -> Box | N
     """
     saliency = _check_map(saliency)
     if not 0 < threshold <= 1:
-        raise ValueError(f"threshold: expected a fraction of the maximum in (0, 1], got {threshold!r}")
+        raise InputError(f"threshold: expected a fraction of the maximum in (0, 1], got {threshold!r}")
     peak = saliency.max()
     if bool(peak <= 0):
         return None

@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .grounding import _check_map
+from ..errors import InputError
 
 
 def rank(values: Tensor) -> Tensor:
     """Ranks 1..n of a 1-D tensor, ties given their average rank (``scipy.stats.rankdata``)."""
     if not isinstance(values, Tensor) or values.dim() != 1:
-        raise ValueError(f"values: expected a 1-D tensor, got {getattr(values, 'shape', type(values).__name__)}")
+        raise InputError(f"values: expected a 1-D tensor, got {getattr(values, 'shape', type(values).__name__)}")
     order = torch.argsort(values, stable=True)
     ordered = values[order]
     _, counts = torch.unique_consecutive(ordered, return_counts=True)
@@ -31,7 +32,7 @@ def spearman(a: Tensor, b: Tensor) -> float:
     A constant map has no ranking: the correlation is NaN (as ``scipy.stats.spearmanr``).
     """
     if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape:
-        raise ValueError(f"a, b: expected two tensors of one shape, got {getattr(a, 'shape', a)} and {getattr(b, 'shape', b)}")
+        raise InputError(f"a, b: expected two tensors of one shape, got {getattr(a, 'shape', a)} and {getattr(b, 'shape', b)}")
     ra, rb = rank(a.detach().flatten().double()), rank(b.detach().flatten().double())
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = torch.sqrt((ra**2).sum() * (rb**2).sum())
@@ -55,11 +56,11 @@ def ssim(a: Tensor, b: Tensor, *, data_range: float = 1.0, window: int = 7) -> f
     """
     a, b = _check_map(a, "a").double(), _check_map(b, "b").double()
     if a.shape != b.shape:
-        raise ValueError(f"b: expected the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
+        raise InputError(f"b: expected the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
     if window % 2 == 0 or min(a.shape) < window:
-        raise ValueError(f"window: expected an odd side <= the map's sides {tuple(a.shape)}, got {window}")
+        raise InputError(f"window: expected an odd side <= the map's sides {tuple(a.shape)}, got {window}")
     if not data_range > 0:
-        raise ValueError(f"data_range: expected a range > 0, got {data_range!r}")
+        raise InputError(f"data_range: expected a range > 0, got {data_range!r}")
     kernel = torch.full((1, 1, window, window), 1.0 / window**2, dtype=torch.float64, device=a.device)
     stack = torch.stack([a, b, a * a, b * b, a * b])[:, None]  # (5, 1, H, W)
     mu_a, mu_b, aa, bb, ab = F.conv2d(stack, kernel)[:, 0]  # each (H-w+1, W-w+1)

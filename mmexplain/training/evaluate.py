@@ -34,6 +34,7 @@ from ..zoo.classifier import Classifier
 from ..zoo.vqa import VQA
 from . import tiny_hf as hf_data
 from .zoo import caption_tensors, make_batch
+from ..errors import InputTypeError
 
 __all__ = ["average_precision", "evaluate_zoo", "pointing", "evaluate_ved", "evaluate_vilt", "evaluate",
            "headline", "HEADLINE"]
@@ -133,7 +134,7 @@ def evaluate_zoo(model: nn.Module, *, n: int = 1000, batch_size: int = 100, bias
                 "mean_per_kind_accuracy": float(np.mean(list(per_kind.values()))),
                 "accuracy_per_kind": per_kind, "questions_per_kind": count,
                 "gradcam_answer_pointing": point(), "pointing_scenes": pn}
-    raise TypeError(f"model must be a zoo model, got {type(model).__name__}")
+    raise InputTypeError(f"model must be a zoo model, got {type(model).__name__}")
 
 
 def pointing(model: nn.Module, *, n: int = 200) -> dict[str, float]:
@@ -183,7 +184,7 @@ def pointing(model: nn.Module, *, n: int = 200) -> dict[str, float]:
             for m, qa in zip(maps, asked):
                 hits.setdefault(qa.kind, []).append(pointing_game(m, s.objects[qa.objects[0]].mask))
         else:
-            raise TypeError(f"model must be a zoo model, got {type(model).__name__}")
+            raise InputTypeError(f"model must be a zoo model, got {type(model).__name__}")
     every = [h for v in hits.values() for h in v]
     return {"all": float(np.mean(every)), **{k: float(np.mean(v)) for k, v in hits.items()}}
 

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 __all__ = ["LoopConfig", "TrainingDiverged", "fit", "learning_rate"]
 
 
@@ -65,19 +67,19 @@ class LoopConfig:
         for key in ("steps", "batch_size"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be an int >= 1, got {value!r}")
+                raise InputError(f"{key} must be an int >= 1, got {value!r}")
         for key in ("seed", "log_every") + (("warmup",) if self.warmup is not None else ()):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{key} must be an int >= 0, got {value!r}")
+                raise InputError(f"{key} must be an int >= 0, got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+            raise InputError(f"lr must be a finite number > 0, got {self.lr!r}")
         for key in ("minutes", "weight_decay", "min_lr"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
+                raise InputError(f"{key} must be a finite number >= 0, got {value!r}")
         if not (isinstance(self.clip, (int, float)) and self.clip > 0):
-            raise ValueError(f"clip must be a number > 0, got {self.clip!r}")
+            raise InputError(f"clip must be a number > 0, got {self.clip!r}")
 
     @property
     def warmup_steps(self) -> int:
@@ -127,7 +129,7 @@ def fit(model: nn.Module, next_batch: Callable[[int, torch.Generator], Any],
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("model has no trainable parameters")
+        raise InputError("model has no trainable parameters")
     groups = [{"params": [p for p in params if p.dim() > 1], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
@@ -171,7 +173,7 @@ def fit(model: nn.Module, next_batch: Callable[[int, torch.Generator], Any],
         finally:
             model.eval()
         if not losses:
-            raise ValueError(f"minutes: the time budget of {config.minutes} minutes ended before the first step")
+            raise InputError(f"minutes: the time budget of {config.minutes} minutes ended before the first step")
         with torch.no_grad():  # weights can be finite yet too large to use: one forward with the final weights
             final = loss_fn(model, next_batch(len(losses), generator))
         if not bool(torch.isfinite(final)):

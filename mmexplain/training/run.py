@@ -22,6 +22,7 @@ from typing import Any
 from .. import zoo
 from .._io import atomic_folder, write_json, write_text
 from .loop import LoopConfig
+from ..errors import InputError
 
 __all__ = ["Recipe", "RECIPES", "TrainRequest", "loop_config", "train_and_save", "evaluate_checkpoint", "recipe_table"]
 
@@ -65,9 +66,9 @@ class TrainRequest:
         zoo.check_name(self.name)
         for key, value in (("n", self.n), ("n_train", self.n_train)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{key} must be an int >= 1, got {value!r}")
+                raise InputError(f"{key} must be an int >= 1, got {value!r}")
         if self.questions_per_scene < 0:
-            raise ValueError(f"questions_per_scene must be >= 0, got {self.questions_per_scene}")
+            raise InputError(f"questions_per_scene must be >= 0, got {self.questions_per_scene}")
 
 
 def loop_config(name: str, overrides: Mapping[str, Any] | None = None) -> LoopConfig:
@@ -76,7 +77,7 @@ def loop_config(name: str, overrides: Mapping[str, Any] | None = None) -> LoopCo
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(changes) - set(asdict(base)))
     if unknown:
-        raise ValueError(f"overrides: no loop setting {unknown[0]!r}; settings: {', '.join(asdict(base))}")
+        raise InputError(f"overrides: no loop setting {unknown[0]!r}; settings: {', '.join(asdict(base))}")
     return replace(base, **changes)
 
 
@@ -156,7 +157,7 @@ def evaluate_checkpoint(name: str, root: str | os.PathLike | None = None, *, n: 
     metrics = ev.evaluate(name, model, n=n or RECIPES[name].n, cache_dir=cache_dir)
     if write_card:
         if name in zoo.HF_NAMES:
-            raise ValueError(f"write_card: only for {', '.join(zoo.NAMES)}, not {name}")
+            raise InputError(f"write_card: only for {', '.join(zoo.NAMES)}, not {name}")
         from .cards import zoo_card
 
         folder = zoo.folder(name, root)

@@ -26,6 +26,7 @@ from torch import Tensor
 from .. import world, zoo
 from ..zoo import tiny_hf
 from .loop import LoopConfig, fit
+from ..errors import InputError
 
 __all__ = ["scene_split", "caption_split", "question_split", "pixels", "encode_captions", "encode_questions",
            "training_data", "select", "loss", "train"]
@@ -83,7 +84,7 @@ def encode_captions(tokenizer: Any, captions: list[str], max_len: int) -> tuple[
     labels = torch.full((len(ids), max_len), -100)  # (B, T)
     for i, seq in enumerate(ids):
         if len(seq) + 1 > max_len:
-            raise ValueError(f"caption {captions[i]!r} is longer than max_len={max_len} tokens")
+            raise InputError(f"caption {captions[i]!r} is longer than max_len={max_len} tokens")
         inputs[i, : len(seq) + 1] = torch.tensor([tokenizer.bos_token_id, *seq])
         labels[i, : len(seq) + 1] = torch.tensor([*seq, tokenizer.eos_token_id])
     return inputs, labels
@@ -163,11 +164,11 @@ def train(name: str, config: LoopConfig, *, n_train: int, arch: dict[str, Any] |
         mmexplain.training.loop.TrainingDiverged: the loss or the weights became non-finite.
     """
     if name not in ("tiny-ved", "tiny-vilt"):
-        raise ValueError(f"name must be tiny-ved or tiny-vilt, got {name!r}")
+        raise InputError(f"name must be tiny-ved or tiny-vilt, got {name!r}")
     t0 = time.time()
     if init is not None:
         if arch:
-            raise ValueError("arch: a continued model keeps its architecture; give arch only for a fresh model")
+            raise InputError("arch: a continued model keeps its architecture; give arch only for a fresh model")
         model_adapter = zoo.load(name, init)
     else:
         model_adapter = tiny_hf.new(name, config=arch, seed=config.seed)

@@ -41,6 +41,7 @@ from ..targets import SequenceLogProb
 from ..zoo import tiny_vlm
 from .loop import LoopConfig, fit
 from .tiny_hf import pixels, scene_split
+from ..errors import InputError
 
 __all__ = ["RECIPE", "examples", "prompt_ids", "encode", "make_batch", "loss", "train", "map_methods", "evaluate",
            "card", "train_and_save"]
@@ -126,7 +127,7 @@ def train(config: LoopConfig, *, n_train: int, arch: dict[str, Any] | None = Non
     t0 = time.time()
     if init is not None:
         if arch:
-            raise ValueError("arch: a continued model keeps its architecture; give arch only for a fresh model")
+            raise InputError("arch: a continued model keeps its architecture; give arch only for a fresh model")
         model, processor = tiny_vlm.load_parts(init)
     else:
         model, processor = tiny_vlm.new_parts(config=arch, seed=config.seed)

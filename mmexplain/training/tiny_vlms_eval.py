@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .. import world
 from ..targets import SequenceLogProb
+from ..errors import InputError
 
 __all__ = ["word_kind", "word_tokens", "forced_inputs", "evaluate", "card"]
 
@@ -51,7 +52,7 @@ def word_tokens(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
     pieces = [tokenizer(w, add_special_tokens=False).input_ids for w in words]
     whole = tokenizer(" ".join(words), add_special_tokens=False).input_ids
     if [t for p in pieces for t in p] != whole:
-        raise ValueError(f"words: the tokenizer does not encode {' '.join(words)!r} word by word")
+        raise InputError(f"words: the tokenizer does not encode {' '.join(words)!r} word by word")
     return pieces
 
 

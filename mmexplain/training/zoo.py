@@ -31,6 +31,7 @@ from ..zoo.classifier import Classifier
 from ..zoo.vocab import Vocab
 from ..zoo.vqa import VQA
 from .loop import LoopConfig, fit
+from ..errors import InputError, InputTypeError
 
 __all__ = ["caption_tensors", "make_batch", "batch_loss", "init_encoder", "train"]
 
@@ -94,7 +95,7 @@ def make_batch(model: nn.Module, seeds: Sequence[int], *, bias: Mapping[str, str
         answers = torch.tensor([model.answers.index(q.answer) for q in qas])  # (Q,)
         return {"images": images, "questions": questions, "rows": torch.tensor(rows), "targets": answers,
                 "scenes": scenes}
-    raise TypeError(f"model must be a zoo model, got {type(model).__name__}")
+    raise InputTypeError(f"model must be a zoo model, got {type(model).__name__}")
 
 
 def batch_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -108,7 +109,7 @@ def batch_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
         image = model.image_embedding(batch["images"])[batch["rows"]]  # (Q, F)
         logits = model.fuse(image, model.question_embedding(batch["questions"]))  # (Q, A)
         return nn.functional.cross_entropy(logits, batch["targets"])
-    raise TypeError(f"model must be a zoo model, got {type(model).__name__}")
+    raise InputTypeError(f"model must be a zoo model, got {type(model).__name__}")
 
 
 def init_encoder(model: nn.Module, folder: str | os.PathLike) -> None:
@@ -120,12 +121,12 @@ def init_encoder(model: nn.Module, folder: str | os.PathLike) -> None:
     """
     clf = zoo.load("classifier", folder)
     if (clf.config.widths, clf.config.extra) != (model.config.widths, model.config.extra):
-        raise ValueError(f"init_encoder {folder}: the classifier's widths/extra {clf.config.widths}/"
+        raise InputError(f"init_encoder {folder}: the classifier's widths/extra {clf.config.widths}/"
                          f"{clf.config.extra} do not match the model's {model.config.widths}/{model.config.extra}")
     try:
         model.encoder.load_state_dict(clf.encoder.state_dict())
     except RuntimeError as exc:
-        raise ValueError(f"init_encoder {folder}: the classifier's encoder does not fit this model: {exc}") from exc
+        raise InputError(f"init_encoder {folder}: the classifier's encoder does not fit this model: {exc}") from exc
 
 
 def train(name: str, config: LoopConfig, *, model: nn.Module | None = None,
@@ -153,11 +154,11 @@ def train(name: str, config: LoopConfig, *, model: nn.Module | None = None,
         mmexplain.training.loop.TrainingDiverged: the loss or the weights became non-finite.
     """
     if name not in zoo.NAMES:
-        raise ValueError(f"name must be one of {', '.join(zoo.NAMES)}, got {name!r}")
+        raise InputError(f"name must be one of {', '.join(zoo.NAMES)}, got {name!r}")
     if model is None:
         model = zoo.new(name, config=arch, seed=config.seed)
     elif arch:
-        raise ValueError("arch: a continued model keeps its architecture; give arch only for a fresh model")
+        raise InputError("arch: a continued model keeps its architecture; give arch only for a fresh model")
     if encoder_from is not None:
         init_encoder(model, encoder_from)
     seeds = world.SPLITS["train"]

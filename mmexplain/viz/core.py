@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputError, InputTypeError
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -37,7 +39,7 @@ def _as_tensor(value: Any, name: str) -> Tensor:
         return value.detach().cpu().float()
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.asarray(value, dtype=np.float32))
-    raise TypeError(f"{name} must be a torch.Tensor or numpy array; got {type(value).__name__}")
+    raise InputTypeError(f"{name} must be a torch.Tensor or numpy array; got {type(value).__name__}")
 
 
 def to_image_array(tensor: Tensor | np.ndarray, *, normalize: bool = False) -> np.ndarray:
@@ -60,16 +62,16 @@ def to_image_array(tensor: Tensor | np.ndarray, *, normalize: bool = False) -> n
     if t.dim() == 2:
         t = t.unsqueeze(0)  # (1, H, W)
     if t.dim() != 3 or t.shape[0] not in (1, 3):
-        raise ValueError(f"tensor must be (3, H, W), (1, H, W) or (H, W); got shape {tuple(t.shape)}")
+        raise InputError(f"tensor must be (3, H, W), (1, H, W) or (H, W); got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
-        raise ValueError("tensor contains NaN or inf")
+        raise InputError("tensor contains NaN or inf")
     if normalize:
         scale = torch.quantile(t.abs().flatten()[:16_000_000], 0.99) if t.numel() else torch.tensor(0.0)
         if scale <= 0:
             scale = t.abs().max()
         t = t / (2 * scale) + 0.5 if scale > 0 else torch.full_like(t, 0.5)
     elif t.numel() and (t.min() < -_TOL or t.max() > 1 + _TOL):
-        raise ValueError(
+        raise InputError(
             f"tensor values must lie in [0, 1]; got [{t.min():.3g}, {t.max():.3g}] "
             "(undo the mean/std normalisation, or pass normalize=True for gradients)"
         )
@@ -80,11 +82,11 @@ def to_image_array(tensor: Tensor | np.ndarray, *, normalize: bool = False) -> n
 def _map_array(cam_map: Tensor | np.ndarray, name: str = "map") -> np.ndarray:
     m = _as_tensor(cam_map, name)
     if m.dim() != 2:
-        raise ValueError(f"{name} must be (H, W); got shape {tuple(m.shape)}")
+        raise InputError(f"{name} must be (H, W); got shape {tuple(m.shape)}")
     if not torch.isfinite(m).all():
-        raise ValueError(f"{name} contains NaN or inf")
+        raise InputError(f"{name} contains NaN or inf")
     if m.numel() and (m.min() < -_TOL or m.max() > 1 + _TOL):
-        raise ValueError(
+        raise InputError(
             f"{name} values must lie in [0, 1] (use CAMResult.maps, not raw); got [{m.min():.3g}, {m.max():.3g}]"
         )
     return m.clamp(0, 1).numpy()  # (H, W)
@@ -130,7 +132,7 @@ def overlay(
         The axes drawn on.
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+        raise InputError(f"alpha must be in [0, 1]; got {alpha}")
     img = to_image_array(image)  # (H, W, 3)
     m = _map_array(map)  # (h, w)
     if ax is None:
@@ -180,18 +182,18 @@ def plot_maps(
     imgs = _as_tensor(images, "images")
     mps = _as_tensor(maps, "maps")
     if imgs.dim() != 4:
-        raise ValueError(f"images must be (B, 3, H, W); got shape {tuple(imgs.shape)}")
+        raise InputError(f"images must be (B, 3, H, W); got shape {tuple(imgs.shape)}")
     if mps.dim() == 3:
         mps = mps.unsqueeze(0)  # (1, B, H, W)
     if mps.dim() != 4 or mps.shape[1] != imgs.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"maps must be (B, H, W) or (N, B, H, W) with B = {imgs.shape[0]}; got shape {tuple(_as_tensor(maps, 'maps').shape)}"
         )
     n, b = mps.shape[:2]
     if titles is not None and len(titles) != n:
-        raise ValueError(f"titles must hold one title per target ({n}); got {len(titles)}")
+        raise InputError(f"titles must hold one title per target ({n}); got {len(titles)}")
     if image_titles is not None and len(image_titles) != b:
-        raise ValueError(f"image_titles must hold one title per image ({b}); got {len(image_titles)}")
+        raise InputError(f"image_titles must hold one title per image ({b}); got {len(image_titles)}")
     fig = Figure(figsize=(2.4 * (n + 1) + 0.8, 2.4 * b), layout="constrained")
     axes = np.asarray(fig.subplots(b, n + 1, squeeze=False))
     shown = None
@@ -233,7 +235,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 120) ->
     supported = fig.canvas.get_supported_filetypes()
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in supported:
-        raise ValueError(
+        raise InputError(
             f"path {str(path)!r}: extension {path.suffix or '(none)'!r} is not a figure format; "
             f"use one of {', '.join('.' + k for k in sorted(supported))}"
         )

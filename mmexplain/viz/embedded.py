@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..errors import InputError
+
 __all__ = ["check_data_image", "DATA_IMAGE"]
 
 #: an embedded raster image: ``data:image/<png|jpeg|gif|webp>;base64,<base64 text>``
@@ -24,6 +26,6 @@ def check_data_image(value: Any, name: str) -> str:
     """
     if not isinstance(value, str) or DATA_IMAGE.fullmatch(value) is None:
         shown = repr(value)[:60] + ("..." if len(repr(value)) > 60 else "")
-        raise ValueError(f"{name}: expected an embedded image (data:image/png;base64,...), got {shown}; "
+        raise InputError(f"{name}: expected an embedded image (data:image/png;base64,...), got {shown}; "
                          "a report loads nothing from outside itself")
     return value

@@ -42,6 +42,7 @@ from .._io import write_text
 from .core import to_image_array
 from .embedded import check_data_image
 from .report_template import CSS, SCRIPT
+from ..errors import InputError, InputTypeError
 
 __all__ = ["caption_view", "answer_view", "figure_view", "render_report", "write_report", "ReportView", "show"]
 
@@ -57,7 +58,7 @@ def _as_float(value: Any, name: str) -> Tensor:
         return value.detach().cpu().float()
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.asarray(value, dtype=np.float32))
-    raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(value).__name__}")
+    raise InputTypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(value).__name__}")
 
 
 def _maps(value: Any, name: str, *, count: int, max_side: int | None) -> Tensor:
@@ -66,11 +67,11 @@ def _maps(value: Any, name: str, *, count: int, max_side: int | None) -> Tensor:
     if m.dim() == 2:
         m = m[None]  # (1, H, W)
     if m.dim() != 3 or m.shape[0] != count:
-        raise ValueError(f"{name}: expected shape ({count}, H, W), got {tuple(m.shape)}")
+        raise InputError(f"{name}: expected shape ({count}, H, W), got {tuple(m.shape)}")
     if not torch.isfinite(m).all():
-        raise ValueError(f"{name}: contains NaN or inf")
+        raise InputError(f"{name}: contains NaN or inf")
     if m.numel() and (m.min() < -_TOL or m.max() > 1 + _TOL):
-        raise ValueError(f"{name}: values must lie in [0, 1] (normalized maps); got [{m.min():.3g}, {m.max():.3g}]")
+        raise InputError(f"{name}: values must lie in [0, 1] (normalized maps); got [{m.min():.3g}, {m.max():.3g}]")
     m = m.clamp(0, 1)
     if max_side is not None and max(m.shape[-2:]) > max_side:
         f = max_side / max(m.shape[-2:])
@@ -104,16 +105,16 @@ def _texts(values: Any, name: str, *, count: int, extra: int = 0) -> list[str | 
     if values is None:
         return out
     if isinstance(values, str):
-        raise TypeError(f"{name}: expected one string per entry (a list or a dict), got a single str")
+        raise InputTypeError(f"{name}: expected one string per entry (a list or a dict), got a single str")
     items = values.items() if isinstance(values, Mapping) else enumerate(values)
     if not isinstance(values, Mapping) and len(values) not in (count, count + extra):
         sizes = f"{count}" + (f" or {count + extra}" if extra else "")
-        raise ValueError(f"{name}: expected {sizes} entries, got {len(values)}")
+        raise InputError(f"{name}: expected {sizes} entries, got {len(values)}")
     for i, text in items:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count + extra:
-            raise ValueError(f"{name}: index {i!r} out of range 0..{count + extra - 1}")
+            raise InputError(f"{name}: index {i!r} out of range 0..{count + extra - 1}")
         if text is not None and not isinstance(text, str):
-            raise TypeError(f"{name}[{i}]: expected a str or None, got {type(text).__name__}")
+            raise InputTypeError(f"{name}[{i}]: expected a str or None, got {type(text).__name__}")
         out[i] = text or None
     return out
 
@@ -156,15 +157,15 @@ def caption_view(
     """
     words = list(getattr(ex, "words", None) or [])
     if not words or not all(isinstance(w, str) for w in words):
-        raise ValueError("ex: expected a caption explanation with a non-empty list of words")
+        raise InputError("ex: expected a caption explanation with a non-empty list of words")
     T = len(words)
     chosen: dict[str, Any] = {}
     if methods is not None:
         if not isinstance(methods, Mapping) or not methods:
-            raise TypeError("methods: expected a non-empty {name: CaptionExplanation} mapping")
+            raise InputTypeError("methods: expected a non-empty {name: CaptionExplanation} mapping")
         if not any(other is ex for other in methods.values()):
             if method in methods:
-                raise ValueError(f"methods: name {method!r} is taken; pass method= to name ex's method")
+                raise InputError(f"methods: name {method!r} is taken; pass method= to name ex's method")
             chosen[method] = ex
         chosen.update(methods)
     else:
@@ -175,24 +176,24 @@ def caption_view(
     for name, other in chosen.items():
         label = "ex" if other is ex else f"methods[{name!r}]"
         if list(getattr(other, "words", [])) != words:
-            raise ValueError(f"{label}: words differ from ex.words ({' '.join(words)!r})")
+            raise InputError(f"{label}: words differ from ex.words ({' '.join(words)!r})")
         stacked = torch.cat([_as_float(other.maps, f"{label}.maps"), _as_float(other.caption_map, f"{label}.caption_map")[None]])
         maps = _maps(stacked, f"{label}.maps", count=T + 1, max_side=max_map_side)  # (T + 1, h, w)
         if shape is not None and maps.shape != shape:
-            raise ValueError(f"{label}: maps of shape {tuple(maps.shape)} differ from the first method's {tuple(shape)}")
+            raise InputError(f"{label}: maps of shape {tuple(maps.shape)} differ from the first method's {tuple(shape)}")
         shape = maps.shape
         entries.append({"name": str(name), "kind": "heat", "count": T + 1, "maps": _quantize(maps)})
         guided = getattr(other, "guided", None)
         if guided is not None:
             g = _as_float(guided, f"{label}.guided")
             if g.dim() != 4 or g.shape[0] != T or g.shape[1] not in (1, 3):
-                raise ValueError(f"{label}.guided: expected shape ({T}, 3, H, W), got {tuple(g.shape)}")
+                raise InputError(f"{label}.guided: expected shape ({T}, 3, H, W), got {tuple(g.shape)}")
             g = F.interpolate(g, size=tuple(shape[-2:]), mode="area" if g.shape[-1] > shape[-1] else "bilinear")
             rgb = np.stack([to_image_array(g[t], normalize=True) for t in range(T)])  # (T, h, w, 3)
             entries.append({"name": f"Guided {name}", "kind": "rgb", "count": T, "maps": _b64(np.round(rgb * 255))})
     logprobs = _as_float(ex.logprobs, "ex.logprobs").flatten()
     if logprobs.numel() != T:
-        raise ValueError(f"ex.logprobs: expected {T} values (one per word), got {logprobs.numel()}")
+        raise InputError(f"ex.logprobs: expected {T} values (one per word), got {logprobs.numel()}")
     return {
         "kind": "caption",
         "title": str(title) if title is not None else None,
@@ -237,39 +238,39 @@ def answer_view(
     """
     answers = list(getattr(ax, "answers", None) or [])
     if not answers or not all(isinstance(a, str) for a in answers):
-        raise ValueError("ax: expected an answer explanation with a non-empty list of answers")
+        raise InputError("ax: expected an answer explanation with a non-empty list of answers")
     k = len(answers)
     question = str(ax.question)
     maps = _maps(ax.maps, "ax.maps", count=k, max_side=max_map_side)  # (k, h, w)
     counter = _maps(ax.counterfactuals, "ax.counterfactuals", count=k, max_side=max_map_side)
     if counter.shape != maps.shape:
-        raise ValueError(f"ax.counterfactuals: shape {tuple(counter.shape)} differs from ax.maps' {tuple(maps.shape)}")
+        raise InputError(f"ax.counterfactuals: shape {tuple(counter.shape)} differs from ax.maps' {tuple(maps.shape)}")
     image, width, height = _image_uri(ax.image, "ax.image")
     tokens = [str(t) for t in (getattr(ax, "question_tokens", None) or [])]
     attributions = None
     if getattr(ax, "token_attributions", None) is not None and tokens:
         a = _as_float(ax.token_attributions, "ax.token_attributions")
         if tuple(a.shape) != (k, len(tokens)):
-            raise ValueError(f"ax.token_attributions: expected shape ({k}, {len(tokens)}), got {tuple(a.shape)}")
+            raise InputError(f"ax.token_attributions: expected shape ({k}, {len(tokens)}), got {tuple(a.shape)}")
         attributions = [_numbers(row) for row in a]
     probabilities = None if ax.probabilities is None else _numbers(ax.probabilities)
     if probabilities is not None and len(probabilities) != k:
-        raise ValueError(f"ax.probabilities: expected {k} values, got {len(probabilities)}")
+        raise InputError(f"ax.probabilities: expected {k} values, got {len(probabilities)}")
     entries = [{"name": str(method), "maps": _quantize(maps), "counterfactuals": _quantize(counter)}]
     if methods is not None:
         if not isinstance(methods, Mapping) or not methods:
-            raise TypeError("methods: expected a non-empty {name: AnswerExplanation} mapping")
+            raise InputTypeError("methods: expected a non-empty {name: AnswerExplanation} mapping")
         for name, other in methods.items():
             if other is ax:
                 continue
             if str(name) in (e["name"] for e in entries):
-                raise ValueError(f"methods: name {name!r} is taken; pass method= to name ax's method")
+                raise InputError(f"methods: name {name!r} is taken; pass method= to name ax's method")
             if list(getattr(other, "answers", [])) != answers:
-                raise ValueError(f"methods[{name!r}]: answers differ from ax.answers ({', '.join(answers)})")
+                raise InputError(f"methods[{name!r}]: answers differ from ax.answers ({', '.join(answers)})")
             m = _maps(other.maps, f"methods[{name!r}].maps", count=k, max_side=max_map_side)
             c = _maps(other.counterfactuals, f"methods[{name!r}].counterfactuals", count=k, max_side=max_map_side)
             if m.shape != maps.shape or c.shape != maps.shape:
-                raise ValueError(f"methods[{name!r}]: maps of shape {tuple(m.shape)} differ from ax's {tuple(maps.shape)}")
+                raise InputError(f"methods[{name!r}]: maps of shape {tuple(m.shape)} differ from ax's {tuple(maps.shape)}")
             entries.append({"name": str(name), "maps": _quantize(m), "counterfactuals": _quantize(c)})
     return {
         "kind": "answer",
@@ -314,15 +315,15 @@ def figure_view(
     """
     for name, value in (("title", title), ("kicker", kicker)):
         if not isinstance(value, str):
-            raise TypeError(f"{name}: expected a str, got {type(value).__name__}")
+            raise InputTypeError(f"{name}: expected a str, got {type(value).__name__}")
     for name, values in (("paragraphs", paragraphs), ("items", items)):
         if isinstance(values, str) or not all(isinstance(v, str) for v in values):
-            raise TypeError(f"{name}: expected a list of str")
+            raise InputTypeError(f"{name}: expected a list of str")
     uri = None
     if image is not None:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise ValueError(f"image: expected PNG data, got {str(image)[:80] if not isinstance(image, bytes) else 'other bytes'}")
+            raise InputError(f"image: expected PNG data, got {str(image)[:80] if not isinstance(image, bytes) else 'other bytes'}")
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     return {"kind": "figure", "title": title, "kicker": kicker, "paragraphs": list(paragraphs), "items": list(items),
             "image": uri}
@@ -333,17 +334,17 @@ def _sections(items: Any, **options: Any) -> list[dict[str, Any]]:
     if isinstance(items, Mapping) or hasattr(items, "words") or hasattr(items, "answers"):
         items = [items]
     elif isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise TypeError(f"sections: expected report sections or explanations (or a list of them), got {type(items).__name__}")
+        raise InputTypeError(f"sections: expected report sections or explanations (or a list of them), got {type(items).__name__}")
     if options and len(items) != 1:
-        raise ValueError(f"{', '.join(sorted(options))}: per-explanation options need exactly one explanation, "
+        raise InputError(f"{', '.join(sorted(options))}: per-explanation options need exactly one explanation, "
                          f"got {len(items)}; build several sections with caption_view/answer_view")
     out = []
     for i, item in enumerate(items):
         if isinstance(item, Mapping):
             if options:
-                raise ValueError(f"{', '.join(sorted(options))}: sections[{i}] is already a view; pass the explanation")
+                raise InputError(f"{', '.join(sorted(options))}: sections[{i}] is already a view; pass the explanation")
             if item.get("kind") not in ("caption", "answer", "figure"):
-                raise ValueError(f"sections[{i}]: expected a section from caption_view, answer_view or figure_view")
+                raise InputError(f"sections[{i}]: expected a section from caption_view, answer_view or figure_view")
             check_data_image(item.get("image"), f"sections[{i}]['image']")
             out.append(dict(item))
         elif hasattr(item, "words"):
@@ -351,10 +352,10 @@ def _sections(items: Any, **options: Any) -> list[dict[str, Any]]:
         elif hasattr(item, "answers"):
             out.append(answer_view(item, **options))
         else:
-            raise TypeError(f"sections[{i}]: expected a section, a CaptionExplanation or an AnswerExplanation, "
+            raise InputTypeError(f"sections[{i}]: expected a section, a CaptionExplanation or an AnswerExplanation, "
                             f"got {type(item).__name__}")
     if not out:
-        raise ValueError("sections: expected at least one section")
+        raise InputError("sections: expected at least one section")
     return out
 
 
@@ -396,7 +397,7 @@ def render_report(sections: Any, *, title: str = "mmexplain report") -> str:
         The HTML text (no external resource: it works offline, from ``file://``).
     """
     if not isinstance(title, str):
-        raise TypeError(f"title: expected a str, got {type(title).__name__}")
+        raise InputTypeError(f"title: expected a str, got {type(title).__name__}")
     body = _fragment(_sections(sections), title, standalone=True)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -423,7 +424,7 @@ def write_report(sections_or_explanations: Any, path: str | os.PathLike[str], *,
     """
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"path {str(path)!r}: a report is an HTML file; use the .html extension")
+        raise InputError(f"path {str(path)!r}: a report is an HTML file; use the .html extension")
     if path.is_dir():
         raise IsADirectoryError(f"path {str(path)!r} is a folder; give a file name such as report.html")
     return write_text(path, render_report(sections_or_explanations, title=title))
@@ -444,7 +445,7 @@ class ReportView:
 
     def __init__(self, sections: Any, *, title: str = "mmexplain report") -> None:
         if not isinstance(title, str):
-            raise TypeError(f"title: expected a str, got {type(title).__name__}")
+            raise InputTypeError(f"title: expected a str, got {type(title).__name__}")
         self.sections = _sections(sections)
         self.title = title
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import InputError
+
 __all__ = ["plot_sanity"]
 
 
@@ -21,7 +23,7 @@ def plot_sanity(report: dict[str, Any], *, metric: str = "spearman_abs") -> Any:
 
     names = report.get("method_names", {})
     if metric not in ("spearman", "spearman_abs", "ssim"):
-        raise ValueError(f"metric: expected 'spearman', 'spearman_abs' or 'ssim', got {metric!r}")
+        raise InputError(f"metric: expected 'spearman', 'spearman_abs' or 'ssim', got {metric!r}")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, mode in zip(axes, ("cascading", "independent")):
         rows = report[mode]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core import to_image_array
+from ..errors import InputError, InputTypeError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -63,25 +64,25 @@ def plot_unit_gallery(tops: TopActivations, labels: NeuronLabels, *, dim: float 
     from ..dissect import NeuronLabels, TopActivations
 
     if not isinstance(tops, TopActivations):
-        raise TypeError(f"tops: expected TopActivations (from mx.dissect.top_activating), got {type(tops).__name__}")
+        raise InputTypeError(f"tops: expected TopActivations (from mx.dissect.top_activating), got {type(tops).__name__}")
     if not isinstance(labels, NeuronLabels):
-        raise TypeError(f"labels: expected NeuronLabels, got {type(labels).__name__}")
+        raise InputTypeError(f"labels: expected NeuronLabels, got {type(labels).__name__}")
     if isinstance(dim, bool) or not isinstance(dim, (int, float)) or not 0 <= dim <= 1:
-        raise ValueError(f"dim: expected a brightness in [0, 1], got {dim!r}")
+        raise InputError(f"dim: expected a brightness in [0, 1], got {dim!r}")
     units = [int(u) for u in tops.units]
     if not units:
-        raise ValueError("tops: has no units")
+        raise InputError("tops: has no units")
     for u in units:
         if not 0 <= u < len(labels):
-            raise ValueError(f"tops: unit {u} is not a unit of this layer (0..{len(labels) - 1})")
+            raise InputError(f"tops: unit {u} is not a unit of this layer (0..{len(labels) - 1})")
     images, maps, scores = tops.images, tops.maps, tops.scores
     if not isinstance(images, Tensor) or images.dim() != 5 or images.shape[0] != len(units):
-        raise ValueError(f"tops.images: expected ({len(units)}, top, 3, H, W), got {_shape(images)}")
+        raise InputError(f"tops.images: expected ({len(units)}, top, 3, H, W), got {_shape(images)}")
     n_rows, n_cols = images.shape[:2]
     if not isinstance(maps, Tensor) or maps.dim() != 4 or tuple(maps.shape[:2]) != (n_rows, n_cols):
-        raise ValueError(f"tops.maps: expected ({n_rows}, {n_cols}, h, w), got {_shape(maps)}")
+        raise InputError(f"tops.maps: expected ({n_rows}, {n_cols}, h, w), got {_shape(maps)}")
     if not isinstance(scores, Tensor) or tuple(scores.shape) != (n_rows, n_cols):
-        raise ValueError(f"tops.scores: expected ({n_rows}, {n_cols}), got {_shape(scores)}")
+        raise InputError(f"tops.scores: expected ({n_rows}, {n_cols}), got {_shape(scores)}")
 
     fig = Figure(figsize=(1.9 * max(n_cols, 2), 2.15 * n_rows), layout="constrained")
     axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))

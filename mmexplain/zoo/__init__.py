@@ -41,6 +41,7 @@ from .captioner import Captioner, CaptionerConfig
 from .classifier import Classifier, ClassifierConfig, default_classes
 from .vocab import Vocab, caption_vocab, question_vocab, tokenize
 from .vqa import VQA, VQAConfig
+from ..errors import InputError, InputTypeError
 
 NAMES = ("classifier", "captioner", "vqa")  # the CNN models (zoo model files)
 HF_NAMES = ("tiny-ved", "tiny-vilt")  # the transformers models (tiny_hf.py)
@@ -91,20 +92,20 @@ def check_config(name: str, config: Mapping[str, Any]) -> None:
         where = f"config: {name} setting {key!r}"
         if isinstance(default, bool):
             if not isinstance(value, bool):
-                raise ValueError(f"{where} must be true or false, got {value!r}")
+                raise InputError(f"{where} must be true or false, got {value!r}")
         elif isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{where} must be an integer, got {value!r}")
+                raise InputError(f"{where} must be an integer, got {value!r}")
             low = 0 if key in ("extra", "grid", "grid_channels") else 1
             if not low <= value <= MAX_SIZE:
-                raise ValueError(f"{where} must be in {low}..{MAX_SIZE}, got {value!r}")
+                raise InputError(f"{where} must be in {low}..{MAX_SIZE}, got {value!r}")
         elif isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{where} must be a number in [0, 1), got {value!r}")
+                raise InputError(f"{where} must be a number in [0, 1), got {value!r}")
         elif isinstance(default, tuple):
             if (not isinstance(value, (list, tuple)) or len(value) != len(default)
                     or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE for v in value)):
-                raise ValueError(f"{where} must be {len(default)} integers in 1..{MAX_SIZE}, got {value!r}")
+                raise InputError(f"{where} must be {len(default)} integers in 1..{MAX_SIZE}, got {value!r}")
 
 
 def check_name(name: object, *, what: str = "name") -> str:
@@ -113,7 +114,7 @@ def check_name(name: object, *, what: str = "name") -> str:
         return name
     near = difflib.get_close_matches(str(name), ALL_NAMES + VLM_NAMES + tuple(VLM_ALIASES), n=1)
     hint = f" (nearest: {near[0]})" if near else ""
-    raise ValueError(f"{what} must be one of {', '.join(ALL_NAMES)}, got {name!r}{hint}")
+    raise InputError(f"{what} must be one of {', '.join(ALL_NAMES)}, got {name!r}{hint}")
 
 
 def folder(name: str, root: str | os.PathLike | None = None) -> Path:
@@ -130,7 +131,7 @@ def folder(name: str, root: str | os.PathLike | None = None) -> Path:
     if root is None:
         return default_root() / name
     if not isinstance(root, (str, os.PathLike)):
-        raise TypeError(f"root must be a folder path or None, got {type(root).__name__}")
+        raise InputTypeError(f"root must be a folder path or None, got {type(root).__name__}")
     path = Path(root)
     if (path / CONFIG).exists() or (path / WEIGHTS).exists():
         return path
@@ -150,17 +151,17 @@ def config_class(name: str) -> type:
 def build(name: str, config: Mapping[str, Any], vocab: Mapping[str, Any]) -> nn.Module:
     """An untrained CNN model from ``config.json``'s ``config`` and ``vocab.json``'s contents."""
     if name not in NAMES:
-        raise ValueError(f"name must be one of {', '.join(NAMES)}, got {name!r}")
+        raise InputError(f"name must be one of {', '.join(NAMES)}, got {name!r}")
     config = dict(config)
     if name == "captioner":
         legacy = {k: config.pop(k) for k in _CAPTIONER_LEGACY if k in config}
         if legacy.get("grid", 0):
-            raise ValueError(f"config: captioner grid={legacy['grid']} is not supported (global average only: 0)")
+            raise InputError(f"config: captioner grid={legacy['grid']} is not supported (global average only: 0)")
     fields = set(config_class(name).__dataclass_fields__)
     unknown = sorted(set(config) - fields)
     if unknown:
         near = difflib.get_close_matches(unknown[0], fields, n=1)
-        raise ValueError(f"config: {name} has no setting {unknown[0]!r}"
+        raise InputError(f"config: {name} has no setting {unknown[0]!r}"
                          + (f" (nearest: {near[0]})" if near else f"; it has {', '.join(sorted(fields))}"))
     check_config(name, config)
     if name == "classifier":
@@ -180,7 +181,7 @@ def default_vocab(name: str) -> dict:
         return caption_vocab().to_json()
     if name == "vqa":
         return {**question_vocab().to_json(), "answers": world.answers()}
-    raise ValueError(f"name must be one of {', '.join(NAMES)}, got {name!r}")
+    raise InputError(f"name must be one of {', '.join(NAMES)}, got {name!r}")
 
 
 def new(name: str, *, config: Any = None, seed: int | None = 0) -> Any:
@@ -205,7 +206,7 @@ def new(name: str, *, config: Any = None, seed: int | None = 0) -> Any:
     if isinstance(config, cls):
         config = asdict(config)
     elif config is not None and not isinstance(config, Mapping):
-        raise TypeError(f"config must be a dict of {cls.__name__} fields, a {cls.__name__} or None, "
+        raise InputTypeError(f"config must be a dict of {cls.__name__} fields, a {cls.__name__} or None, "
                         f"got {type(config).__name__}")
     if name in HF_NAMES:
         from . import tiny_hf
@@ -236,7 +237,7 @@ def vocab_json(model: nn.Module) -> dict:
         return model.vocab.to_json()
     if isinstance(model, VQA):
         return {**model.vocab.to_json(), "answers": model.answers}
-    raise TypeError(f"model must be a zoo Classifier, Captioner or VQA, got {type(model).__name__}")
+    raise InputTypeError(f"model must be a zoo Classifier, Captioner or VQA, got {type(model).__name__}")
 
 
 def write_checkpoint(model: nn.Module, out: str | os.PathLike, *, meta: Mapping[str, Any] | None = None) -> Path:
@@ -283,7 +284,7 @@ def _read_json(path: Path) -> dict:
         raise FileNotFoundError(f"missing checkpoint file: {path}")
     data = read_json(path, what="corrupt checkpoint file", max_bytes=MAX_JSON_BYTES)
     if not isinstance(data, dict):
-        raise ValueError(f"corrupt checkpoint file {path}: expected a JSON object")
+        raise InputError(f"corrupt checkpoint file {path}: expected a JSON object")
     return data
 
 
@@ -329,30 +330,30 @@ def _load_cnn(name: str, path: Path) -> nn.Module:
     config = _read_json(path / CONFIG)
     vocab = _read_json(path / VOCAB)
     if not isinstance(config.get("config"), dict):
-        raise ValueError(f"corrupt checkpoint file {path / CONFIG}: 'config' must be a JSON object, "
+        raise InputError(f"corrupt checkpoint file {path / CONFIG}: 'config' must be a JSON object, "
                          f"got {type(config.get('config')).__name__}")
     if config.get("name") != name:
-        raise ValueError(f"corrupt checkpoint file {path / CONFIG}: it describes {config.get('name')!r}, not {name!r}")
+        raise InputError(f"corrupt checkpoint file {path / CONFIG}: it describes {config.get('name')!r}, not {name!r}")
     try:
         model = build(name, config["config"], vocab)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"corrupt checkpoint files {path / CONFIG} / {path / VOCAB}: {exc}") from exc
+        raise InputError(f"corrupt checkpoint files {path / CONFIG} / {path / VOCAB}: {exc}") from exc
     weights = path / WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"missing checkpoint file: {weights}")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"corrupt checkpoint file {weights}: {exc}") from exc
+        raise InputError(f"corrupt checkpoint file {weights}: {exc}") from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
-        raise ValueError(f"checkpoint file {weights} does not match {CONFIG}: {detail}") from exc
+        raise InputError(f"checkpoint file {weights} does not match {CONFIG}: {detail}") from exc
     import torch
 
     for key, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"corrupt checkpoint file {weights}: weights {key!r} hold NaN or inf")
+            raise InputError(f"corrupt checkpoint file {weights}: weights {key!r} hold NaN or inf")
     return model.eval()

@@ -28,6 +28,7 @@ from torch import nn
 
 from .common import Encoder, Normalize, check_images, preprocess
 from .vocab import Vocab
+from ..errors import InputError
 
 
 @dataclass
@@ -104,12 +105,12 @@ class Captioner(nn.Module):
         """
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-            raise ValueError(f"tokens must be a (B, L) long tensor, got {got}")
+            raise InputError(f"tokens must be a (B, L) long tensor, got {got}")
         f = self.image_features(images)  # (B, F)
         # checked on the features: an explainer may widen the batch after the encoder
         # (mx.GradCAM targets_in_batch: one copy of the activation per explained word)
         if tokens.shape[0] != f.shape[0]:
-            raise ValueError(f"tokens has batch {tokens.shape[0]} but images has {images.shape[0]}")
+            raise InputError(f"tokens has batch {tokens.shape[0]} but images has {images.shape[0]}")
         emb = self.embed(tokens)  # (B, L, E)
         x = torch.cat([emb, f.unsqueeze(1).expand(-1, tokens.shape[1], -1)], dim=2)  # (B, L, E+F)
         h, _ = self.lstm(x, self._state(f))  # (B, L, H)
@@ -129,9 +130,9 @@ class Captioner(nn.Module):
         check_images(images)
         max_len = self.config.max_len if max_len is None else max_len
         if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+            raise InputError(f"max_len must be a positive int, got {max_len!r}")
         if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-            raise ValueError(f"beam must be a positive int, got {beam!r}")
+            raise InputError(f"beam must be a positive int, got {beam!r}")
         flags = [(m, m.training) for m in self.modules()]  # every module's own flag, mixed ones included
         self.eval()
         try:

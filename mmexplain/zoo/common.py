@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError, InputTypeError
+
 # mean/std of ShapeWorld pixels (roughly); applied inside each model's forward
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
@@ -35,11 +37,11 @@ def preprocess(image: object, *, size: int | None = None, name: str = "image") -
 def check_images(images: object, name: str = "images") -> torch.Tensor:
     """Validate a ``(B, 3, H, W)`` float batch."""
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a (B, 3, H, W) float tensor, got {type(images).__name__}")
+        raise InputTypeError(f"{name} must be a (B, 3, H, W) float tensor, got {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"{name} must be (B, 3, H, W), got {tuple(images.shape)}")
+        raise InputError(f"{name} must be (B, 3, H, W), got {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype}")
+        raise InputTypeError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype}")
     return images
 
 
@@ -126,11 +128,11 @@ def check_hf_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     data = read_json(path, what="corrupt checkpoint file", max_bytes=MAX_HF_CONFIG_BYTES)
     if not isinstance(data, dict):
-        raise ValueError(f"corrupt checkpoint file {path}: expected a JSON object")
+        raise InputError(f"corrupt checkpoint file {path}: expected a JSON object")
 
     def walk(obj: dict[str, Any], where: str, depth: int) -> None:
         if depth > 8:
-            raise ValueError(f"corrupt checkpoint file {path}: {where or 'config'} nested more than 8 levels")
+            raise InputError(f"corrupt checkpoint file {path}: {where or 'config'} nested more than 8 levels")
         for key, value in obj.items():
             if isinstance(value, dict):
                 walk(value, f"{where}{key}.", depth + 1)
@@ -140,7 +142,7 @@ def check_hf_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             if limit is None or value is None:  # None: transformers' default
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-                raise ValueError(f"corrupt checkpoint file {path}: {where}{key} must be an integer in 1..{limit}, "
+                raise InputError(f"corrupt checkpoint file {path}: {where}{key} must be an integer in 1..{limit}, "
                                  f"got {value!r:.40}")
 
     walk(data, "", 0)
@@ -159,12 +161,12 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head.startswith(_PICKLE_STARTS):
-        raise ValueError(f"corrupt checkpoint file {path}: a pickle, not safetensors; pickles are never loaded")
+        raise InputError(f"corrupt checkpoint file {path}: a pickle, not safetensors; pickles are never loaded")
     try:
         with safe_open(str(path), framework="pt") as f:
             f.keys()
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"corrupt checkpoint file {path}: not a safetensors file ({' '.join(str(exc).split())[:120]})"
+        raise InputError(f"corrupt checkpoint file {path}: not a safetensors file ({' '.join(str(exc).split())[:120]})"
                          ) from exc
 
 

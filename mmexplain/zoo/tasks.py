@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from ..errors import InputError
+
 __all__ = ["TASKS", "names_for", "shipped_names"]
 
 #: task -> what the task's own CNN model is called
@@ -44,4 +46,4 @@ def names_for(task: str) -> tuple[str, ...]:
         return ("vqa", "tiny-vilt", *_vlm_names())
     if task == "classifier":
         return ("classifier",)
-    raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
+    raise InputError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")

@@ -27,6 +27,7 @@ import torch
 
 from .common import MAX_HF_SIZE
 from .quiet import quiet_transformers
+from ..errors import InputError, InputTypeError
 
 SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")  # caption tokenizer ids 0..3
 QUESTION_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # question tokenizer ids 0..3
@@ -71,7 +72,7 @@ _KINDS = {"tiny-ved": (TinyVEDConfig, "VisionEncoderDecoderModel", "ViTImageProc
 
 def _check(name: str) -> str:
     if name not in _KINDS:
-        raise ValueError(f"name must be one of {', '.join(_KINDS)}, got {name!r}")
+        raise InputError(f"name must be one of {', '.join(_KINDS)}, got {name!r}")
     return name
 
 
@@ -188,11 +189,11 @@ def make_config(name: str, config: Mapping[str, Any] | None = None) -> TinyVEDCo
     for key in config or {}:
         if key not in known:
             near = difflib.get_close_matches(key, known, n=1)
-            raise ValueError(f"config: {name} has no setting {key!r}"
+            raise InputError(f"config: {name} has no setting {key!r}"
                              + (f" (nearest: {near[0]})" if near else f"; it has {', '.join(known)}"))
     for key, value in (config or {}).items():
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_HF_SIZE:
-            raise ValueError(f"config: {name} setting {key!r} must be an integer in 1..{MAX_HF_SIZE}, got {value!r}")
+            raise InputError(f"config: {name} setting {key!r} must be an integer in 1..{MAX_HF_SIZE}, got {value!r}")
     return cls(**dict(config or {}))
 
 
@@ -226,7 +227,7 @@ def model_name(obj: object) -> str:
         return "tiny-ved"
     if isinstance(obj, ViltVQA):
         return "tiny-vilt"
-    raise TypeError(f"model must be a zoo model or a tiny-ved / tiny-vilt adapter, got {type(obj).__name__}")
+    raise InputTypeError(f"model must be a zoo model or a tiny-ved / tiny-vilt adapter, got {type(obj).__name__}")
 
 
 def parts(obj: Any) -> tuple[Any, Any, Any]:
@@ -272,7 +273,7 @@ def load(name: str, path: str | os.PathLike) -> Any:
             processor = getattr(transformers, processor_class).from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
         text = " ".join(str(exc).split())[:300]
-        raise ValueError(f"checkpoint folder {path} does not hold a loadable {name} model: {text}") from exc
+        raise InputError(f"checkpoint folder {path} does not hold a loadable {name} model: {text}") from exc
     return adapter(name, model.eval(), tokenizer, processor)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .quiet import quiet_transformers
+from ..errors import InputError
 
 __all__ = ["TinyVLMConfig", "CAPTION_PROMPT", "vocabulary", "build_tokenizer", "build_processor", "build_model",
            "new", "new_parts", "load", "load_parts", "adapter", "write_checkpoint", "config_of"]
@@ -134,7 +135,7 @@ def make_config(config: dict[str, Any] | None = None) -> TinyVLMConfig:
     for key in config or {}:
         if key not in known:
             near = difflib.get_close_matches(key, known, n=1)
-            raise ValueError(f"config: tiny-vlm has no setting {key!r}"
+            raise InputError(f"config: tiny-vlm has no setting {key!r}"
                              + (f" (nearest: {near[0]})" if near else f"; it has {', '.join(known)}"))
     return TinyVLMConfig(**dict(config or {}))
 
@@ -188,7 +189,7 @@ def load_parts(path: str | os.PathLike) -> tuple[Any, Any]:
             processor = LlavaProcessor.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
         text = " ".join(str(exc).split())[:300]
-        raise ValueError(f"checkpoint folder {path} does not hold a loadable tiny-vlm model: {text}") from exc
+        raise InputError(f"checkpoint folder {path} does not hold a loadable tiny-vlm model: {text}") from exc
     return model.eval(), processor
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .shapeworld_bpe import CAPTION_PROMPT, train_tokenizer
+from ..errors import InputError
 
 __all__ = ["NAMES", "ALIASES", "CAPTION_PROMPT", "CHAT_TEMPLATE", "TinyVLMSpec", "SPECS", "build_tokenizer",
            "build_processor", "build_model", "new_parts", "adapter", "load_parts", "load", "write_checkpoint"]
@@ -74,7 +75,7 @@ IMAGE_TOKENS = {"tiny-llava": ("<image>",), "tiny-qwen2vl": ("<|vision_start|>",
 def _canonical(name: str) -> str:
     name = ALIASES.get(name, name)
     if name not in NAMES:
-        raise ValueError(f"name must be one of {', '.join(NAMES)}, got {name!r}")
+        raise InputError(f"name must be one of {', '.join(NAMES)}, got {name!r}")
     return name
 
 
@@ -190,9 +191,9 @@ def load_parts(path: str | os.PathLike, name: str = "tiny-llava") -> tuple[Any, 
         model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, use_safetensors=True)
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"checkpoint folder {path} does not hold a loadable {name} model: {exc}") from exc
+        raise InputError(f"checkpoint folder {path} does not hold a loadable {name} model: {exc}") from exc
     if type(model).__name__ != CLASSES[name]:
-        raise ValueError(f"checkpoint folder {path} holds a {type(model).__name__}, not {name}'s {CLASSES[name]}")
+        raise InputError(f"checkpoint folder {path} holds a {type(model).__name__}, not {name}'s {CLASSES[name]}")
     return model.eval(), processor
 
 

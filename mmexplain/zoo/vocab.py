@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from ..errors import InputError, InputTypeError
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 # nltk's wordpunct_tokenize pattern: runs of word characters, runs of other non-space characters
@@ -20,7 +22,7 @@ def tokenize(text: str) -> list[str]:
     ['what', 'color', 'is', 'the', 'square', '?']
     """
     if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+        raise InputTypeError(f"text must be a str, got {type(text).__name__}")
     return WORDPUNCT.findall(text.lower())
 
 
@@ -56,7 +58,7 @@ class Vocab:
     def encode(self, words: Sequence[str]) -> list[int]:
         """Word list -> ids; unknown words map to ``unk``."""
         if isinstance(words, str):
-            raise TypeError("words must be a list of words, got a str (split it first)")
+            raise InputTypeError("words must be a list of words, got a str (split it first)")
         return [self.stoi.get(w, self.unk) for w in words]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
@@ -78,7 +80,7 @@ class Vocab:
     def from_json(cls, data: dict) -> "Vocab":
         itos = data.get("itos") if isinstance(data, dict) else None
         if not isinstance(itos, list) or list(itos[:4]) != list(SPECIALS):
-            raise ValueError("vocab json must be {'itos': ['<pad>', '<bos>', '<eos>', '<unk>', ...]}")
+            raise InputError("vocab json must be {'itos': ['<pad>', '<bos>', '<eos>', '<unk>', ...]}")
         return cls(itos[4:])
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from .common import Encoder, Normalize, check_images, preprocess
 from .vocab import Vocab, tokenize
+from ..errors import InputError, InputTypeError
 
 
 @dataclass
@@ -94,13 +95,13 @@ class VQA(nn.Module):
     def encode_question(self, question: str) -> torch.Tensor:
         """``"what color is the square?"`` -> ``(L,)`` long ids; an unknown word raises ValueError."""
         if not isinstance(question, str):
-            raise TypeError(f"question must be a str, got {type(question).__name__}")
+            raise InputTypeError(f"question must be a str, got {type(question).__name__}")
         words = tokenize(question)
         if not words:
-            raise ValueError("question is empty")
+            raise InputError("question is empty")
         unknown = [w for w in words if w not in self.vocab or self.vocab.stoi[w] < 4]
         if unknown:
-            raise ValueError(f"question: unknown word {unknown[0]!r}; the model knows: "
+            raise InputError(f"question: unknown word {unknown[0]!r}; the model knows: "
                              f"{', '.join(self.vocab.itos[4:])}")
         return torch.tensor(self.vocab.encode(words), dtype=torch.long)
 
@@ -121,9 +122,9 @@ class VQA(nn.Module):
         """
         if not isinstance(questions, torch.Tensor) or questions.dim() != 2 or questions.dtype != torch.long:
             got = tuple(questions.shape) if isinstance(questions, torch.Tensor) else type(questions).__name__
-            raise ValueError(f"questions must be a (B, L) long tensor, got {got}")
+            raise InputError(f"questions must be a (B, L) long tensor, got {got}")
         if questions.shape[0] != images.shape[0]:
-            raise ValueError(f"questions has batch {questions.shape[0]} but images has {images.shape[0]}")
+            raise InputError(f"questions has batch {questions.shape[0]} but images has {images.shape[0]}")
         return self.fuse(self.image_embedding(images), self.question_embedding(questions))  # (B, A)
 
     def image_embedding(self, images: torch.Tensor) -> torch.Tensor:

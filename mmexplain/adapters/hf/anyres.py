@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .common import display_of
 from .families import Family, feature_layer_of, feature_layers, tower_of
 from .layouts import TokenGrid, as_int, stitch
+from ...errors import InputError
 
 __all__ = ["AnyRes"]
 
@@ -58,7 +59,7 @@ class AnyRes(Family):
         """(rows, cols, patches per crop side, the unpadded cells' token index ``(h', w')`` with a 0 prefix)."""
         pixels = images["pixel_values"]  # (1, N, 3, S, S)
         if pixels.dim() != 5:
-            raise ValueError(f"{type(self.model).__name__}: expected pixel_values (1, frames, 3, S, S), "
+            raise InputError(f"{type(self.model).__name__}: expected pixel_values (1, frames, 3, S, S), "
                              f"got {tuple(pixels.shape)}")
         vision = self.model.config.vision_config
         size = [as_int(v) for v in images["image_sizes"][0].tolist()]
@@ -67,7 +68,7 @@ class AnyRes(Family):
                                                         vision.image_size)
         frames = pixels.shape[1]
         if frames != 1 + rows * cols:
-            raise ValueError(f"{type(self.model).__name__}: {frames} frames for a base image + {rows} x {cols} crops")
+            raise InputError(f"{type(self.model).__name__}: {frames} frames for a base image + {rows} x {cols} crops")
         n = int(vision.image_size) // int(vision.patch_size)
         r = torch.arange(rows * n)[:, None]
         c = torch.arange(cols * n)[None, :]
@@ -77,7 +78,7 @@ class AnyRes(Family):
         if aspect and str(aspect).startswith("anyres_max_"):
             most = int(str(aspect).removeprefix("anyres_max_"))
             if math.sqrt(unpadded.numel() / (most * n * n)) > 1.1:
-                raise ValueError(f"{type(self.model).__name__}: the LM reads this image's crop grid downsampled "
+                raise InputError(f"{type(self.model).__name__}: the LM reads this image's crop grid downsampled "
                                  f"({aspect}); explain a smaller image")
         return rows, cols, n, unpadded
 

@@ -17,6 +17,7 @@ from ..grids import PatchGrid
 from ..protocols import WordSpan, check_copies
 from .common import ProcessedImages, check_model, last_layer, tokenize_words
 from .words import GeneratedWords, generated_words
+from ...errors import InputError, InputTypeError
 
 __all__ = ["BlipCaptioner", "VisionEncoderDecoderCaptioner"]
 
@@ -35,7 +36,7 @@ class _Captioner(ProcessedImages):
                  max_new_tokens: int, patch_embedding: str | None) -> None:
         super().__init__(type(self).__name__, processor, image_processor, tokenizer, patch_embedding=patch_embedding)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
+            raise InputError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
         self.model = model
         self.max_new_tokens = max_new_tokens
 
@@ -47,7 +48,7 @@ class _Captioner(ProcessedImages):
     def generate(self, pixels: Tensor) -> GeneratedWords:
         """Greedy caption of one image, as words (special tokens dropped) carrying the generated ids."""
         if pixels.dim() != 4 or pixels.shape[0] != 1:
-            raise ValueError(f"pixels: expected (1, 3, H, W), got {tuple(pixels.shape)}")
+            raise InputError(f"pixels: expected (1, 3, H, W), got {tuple(pixels.shape)}")
         with torch.no_grad():
             ids = self.model.generate(pixel_values=pixels, max_new_tokens=self.max_new_tokens)  # (1, T)
         return generated_words(self.tokenizer, ids[0], start=self.start_token_id)  # words that keep their ids
@@ -55,7 +56,7 @@ class _Captioner(ProcessedImages):
     def split_words(self, caption: str) -> list[str]:
         """A given caption -> its words; a word the tokenizer only knows as unknown raises ValueError."""
         if not isinstance(caption, str):
-            raise TypeError(f"caption: expected a str, got {type(caption).__name__}")
+            raise InputTypeError(f"caption: expected a str, got {type(caption).__name__}")
         words = caption.split()
         if not words:
             return words
@@ -63,7 +64,7 @@ class _Captioner(ProcessedImages):
         unk = self.tokenizer.unk_token_id
         unknown = [w for w, g in zip(words, groups) if unk is not None and any(ids[k] == unk for k in g)]
         if unknown:
-            raise ValueError(f"caption: unknown word {unknown[0]!r} (the tokenizer maps it to {self.tokenizer.unk_token})")
+            raise InputError(f"caption: unknown word {unknown[0]!r} (the tokenizer maps it to {self.tokenizer.unk_token})")
         return words
 
     def teacher_forced(self, pixels: Tensor, words: Sequence[str], *,
@@ -155,11 +156,11 @@ class VisionEncoderDecoderCaptioner(_Captioner):
             elif blocks:  # the encoder's last block (module names differ across transformers versions)
                 layer = last_layer(model, blocks[0])
             else:
-                raise ValueError(f"layer: no default for encoder {type(model.encoder).__name__}; pass layer=")
+                raise InputError(f"layer: no default for encoder {type(model.encoder).__name__}; pass layer=")
         self.default_layer = layer
         start = model.config.decoder_start_token_id
         if start is None:
             start = getattr(model.generation_config, "decoder_start_token_id", None)
         if start is None:
-            raise ValueError("model.config.decoder_start_token_id is None; set it to the decoder's start token")
+            raise InputError("model.config.decoder_start_token_id is None; set it to the decoder's start token")
         self.start_token_id = int(start)

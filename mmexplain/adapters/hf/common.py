@@ -17,6 +17,7 @@ from ..grids import PatchGrid, conv_grid
 from ..images import load_image
 from ..items import ItemQuestions
 from .words import decode_words, tokenize_words
+from ...errors import InputError, InputTypeError
 
 __all__ = ["tokenize_words", "decode_words", "ProcessedImages"]
 
@@ -53,9 +54,9 @@ def split_processor(who: str, processor: Any, image_processor: Any, tokenizer: A
         image_processor = image_processor if image_processor is not None else getattr(processor, "image_processor", None)
         tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
     if image_processor is None:
-        raise TypeError(f"{who}: expected processor= (with .image_processor) or image_processor=, got neither")
+        raise InputTypeError(f"{who}: expected processor= (with .image_processor) or image_processor=, got neither")
     if tokenizer is None:
-        raise TypeError(f"{who}: expected processor= (with .tokenizer) or tokenizer=, got neither")
+        raise InputTypeError(f"{who}: expected processor= (with .tokenizer) or tokenizer=, got neither")
     return image_processor, tokenizer
 
 
@@ -68,9 +69,9 @@ def device_of(model: nn.Module) -> torch.device:
 def check_model(who: str, model: Any, class_names: tuple[str, ...]) -> None:
     """TypeError naming ``model`` unless it is one of ``class_names`` (matched by class name)."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{who} model: expected a transformers {' or '.join(class_names)}, got {type(model).__name__}")
+        raise InputTypeError(f"{who} model: expected a transformers {' or '.join(class_names)}, got {type(model).__name__}")
     if type(model).__name__ not in class_names:
-        raise TypeError(f"{who} model: expected a {' or '.join(class_names)}, got {type(model).__name__}")
+        raise InputTypeError(f"{who} model: expected a {' or '.join(class_names)}, got {type(model).__name__}")
 
 
 def last_layer(model: nn.Module, container: str) -> str:
@@ -112,7 +113,7 @@ class ProcessedImages(ItemQuestions):
     def patch_grid(self, pixels: Tensor) -> tuple[int, int]:
         """The (h, w) patch grid the model makes of ``pixels`` (1, 3, H, W), from its patch convolution."""
         if self.patch_embedding is None:
-            raise ValueError(f"{type(self).__name__}: no patch embedding known; the grid is inferred from the tokens")
+            raise InputError(f"{type(self).__name__}: no patch embedding known; the grid is inferred from the tokens")
         return conv_grid(self.model.get_submodule(self.patch_embedding), tuple(pixels.shape[-2:]))
 
     def reshape_for(self, pixels: Tensor) -> Callable[[Tensor], Tensor]:

@@ -34,6 +34,7 @@ from .anyres import AnyRes
 from .families import FAMILIES, Family, OneImage, blocks, tower_of
 from .layouts import TokenGrid
 from .mllama import Mllama
+from ...errors import InputError, InputTypeError
 
 __all__ = ["Unsupported", "Projected", "register_family", "unregister_family", "registered_families", "discover",
            "refusal"]
@@ -67,14 +68,14 @@ def register_family(family: type[Family], *, names: tuple[str, ...] | list[str] 
         >>> mx.hf.register_family(MyFamily, names=("FooForConditionalGeneration",))   # doctest: +SKIP
     """
     if not (isinstance(family, type) and issubclass(family, Family)):
-        raise TypeError(f"family: expected a subclass of mmexplain.adapters.hf.families.Family, got {family!r}")
+        raise InputTypeError(f"family: expected a subclass of mmexplain.adapters.hf.families.Family, got {family!r}")
     names = tuple(names)
     if not all(isinstance(n, str) and n for n in names):
-        raise TypeError(f"names: expected class names (str), got {names!r}")
+        raise InputTypeError(f"names: expected class names (str), got {names!r}")
     if not names and when is None:
-        raise ValueError("register_family: pass names= (class names) or when= (a predicate on the model)")
+        raise InputError("register_family: pass names= (class names) or when= (a predicate on the model)")
     if when is not None and not callable(when):
-        raise TypeError(f"when: expected a callable model -> bool, got {type(when).__name__}")
+        raise InputTypeError(f"when: expected a callable model -> bool, got {type(when).__name__}")
     _REGISTERED.insert(0, (family, names, when))
     return family
 
@@ -142,7 +143,7 @@ class Projected(OneImage):
 def discover(model: nn.Module) -> tuple[type[Family], str]:
     """``(family, rule)`` for a transformers model; :class:`Unsupported` saying what is missing otherwise."""
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
-        raise TypeError(f"model: expected a transformers model, got {type(model).__name__}")
+        raise InputTypeError(f"model: expected a transformers model, got {type(model).__name__}")
     name = type(model).__name__
     for family, names, when in _REGISTERED:
         if name in names:

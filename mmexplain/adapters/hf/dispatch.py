@@ -17,6 +17,7 @@ from .discovery import Unsupported, discover
 from .families import FAMILIES
 from .vlm import ImageTextToText
 from .vqa import BlipVQA, ViltVQA
+from ...errors import InputTypeError
 
 __all__ = ["caption_adapter", "answer_adapter", "adapter", "vlm_class", "CAPTIONERS", "ANSWERERS", "VLMS"]
 
@@ -88,7 +89,7 @@ def vlm_class(model: nn.Module, *, role: str = "") -> type:
     :class:`~.discovery.Unsupported` (a TypeError) naming the class and what is missing."""
     name = type(model).__name__
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
-        raise TypeError(f"model: no {role}adapter for {name} (expected a transformers model)")
+        raise InputTypeError(f"model: no {role}adapter for {name} (expected a transformers model)")
     try:
         discover(model)
     except Unsupported as exc:

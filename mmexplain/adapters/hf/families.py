@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ..grids import conv_grid
 from .common import display_of, pixels_of
 from .layouts import Level, TokenGrid, as_int, merge_blocks, row_major, stitch, tiles, unpatchify, windows
+from ...errors import InputError
 
 __all__ = ["FAMILIES", "Family", "chat_text", "tower_of"]
 
@@ -45,7 +46,7 @@ def find(model: nn.Module, name: str, *, under: str = "") -> str:
     prefix = under + "." if under else ""
     hits = [n for n, _ in model.named_modules() if n.startswith(prefix) and n.rsplit(".", 1)[-1] == name]
     if not hits:
-        raise ValueError(f"{type(model).__name__} has no module {name!r}" + (f" under {under!r}" if under else "")
+        raise InputError(f"{type(model).__name__} has no module {name!r}" + (f" under {under!r}" if under else "")
                          + "; pass layer=")
     return min(hits, key=len)
 
@@ -55,7 +56,7 @@ def blocks(model: nn.Module, under: str) -> str:
     lists = [(n, m) for n, m in model.named_modules() if n.startswith(under + ".") and isinstance(m, nn.ModuleList)
              and n.rsplit(".", 1)[-1] in ("layers", "layer", "blocks")]
     if not lists:
-        raise ValueError(f"{type(model).__name__}: no list of vision blocks under {under!r}; pass layer=")
+        raise InputError(f"{type(model).__name__}: no list of vision blocks under {under!r}; pass layer=")
     return max(lists, key=lambda item: (len(item[1]), -len(item[0])))[0]
 
 
@@ -65,7 +66,7 @@ def pixel_key(images: dict[str, Any]) -> str:
         return "pixel_values"
     keys = [k for k in images if k.startswith("pixel_values") and "video" not in k]
     if len(keys) != 1:
-        raise ValueError(f"images: expected pixel_values from the processor, got keys {sorted(images)}")
+        raise InputError(f"images: expected pixel_values from the processor, got keys {sorted(images)}")
     return keys[0]
 
 
@@ -97,7 +98,7 @@ def feature_layers(model: nn.Module, tower: str) -> list[str]:
     chosen = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
     indices = sorted({k if k >= 0 else k + count + 1 for k in chosen})
     if indices[0] < 1:
-        raise ValueError("the model reads its vision embeddings (vision_feature_layer selects hidden_states[0]); "
+        raise InputError("the model reads its vision embeddings (vision_feature_layer selects hidden_states[0]); "
                          "pass layer=")
     return [f"{layers}.{k - 1}" for k in indices]
 
@@ -211,7 +212,7 @@ class OneImage(Family):
         """``enc`` when its pixels are one image; ValueError when the processor cut it into crops."""
         pixels = enc.get(pixel_key(enc))
         if isinstance(pixels, Tensor) and pixels.dim() >= 4 and pixels.shape[:-3].numel() != 1:
-            raise ValueError(f"{type(self.model).__name__}: the processor made {pixels.shape[:-3].numel()} crops of one "
+            raise InputError(f"{type(self.model).__name__}: the processor made {pixels.shape[:-3].numel()} crops of one "
                              "image; crops are not stitched back for this model (set the processor to one crop, e.g. "
                              "crop_to_patches=False / do_image_splitting=False / max_patches=1)")
         return enc
@@ -351,7 +352,7 @@ class Idefics3(Family):
         rows, cols = as_int(images.get("rows", 0)), as_int(images.get("cols", 0))
         side = images["pixel_values"].shape[-1] // int(self.model.config.vision_config.patch_size)
         if frames != max(1, rows * cols + (rows * cols > 0)):
-            raise ValueError(f"Idefics3: {frames} frames for {rows} x {cols} tiles (+ global image)")
+            raise InputError(f"Idefics3: {frames} frames for {rows} x {cols} tiles (+ global image)")
         return frames, rows, cols, side
 
     def grid(self, images: dict[str, Tensor]) -> TokenGrid:

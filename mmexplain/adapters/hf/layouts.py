@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...errors import InputError, InputTypeError
+
 __all__ = ["TokenGrid", "row_major", "merge_blocks", "windows", "tiles", "unpatchify", "stitch"]
 
 Level = tuple[Tensor, tuple[int, int]]  # (token index per grid cell, row-major; (h, w))
@@ -57,13 +59,13 @@ class TokenGrid:
 
     def __init__(self, levels: dict[int, Level]) -> None:
         if not levels:
-            raise ValueError("levels: expected at least one (order, grid) level")
+            raise InputError("levels: expected at least one (order, grid) level")
         for length, (order, (h, w)) in levels.items():
             if order.dim() != 1 or order.numel() != h * w:
-                raise ValueError(f"levels[{length}]: an order of {h * w} tokens for a {h}x{w} grid, "
+                raise InputError(f"levels[{length}]: an order of {h * w} tokens for a {h}x{w} grid, "
                                  f"got shape {tuple(order.shape)}")
             if order.numel() and (int(order.min()) < 0 or int(order.max()) >= length):
-                raise ValueError(f"levels[{length}]: token indices must lie in [0, {length})")
+                raise InputError(f"levels[{length}]: token indices must lie in [0, {length})")
         self.levels = {int(k): (v[0].long(), (int(v[1][0]), int(v[1][1]))) for k, v in levels.items()}
 
     @property
@@ -73,15 +75,15 @@ class TokenGrid:
 
     def __call__(self, tokens: Tensor) -> Tensor:  # (..., L, D) -> (..., D, h, w)
         if not isinstance(tokens, Tensor):
-            raise TypeError(f"TokenGrid tokens: expected a tensor, got {type(tokens).__name__}")
+            raise InputTypeError(f"TokenGrid tokens: expected a tensor, got {type(tokens).__name__}")
         if tokens.dim() == 4:
             return tokens  # a convolutional map (B, C, h, w): already on its grid
         if tokens.dim() < 3:
-            raise ValueError(f"TokenGrid: the layer gave unbatched tokens {tuple(tokens.shape)}; explain it through "
+            raise InputError(f"TokenGrid: the layer gave unbatched tokens {tuple(tokens.shape)}; explain it through "
                              "the adapter (mx.hf.adapter(model, processor, layer=NAME)), whose tap adds the batch axis")
         length = tokens.shape[-2]
         if length not in self.levels:
-            raise ValueError(f"TokenGrid: the layer has {length} tokens; this image's vision layers have "
+            raise InputError(f"TokenGrid: the layer has {length} tokens; this image's vision layers have "
                              f"{' or '.join(str(k) for k in sorted(self.levels))}")
         order, (h, w) = self.levels[length]
         picked = tokens.index_select(-2, order.to(tokens.device))  # (..., h*w, D)
@@ -103,7 +105,7 @@ def merge_blocks(h: int, w: int, *, merge: int) -> Tensor:
     so that each ``m x m`` block's tokens are adjacent for the merger.
     """
     if h % merge or w % merge:
-        raise ValueError(f"merge: a {h}x{w} patch grid does not split into {merge}x{merge} blocks")
+        raise InputError(f"merge: a {h}x{w} patch grid does not split into {merge}x{merge} blocks")
     r = torch.arange(h)[:, None]  # (h, 1)
     c = torch.arange(w)[None, :]  # (1, w)
     index = ((r // merge) * (w // merge) + c // merge) * merge * merge + (r % merge) * merge + c % merge  # (h, w)
@@ -165,7 +167,7 @@ def check_levels(levels: dict[int, Level], *, who: str) -> dict[int, Level]:
     """``levels`` with every order a permutation-free selection (no token on two cells); ValueError otherwise."""
     for length, (order, _) in levels.items():
         if order.unique().numel() != order.numel():
-            raise ValueError(f"{who}: the layout of {length} tokens puts one token on two grid cells")
+            raise InputError(f"{who}: the layout of {length} tokens puts one token on two grid cells")
     return levels
 
 

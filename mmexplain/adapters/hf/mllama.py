@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .common import display_of, pixels_of
 from .families import Family, blocks, tower_of
 from .layouts import TokenGrid, as_int, stitch
+from ...errors import InputError
 
 __all__ = ["Mllama"]
 
@@ -48,7 +49,7 @@ class Mllama(Family):
         local = blocks(self.model, f"{self.tower_name}.transformer")
         chosen = sorted(set(self.model.config.vision_config.intermediate_layers_indices))
         if chosen and chosen[0] < 1:
-            raise ValueError("Mllama: intermediate_layers_indices reads the embeddings (hidden_states[0]); "
+            raise InputError("Mllama: intermediate_layers_indices reads the embeddings (hidden_states[0]); "
                              "pass layer=")
         return [*[f"{local}.{k - 1}" for k in chosen], self.site()]
 
@@ -63,7 +64,7 @@ class Mllama(Family):
         arrangements = get_all_supported_aspect_ratios(int(self.image_processor.max_image_tiles))
         rows, cols = arrangements[as_int(images["aspect_ratio_ids"]) - 1]
         if int(images["aspect_ratio_mask"].sum()) != rows * cols:
-            raise ValueError(f"Mllama: aspect_ratio_mask has {int(images['aspect_ratio_mask'].sum())} tiles for "
+            raise InputError(f"Mllama: aspect_ratio_mask has {int(images['aspect_ratio_mask'].sum())} tiles for "
                              f"{rows} x {cols}")
         n = pixels.shape[-1] // int(self.model.config.vision_config.patch_size)
         per_tile = n * n + 1

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .wrappers import _Wrapper
+from ...errors import InputError, InputTypeError
 
 __all__ = ["VisionTap"]
 
@@ -61,14 +62,14 @@ class VisionTap(_Wrapper):
         self.model = model
         self.sites = [site] if isinstance(site, str) else list(site)
         if not self.sites:
-            raise ValueError("site: expected at least one layer name")
+            raise InputError("site: expected at least one layer name")
         self.site = self.sites[-1]
         self.features = nn.Identity()
         for name in self.sites:
             try:
                 model.get_submodule(name)
             except AttributeError as exc:
-                raise ValueError(f"layer {name!r} not found in {type(model).__name__}") from exc
+                raise InputError(f"layer {name!r} not found in {type(model).__name__}") from exc
 
     def forward(self, **inputs: Any) -> Any:
         if len(self.sites) > 1:
@@ -85,7 +86,7 @@ class VisionTap(_Wrapper):
         def record(name: str) -> Any:
             def fn(module: nn.Module, args: Any, output: Any) -> None:
                 if name in recorded:
-                    raise ValueError(f"layer {name!r} ran twice in one forward; explain one layer (layer=)")
+                    raise InputError(f"layer {name!r} ran twice in one forward; explain one layer (layer=)")
                 recorded[name] = first_tensor(output, name).detach()
                 if len(recorded) == len(self.sites):
                     raise Recorded  # the rest of the forward is not needed
@@ -102,7 +103,7 @@ class VisionTap(_Wrapper):
                 h.remove()
         tokens = [as_tokens(recorded[n]).float() for n in self.sites]  # (1, L, D_s) each
         if len({t.shape[:-1] for t in tokens}) != 1:
-            raise ValueError(f"layers {self.sites} give different token counts "
+            raise InputError(f"layers {self.sites} give different token counts "
                              f"{[tuple(t.shape[:-1]) for t in tokens]}; explain one of them (layer=)")
         stacked = self.features(torch.cat(tokens, dim=-1))  # (1, L, sum D_s)
         slices = dict(zip(self.sites, stacked.split([t.shape[-1] for t in tokens], dim=-1)))
@@ -112,7 +113,7 @@ class VisionTap(_Wrapper):
                 tensor = first_tensor(output, name)
                 if not torch.allclose(tensor.float().reshape(recorded[name].shape), recorded[name].float(),
                                       atol=1e-5, rtol=1e-4):
-                    raise ValueError(f"layer {name!r} gave other values in a second forward (dropout on? call "
+                    raise InputError(f"layer {name!r} gave other values in a second forward (dropout on? call "
                                      "model.eval()); several layers need a deterministic forward")
                 part = slices[name]
                 delta = (part - part.detach()).to(tensor.dtype).reshape(tensor.shape)
@@ -154,7 +155,7 @@ def first_tensor(output: Any, name: str) -> Tensor:
     """A layer's output tensor (the first of a tuple); TypeError naming the layer otherwise."""
     tensor = output if isinstance(output, Tensor) else output[0] if isinstance(output, (tuple, list)) else None
     if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
-        raise TypeError(f"layer {name!r} returned {type(output).__name__}; expected a floating tensor "
+        raise InputTypeError(f"layer {name!r} returned {type(output).__name__}; expected a floating tensor "
                         "(or a tuple starting with one)")
     return tensor
 

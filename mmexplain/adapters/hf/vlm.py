@@ -52,6 +52,7 @@ from .discovery import discover
 from .families import Family, chat_text
 from .layouts import TokenGrid
 from .tap import VisionTap
+from ...errors import InputError, InputTypeError
 
 __all__ = ["ImageTextToText", "chat_text"]
 
@@ -88,20 +89,20 @@ class ImageTextToText(ItemQuestions):
                  max_new_tokens: int = 30) -> None:
         family, self.rule = discover(model)  # Unsupported (a TypeError) saying what is missing
         if processor is None:
-            raise TypeError("ImageTextToText: expected processor= (the model's processor builds its prompts)")
+            raise InputTypeError("ImageTextToText: expected processor= (the model's processor builds its prompts)")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
+            raise InputError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
         if prompt is not None and not isinstance(prompt, str):
-            raise TypeError(f"prompt: expected a str or None, got {type(prompt).__name__}")
+            raise InputTypeError(f"prompt: expected a str or None, got {type(prompt).__name__}")
         if chat is not None and not isinstance(chat, bool):
-            raise TypeError(f"chat: expected True, False or None, got {type(chat).__name__}")
+            raise InputTypeError(f"chat: expected True, False or None, got {type(chat).__name__}")
         self.image_processor, self.tokenizer = split_processor("ImageTextToText", processor, image_processor, tokenizer)
         self.processor = processor
         self.hf_model = model
         self.family: Family = family(model, processor, self.image_processor, self.tokenizer)
         has_template = bool(getattr(processor, "chat_template", None))
         if chat and not has_template:
-            raise ValueError("chat: the processor has no chat template")
+            raise InputError("chat: the processor has no chat template")
         self.chat = has_template if chat is None else chat
         self.prompt = self.family.default_prompt if prompt is None else prompt
         self.max_new_tokens = max_new_tokens
@@ -121,7 +122,7 @@ class ImageTextToText(ItemQuestions):
         """The same adapter (model, processor, layer) writing after ``prompt``: e.g. a question, so that
         ``explain_caption`` gives the per-word maps of its answer."""
         if not isinstance(prompt, str):
-            raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
+            raise InputTypeError(f"prompt: expected a str, got {type(prompt).__name__}")
         other = copy.copy(self)
         other.prompt = prompt
         return other
@@ -152,7 +153,7 @@ class ImageTextToText(ItemQuestions):
     def _image(self, pixels: Tensor) -> Tensor:
         if not isinstance(pixels, Tensor) or pixels.dim() != 4 or pixels.shape[:2] != (1, 3):
             got = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
-            raise ValueError(f"pixels: expected (1, 3, H, W) from load_image, got {got}")
+            raise InputError(f"pixels: expected (1, 3, H, W) from load_image, got {got}")
         return pixels[0].detach().cpu()
 
     def display_image(self, pixels: Tensor) -> Tensor:
@@ -192,14 +193,14 @@ class ImageTextToText(ItemQuestions):
     def split_words(self, caption: str) -> list[str]:
         """A given caption -> its words; a word the tokenizer only knows as unknown raises ValueError."""
         if not isinstance(caption, str):
-            raise TypeError(f"caption: expected a str, got {type(caption).__name__}")
+            raise InputTypeError(f"caption: expected a str, got {type(caption).__name__}")
         words = caption.split()
         if words:
             ids, groups = tokenize_words(self.tokenizer, words)
             unk = self.tokenizer.unk_token_id
             bad = [w for w, g in zip(words, groups) if unk is not None and any(ids[k] == unk for k in g)]
             if bad:
-                raise ValueError(f"caption: unknown word {bad[0]!r} (the tokenizer maps it to {self.tokenizer.unk_token})")
+                raise InputError(f"caption: unknown word {bad[0]!r} (the tokenizer maps it to {self.tokenizer.unk_token})")
         return words
 
     def teacher_forced(self, pixels: Tensor, words: Sequence[str], *,
@@ -216,7 +217,7 @@ class ImageTextToText(ItemQuestions):
         without it, the rows are the absolute positions (prompt length - 1 + j).
         """
         if check_copies(copies) != 1:
-            raise ValueError(f"copies: {type(self).__name__} explains the words with one batched backward "
+            raise InputError(f"copies: {type(self).__name__} explains the words with one batched backward "
                              f"(targets_in_batch=False), got copies={copies}")
         kept = words.tokens_for(words) if isinstance(words, GeneratedWords) else None
         ids, groups = kept if kept is not None else tokenize_words(self.tokenizer, list(words))
@@ -257,20 +258,20 @@ class ImageTextToText(ItemQuestions):
     @staticmethod
     def _check_question(question: Any) -> str:
         if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"question: expected a non-empty string, got {question!r}")
+            raise InputError(f"question: expected a non-empty string, got {question!r}")
         return question
 
     def query(self, pixels: Tensor, question: str, answer: str | None = None, top_k: int = 1) -> AnswerQuery:
         """The teacher-forced ``question + answer`` (default: the generated answer) and its log-probability target."""
         self._check_question(question)
         if answer is None and top_k != 1:
-            raise ValueError(f"top_k: a generated answer has no ranked alternatives (top_k=1), got {top_k}; "
+            raise InputError(f"top_k: a generated answer has no ranked alternatives (top_k=1), got {top_k}; "
                              "pass answer= to explain another")
         words: list[str] = answer.split() if answer is not None else self._generate(pixels, question)
         if answer is None:
             answer = " ".join(words)
             if not answer:
-                raise ValueError(f"the model generated an empty answer to {question!r}; pass answer=")
+                raise InputError(f"the model generated an empty answer to {question!r}; pass answer=")
         inputs, spans = self._forced(pixels, question, words)  # generated words keep their generated ids
         target = SequenceLogProb([t for _, tokens in spans for t in tokens],
                                  positions=[p for positions, _ in spans for p in positions])
@@ -287,7 +288,7 @@ class ImageTextToText(ItemQuestions):
                 if ids and seq[start:start + len(ids)] == ids:
                     positions = list(range(start, start + len(ids)))
                     return self.tokenizer.convert_ids_to_tokens(ids), positions
-        raise ValueError(f"question: its tokens are not found in the prompt the processor made ({question!r})")
+        raise InputError(f"question: its tokens are not found in the prompt the processor made ({question!r})")
 
     def answers(self, query: AnswerQuery, output: Any) -> list[str]:
         """The answer text the query was built for (given or generated)."""

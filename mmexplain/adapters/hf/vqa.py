@@ -17,6 +17,7 @@ from ..grids import PatchGrid
 from ..protocols import AnswerQuery
 from .common import ProcessedImages, check_model, decode_words, last_layer, tokenize_words
 from .wrappers import DecoderLogits, ViltPatchOrder
+from ...errors import InputError
 
 __all__ = ["BlipVQA", "ViltVQA"]
 
@@ -31,7 +32,7 @@ class _VQA(ProcessedImages):
     def _question(self, question: str, device: torch.device) -> tuple[dict[str, Tensor], list[str], list[int]]:
         """Question inputs, its tokens as the model reads them, and their positions (specials excluded)."""
         if not isinstance(question, str) or not question.split():
-            raise ValueError(f"question: expected a non-empty string, got {question!r}")
+            raise InputError(f"question: expected a non-empty string, got {question!r}")
         ids, groups = tokenize_words(self.tokenizer, question.split(), add_special_tokens=True)
         positions = [k for g in groups for k in g]
         tokens = self.tokenizer.convert_ids_to_tokens([ids[k] for k in positions])
@@ -85,13 +86,13 @@ class BlipVQA(_VQA):
     def query(self, pixels: Tensor, question: str, answer: str | None = None, top_k: int = 1) -> AnswerQuery:
         """Inputs and target for ``answer`` (default: the generated answer)."""
         if answer is None and top_k != 1:
-            raise ValueError(f"top_k: BlipVQA explains one generated answer (top_k=1), got {top_k}; "
+            raise InputError(f"top_k: BlipVQA explains one generated answer (top_k=1), got {top_k}; "
                              "pass answer= to explain another")
         q, q_tokens, q_positions = self._question(question, pixels.device)
         if answer is None:
             answer = self.answer(pixels, question)
             if not answer:
-                raise ValueError(f"the model generated an empty answer to {question!r}; pass answer=")
+                raise InputError(f"the model generated an empty answer to {question!r}; pass answer=")
         ids, _ = tokenize_words(self.tokenizer, answer.split())
         decoder_ids = torch.tensor([[self.start_token_id, *ids]], device=pixels.device)  # (1, 1+n)
         # token k of the answer is read at logit k of [BOS, t_1..t_n]

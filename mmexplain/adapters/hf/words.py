@@ -38,6 +38,8 @@ from typing import Any
 
 from torch import Tensor
 
+from ...errors import InputError
+
 __all__ = ["tokenize_words", "decode_words", "generated_words", "GeneratedWords", "assign_tokens"]
 
 
@@ -93,18 +95,18 @@ def assign_tokens(text: str, spans: Sequence[tuple[int, int]], special: Sequence
         i = bisect_right(starts, s) - 1
         j = bisect_right(starts, e - 1) - 1  # the word of its last character
         if j != i and text[starts[j]:e].strip():
-            raise ValueError(f"token {k} ({text[s:e]!r}) covers the words {words[i]!r} and {words[j]!r}; "
+            raise InputError(f"token {k} ({text[s:e]!r}) covers the words {words[i]!r} and {words[j]!r}; "
                              "its log-probability cannot be split between them")
         groups[i].extend(pending)
         groups[i].append(k)
         pending, last = [], i
     if pending:
         if last < 0:
-            raise ValueError(f"no token of {text!r} covers a word")
+            raise InputError(f"no token of {text!r} covers a word")
         groups[last].extend(pending)
     empty = [words[i] for i, g in enumerate(groups) if not g]
     if empty:
-        raise ValueError(f"words {empty} have no token of their own")
+        raise InputError(f"words {empty} have no token of their own")
     return words, [sorted(g) for g in groups]
 
 
@@ -128,7 +130,7 @@ def tokenize_words(tokenizer: Any, words: Sequence[str], *,
     """
     words = list(words)
     if not words or not all(isinstance(w, str) and w and w.split() == [w] for w in words):
-        raise ValueError(f"words: expected a non-empty list of words without spaces, got {words!r}")
+        raise InputError(f"words: expected a non-empty list of words without spaces, got {words!r}")
     text = " ".join(words)
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
@@ -138,20 +140,20 @@ def tokenize_words(tokenizer: Any, words: Sequence[str], *,
         try:
             _, groups = assign_tokens(text, [tuple(o) for o in enc["offset_mapping"]], special)
         except ValueError as exc:
-            raise ValueError(f"words {words!r} with {type(tokenizer).__name__}: {exc}") from exc
+            raise InputError(f"words {words!r} with {type(tokenizer).__name__}: {exc}") from exc
         return ids, groups
     ids, groups = [], []
     for i, w in enumerate(words):
         piece = tokenizer.encode(w if i == 0 else " " + w, add_special_tokens=False)
         if not piece:
-            raise ValueError(f"words ['{w}'] produced no tokens with {type(tokenizer).__name__}")
+            raise InputError(f"words ['{w}'] produced no tokens with {type(tokenizer).__name__}")
         groups.append(list(range(len(ids), len(ids) + len(piece))))
         ids.extend(piece)
     if add_special_tokens:
         full = list(tokenizer.build_inputs_with_special_tokens(ids))
         shift = next((j for j in range(len(full) - len(ids) + 1) if full[j:j + len(ids)] == ids), None)
         if shift is None:
-            raise ValueError(f"{type(tokenizer).__name__} changed the tokens when adding special tokens")
+            raise InputError(f"{type(tokenizer).__name__} changed the tokens when adding special tokens")
         groups = [[k + shift for k in g] for g in groups]
         ids = full
     return ids, groups

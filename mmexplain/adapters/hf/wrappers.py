@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...errors import InputError, InputTypeError
+
 __all__ = ["DecoderLogits", "ViltPatchOrder"]
 
 
@@ -66,7 +68,7 @@ class DecoderLogits(_Wrapper):
         finally:
             handle.remove()
         if not captured:
-            raise ValueError(f"submodule {self.submodule!r} did not run in the forward pass")
+            raise InputError(f"submodule {self.submodule!r} did not run in the forward pass")
         return captured[-1]
 
 
@@ -91,7 +93,7 @@ class ViltPatchOrder(_Wrapper):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         if not hasattr(model, "vilt"):
-            raise TypeError(f"model: expected a ViLT model with a .vilt ViltModel, got {type(model).__name__}")
+            raise InputTypeError(f"model: expected a ViLT model with a .vilt ViltModel, got {type(model).__name__}")
         self.model = model
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor, *, pixel_mask: Tensor | None = None,
@@ -107,7 +109,7 @@ class ViltPatchOrder(_Wrapper):
         order = flat.argsort(dim=1)  # (B, M)
         full = torch.arange(gh * gw, device=flat.device).expand(batch, -1)
         if flat.shape[1] != gh * gw or not torch.equal(flat.gather(1, order), full):
-            raise ValueError(
+            raise InputError(
                 f"ViLT selected {flat.shape[1]} of {gh}x{gw} patches (padding in pixel_mask, or "
                 f"config.max_image_length={self.model.config.max_image_length} < {gh * gw}); explain one "
                 "unpadded image and set config.max_image_length = -1"
