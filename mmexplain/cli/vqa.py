@@ -35,14 +35,6 @@ def _vqa_handler(args: argparse.Namespace) -> int:
         return print_methods(METHODS)
     if args.method not in METHODS:
         raise CLIError(f"--method {args.method!r} is not a method; one of: {', '.join(METHODS)}")
-    if args.image is None or args.question is None:
-        raise CLIError("IMAGE QUESTION: give an image file and a question")
-    figure, html = check_outputs(args)
-    check_image(args.image)
-    if not args.question.strip():
-        raise CLIError("QUESTION: expected a non-empty question")
-    if args.answer is not None and not args.answer.strip():
-        raise CLIError("--answer: expected an answer word, got an empty string")
     from ..adapters import AnswerClassifier, as_answer_adapter
 
     adapter = as_answer_adapter(load_zoo_model("vqa", args.model, args.models))
