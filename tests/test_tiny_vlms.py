@@ -145,12 +145,14 @@ def test_word_maps_equal_the_hand_reference(copied):
     ex = mx.explain_caption(vlm, scene.image, scene.caption)
     ref = reference(vlm, name, scene.image, words)
     lone = [i for i, w in enumerate(words) if vlm.tokenizer.tokenize(" " + w)[0] == "Ġ"]
+    compared = 0
     for i, (score, grid) in enumerate(ref):
         if i in lone:
             continue
         assert torch.allclose(ex.logprobs[i], score, atol=1e-4), (name, words[i])
         assert torch.allclose(ex.result.raw[i, 0], grid, atol=1e-5, rtol=1e-4), (name, words[i])
-        assert grid.amax() > 0
+        compared += int(grid.amax() > 0)
+    assert compared >= 3  # non-zero maps compared (a word's map may be all zero after the ReLU)
 
 
 def test_words_with_a_lone_space_token_equal_the_hand_reference(copied):
