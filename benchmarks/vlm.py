@@ -46,12 +46,28 @@ CAPTION = "a small red circle left of a large blue square"
 ROWS = ("one word", "T words, one call", "T single-word calls", "T words, words_per_pass=2")
 
 
+#: ``user: <image> PROMPT assistant:`` (one user turn, then the generation prompt)
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}:{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %} <image>{% else %} {{ item['text'] }}{% endif %}{% endfor %} {% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def vocabulary() -> list[str]:
+    """Special tokens, the chat words, then every ShapeWorld caption, question and answer word (fixed order)."""
+    from mmexplain import world
+    from mmexplain.zoo.tiny_hf import QUESTION_WORDS
+
+    words = ["a", *world.RELATION.split(), *world.SIZES, *world.COLORS, *world.SHAPES, *(s + "s" for s in world.SHAPES),
+             *QUESTION_WORDS, *world.answers(), "describe", "the", "image"]
+    return ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "<image>", "user:", "assistant:", *dict.fromkeys(words)]
+
+
 def word_tokenizer(specials: list[str], extra: dict | None = None):
     """A word-level tokenizer over ShapeWorld's words, with a family's special tokens."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-
-    from mmexplain.zoo.tiny_vlm import vocabulary
 
     base = [w for w in vocabulary() if w not in specials]
     vocab = {w: i for i, w in enumerate([*base, *specials])}
@@ -81,8 +97,6 @@ def image224():
 def family_llava():
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from mmexplain.zoo.tiny_vlm import CHAT_TEMPLATE
-
     tok = word_tokenizer(["<image>"], {"image_token": "<image>"})
     ip = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
     proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=16, vision_feature_select_strategy="default",
@@ -97,8 +111,6 @@ def family_llava():
 def family_qwen2_vl():
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
     from transformers import Qwen2VLVideoProcessor
-
-    from mmexplain.zoo.tiny_vlm import CHAT_TEMPLATE
 
     specials = ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"]
     tok = word_tokenizer(specials, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
@@ -122,8 +134,6 @@ def family_qwen2_vl():
 def family_gemma3():
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
 
-    from mmexplain.zoo.tiny_vlm import CHAT_TEMPLATE
-
     specials = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
     tok = word_tokenizer(specials, {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
                                     "eoi_token": "<end_of_image>"})
@@ -141,11 +151,8 @@ def family_gemma3():
 
 
 def tiny_vlm():
-    from mmexplain.zoo import tiny_vlm as zoo_vlm
-
-    folder = ROOT / "models" / "tiny-vlm"
-    vlm = zoo_vlm.load(folder) if (folder / "model.safetensors").is_file() else zoo_vlm.new()
-    return vlm, mx.world.generate(mx.world.split_seeds("test", 1)[0], size=64).image, "tiny-vlm"
+    vlm = mx.zoo.load("tiny-llava")
+    return vlm, mx.world.generate(mx.world.split_seeds("test", 1)[0], size=96).image, "tiny-llava"
 
 
 def llava_05b():
@@ -153,9 +160,7 @@ def llava_05b():
     from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, \
         LlavaForConditionalGeneration, LlavaProcessor
 
-    from mmexplain.zoo.tiny_vlm import CHAT_TEMPLATE, build_tokenizer
-
-    tok = build_tokenizer()
+    tok = word_tokenizer(["<image>"], {"image_token": "<image>"})
     ip = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
     proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=32, vision_feature_select_strategy="default",
                           num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)

