@@ -347,6 +347,11 @@ def leaderboard(models: Mapping[str, Any], seeds: Iterable[int], *, methods: Seq
     for name, model in models.items():
         reasons = inapplicable_methods(model, chosen)
         usable = [m for m in chosen if m not in reasons]
+        if not usable:  # nothing to run on this model: its rows say why, no baselines to compare with
+            rows.extend({"model": name, "kind": kind_of(model), "method": m, "n": 0, "pointing": None,
+                         "pointing_unique": None, "energy_ratio": None, "discrimination": None,
+                         "seconds_per_item": None, "reason": reasons[m]} for m in chosen)
+            continue
         result = _evaluate(model, seeds, usable, layer=None, seed=seed, runner=runner, desc=name)
         groups = result["groups"]
         for m in [*chosen, *BASELINES]:

@@ -217,7 +217,8 @@ METHODS: dict[str, MethodSpec] = {
                    "Score-CAM", uses_gradient=False, requires=frozenset({"layer", "pixels"})),
         MethodSpec("ablationcam", AblationCAM,
                    "Ablation-CAM (Desai & Ramaswamy): relative score drop when a channel is zeroed; forward only",
-                   "Ablation-CAM", uses_gradient=False, requires=_LAYER),
+                   "Ablation-CAM", uses_gradient=False,
+                   requires=frozenset({"layer", "pixels"})),  # its copies ride a batch axis of the image
         MethodSpec("eigencam", EigenCAM,
                    "Eigen-CAM (Muhammad & Yeasin): first principal component of the activation; forward only, no target",
                    "Eigen-CAM", uses_gradient=False, requires=_LAYER),

@@ -187,10 +187,13 @@ def load_parts(path: str | os.PathLike, name: str = "tiny-llava") -> tuple[Any, 
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no transformers checkpoint for {name!r} at {path} (expected config.json); "
                                 f"train one with `mmexplain train {name}`")
+    from .quiet import quiet_transformers
+
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, use_safetensors=True)
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
+        with quiet_transformers():  # no "Loading weights" bars or warnings for a shipped model
+            model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, use_safetensors=True)
+            processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise InputError(f"checkpoint folder {path} does not hold a loadable {name} model: {exc}") from exc
     if type(model).__name__ != CLASSES[name]:
         raise InputError(f"checkpoint folder {path} holds a {type(model).__name__}, not {name}'s {CLASSES[name]}")
