@@ -785,6 +785,15 @@ def test_report_sections_embed_their_images(caption_section, tmp_path, image):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.html"]
 
 
+def test_report_accepts_a_text_only_figure_but_no_remote_figure_image(caption_section, tmp_path):
+    text_only = mx.viz.figure_view(title="Neuron names", paragraphs=["unit 3: red (IoU 0.12)"])
+    mx.viz.write_report([caption_section, text_only], tmp_path / "ok.html")  # what the demo writes
+    assert "Neuron names" in (tmp_path / "ok.html").read_text()
+    with pytest.raises(ValueError, match=r"sections\[1\]\['image'\]"):
+        mx.viz.write_report([caption_section, dict(text_only, image="https://example.com/x.png")], tmp_path / "bad.html")
+    assert not (tmp_path / "bad.html").exists()
+
+
 MORE_API_CASES = [
     ("faithfulness-methods-empty", lambda m: mx.evaluation.faithfulness.faithfulness(m, range(2_000_000, 2_000_001),
                                                                                       methods=[]), ValueError, "methods"),

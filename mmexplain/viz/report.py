@@ -345,7 +345,8 @@ def _sections(items: Any, **options: Any) -> list[dict[str, Any]]:
                 raise InputError(f"{', '.join(sorted(options))}: sections[{i}] is already a view; pass the explanation")
             if item.get("kind") not in ("caption", "answer", "figure"):
                 raise InputError(f"sections[{i}]: expected a section from caption_view, answer_view or figure_view")
-            check_data_image(item.get("image"), f"sections[{i}]['image']")
+            if not (item["kind"] == "figure" and item.get("image") is None):  # a text-only figure section
+                check_data_image(item.get("image"), f"sections[{i}]['image']")
             out.append(dict(item))
         elif hasattr(item, "words"):
             out.append(caption_view(item, **options))
