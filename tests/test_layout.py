@@ -32,17 +32,6 @@ ORDER = ["errors", "_io", "targets", "metrics", "runner", "words", "world_coco",
          "zoo", "viz", "explain", "evaluation", "demo", "training", "cli", "__main__"]
 PACKAGE_ITSELF = {"__init__", "__version__"}  # ``from .. import __version__`` reads the package, not a module
 
-# underscore names imported across modules that are still to be made public (owners: other parts of the
-# code); the list may only shrink
-PRIVATE_IMPORTS_LEFT = {
-    ("adapters/hf/tap.py", "_Wrapper"),
-    ("metrics/faithfulness.py", "_check_map"), ("metrics/faithfulness.py", "_check_mask"),
-    ("metrics/localization.py", "_check_box"), ("metrics/localization.py", "_check_map"),
-    ("metrics/similarity.py", "_check_map"),
-    ("viz/caption.py", "_add_colorbar"),
-}
-
-
 def _modules() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
 
@@ -140,7 +129,7 @@ def _private_imports() -> set[tuple[str, str]]:
 
 
 def test_no_module_imports_an_underscore_name_from_another():
-    new = sorted(_private_imports() - PRIVATE_IMPORTS_LEFT)
+    new = sorted(_private_imports())
     assert not new, "underscore names imported across modules (make them public): " + ", ".join(map(str, new))
 
 

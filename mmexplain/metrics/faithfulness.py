@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .grounding import _check_map, _check_mask
+from .grounding import check_map, check_mask
 from ..errors import InputError
 
 
@@ -87,7 +87,7 @@ def deletion_insertion(
     Returns:
         :class:`DeletionInsertion` with both curves and their AUCs.
     """
-    saliency = _check_map(saliency)
+    saliency = check_map(saliency)
     if not isinstance(image, Tensor) or image.dim() != 3:
         raise InputError(f"image: expected a (C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
     if tuple(image.shape[-2:]) != tuple(saliency.shape):
@@ -155,7 +155,7 @@ def noisy_linear_imputation(image: Tensor, removed: Tensor, *, noise: float = 0.
 
     if not isinstance(image, Tensor) or image.dim() != 3:
         raise InputError(f"image: expected a (C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
-    removed = _check_mask(removed, image.shape[-2:], "removed", nonempty=False)
+    removed = check_mask(removed, image.shape[-2:], "removed", nonempty=False)
     if not noise >= 0:
         raise InputError(f"noise: expected a standard deviation >= 0, got {noise!r}")
     if not bool(removed.any()):
@@ -241,7 +241,7 @@ def road(
     Returns:
         :class:`ROAD`.
     """
-    saliency = _check_map(saliency)
+    saliency = check_map(saliency)
     if not isinstance(image, Tensor) or image.dim() != 3:
         raise InputError(f"image: expected a (C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
     if tuple(image.shape[-2:]) != tuple(saliency.shape):

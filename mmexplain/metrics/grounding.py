@@ -15,7 +15,7 @@ Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1 / y1 exclusive
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_map(saliency: object, name: str = "saliency") -> Tensor:
+def check_map(saliency: object, name: str = "saliency") -> Tensor:
     if not isinstance(saliency, Tensor):
         raise InputTypeError(f"{name}: expected an (H, W) float tensor, got {type(saliency).__name__}")
     if saliency.dim() != 2:
@@ -27,7 +27,7 @@ def _check_map(saliency: object, name: str = "saliency") -> Tensor:
     return saliency
 
 
-def _check_mask(mask: object, shape: torch.Size, name: str = "mask", *, nonempty: bool = True) -> Tensor:
+def check_mask(mask: object, shape: torch.Size, name: str = "mask", *, nonempty: bool = True) -> Tensor:
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         got = f"tensor of dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
         raise InputTypeError(f"{name}: expected an (H, W) bool tensor, got {got}")
@@ -38,7 +38,7 @@ def _check_mask(mask: object, shape: torch.Size, name: str = "mask", *, nonempty
     return mask
 
 
-def _check_box(box: object, name: str = "box") -> Box:
+def check_box(box: object, name: str = "box") -> Box:
     if not isinstance(box, (tuple, list, Tensor)) or len(box) != 4:
         raise InputTypeError(f"{name}: expected (x0, y0, x1, y1), got {box!r}")
     x0, y0, x1, y1 = (int(v) for v in box)
@@ -85,8 +85,8 @@ def pointing_game(saliency: Tensor, mask: Tensor, *, tolerance: float = 0) -> bo
     Returns:
         True for a hit.
     """
-    saliency = _check_map(saliency)
-    mask = _check_mask(mask, saliency.shape)
+    saliency = check_map(saliency)
+    mask = check_mask(mask, saliency.shape)
     if bool(saliency.max() == saliency.min()):
         return False
     index = int(saliency.flatten().argmax())
@@ -102,8 +102,8 @@ def pointing_expected(saliency: Tensor, mask: Tensor, *, tolerance: float = 0) -
     Returns:
         (number of maximal pixels inside the mask) / (number of maximal pixels).
     """
-    saliency = _check_map(saliency)
-    mask = _check_mask(mask, saliency.shape)
+    saliency = check_map(saliency)
+    mask = check_mask(mask, saliency.shape)
     top = saliency == saliency.max()  # (H, W)
     return float((top & _dilate(mask, tolerance)).sum()) / float(top.sum())
 
@@ -119,8 +119,8 @@ def energy_ratio(saliency: Tensor, mask: Tensor) -> float:
         saliency: (H, W) non-negative map.
         mask: (H, W) bool, neither empty nor covering the whole image.
     """
-    saliency = _check_map(saliency)
-    mask = _check_mask(mask, saliency.shape)
+    saliency = check_map(saliency)
+    mask = check_mask(mask, saliency.shape)
     if bool(mask.all()):
         raise InputError("mask: covers the whole image; the energy ratio needs pixels outside it")
     inside = _mean_over(saliency, mask)
@@ -135,8 +135,8 @@ def energy_inside(saliency: Tensor, mask: Tensor) -> float:
 
     A map with no energy (all zeros) is treated as uniform: the mask's share of the image.
     """
-    saliency = _check_map(saliency)
-    mask = _check_mask(mask, saliency.shape)
+    saliency = check_map(saliency)
+    mask = check_mask(mask, saliency.shape)
     total = saliency.sum()
     if bool(total == 0):
         return float(mask.float().mean())
@@ -154,9 +154,9 @@ def discrimination(saliency: Tensor, mask_referred: Tensor, mask_other: Tensor) 
         mask_referred: (H, W) bool, the object the word / question refers to.
         mask_other: (H, W) bool, another object of the scene.
     """
-    saliency = _check_map(saliency)
-    mask_referred = _check_mask(mask_referred, saliency.shape, "mask_referred")
-    mask_other = _check_mask(mask_other, saliency.shape, "mask_other")
+    saliency = check_map(saliency)
+    mask_referred = check_mask(mask_referred, saliency.shape, "mask_referred")
+    mask_other = check_mask(mask_other, saliency.shape, "mask_other")
     return bool(_mean_over(saliency, mask_referred) > _mean_over(saliency, mask_other))
 
 

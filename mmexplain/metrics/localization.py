@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .grounding import Box, _check_box, _check_map
+from .grounding import Box, check_box, check_map
 from ..errors import InputError, InputTypeError
 
 
@@ -87,7 +87,7 @@ def largest_segment_box(saliency: Tensor, *, threshold: float = 0.15) -> Box | N
     Returns:
         (x0, y0, x1, y1) with x1 / y1 exclusive, or None.
     """
-    saliency = _check_map(saliency)
+    saliency = check_map(saliency)
     if not 0 < threshold <= 1:
         raise InputError(f"threshold: expected a fraction of the maximum in (0, 1], got {threshold!r}")
     peak = saliency.max()
@@ -102,8 +102,8 @@ def largest_segment_box(saliency: Tensor, *, threshold: float = 0.15) -> Box | N
 
 def box_iou(a: Sequence[int], b: Sequence[int]) -> float:
     """Intersection over union of two pixel boxes (x0, y0, x1, y1), x1 / y1 exclusive."""
-    ax0, ay0, ax1, ay1 = _check_box(a, "a")
-    bx0, by0, bx1, by1 = _check_box(b, "b")
+    ax0, ay0, ax1, ay1 = check_box(a, "a")
+    bx0, by0, bx1, by1 = check_box(b, "b")
     iw = max(0, min(ax1, bx1) - max(ax0, bx0))
     ih = max(0, min(ay1, by1) - max(ay0, by0))
     inter = iw * ih

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .grounding import _check_map
+from .grounding import check_map
 from ..errors import InputError
 
 
@@ -54,7 +54,7 @@ def ssim(a: Tensor, b: Tensor, *, data_range: float = 1.0, window: int = 7) -> f
         data_range: R, the value range of the maps (1 for maps in [0, 1]).
         window: odd window side.
     """
-    a, b = _check_map(a, "a").double(), _check_map(b, "b").double()
+    a, b = check_map(a, "a").double(), check_map(b, "b").double()
     if a.shape != b.shape:
         raise InputError(f"b: expected the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
     if window % 2 == 0 or min(a.shape) < window:

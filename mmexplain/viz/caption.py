@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..words import FUNCTION_WORDS
-from .core import _add_colorbar, overlay, to_image_array
+from .core import add_colorbar, overlay, to_image_array
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -120,7 +120,7 @@ def plot_caption(ex: CaptionExplanation, *, hide_function_words: bool = False, n
             _blank(gax)
             gax.set_title(f"guided: {words[i]}", fontsize=9)
     if mappable is not None:
-        _add_colorbar(fig, mappable, map_axes)
+        add_colorbar(fig, mappable, map_axes)
     fig.suptitle(title if note else _wrap(title, int(cols * PANEL * 9)), fontsize=12)
     return fig
 
@@ -171,7 +171,7 @@ def plot_answer(ax: AnswerExplanation, *, method: str = "Grad-CAM", note: str | 
                 title=f"against \u201c{answer}\u201d\n({tag}counterfactual)")
         map_axes += [a_ax, c_ax]
         mappable = c_ax.images[-1]
-    _add_colorbar(fig, mappable, map_axes)
+    add_colorbar(fig, mappable, map_axes)
     fig.suptitle(f"Q: {ex.question}" + (f"\n{_wrap(note, int(PANEL * sum(widths) * 11))}" if note else ""), fontsize=12)
     return fig
 
@@ -212,7 +212,7 @@ def plot_classes(cx: ClassExplanation, *, note: str | None = None) -> Figure:
             gax.imshow(to_image_array(cx.guided[i], normalize=True), interpolation="nearest")
             _blank(gax)
             gax.set_title(f"guided: {label}", fontsize=9)
-    _add_colorbar(fig, map_axes[-1].images[-1], map_axes)
+    add_colorbar(fig, map_axes[-1].images[-1], map_axes)
     if note:
         fig.suptitle(_wrap(note, int((k + 1) * PANEL * 11)), fontsize=11)
     return fig

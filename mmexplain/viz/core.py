@@ -92,7 +92,7 @@ def _map_array(cam_map: Tensor | np.ndarray, name: str = "map") -> np.ndarray:
     return m.clamp(0, 1).numpy()  # (H, W)
 
 
-def _add_colorbar(fig: Figure, mappable: Any, ax: Any) -> Any:
+def add_colorbar(fig: Figure, mappable: Any, ax: Any) -> Any:
     from matplotlib.cm import ScalarMappable
 
     opaque = ScalarMappable(norm=mappable.norm, cmap=mappable.get_cmap())  # the bar shows full colours
@@ -151,7 +151,7 @@ def overlay(
     if title is not None:
         ax.set_title(title, fontsize=10)
     if colorbar:
-        _add_colorbar(ax.figure, shown, ax)
+        add_colorbar(ax.figure, shown, ax)
     return ax
 
 
@@ -209,7 +209,7 @@ def plot_maps(
             title = (titles[col] if titles is not None else f"target {col}") if row == 0 else None
             ax = overlay(imgs[row], mps[col, row], ax=axes[row, col + 1], alpha=alpha, cmap=cmap, title=title, colorbar=False)
             shown = ax.images[-1]
-    _add_colorbar(fig, shown, axes[:, 1:].ravel().tolist())
+    add_colorbar(fig, shown, axes[:, 1:].ravel().tolist())
     return fig
 
 

@@ -36,13 +36,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .wrappers import _Wrapper
+from .wrappers import ModelWrapper
 from ...errors import InputError, InputTypeError
 
 __all__ = ["VisionTap"]
 
 
-class VisionTap(_Wrapper):
+class VisionTap(ModelWrapper):
     """The wrapped model, with the output of its module ``site`` (or modules) routed through ``self.features``.
 
     Args:

@@ -19,7 +19,7 @@ from ...errors import InputError, InputTypeError
 __all__ = ["DecoderLogits", "ViltPatchOrder"]
 
 
-class _Wrapper(nn.Module):
+class ModelWrapper(nn.Module):
     """A module around ``self.model`` whose training flag is the wrapped model's, always."""
 
     model: nn.Module
@@ -34,7 +34,7 @@ class _Wrapper(nn.Module):
         pass  # nn.Module.train() sets the children, so the wrapped model carries the flag
 
 
-class DecoderLogits(_Wrapper):
+class DecoderLogits(ModelWrapper):
     """Run ``model(**inputs)`` unchanged and return the output of one of its submodules.
 
     ``BlipForQuestionAnswering.forward`` computes the answer decoder's logits but does
@@ -72,7 +72,7 @@ class DecoderLogits(_Wrapper):
         return captured[-1]
 
 
-class ViltPatchOrder(_Wrapper):
+class ViltPatchOrder(ModelWrapper):
     """``ViltForQuestionAnswering`` with its image tokens in row-major patch order.
 
     ViLT's ``visual_embed`` returns the patch tokens in a random order
