@@ -50,10 +50,10 @@ SLOTS = 3  # at most three objects per scene
 class Recipe:
     """Budgets and schedules of the three stages (minutes each; steps are upper limits)."""
 
-    minutes: tuple[float, float, float] = (15.0, 10.0, 30.0)
+    minutes: tuple[float, float, float] = (17.0, 5.0, 33.0)
     lr: tuple[float, float, float] = (2e-3, 2e-3, 1e-3)
     batch_size: tuple[int, int, int] = (32, 32, 32)
-    n_train: int = 8_000
+    n_train: int = 16_000
     seed: int = 0
     save_every: float = 5.0  # minutes between checkpoints
 
