@@ -36,7 +36,9 @@ from torch import Tensor, nn
 
 from .adapters.classifier import as_class_adapter
 from .adapters.zoo import as_answer_adapter, as_caption_adapter
-from .methods import METHODS, CAMResult, GradCAM, GradientMethod, MethodSpec, method_spec, upsample_and_normalize
+from .methods import (
+    METHODS, CAMResult, GradCAM, GradientMethod, MethodSpec, PerturbationMethod, method_spec, upsample_and_normalize,
+)
 from .targets import ClassLogit, Counterfactual, SequenceLogProb, Target, TopClass
 from .words import FUNCTION_WORDS
 from .errors import InputError, InputTypeError
@@ -230,6 +232,16 @@ class _Method:
         return issubclass(self.spec.cls, GradientMethod)
 
     @property
+    def perturbs(self) -> bool:
+        """True when the method runs forwards on edited copies of the image (no gradient)."""
+        return issubclass(self.spec.cls, PerturbationMethod)
+
+    def inputs_for(self, adapter: Any, pixels: Tensor, inputs: Any) -> Any:
+        """The inputs this method edits: a perturbation method on an adapter whose processor makes the image
+        tensor masks the picture and processes it again (``adapter.picture_inputs``)."""
+        return adapter.picture_inputs(pixels, inputs) if self.perturbs and hasattr(adapter, "picture_inputs") else inputs
+
+    @property
     def in_batch(self) -> bool:
         """True when the method may copy the targets along the batch axis."""
         return self.gradient and self.spec.cls.targets_in_batch_ok
@@ -304,8 +316,8 @@ def explain_caption(
     targets: list[Target] = [SequenceLogProb(tokens, positions=positions) for positions, tokens in spans]
     size = tuple(shown.shape[-2:])
     layer = layer if layer is not None else adapter.default_layer
-    res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), inputs, targets, size=size, in_batch=in_batch,
-                   per_backward=words_per_pass)
+    res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), plan.inputs_for(adapter, pixels, inputs), targets,
+                   size=size, in_batch=in_batch, per_backward=words_per_pass)
     caption_map = upsample_and_normalize(F.relu(res.pre_relu.sum(dim=0)), size)[0]  # (H, W)
     return CaptionExplanation(list(words), res.maps[:, 0], res.scores[:, 0], caption_map, shown, res, _pixels(res))
 
@@ -359,7 +371,8 @@ def explain_answer(
     layer = layer if layer is not None else adapter.default_layer
     reshape = adapter.reshape_for(pixels)
     size = tuple(shown.shape[-2:])
-    res = plan.run(adapter.model, layer, reshape, query.inputs, targets, size=size, extra=extra)
+    res = plan.run(adapter.model, layer, reshape, plan.inputs_for(adapter, pixels, query.inputs), targets, size=size,
+                   extra=extra)
     names = adapter.answers(query, res.output)
     attributions = None
     if extra:

@@ -140,15 +140,16 @@ def test_applicability_reads_the_capabilities_an_adapter_states():
     stated = frozenset({"layer", "lm"})  # what an LLM-based VLM adapter states
     names = ["gradcam", "occlusion", "guided", "relevancy", "eigencam"]
     assert [m for m in names if method_spec(m).why_not(stated) is None] == ["gradcam", "eigencam"]
-    assert method_spec("occlusion").why_not(stated) == \
-        "Occlusion needs an editable float image tensor (B, C, H, W) among the inputs (pixels)"
+    assert method_spec("occlusion").why_not(stated) == (
+        "Occlusion needs an image masked before the model runs: its pixel tensor, or a picture the adapter processes "
+        "again (picture)")
     assert method_spec("guided").why_not(stated) == (
         "Guided Grad-CAM needs an editable float image tensor (B, C, H, W) among the inputs (pixels); "
         "ReLU-like units for guided backprop (relu)")
     assert method_spec("gradcam").why_not(stated) is None
     torch.manual_seed(0)
     zoo_model = zoo.new("classifier", seed=None)  # no stated capabilities: a zoo model has a layer, pixels, ReLUs
-    assert capabilities_of(zoo_model) == {"layer", "pixels", "relu"}
+    assert capabilities_of(zoo_model) == {"layer", "pixels", "picture", "relu"}
     not_here = inapplicable_methods(zoo_model, mx.methods.METHODS)
     assert list(not_here) == ["relevancy", "attention", "tam", "lm-gradcam", "gradxinput"]
     assert applicable_methods(zoo_model, ["gradcam", "relevancy", "guided"]) == ["gradcam", "guided"]

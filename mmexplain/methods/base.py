@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError
+from .pictures import PictureInputs
 
 
 __all__ = [
@@ -137,6 +138,8 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     """``model(inputs)`` for a tensor, ``model(*inputs)`` for a tuple/list, ``model(**inputs)`` for a dict."""
     if isinstance(inputs, Tensor):
         return model(inputs)
+    if isinstance(inputs, PictureInputs):
+        return model(**inputs.model_inputs())
     if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -184,7 +187,10 @@ _MISSING = object()
 
 
 def find_image(inputs: Any, key: int | str | None = None) -> Tensor | None:
-    """The image (B, C, H, W) of the inputs (``key``, or the first floating 4-D tensor), or None."""
+    """The image (B, C, H, W) of the inputs (``key``, or the first floating 4-D tensor; a
+    :class:`~.pictures.PictureInputs`' picture), or None."""
+    if isinstance(inputs, PictureInputs):
+        return inputs.picture if key is None else None
     try:
         return _slots(inputs)[image_key(inputs, key)]
     except (TypeError, ValueError):
@@ -197,6 +203,8 @@ def replace_image(inputs: Any, image: Tensor, key: int | str | None = None) -> A
     Raises:
         ValueError: the inputs hold no such tensor.
     """
+    if isinstance(inputs, PictureInputs) and key is None:
+        return inputs.with_picture(image)
     where = image_key(inputs, key)
     if isinstance(inputs, Tensor):
         return image
@@ -210,6 +218,8 @@ def replace_image(inputs: Any, image: Tensor, key: int | str | None = None) -> A
 
 def repeat_rows(obj: Any, copies: int, rows: int) -> Any:
     """Every tensor in ``obj`` whose first axis has ``rows`` rows, repeated ``copies`` times (copy-major)."""
+    if isinstance(obj, PictureInputs):
+        return obj.repeated(copies) if obj.picture.shape[0] == rows else obj
     if isinstance(obj, Tensor):
         if copies == 1 or obj.dim() == 0 or obj.shape[0] != rows:
             return obj

@@ -38,6 +38,9 @@ from ..errors import InputError, InputTypeError
 __all__ = ["GradientMethod", "PerturbationMethod", "Run", "score_of", "gradients", "combine"]
 
 
+PLAIN_BACKWARDS = 2  # targets per chunk that take one plain backward each (no vmap set-up)
+
+
 def score_of(target: Target, output: Any, batch: int, *, index: int = 0, grad: bool = False) -> Tensor:
     """``target(output)`` checked: (B,) real and finite, and differentiable with ``grad``.
 
@@ -65,7 +68,9 @@ def gradients(totals: Tensor, inputs: Sequence[Tensor], *, chunk: int | None = N
     backward (``is_grads_batched``: the rows of the identity as grad_outputs) over ONE
     retained graph, so memory grows with ``chunk``, not N. Fallback: an op without a vmap
     batching rule raises inside the batched backward; that chunk then takes one backward
-    per target over the same graph (same values, slower).
+    per target over the same graph (same values, slower). A chunk of at most
+    ``PLAIN_BACKWARDS`` targets (an answer and its counterfactual) takes plain backwards
+    too: the batched backward's first call in a process costs about a second of setup.
     """
     n = totals.shape[0]
     step = n if chunk is None else max(1, min(chunk, n))
@@ -75,8 +80,8 @@ def gradients(totals: Tensor, inputs: Sequence[Tensor], *, chunk: int | None = N
         rows = range(start, min(start + step, n))
         keep = rows.stop < n
         try:
-            if len(rows) == 1:
-                raise RuntimeError("one target: a plain backward")
+            if len(rows) <= PLAIN_BACKWARDS:
+                raise RuntimeError("one or two targets: plain backwards")
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*performance drop.*")
                 part = torch.autograd.grad(totals, inputs, grad_outputs=eye[rows.start:rows.stop], is_grads_batched=True,

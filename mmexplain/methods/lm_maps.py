@@ -44,7 +44,7 @@ from .gradcam import GradCAM
 from .variants import HiResCAM
 from ..errors import InputError, InputTypeError
 
-__all__ = ["LMView", "lm_view", "image_grid", "ImageTokens", "rank_gaussian_filter",
+__all__ = ["LMView", "lm_view", "image_grid", "logit_rows", "ImageTokens", "rank_gaussian_filter",
            "LMAttention", "TokenActivationMap", "LMGradCAM", "GradientXInput"]
 
 
@@ -193,7 +193,7 @@ def _word(target: Any) -> tuple[SequenceLogProb, float]:
     return target, sign
 
 
-def _rows(inputs: dict[str, Any], length: int, positions: Sequence[int]) -> list[int]:
+def logit_rows(inputs: Mapping[str, Any], length: int, positions: Sequence[int]) -> list[int]:
     """Absolute sequence positions of logit rows (``logits_to_keep = k``: rows are the last k positions)."""
     keep = inputs.get("logits_to_keep")
     if isinstance(keep, int) and keep > 0:
@@ -282,7 +282,7 @@ class LMAttention(_LMMethod):
         with torch.no_grad():
             for target in targets:
                 word, sign = _word(target)
-                rows = _rows(inputs, length, word.positions)
+                rows = logit_rows(inputs, length, word.positions)
                 per = mean[:, rows].mean(dim=1)  # (B, M)
                 maps.append(per if sign > 0 else torch.zeros_like(per))
                 scores.append(target(output).detach().float())
@@ -349,7 +349,7 @@ class TokenActivationMap(_LMMethod):
         with torch.no_grad():
             for target in targets:
                 word, sign = _word(target)
-                rows = _rows(inputs, length, word.positions)
+                rows = logit_rows(inputs, length, word.positions)
                 own = self._lens(hidden, word.tokens.to(ids.device).reshape(-1)[: len(rows)]).mean(-1)  # (B, L)
                 a = own[:, positions]  # (B, M)
                 context = (~image).nonzero()[:, 0]

@@ -11,6 +11,8 @@ method ``requires``; adapters say what they have in ``capabilities``, a subset o
 
 - ``"layer"``: a layer to hook (its activation and gradient);
 - ``"pixels"``: an editable float image tensor (B, C, H, W) among the model's inputs;
+- ``"picture"``: an image perturbation methods can mask: the pixels themselves, or a picture
+  the adapter processes again for every masked copy (``methods.pictures.PictureInputs``);
 - ``"relu"``: ReLU-like units, so guided backprop's rule is defined;
 - ``"attention"``: transformers attention that the relevancy recorder can see;
 - ``"lm"``: an LLM-based VLM (image tokens inside a language model's sequence).
@@ -47,6 +49,7 @@ __all__ = ["CAPABILITIES", "SALIENCY", "MethodSpec", "METHODS", "register", "get
 CAPABILITIES: dict[str, str] = {
     "layer": "a layer to hook",
     "pixels": "an editable float image tensor (B, C, H, W) among the inputs",
+    "picture": "an image masked before the model runs: its pixel tensor, or a picture the adapter processes again",
     "relu": "ReLU-like units for guided backprop",
     "attention": "transformers attention the relevancy recorder can see",
     "lm": "an LLM-based VLM (image tokens in a language model's sequence)",
@@ -214,17 +217,17 @@ METHODS: dict[str, MethodSpec] = {
                    "Eigen-Grad-CAM", requires=_LAYER),
         MethodSpec("scorecam", ScoreCAM,
                    "Score-CAM (Wang et al.): softmax of the scores of activation-masked images; forward only",
-                   "Score-CAM", uses_gradient=False, requires=frozenset({"layer", "pixels"})),
+                   "Score-CAM", uses_gradient=False, requires=frozenset({"layer", "picture"})),
         MethodSpec("ablationcam", AblationCAM,
                    "Ablation-CAM (Desai & Ramaswamy): relative score drop when a channel is zeroed; forward only",
                    "Ablation-CAM", uses_gradient=False,
-                   requires=frozenset({"layer", "pixels"})),  # its copies ride a batch axis of the image
+                   requires=frozenset({"layer", "picture"})),  # its copies ride a batch axis of the image
         MethodSpec("eigencam", EigenCAM,
                    "Eigen-CAM (Muhammad & Yeasin): first principal component of the activation; forward only, no target",
                    "Eigen-CAM", uses_gradient=False, requires=_LAYER),
         MethodSpec("occlusion", Occlusion,
                    "Occlusion (Zeiler & Fergus): score drop when an image window is hidden; forward only, no layer",
-                   "Occlusion", needs_layer=False, uses_gradient=False, requires=frozenset({"pixels"})),
+                   "Occlusion", needs_layer=False, uses_gradient=False, requires=frozenset({"picture"})),
         MethodSpec("guided", GuidedGradCAM,
                    "Guided Grad-CAM (Selvaraju et al.): Grad-CAM's map x guided backprop, at pixel resolution",
                    "Guided Grad-CAM", requires=frozenset({"layer", "pixels", "relu"}), saliency="abs-channel-sum"),

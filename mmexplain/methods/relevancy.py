@@ -31,6 +31,7 @@ from ..targets import Counterfactual, SequenceLogProb, Target, WordLogProb
 from .attention_record import AttentionRecord, AttentionRecorder, has_cross_attention
 from .base import CAMResult, call_model, check_size, check_targets, detach_all, find_image, upsample_and_normalize, warn_training
 from .core import gradients, score_of
+from .lm_maps import LMView, image_grid, lm_view, logit_rows
 from ..errors import InputError, InputTypeError
 
 __all__ = ["Relevancy"]
@@ -60,6 +61,13 @@ class Relevancy:
     the rest (the decoder) the text stream s; the row read is the decoder position whose logits
     score the target (``WordLogProb.position``; the mean of the rows of ``SequenceLogProb.positions``,
     e.g. a word of several sub-word tokens), else ``token``, unless ``rows=`` says otherwise.
+
+    An LLM-based VLM (LLaVA, Qwen2-VL, ...: image tokens inside a decoder-only language model,
+    found by ``lm_view``) needs no arguments: the LM's self-attention layers form the one
+    stream, the image tokens are where ``input_ids`` holds the image token (laid on
+    ``reshape``'s grid, as the ``lm_maps`` methods do), and a word's rows are its logit rows
+    (``logits_to_keep`` honoured). The vision tower's own attention is not followed: the
+    projector between the two has no attention, so the map is the image tokens' relevancy.
 
     How an adapter passes image tokens and grid: ViT-style encoders ``[CLS, patches]`` of a square
     image need nothing (the square grid and the last h*w tokens are found). Otherwise the adapter
@@ -122,9 +130,13 @@ class Relevancy:
                 raise InputError(f"encoder: expected the dotted name of a submodule of the model, got {encoder!r}")
         if isinstance(token, bool) or not isinstance(token, int):
             raise InputTypeError(f"token: expected an int, got {type(token).__name__}")
+        self.lm = _language_model(model) if encoder is None and image_tokens is None else None
+        if self.lm is not None:
+            encoder = self.lm.decoder_name
         self.model = model
         self.image_tokens = image_tokens
         self.grid = grid
+        self.reshape = reshape
         self.encoder = encoder
         self.token = token
         # every recorded layer enters a rule: with one stream named by encoder=, only its layers are recorded
@@ -163,12 +175,19 @@ class Relevancy:
         if not records:
             where = f" under encoder={self.encoder!r}" if self.encoder is not None else ""
             raise InputError(f"no attention layer of {type(self.model).__name__}{where} ran during the forward pass")
+        image_tokens, grid = self.image_tokens, self.grid
+        if self.lm is not None:  # an LLM-based VLM: image tokens, grid and logit rows from the inputs
+            ids = inputs["input_ids"]
+            positions, grid = image_grid(ids, self.lm.image_token, self.reshape)
+            image_tokens = positions.tolist()
+            if rows is None:
+                rows = [logit_rows(inputs, ids.shape[1], _positions(t, self.token)) for t in target_list]
         cams, scores = self._gradient_weighted(output, target_list, records)  # [(N, B, Lq, Lk)], (N, B)
         with torch.no_grad():
             relevancy = _propagate(records, cams, self._streams(records))  # (N, B, Lrow, Lk)
             read = torch.stack([relevancy[n][:, self._rows(n, t, rows, relevancy.shape[-2])].mean(dim=-2)
                                 for n, t in enumerate(target_list)])  # (N, B, Lk)
-            h, w, index = self._patches(read.shape[-1])
+            h, w, index = self._patches(read.shape[-1], image_tokens, grid)
             raw = read[..., index].unflatten(-1, (h, w))  # (N, B, h, w)
             if size is None:
                 image = find_image(inputs)
@@ -220,34 +239,28 @@ class Relevancy:
         if rows is not None:
             chosen = [rows[n]] if isinstance(rows[n], int) else list(rows[n])
         else:
-            while isinstance(target, Counterfactual):
-                target = target.target
-            if isinstance(target, WordLogProb):
-                chosen = [target.position]
-            elif isinstance(target, SequenceLogProb):
-                chosen = list(target.positions)
-            else:
-                chosen = [self.token]
+            chosen = _positions(target, self.token)
         bad = [p for p in chosen if isinstance(p, bool) or not isinstance(p, int) or not -length <= p < length]
         if bad or not chosen:
             raise InputError(f"rows: target {n} reads rows {chosen} (from rows=, its positions, or token=); "
                              f"expected ints in [-{length}, {length})")
         return [p % length for p in chosen]
 
-    def _patches(self, length: int) -> tuple[int, int, Tensor]:
+    @staticmethod
+    def _patches(length: int, image_tokens: slice | Sequence[int] | None,
+                 grid: tuple[int, int] | None) -> tuple[int, int, Tensor]:
         """(h, w) and the indices of the patch tokens among ``length`` keys, row-major."""
-        grid = self.grid
-        if self.image_tokens is None:
+        if image_tokens is None:
             h, w = grid if grid is not None else _square(length)
             if h * w > length:
                 raise InputError(f"grid: a {h}x{w} grid needs {h * w} image tokens, the image stream has {length}")
             return h, w, torch.arange(length - h * w, length)
-        index = torch.arange(length)[self.image_tokens] if isinstance(self.image_tokens, slice) else None
+        index = torch.arange(length)[image_tokens] if isinstance(image_tokens, slice) else None
         if index is None:
-            bad = [i for i in self.image_tokens if not -length <= i < length]
+            bad = [i for i in image_tokens if not -length <= i < length]
             if bad:
                 raise InputError(f"image_tokens: positions {bad[:5]} out of range for {length} tokens")
-            index = torch.tensor([i % length for i in self.image_tokens])
+            index = torch.tensor([i % length for i in image_tokens])
         if grid is not None:
             h, w = grid
         else:
@@ -304,6 +317,27 @@ def _normalize(r: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _language_model(model: nn.Module) -> LMView | None:
+    """The LM view of an LLM-based VLM without cross-attention (image tokens in the LM's sequence), else None."""
+    if has_cross_attention(model):
+        return None
+    try:
+        return lm_view(model)
+    except (TypeError, ValueError):
+        return None
+
+
+def _positions(target: Target, token: int) -> list[int]:
+    """The logit positions a target scores (its word's rows), else ``[token]``."""
+    while isinstance(target, Counterfactual):
+        target = target.target
+    if isinstance(target, WordLogProb):
+        return [target.position]
+    if isinstance(target, SequenceLogProb):
+        return list(target.positions)
+    return [token]
 
 
 def _square(length: int) -> tuple[int, int]:

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...methods.base import repeat_rows
+from ...methods.pictures import PictureInputs
 from ...targets import SequenceLogProb
 from ..images import load_image
 from ..items import ItemQuestions
@@ -127,15 +130,20 @@ class ImageTextToText(ItemQuestions):
         other.prompt = prompt
         return other
 
-    @property
+    @functools.cached_property
     def capabilities(self) -> frozenset[str]:
-        """A layer and a language model; ``"pixels"`` when the processor gives a (B, 3, H, W) image (not
-        flattened patches or tiles); ``"attention"`` only for encoder-decoder families (a decoder-only
-        LM reads the image tokens through a projector: no cross-attention joins the vision tower's
-        self-attention to the LM's, so the relevancy rule cannot follow it); ``"relu"`` for ReLU-like units."""
-        found = {"layer", "lm"}
-        if self.family.encoder_decoder:
+        """A layer, a language model and a picture (perturbation methods mask it before the processor);
+        ``"pixels"`` when the processor gives a (B, 3, H, W) image (not flattened patches or tiles);
+        ``"attention"`` when the relevancy recorder sees the attention (the LM's, for a decoder-only
+        VLM; every layer's for an encoder-decoder); ``"relu"`` for ReLU-like units. Read once."""
+        from ...methods.relevancy import Relevancy
+
+        found = {"layer", "lm", "picture"}
+        try:
+            Relevancy(self.model)
             found.add("attention")
+        except (TypeError, ValueError):
+            pass
         if self.family.images(torch.zeros(3, 32, 32))["pixel_values"].dim() == 4:
             found.add("pixels")
         return frozenset(found) | (super().capabilities & {"relu"})
@@ -159,6 +167,32 @@ class ImageTextToText(ItemQuestions):
     def display_image(self, pixels: Tensor) -> Tensor:
         """(3, H', W') in [0, 1]: the picture the model's patch grid covers (resized, cropped, tiles stitched)."""
         return self.family.view(self.family.images(self._image(pixels)))
+
+    def picture_inputs(self, pixels: Tensor, inputs: dict[str, Tensor]) -> PictureInputs:
+        """``inputs`` (made from ``pixels``) as a :class:`~mmexplain.methods.pictures.PictureInputs`.
+
+        A perturbation method then masks the picture the patch grid covers (``display_image``)
+        and the processor runs again on each masked copy, so flattened patches (Qwen2-VL),
+        resized and cropped inputs all take masks; the text inputs are repeated with the copies.
+
+        Raises:
+            ValueError: the processor does not map its own view back to the same tensors (crops).
+        """
+        picture = self.display_image(pixels)[None]  # (1, 3, H, W)
+        again = self.family.images(picture[0])
+        changed = [k for k, v in again.items() if not isinstance(inputs.get(k), Tensor) or inputs[k].shape != v.shape]
+        if changed:
+            raise InputError(f"{type(self.hf_model).__name__}: the processor gives {changed[0]!r} another shape on its "
+                             "own view of the image; perturbation methods need a processor that keeps it")
+        text = {k: v for k, v in inputs.items() if k not in again}
+        device = device_of(self.hf_model)
+
+        def process(pictures: Tensor) -> dict[str, Any]:
+            each = [self.family.images(p.detach().cpu()) for p in pictures]
+            images = {k: torch.cat([e[k] for e in each]).to(device) for k in each[0]}
+            return {**repeat_rows(text, len(pictures), 1), **images}
+
+        return PictureInputs(picture, process)
 
     def reshape_for(self, pixels: Tensor) -> TokenGrid:
         """The :class:`~.layouts.TokenGrid` of the vision layers for these pixels (patch and merged levels)."""

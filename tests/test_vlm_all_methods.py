@@ -1,0 +1,164 @@
+"""Every registered method on an LLM-based VLM (the tiny random LLaVA and Qwen2-VL of test_lm_methods).
+
+- relevancy through the LM's self-attention, with no arguments, equals Chefer et al.'s rule written here on
+  the model's own eager ``output_attentions`` (the attention probabilities in the graph) and ``torch.autograd``;
+- perturbation methods mask the picture and run the processor again (``PictureInputs``): Occlusion on Qwen2-VL's
+  flattened patches equals the score drops of occluded pictures sent one at a time through the adapter;
+  Ablation-CAM equals the relative drop with one channel of the vision layer zeroed by a hook of our own;
+  on LLaVA, whose processor gives a (B, 3, H, W) tensor, Score-CAM through the picture equals Score-CAM on it;
+- every method in the registry runs through explain_caption and explain_answer on both, leaving them as found.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+import mmexplain as mx  # noqa: E402
+from mmexplain.methods.pictures import PictureInputs  # noqa: E402
+from test_lm_methods import CAPTION, absolute, built, built_qwen, full, image_positions, targets_of  # noqa: E402
+
+
+def eager_attentions(hf, inputs):
+    """The LM's attention probabilities (layers of (1, heads, L, L)) and the output, from an eager forward."""
+    own = hf.config._attn_implementation
+    hf.set_attn_implementation("eager")
+    try:
+        out = hf(**full(inputs), output_attentions=True)
+    finally:
+        hf.set_attn_implementation(own)
+    return out
+
+
+def chefer_reference(vlm, inputs, spans, grid):
+    """Per word: R = I, R += E_h[(dA * A)^+] R over the LM layers in order; the word's logit row over the image tokens."""
+    hf = vlm.hf_model
+    out = eager_attentions(hf, inputs)
+    attn = list(out.attentions)
+    logp = out.logits[0].log_softmax(-1)
+    img = image_positions(vlm, inputs)
+    maps = []
+    for q, (_, tokens) in zip(absolute(inputs, spans), spans):
+        rows = range(q, q + len(tokens))
+        score = sum(logp[r, t] for r, t in zip(rows, tokens))
+        grads = torch.autograd.grad(score, attn, retain_graph=True)
+        length = attn[0].shape[-1]
+        r = torch.eye(length)
+        for a, g in zip(attn, grads):
+            r = r + (g[0] * a[0]).clamp(min=0).mean(dim=0) @ r
+        maps.append(r[list(rows)][:, img].mean(dim=0).reshape(grid))
+    return torch.stack(maps)
+
+
+@pytest.mark.parametrize("which", ["llava", "qwen2vl"])
+def test_relevancy_through_the_lm_equals_chefer_rule(which):
+    vlm, image, pixels, inputs, spans = built() if which == "llava" else built_qwen()
+    grid = (4, 4) if which == "llava" else (3, 4)
+    assert "attention" in vlm.capabilities and "lm" in vlm.capabilities
+    ex = mx.explain_caption(vlm, image, " ".join(CAPTION), method="relevancy")
+    expected = chefer_reference(vlm, inputs, spans, grid)
+    torch.testing.assert_close(ex.result.raw[:, 0], expected, rtol=1e-4, atol=1e-6)
+    assert float(expected.detach().sum()) > 0
+
+
+def occlusion_reference(vlm, image, window, stride):
+    """(gh, gw) drops of every word's log-probability, one occluded picture per forward through the adapter."""
+    def windows(size):  # the documented grid: ceil(size / stride) cells, windows centred on them, cut at the edges
+        cells = -(-size // stride)
+        starts = [round((i + 0.5) * size / cells - window / 2) for i in range(cells)]
+        return [(max(s, 0), min(s + window, size)) for s in starts]
+
+    pixels = vlm.load_image(image)
+    picture = vlm.display_image(pixels)  # (3, H, W)
+    inputs, spans = vlm.teacher_forced(pixels, CAPTION)
+    targets = targets_of(spans)
+    with torch.no_grad():
+        clean = torch.stack([t(vlm.model(**inputs)) for t in targets])[:, 0]  # (T,)
+        rows, cols = windows(picture.shape[-2]), windows(picture.shape[-1])
+        drops = torch.zeros(len(targets), len(rows), len(cols))
+        for i, (r0, r1) in enumerate(rows):
+            for j, (c0, c1) in enumerate(cols):
+                hidden = picture.clone()
+                hidden[:, r0:r1, c0:c1] = 0.0
+                masked, _ = vlm.teacher_forced(hidden[None], CAPTION)
+                out = vlm.model(**masked)
+                drops[:, i, j] = clean - torch.stack([t(out) for t in targets])[:, 0]
+    return drops
+
+
+def test_occlusion_masks_the_picture_before_the_processor_on_qwen2vl():
+    vlm, image, pixels, inputs, spans = built_qwen()
+    assert "pixels" not in vlm.capabilities and "picture" in vlm.capabilities  # flattened patches
+    ex = mx.explain_caption(vlm, image, " ".join(CAPTION), method="occlusion")
+    expected = occlusion_reference(vlm, image, 16, 8)
+    torch.testing.assert_close(ex.result.raw[:, 0], expected, rtol=1e-4, atol=1e-5)
+    assert float(expected.abs().sum()) > 0
+
+
+def test_ablation_cam_zeroes_one_channel_of_the_vision_layer_on_qwen2vl():
+    vlm, image, pixels, inputs, spans = built_qwen()
+    ex = mx.explain_caption(vlm, image, " ".join(CAPTION), method="ablationcam")
+    targets = targets_of(spans)
+    site = vlm.hf_model.get_submodule(vlm.site)
+    with torch.no_grad():
+        y = torch.stack([t(vlm.model(**inputs)) for t in targets])[:, 0]  # (T,)
+        channels = ex.result.weights.shape[-1]
+        dropped = torch.zeros(len(targets), channels)
+        for k in range(channels):
+            def zero(module, args, output, k=k):
+                out = output.clone()
+                out[..., k] = 0
+                return out
+            handle = site.register_forward_hook(zero)
+            try:
+                out = vlm.hf_model(**inputs)
+            finally:
+                handle.remove()
+            dropped[:, k] = torch.stack([t(out) for t in targets])[:, 0]
+    expected = (y[:, None] - dropped) / y.abs()[:, None]
+    torch.testing.assert_close(ex.result.weights[:, 0], expected, rtol=1e-4, atol=1e-5)
+
+
+class NormalizingLlava(torch.nn.Module):
+    """LLaVA taking the picture in [0, 1] (``picture``) and normalizing it as its processor does (mean = std = 0.5)."""
+
+    def __init__(self, tap):
+        super().__init__()
+        self.tap = tap
+
+    def forward(self, picture, **text):
+        return self.tap(pixel_values=(picture - 0.5) / 0.5, **text)
+
+
+def test_scorecam_masks_the_picture_as_the_user_sees_it():
+    """Through the adapter, Score-CAM masks the picture in [0, 1] and runs the processor again; the same masks on a
+    model that takes the picture and normalizes it itself (no processor re-run) give the same maps."""
+    vlm, image, pixels, inputs, spans = built()
+    ex = mx.explain_caption(vlm, image, " ".join(CAPTION), method="scorecam")
+    wrapped = vlm.picture_inputs(pixels, inputs)
+    assert isinstance(wrapped, PictureInputs) and wrapped.picture.shape == (1, 3, 32, 32)
+    plain = {"picture": wrapped.picture, **{k: v for k, v in inputs.items() if k != "pixel_values"}}
+    direct = mx.ScoreCAM(NormalizingLlava(vlm.model).eval(), "tap.features", reshape=vlm.reshape_for(pixels))(
+        plain, targets_of(spans), size=(32, 32))
+    torch.testing.assert_close(ex.result.pre_relu, direct.pre_relu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["llava", "qwen2vl"])
+def test_every_registered_method_runs_on_the_vlm_or_says_why_not(which):
+    from conftest import assert_unchanged, snapshot
+
+    vlm, image, *_ = built() if which == "llava" else built_qwen()
+    before = snapshot(vlm.hf_model)
+    for name, spec in mx.methods.METHODS.items():
+        reason = spec.why_not(vlm.capabilities)
+        if reason is not None:
+            assert name == "guided" and "pixels" in reason or "relu" in reason, (name, reason)
+            continue
+        ex = mx.explain_caption(vlm, image, " ".join(CAPTION), method=name)
+        assert ex.maps.shape[0] == len(CAPTION) and torch.isfinite(ex.maps).all(), name
+        ax = mx.explain_answer(vlm, image, "describe image", "red circle", method=name)
+        assert ax.maps.shape[0] == 1 and torch.isfinite(ax.maps).all(), name
+    assert_unchanged(vlm.hf_model, before)
