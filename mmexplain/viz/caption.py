@@ -168,7 +168,7 @@ def plot_answer(ax: AnswerExplanation, *, method: str = "Grad-CAM", note: str | 
         tag = "" if method == "Grad-CAM" else f"{method}, "
         overlay(ex.image, ex.maps[row], ax=a_ax, cmap=CMAP, colorbar=False, title=f"{rank}answer: {answer}\n{tag}{p}")
         overlay(ex.image, ex.counterfactuals[row], ax=c_ax, cmap=CMAP, colorbar=False,
-                title=f"against \u201c{answer}\u201d\n({tag}counterfactual)")
+                title=f"against \u201c{answer}\u201d\n(counterfactual)")  # the method: answer panel, note
         map_axes += [a_ax, c_ax]
         mappable = c_ax.images[-1]
     add_colorbar(fig, mappable, map_axes)
