@@ -51,9 +51,13 @@ POINTING: dict[str, dict[str, float]] = {
     "captioner": {"gradcam": 49.8, "guided": 76.8},
     "vqa": {"gradcam": 50.4, "scorecam": 96.9},
     "classifier": {"gradcam": 53.4, "guided": 99.5},
+    "tiny-qwen2vl": {"gradcam": 29.1, "occlusion": 71.3},
 }
 LEADERBOARD = "`mmexplain evaluate grounding --methods all --scenes 100`"
-ITEMS = {"captioner": "caption words", "vqa": "answers", "classifier": "class maps"}
+ITEMS = {"captioner": "caption words", "vqa": "answers", "classifier": "class maps", "tiny-qwen2vl": "caption words"}
+VLM = "tiny-qwen2vl"  # the LLM-based VLM shown beside the reference models (left out when its folder is missing)
+#: where a model's pointing comes from, when not from :data:`LEADERBOARD`
+MEASURED_BY = {VLM: f"`mmexplain evaluate grounding --on {VLM} --methods all --scenes 40`"}
 
 
 def best_method(model: str) -> str:
@@ -83,7 +87,7 @@ def trust_note(model: str, *, shipped: bool) -> str:
     p = POINTING[model]
     return (f"How far to trust these maps: on held-out scenes the map's maximum lies on the referred object for "
             f"{p['gradcam']:.1f}% of {ITEMS[model]} with {display_name('gradcam')}, {p[best]:.1f}% with "
-            f"{display_name(best)} (chance 4%; {LEADERBOARD}).")
+            f"{display_name(best)} (chance 4%; {MEASURED_BY.get(model, LEADERBOARD)}).")
 
 
 def load_shipped(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -249,6 +253,40 @@ def real_photos(out_dir: str | os.PathLike[str]) -> RealPhotos | str:
     return result
 
 
+def vlm_caption(out_dir: Path, seed: int, *, root: str | os.PathLike[str] | None,
+                shipped: bool) -> tuple[list[str], dict[str, Any]] | str:
+    """The LLM-based VLM's caption of scene ``seed``: per-word maps by Grad-CAM (its vision tower) and by the
+    method that points best on it; the figures go to ``out_dir``. Returns (report.md lines, report section),
+    or a sentence saying why the section is left out."""
+    from . import world, zoo
+    from .evaluation.items import image_size
+    from .explain import explain_caption
+    from .methods import display_name
+    from .viz import caption_view, plot_caption, save_figure
+
+    base = Path(root) if root is not None else zoo.default_root()
+    if not (base / VLM / "config.json").is_file():
+        return f"The LLM-based VLM section is left out: no `{VLM}` folder in {base} (`mmexplain train {VLM}`)."
+    vlm = zoo.load(VLM, base)
+    scene = world.generate(seed, size=image_size(vlm))
+    best = best_method(VLM)
+    ex = explain_caption(vlm, scene.image)
+    other = explain_caption(vlm, scene.image, ex.caption, method=best)
+    gc, bm = method_label(VLM, "gradcam", shipped=shipped), method_label(VLM, best, shipped=shipped)
+    names = ["vlm_caption.png", f"vlm_caption_{best}.png"]
+    save_figure(plot_caption(ex, note=gc), out_dir / names[0])
+    save_figure(plot_caption(other, note=bm), out_dir / names[1])
+    same = "matches the reference" if ex.caption == scene.caption else f"reference: `{scene.caption}`"
+    lead = (f"{VLM} (a Qwen2-VL: vision transformer, 2 x 2 patch merger, Qwen2 language model with M-RoPE, "
+            f"byte-level BPE) captions scene seed {scene.seed}: **{ex.caption}** ({same}). Each word's "
+            f"log-probability (its sub-word tokens summed) is explained by Grad-CAM on the vision layer the language "
+            f"model reads, and by {display_name(best)}, which masks the picture and runs the processor again.")
+    md = ["## An LLM-based VLM: one map per word", "", lead, "", trust_note(VLM, shipped=shipped), "",
+          " ".join(f"![per-word maps, {VLM}]({name})" for name in names), ""]
+    view = caption_view(ex, methods={bm: other}, title=f"{VLM} (seed {scene.seed}): caption", method=gc)
+    return md, view
+
+
 def _rename(section: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     """A report section with its method entries renamed (``names``: old -> new)."""
     for entry in section.get("methods", []):
@@ -399,6 +437,14 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n: int = 4, root: st
         md += ["## Classifier: one map per class", "", *[t + "\n" for t in class_text], "![class maps](classes.png)", ""]
         sections.append(figure_view(tmp / "classes.png", kicker="Classifier", title="One map per class",
                                     paragraphs=class_text))
+        vlm = vlm_caption(tmp, seeds.start, root=root, shipped=shipped)
+        if isinstance(vlm, str):
+            md += [vlm, ""]
+            log(vlm)
+        else:
+            md += vlm[0]
+            sections.append(vlm[1])
+            log(f"{VLM}: {' '.join(vlm[1]['words'])}")
         names = naming(captioner, first_caption, scenes=naming_scenes, root=root)
         if names is not None:
             md += [names.markdown()]
