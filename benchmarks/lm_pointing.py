@@ -6,7 +6,7 @@ A content word hits when its map's maximum lies in the mask of the object it des
 seconds per caption (all words) of each method, and the variants of the methods' choices
 (attention layers, TAM denoise, the LM Grad-CAM layer) called directly.
 
-    python benchmarks/lm_pointing.py /tmp/tinyvlm_runs/tiny-llava /tmp/tinyvlm_runs/tiny-qwen2vl --scenes 20
+    python benchmarks/lm_pointing.py models/tiny-llava models/tiny-qwen2vl --scenes 20
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mmexplain.evaluation.grounding import image_size
 from mmexplain.methods.lm_maps import LMAttention, LMGradCAM, TokenActivationMap
 from mmexplain.targets import SequenceLogProb
 
-METHODS = ["attention", "tam", "lm-gradcam", "gradxinput", "gradcam"]
+METHODS = ["attention", "tam", "lm-gradcam", "gradxinput", "relevancy", "gradcam", "scorecam", "occlusion"]
 
 
 def variants(vlm, count):
