@@ -33,10 +33,20 @@ def eager_attentions(hf, inputs):
     return out
 
 
-def chefer_reference(vlm, inputs, spans, grid):
-    """Per word: R = I, R += E_h[(dA * A)^+] R over the LM layers in order; the word's logit row over the image tokens."""
+def chefer_reference(vlm, inputs, spans, grid, *, tower=False):
+    """Per word: R = I, R += E_h[(dA * A)^+] R over the LM layers in order; the word's logit row over the image
+    tokens. ``tower``: continued into LLaVA's CLIP tower (its eager attention weights caught by hooks of our own):
+    R_v by the same rule over the tower's layers, each patch token given its image token's relevancy (CLS none),
+    the map u R_v over the patches."""
     hf = vlm.hf_model
-    out = eager_attentions(hf, inputs)
+    caught = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: caught.append(out[1]))
+             for n, m in hf.named_modules() if tower and n.startswith("model.vision_tower") and n.endswith("self_attn")]
+    try:
+        out = eager_attentions(hf, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
     attn = list(out.attentions)
     logp = out.logits[0].log_softmax(-1)
     img = image_positions(vlm, inputs)
@@ -44,12 +54,19 @@ def chefer_reference(vlm, inputs, spans, grid):
     for q, (_, tokens) in zip(absolute(inputs, spans), spans):
         rows = range(q, q + len(tokens))
         score = sum(logp[r, t] for r, t in zip(rows, tokens))
-        grads = torch.autograd.grad(score, attn, retain_graph=True)
+        grads = torch.autograd.grad(score, attn + caught, retain_graph=True, allow_unused=True)
         length = attn[0].shape[-1]
         r = torch.eye(length)
         for a, g in zip(attn, grads):
             r = r + (g[0] * a[0]).clamp(min=0).mean(dim=0) @ r
-        maps.append(r[list(rows)][:, img].mean(dim=0).reshape(grid))
+        per_token = r[list(rows)][:, img].mean(dim=0)  # (M,)
+        if tower:
+            r_v = torch.eye(caught[0].shape[-1])
+            for a, g in zip(caught, grads[len(attn):]):
+                if g is not None:
+                    r_v = r_v + (g[0] * a[0]).clamp(min=0).mean(dim=0) @ r_v
+            per_token = torch.cat([per_token.new_zeros(1), per_token]) @ r_v[:, 1:]  # CLS first, then the patches
+        maps.append(per_token.reshape(grid))
     return torch.stack(maps)
 
 
@@ -58,10 +75,22 @@ def test_relevancy_through_the_lm_equals_chefer_rule(which):
     vlm, image, pixels, inputs, spans = built() if which == "llava" else built_qwen()
     grid = (4, 4) if which == "llava" else (3, 4)
     assert "attention" in vlm.capabilities and "lm" in vlm.capabilities
-    ex = mx.explain_caption(vlm, image, " ".join(CAPTION), method="relevancy")
+    res = mx.methods.Relevancy(vlm.model, reshape=vlm.reshape_for(pixels), vision=False)(inputs, targets_of(spans))
     expected = chefer_reference(vlm, inputs, spans, grid)
-    torch.testing.assert_close(ex.result.raw[:, 0], expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(res.raw[:, 0], expected, rtol=1e-4, atol=1e-6)
     assert float(expected.detach().sum()) > 0
+
+
+def test_relevancy_continues_into_the_vision_tower():
+    """explain_caption's relevancy on LLaVA: the LM's rule, then the CLIP tower's, each patch under its image token."""
+    vlm, image, pixels, inputs, spans = built()
+    ex = mx.explain_caption(vlm, image, " ".join(CAPTION), method="relevancy")
+    expected = chefer_reference(vlm, inputs, spans, (4, 4), tower=True)
+    torch.testing.assert_close(ex.result.raw[:, 0], expected, rtol=1e-4, atol=1e-6)
+    lm_only = chefer_reference(vlm, inputs, spans, (4, 4))
+    assert float((expected - lm_only).detach().abs().max()) > 0  # the tower's attention changed the map
+    qwen, qimage, *_ = built_qwen()  # 3 x 4 image tokens continued onto the 6 x 8 patch grid (merge blocks)
+    assert mx.explain_caption(qwen, qimage, " ".join(CAPTION), method="relevancy").result.raw.shape[-2:] == (6, 8)
 
 
 def occlusion_reference(vlm, image, window, stride):

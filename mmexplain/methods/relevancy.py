@@ -66,8 +66,11 @@ class Relevancy:
     found by ``lm_view``) needs no arguments: the LM's self-attention layers form the one
     stream, the image tokens are where ``input_ids`` holds the image token (laid on
     ``reshape``'s grid, as the ``lm_maps`` methods do), and a word's rows are its logit rows
-    (``logits_to_keep`` honoured). The vision tower's own attention is not followed: the
-    projector between the two has no attention, so the map is the image tokens' relevancy.
+    (``logits_to_keep`` honoured). With ``vision=True`` (default) the relevancy is continued
+    into the vision tower: its self-attention layers give R_v by the same rule, each image
+    token passes its relevancy to the vision tokens under its cell (``reshape``'s finest
+    level, a merge block's four patches sharing their token's), and the map is u R_v laid on
+    the patch grid; ``vision=False`` stops at the image tokens.
 
     How an adapter passes image tokens and grid: ViT-style encoders ``[CLS, patches]`` of a square
     image need nothing (the square grid and the last h*w tokens are found). Otherwise the adapter
@@ -114,7 +117,7 @@ class Relevancy:
 
     def __init__(self, model: nn.Module, *, image_tokens: slice | Sequence[int] | None = None,
                  grid: tuple[int, int] | None = None, encoder: str | None = None, token: int = 0,
-                 reshape: Any = None) -> None:
+                 reshape: Any = None, vision: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if image_tokens is not None and not isinstance(image_tokens, slice):
@@ -130,8 +133,11 @@ class Relevancy:
                 raise InputError(f"encoder: expected the dotted name of a submodule of the model, got {encoder!r}")
         if isinstance(token, bool) or not isinstance(token, int):
             raise InputTypeError(f"token: expected an int, got {type(token).__name__}")
+        if not isinstance(vision, bool):
+            raise InputTypeError(f"vision: expected True or False, got {type(vision).__name__}")
         self.lm = _language_model(model) if encoder is None and image_tokens is None else None
-        if self.lm is not None:
+        self.vision = vision and self.lm is not None
+        if self.lm is not None and not self.vision:
             encoder = self.lm.decoder_name
         self.model = model
         self.image_tokens = image_tokens
@@ -172,6 +178,11 @@ class Relevancy:
 
         with self.recorder.recording() as records:
             output = call_model(self.model, inputs)
+        tower: list[AttentionRecord] = []
+        if self.vision:  # the LM's layers form the stream; the others (the vision tower's) continue it
+            inside = self.lm.decoder_name + "."
+            tower = [r for r in records if not r.name.startswith(inside)]
+            records = [r for r in records if r.name.startswith(inside)]
         if not records:
             where = f" under encoder={self.encoder!r}" if self.encoder is not None else ""
             raise InputError(f"no attention layer of {type(self.model).__name__}{where} ran during the forward pass")
@@ -182,13 +193,15 @@ class Relevancy:
             image_tokens = positions.tolist()
             if rows is None:
                 rows = [logit_rows(inputs, ids.shape[1], _positions(t, self.token)) for t in target_list]
-        cams, scores = self._gradient_weighted(output, target_list, records)  # [(N, B, Lq, Lk)], (N, B)
+        cams, scores = self._gradient_weighted(output, target_list, records + tower)  # [(N, B, Lq, Lk)], (N, B)
         with torch.no_grad():
-            relevancy = _propagate(records, cams, self._streams(records))  # (N, B, Lrow, Lk)
+            relevancy = _propagate(records, cams[:len(records)], self._streams(records))  # (N, B, Lrow, Lk)
             read = torch.stack([relevancy[n][:, self._rows(n, t, rows, relevancy.shape[-2])].mean(dim=-2)
                                 for n, t in enumerate(target_list)])  # (N, B, Lk)
             h, w, index = self._patches(read.shape[-1], image_tokens, grid)
             raw = read[..., index].unflatten(-1, (h, w))  # (N, B, h, w)
+            if tower:
+                raw = _into_tower(raw, tower, cams[len(records):], self.reshape)
             if size is None:
                 image = find_image(inputs)
                 size = tuple(image.shape[-2:]) if image is not None else (h, w)
@@ -317,6 +330,32 @@ def _normalize(r: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _into_tower(raw: Tensor, tower: list[AttentionRecord], cams: list[Tensor], reshape: Any) -> Tensor:
+    """Image-token relevancy (N, B, h, w) continued through the vision tower's self-attention: (N, B, hp, wp).
+
+    R_v = I, R_v += A-bar R_v over the tower's layers in run order (one image per sample: keys = queries = V
+    vision tokens); each vision token gets the relevancy of the image token whose cell covers its own
+    (``reshape``'s level of V tokens: their order on the (hp, wp) patch grid); the map is u R_v on that grid.
+    """
+    length = tower[0].probs.shape[-1]
+    levels = getattr(reshape, "levels", None) or {}
+    if length not in levels or any(c.shape[-2:] != (length, length) for c in cams):
+        raise InputError(f"reshape: the vision tower's attention covers {length} tokens and no grid level of "
+                         f"{length} tokens places them ({sorted(levels)}); pass vision=False")
+    order, (hp, wp) = levels[length]
+    n, b, h, w = raw.shape
+    if hp % h or wp % w:
+        raise InputError(f"reshape: the {h}x{w} image-token grid does not divide the {hp}x{wp} patch grid; "
+                         "pass vision=False")
+    cells = raw.repeat_interleave(hp // h, dim=-2).repeat_interleave(wp // w, dim=-1)  # (N, B, hp, wp)
+    order = order.to(raw.device)
+    tokens = raw.new_zeros(n, b, length)
+    tokens[..., order] = cells.flatten(-2)  # (N, B, V): each vision token, its cell's relevancy
+    r_v = _propagate(tower, cams, ["q"] * len(tower))  # (N, B, V, V)
+    spread = (tokens.unsqueeze(-2) @ r_v).squeeze(-2)  # (N, B, V)
+    return spread[..., order].unflatten(-1, (hp, wp))
 
 
 def _language_model(model: nn.Module) -> LMView | None:
