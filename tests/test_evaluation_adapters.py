@@ -87,10 +87,15 @@ def test_protocols_give_finite_numbers_on_shipped_transformers_models(shipped):
     assert _finite([checked[mode][0]["gradcam"][k] for mode in ("cascading", "independent")
                     for k in ("spearman", "spearman_abs", "ssim")])
     board = grounding.leaderboard({name: adapter}, seeds, methods=["gradcam", "guided"])
-    rows = {r["method"]: r for r in board["rows"]}
-    assert math.isfinite(rows["gradcam"]["pointing"]) and rows["gradcam"]["reason"] is None
-    assert rows["guided"]["pointing"] is None and "relu" in rows["guided"]["reason"]
-    assert f"| {name} | {rows['guided']['n']} | Guided Grad-CAM | not applicable: " in grounding.format_leaderboard(board)
+    kinds = {r["kind"]: r["model"] for r in board["rows"]}  # a VLM: its caption words and its answers
+    assert kinds == ({"caption": f"{name} (captions)", "answer": f"{name} (answers)"} if name == "tiny-vlm"
+                     else {"caption": name})
+    for kind, label in kinds.items():
+        rows = {r["method"]: r for r in board["rows"] if r["kind"] == kind}
+        assert math.isfinite(rows["gradcam"]["pointing"]) and rows["gradcam"]["reason"] is None
+        assert rows["guided"]["pointing"] is None and "relu" in rows["guided"]["reason"]
+        assert f"| {label} | {rows['guided']['n']} | Guided Grad-CAM | not applicable: " in \
+            grounding.format_leaderboard(board)
     assert_unchanged(adapter.model, before)
 
 

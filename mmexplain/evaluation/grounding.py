@@ -52,7 +52,7 @@ from .. import world
 from ..explain import explain_answer
 from ..methods import METHODS, call_model, display_name
 from ..targets import logits_of
-from .items import Item, adapter_of, explain_item, image_size, inapplicable, kind_of
+from .items import Item, adapter_of, explain_item, image_size, inapplicable, kind_of, kinds_of
 from .scoring import BASELINES, Baselines, ModelRun, fmt, metric_tables
 from ..errors import InputError, InputTypeError
 
@@ -322,7 +322,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 def leaderboard(models: Mapping[str, Any], seeds: Iterable[int], *, methods: Sequence[str] | str = "all",
                 seed: int = 0, runner: Runner | None = None) -> dict[str, Any]:
-    """Every applicable method on every model, side by side: one row per (model, method).
+    """Every applicable method on every model, side by side: one row per (model, item kind, method).
+
+    A model that explains several kinds (an LLM-based VLM: caption words and answers) gets rows for each,
+    named ``"NAME (captions)"`` and ``"NAME (answers)"``.
 
     Args:
         models: display name -> an ``mx.zoo`` model or an ``mx.hf`` adapter (captioner,
@@ -344,25 +347,35 @@ def leaderboard(models: Mapping[str, Any], seeds: Iterable[int], *, methods: Seq
     seeds = _check_seeds(seeds)
     start = time.perf_counter()
     rows = []
-    for name, model in models.items():
+    for model_name, model in models.items():
         reasons = inapplicable_methods(model, chosen)
         usable = [m for m in chosen if m not in reasons]
-        if not usable:  # nothing to run on this model: its rows say why, no baselines to compare with
-            rows.extend({"model": name, "kind": kind_of(model), "method": m, "n": 0, "pointing": None,
-                         "pointing_unique": None, "energy_ratio": None, "discrimination": None,
-                         "seconds_per_item": None, "reason": reasons[m]} for m in chosen)
-            continue
-        result = _evaluate(model, seeds, usable, layer=None, seed=seed, runner=runner, desc=name)
-        groups = result["groups"]
-        for m in [*chosen, *BASELINES]:
-            row_all, row_unique = groups["all"].get(m, {}), groups.get("unique", {}).get(m, {})
-            rows.append({
-                "model": name, "kind": kind_of(model), "method": m, "n": groups["all"]["n"],
-                "pointing": row_all.get("pointing"), "pointing_unique": row_unique.get("pointing"),
-                "energy_ratio": row_all.get("energy_ratio"), "discrimination": row_all.get("discrimination"),
-                "seconds_per_item": result["seconds_per_item"].get(m), "reason": reasons.get(m),
-            })
+        kinds = kinds_of(model)
+        for kind in kinds:  # a VLM: its caption words, then its answers
+            name = model_name if len(kinds) == 1 else f"{model_name} ({kind}s)"
+            rows.extend(_rows_of(model, name, kind, seeds, chosen, usable, reasons, seed, runner))
     return {"n_scenes": len(seeds), "rows": rows, "seconds": time.perf_counter() - start}
+
+
+def _rows_of(model: Any, name: str, kind: str, seeds: Sequence[int], chosen: list[str], usable: list[str],
+             reasons: dict[str, str], seed: int, runner: Runner | None) -> list[dict[str, Any]]:
+    """The leaderboard rows of one model on one item kind."""
+    if not usable:  # nothing to run on this model: its rows say why, no baselines to compare with
+        return [{"model": name, "kind": kind, "method": m, "n": 0, "pointing": None, "pointing_unique": None,
+                 "energy_ratio": None, "discrimination": None, "seconds_per_item": None, "reason": reasons[m]}
+                for m in chosen]
+    result = _evaluate(model, seeds, usable, layer=None, seed=seed, runner=runner, desc=name, kind=kind)
+    groups = result["groups"]
+    rows = []
+    for m in [*chosen, *BASELINES]:
+        row_all, row_unique = groups["all"].get(m, {}), groups.get("unique", {}).get(m, {})
+        rows.append({
+            "model": name, "kind": kind, "method": m, "n": groups["all"]["n"],
+            "pointing": row_all.get("pointing"), "pointing_unique": row_unique.get("pointing"),
+            "energy_ratio": row_all.get("energy_ratio"), "discrimination": row_all.get("discrimination"),
+            "seconds_per_item": result["seconds_per_item"].get(m), "reason": reasons.get(m),
+        })
+    return rows
 
 
 def format_leaderboard(report: dict[str, Any]) -> str:

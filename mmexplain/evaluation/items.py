@@ -79,6 +79,12 @@ def kind_of(model: Any) -> str:
     return next(kind for kind in ("caption", "answer", "class") if kind in tasks)
 
 
+def kinds_of(model: Any) -> list[str]:
+    """Every item kind ``model`` explains, in the order caption, answer, class (a VLM: captions and answers)."""
+    tasks = adapter_of(model).tasks
+    return [kind for kind in ("caption", "answer", "class") if kind in tasks]
+
+
 def inapplicable(model: Any, methods: Iterable[str]) -> dict[str, str]:
     """name -> the one-line reason, for each method of ``methods`` that ``model`` cannot run."""
     capabilities = adapter_of(model).capabilities
