@@ -93,6 +93,8 @@ class Relevancy:
         token: the row read for a target that names no logit position (default 0).
         reshape: the call form's token-grid callable; without ``grid=`` its ``grid`` attribute
             (h, w), when it has one, is the patch grid (an adapter's ``PatchGrid``).
+        vision: on an LLM-based VLM, continue the image tokens' relevancy into the vision tower's
+            self-attention (default True; the map is then on the tower's patch grid).
 
     Example:
         >>> import torch, transformers
