@@ -73,16 +73,15 @@ def adapter_of(model: Any) -> ItemAdapter:
     return as_item_adapter(model)
 
 
-def kind_of(model: Any) -> str:
-    """``"caption"``, ``"answer"`` or ``"class"``: the item kind ``model`` is evaluated on (a VLM: captions)."""
-    tasks = adapter_of(model).tasks
-    return next(kind for kind in ("caption", "answer", "class") if kind in tasks)
-
-
 def kinds_of(model: Any) -> list[str]:
     """Every item kind ``model`` explains, in the order caption, answer, class (a VLM: captions and answers)."""
     tasks = adapter_of(model).tasks
     return [kind for kind in ("caption", "answer", "class") if kind in tasks]
+
+
+def kind_of(model: Any) -> str:
+    """``"caption"``, ``"answer"`` or ``"class"``: the item kind ``model`` is evaluated on (a VLM: captions)."""
+    return kinds_of(model)[0]
 
 
 def inapplicable(model: Any, methods: Iterable[str]) -> dict[str, str]:
