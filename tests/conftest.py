@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -122,6 +123,22 @@ class TinyViT(nn.Module):
         tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.embed(patches)], dim=1)  # (B, 5, 3)
         tokens = self.block(tokens)  # hooked: (B, 5, 3)
         return self.head(torch.tanh(tokens).pow(2).mean(dim=1))
+
+
+@contextlib.contextmanager
+def feature_zeroed(module: nn.Module, index: int):
+    """Within the block, ``module``'s output has feature ``index`` of its last axis set to 0 (a hook of our own):
+    the hand reference of Ablation-CAM's ablated forward."""
+    def zero(m, args, output):
+        output = output.clone()
+        output[..., index] = 0
+        return output
+
+    handle = module.register_forward_hook(zero)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def drop_cls(tokens):  # (B, 1+4, D) -> (B, D, 2, 2)

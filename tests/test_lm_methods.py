@@ -63,9 +63,13 @@ def built():
                 bos_token_id=2, eos_token_id=3)
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
                       vision_feature_layer=-2, vision_feature_select_strategy="default")
-    model = LlavaForConditionalGeneration(cfg).eval()
+    return teacher_forced_caption(LlavaForConditionalGeneration(cfg).eval(), proc, (32, 32))
+
+
+def teacher_forced_caption(model, proc, size):
+    """(adapter, image, pixels, inputs, spans): CAPTION teacher-forced on a seeded random image of ``size``."""
     vlm = mx.hf.adapter(model, proc, prompt="describe image", max_new_tokens=4)
-    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(7))
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(7))
     pixels = vlm.load_image(image)
     inputs, spans = vlm.teacher_forced(pixels, CAPTION)
     with torch.no_grad():
@@ -305,14 +309,7 @@ def built_qwen():
                   temporal_patch_size=2)
     cfg = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["image"],
                         video_token_id=ids["video"], vision_start_token_id=ids["start"], vision_end_token_id=ids["end"])
-    model = Qwen2VLForConditionalGeneration(cfg).eval()
-    vlm = mx.hf.adapter(model, proc, prompt="describe image", max_new_tokens=4)
-    image = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(7))
-    pixels = vlm.load_image(image)
-    inputs, spans = vlm.teacher_forced(pixels, CAPTION)
-    with torch.no_grad():
-        vlm.model(**inputs)
-    return vlm, image, pixels, inputs, spans
+    return teacher_forced_caption(Qwen2VLForConditionalGeneration(cfg).eval(), proc, (48, 64))
 
 
 def test_qwen2vl_gradients_and_explainer():

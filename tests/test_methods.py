@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 import mmexplain as mx
-from conftest import TinyViT, assert_unchanged, drop_cls, snapshot
+from conftest import TinyViT, assert_unchanged, drop_cls, feature_zeroed, snapshot
 from mmexplain.methods import upsample_and_normalize
 
 T = mx.targets
@@ -408,17 +408,8 @@ def test_per_token_methods_on_a_token_layer():
     y = out[:, 1].detach()
     drops = []
     for d in range(3):
-        def zero(m, i, o, d=d):
-            o = o.clone()
-            o[..., d] = 0
-            return o
-
-        handle = model.block.register_forward_hook(zero)
-        try:
-            with torch.no_grad():
-                drops.append((y - model(x)[:, 1]) / y)
-        finally:
-            handle.remove()
+        with feature_zeroed(model.block, d), torch.no_grad():
+            drops.append((y - model(x)[:, 1]) / y)
     w = torch.stack(drops, dim=-1)  # (B, D)
     expected = torch.einsum("bd,btd->bt", w, a)[:, 1:].reshape(2, 2, 2)
     res = mx.AblationCAM(model, "block", reshape=drop_cls, relu=False)(x, T.ClassLogit(1))
@@ -455,16 +446,8 @@ def test_ablation_cam_on_tokens_packed_into_one_row_equals_the_hand_computed_dro
         y = target(model(x))  # (B,)
         drops = []
         for d in range(4):  # zero feature d of every packed token, one forward each
-            def zero(m, i, o, d=d):
-                o = o.clone()
-                o[..., d] = 0
-                return o
-
-            handle = model.pack.register_forward_hook(zero)
-            try:
+            with feature_zeroed(model.pack, d):
                 drops.append((y - target(model(x))) / y.abs())
-            finally:
-                handle.remove()
     expected = torch.stack(drops, dim=-1)  # (B, D)
     for batch_size in (1, 2, 64):  # one copy per forward; all copies packed into one row of one forward
         res = mx.AblationCAM(model, "pack", reshape=_unpack, batch_size=batch_size)(x, target)

@@ -19,6 +19,7 @@ pytest.importorskip("tokenizers")
 
 import mmexplain as mx  # noqa: E402
 from mmexplain.methods.pictures import PictureInputs  # noqa: E402
+from conftest import feature_zeroed  # noqa: E402
 from test_lm_methods import CAPTION, absolute, built, built_qwen, full, image_positions, targets_of  # noqa: E402
 
 
@@ -137,15 +138,8 @@ def test_ablation_cam_zeroes_one_channel_of_the_vision_layer_on_qwen2vl():
         channels = ex.result.weights.shape[-1]
         dropped = torch.zeros(len(targets), channels)
         for k in range(channels):
-            def zero(module, args, output, k=k):
-                out = output.clone()
-                out[..., k] = 0
-                return out
-            handle = site.register_forward_hook(zero)
-            try:
+            with feature_zeroed(site, k):
                 out = vlm.hf_model(**inputs)
-            finally:
-                handle.remove()
             dropped[:, k] = torch.stack([t(out) for t in targets])[:, 0]
     expected = (y[:, None] - dropped) / y.abs()[:, None]
     torch.testing.assert_close(ex.result.weights[:, 0], expected, rtol=1e-4, atol=1e-5)
