@@ -4,7 +4,8 @@ A content word hits when its map's maximum lies in the mask of the object it des
 (``scene.alignment``); the caption explained is the scene's own (teacher-forced). An answer
 (the scene's, given its question) hits when its map's maximum lies in its objects' masks. Also the
 seconds per caption (all words) of each method, and the variants of the methods' choices
-(attention layers, TAM denoise, the LM Grad-CAM layer) called directly.
+(attention layers or rollout into the tower, relevancy without the tower, TAM's filter, the LM Grad-CAM
+layer) called directly.
 
     python benchmarks/lm_pointing.py models/tiny-llava models/tiny-qwen2vl --scenes 20
 """
@@ -18,6 +19,7 @@ import torch
 
 import mmexplain as mx
 from mmexplain.evaluation.grounding import image_size
+from mmexplain.methods import Relevancy
 from mmexplain.methods.lm_maps import LMAttention, LMGradCAM, TokenActivationMap
 from mmexplain.targets import SequenceLogProb
 
@@ -27,7 +29,10 @@ METHODS = ["attention", "tam", "lm-gradcam", "gradxinput", "relevancy", "gradcam
 def variants(vlm, count):
     """name -> method class factory for the choices the registry's defaults fix."""
     out = {"attention[last-half]": lambda m, r: LMAttention(m, reshape=r, layers="last-half"),
-           "tam[no denoise]": lambda m, r: TokenActivationMap(m, reshape=r, denoise=False)}
+           "attention[tower rollout]": lambda m, r: LMAttention(m, reshape=r, vision=True),
+           "relevancy[LM only]": lambda m, r: Relevancy(m, reshape=r, vision=False),
+           "tam[no denoise]": lambda m, r: TokenActivationMap(m, reshape=r, denoise=False),
+           "tam[sigma 1]": lambda m, r: TokenActivationMap(m, reshape=r, sigma=1.0)}
     for k in range(count - 1):
         out[f"lm-gradcam[layer {k}]"] = lambda m, r, k=k: LMGradCAM(m, reshape=r, layer=k)
     return out

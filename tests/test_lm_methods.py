@@ -184,20 +184,41 @@ def test_tam_equals_logit_lens_with_interference_removed():
     assert any(s > 0 for s in scales), scales  # the removal acts on this model's words
     assert res.activations.shape == (1, 32, 4, 4)
     smooth = TokenActivationMap(vlm.model)(inputs, targets_of(spans))
-    torch.testing.assert_close(smooth.pre_relu, rank_gaussian_filter(res.pre_relu))
+    low = res.pre_relu.amin(dim=(-2, -1), keepdim=True)
+    scaled = (res.pre_relu - low) / (res.pre_relu.amax(dim=(-2, -1), keepdim=True) - low)  # [0, 1] per map
+    torch.testing.assert_close(smooth.pre_relu, rank_gaussian_filter(scaled))
     negated = TokenActivationMap(vlm.model, denoise=False)(inputs, Counterfactual(targets_of(spans)[0]))
     torch.testing.assert_close(negated.pre_relu, -res.pre_relu[0])
+    first = targets_of(spans)[0]
+    both = TokenActivationMap(vlm.model)(inputs, [first, Counterfactual(first)])
+    raw = res.pre_relu[0]  # the counterfactual's map, -raw, scaled to [0, 1], then filtered
+    torch.testing.assert_close(both.pre_relu[1], rank_gaussian_filter((raw.max() - raw) / (raw.max() - raw.min())))
 
 
 def test_rank_gaussian_filter_by_hand():
+    """sigma per window = std / mean of its values (TAM's code); weights exp(-r^2 / 2 sigma^2) over the ranks
+    r = -4..4 of the sorted window; a fixed sigma = 1 is median-like."""
+    def by_hand(window, sigma=None):
+        v = torch.sort(window.flatten()).values
+        if sigma is None:
+            if float(v.mean()) <= 0:
+                return 0.0
+            sigma = float(v.std(correction=0) / v.mean())
+        w = torch.exp(-(torch.arange(9.0) - 4) ** 2 / (2 * sigma ** 2))
+        return float((v * w).sum() / w.sum())
+
     x = torch.zeros(5, 5)
-    x[2, 2] = 9.0  # an isolated spike
-    assert float(rank_gaussian_filter(x)[2, 2]) < 0.01  # sorted, the spike is the last rank: weight e^-8
+    x[2, 2] = 9.0  # an isolated spike: softened (sigma 2.83), not erased; with sigma = 1 nearly erased
+    out = rank_gaussian_filter(x)
+    assert abs(float(out[2, 2]) - by_hand(x[1:4, 1:4])) < 1e-5 and float(out[2, 2]) > 0.5
+    assert float(rank_gaussian_filter(x, sigma=1.0)[2, 2]) < 0.01  # the spike's weight is e^-8
+    assert float(out[0, 0]) == 0  # a window of zeros (mean 0) gives 0
     torch.testing.assert_close(rank_gaussian_filter(torch.full((3, 4), 2.0)), torch.full((3, 4), 2.0))
     y = torch.arange(9.0).reshape(3, 3)
-    r = torch.arange(9.0) - 4
-    w = torch.exp(-r ** 2 / 2)
-    assert abs(float(rank_gaussian_filter(y)[1, 1]) - float((torch.arange(9.0) * w).sum() / w.sum())) < 1e-5
+    assert abs(float(rank_gaussian_filter(y)[1, 1]) - by_hand(y)) < 1e-5
+    assert abs(float(rank_gaussian_filter(y, sigma=1.0)[1, 1]) - by_hand(y, 1.0)) < 1e-5
+    reflected = torch.tensor([[4.0, 3, 4], [1, 0, 1], [4, 3, 4]])  # y's corner (0, 0), its border reflected
+    assert abs(float(rank_gaussian_filter(y)[0, 0]) - by_hand(reflected)) < 1e-5
     assert torch.equal(rank_gaussian_filter(y, kernel=1), y)
     with pytest.raises(ValueError, match="kernel"):
         rank_gaussian_filter(y, kernel=2)
@@ -275,13 +296,16 @@ def test_explain_caption_routes_lm_methods(name):
 
 @pytest.mark.parametrize("name", ["attention", "tam", "lm-gradcam", "gradxinput"])
 def test_explain_answer_routes_lm_methods(name):
-    """An answer and its counterfactual from one call; the counterfactual of a signed map is its negation."""
+    """An answer and its counterfactual from one call; the counterfactual of a signed map is its negation
+    (TAM's before its filter)."""
     vlm, image, *_ = built()
     ax = mx.explain_answer(vlm, image, "describe image", "red circle", method=name)
     assert ax.maps.shape == ax.counterfactuals.shape == (1, 32, 32) and torch.isfinite(ax.maps).all()
     pre = ax.result.pre_relu[:, 0]  # (2, 4, 4): the answer, its counterfactual
     if name == "attention":
         assert float(pre[0].sum()) > 0 and float(pre[1].abs().sum()) == 0
+    elif name == "tam":  # both scaled to [0, 1] before the filter (the negation is checked in the TAM test)
+        assert 0 <= float(pre.min()) and float(pre.max()) <= 1 and float((pre[1] - pre[0]).abs().max()) > 0
     else:
         torch.testing.assert_close(pre[1], -pre[0])
     assert ax.token_attributions is not None and ax.token_attributions.shape == (1, 2)

@@ -185,3 +185,43 @@ def test_every_registered_method_runs_on_the_vlm_or_says_why_not(which):
         ax = mx.explain_answer(vlm, image, "describe image", "red circle", method=name)
         assert ax.maps.shape[0] == 1 and torch.isfinite(ax.maps).all(), name
     assert_unchanged(vlm.hf_model, before)
+
+
+def test_attention_continues_into_the_vision_tower_by_rollout():
+    """LM attention with vision=True on LLaVA: the word's head-mean attention to the image tokens, then attention
+    rollout (R = I, R += A R, A the head-mean eager attention caught by hooks) over the CLIP layers the LM reads:
+    vision_feature_layer=-2 leaves the last layer out."""
+    vlm, image, pixels, inputs, spans = built()
+    hf = vlm.hf_model
+    caught = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: caught.append(out[1].detach()))
+             for n, m in hf.named_modules() if n.startswith("model.vision_tower") and n.endswith("self_attn")]
+    try:
+        with torch.no_grad():
+            out = eager_attentions(hf, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(caught) == hf.config.vision_config.num_hidden_layers == 2
+    img = image_positions(vlm, inputs)
+    lm = torch.stack(out.attentions)[:, 0].mean(dim=(0, 1))  # (L, L): mean over layers and heads
+
+    def rollout(layers):
+        r = torch.eye(caught[0].shape[-1])
+        for a in layers:
+            r = r + a[0].mean(dim=0) @ r
+        return r
+
+    res = mx.methods.LMAttention(vlm.model, reshape=vlm.reshape_for(pixels), vision=True)(inputs, targets_of(spans))
+    for n, q in enumerate(absolute(inputs, spans)):
+        per_token = torch.cat([lm.new_zeros(1), lm[q, img]])  # CLS first, then the patches
+        expected = (per_token @ rollout(caught[:-1])[:, 1:]).reshape(4, 4)
+        torch.testing.assert_close(res.pre_relu[n, 0], expected, rtol=1e-4, atol=1e-6)
+        wrong = (per_token @ rollout(caught)[:, 1:]).reshape(4, 4)  # the unread last layer changes the map
+        assert float((wrong - expected).abs().max()) > 1e-4
+    plain = mx.methods.LMAttention(vlm.model, reshape=vlm.reshape_for(pixels))(inputs, targets_of(spans))
+    assert plain.pre_relu.shape == res.pre_relu.shape and float((plain.pre_relu - res.pre_relu).abs().max()) > 0
+    qwen, qimage, qpixels, qinputs, qspans = built_qwen()  # 3 x 4 image tokens onto the 6 x 8 patch grid
+    maps = mx.methods.LMAttention(qwen.model, reshape=qwen.reshape_for(qpixels), vision=True)(qinputs,
+                                                                                             targets_of(qspans))
+    assert maps.pre_relu.shape[-2:] == (6, 8) and bool(torch.isfinite(maps.maps).all())

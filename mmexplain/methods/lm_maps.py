@@ -41,10 +41,11 @@ from ..targets import Counterfactual, SequenceLogProb
 from .attention_record import AttentionRecorder
 from .base import CAMResult, call_model, check_targets, module_name, upsample_and_normalize
 from .gradcam import GradCAM
+from .tower import into_tower
 from .variants import HiResCAM
 from ..errors import InputError, InputTypeError
 
-__all__ = ["LMView", "lm_view", "image_grid", "logit_rows", "ImageTokens", "rank_gaussian_filter",
+__all__ = ["LMView", "lm_view", "image_grid", "logit_rows", "ImageTokens", "rank_gaussian_filter", "min_max",
            "LMAttention", "TokenActivationMap", "LMGradCAM", "GradientXInput"]
 
 
@@ -158,25 +159,44 @@ class ImageTokens:
         return f"ImageTokens({self.positions.numel()} image tokens -> {self.grid[0]}x{self.grid[1]})"
 
 
-def rank_gaussian_filter(maps: Tensor, *, kernel: int = 3, sigma: float = 1.0) -> Tensor:
+def rank_gaussian_filter(maps: Tensor, *, kernel: int = 3, sigma: float | None = None) -> Tensor:
     """Rank Gaussian filter: each cell becomes a Gaussian-weighted mean of its ``kernel x kernel``
     neighbourhood's values *sorted*, the weights a Gaussian over the rank centred on the median.
 
-    Robust to isolated spikes (like a median) and smooth (like a Gaussian). ``(..., h, w)`` ->
-    the same shape; borders are replicated.
+    ``sigma`` (in ranks): ``None`` (default) takes each window's coefficient of variation
+    (std / mean of its values), as TAM's authors do: a flat window gives its median, a window
+    with a peak nearly its mean, so a lone peak is softened, not erased; a window whose mean
+    is <= 0 gives 0 (the maps are expected >= 0). A number fixes it (robust like a median).
+    ``(..., h, w)`` -> the same shape; borders are reflected (replicated on a 1-cell side).
     """
     if kernel < 1 or kernel % 2 == 0:
         raise InputError(f"kernel: expected an odd int >= 1, got {kernel!r}")
     if kernel == 1:
         return maps
     lead, (h, w) = maps.shape[:-2], maps.shape[-2:]
-    flat = maps.reshape(-1, 1, h, w)
-    padded = F.pad(flat, (kernel // 2,) * 4, mode="replicate")
+    pad = kernel // 2
+    padded = F.pad(maps.reshape(-1, 1, h, w), (pad,) * 4, mode="reflect" if min(h, w) > pad else "replicate")
     windows = F.unfold(padded, kernel).sort(dim=1).values  # (n, k*k, h*w), each window sorted
-    ranks = torch.arange(kernel * kernel, dtype=maps.dtype, device=maps.device) - (kernel * kernel - 1) / 2
-    weights = torch.exp(-ranks ** 2 / (2 * sigma ** 2))
-    weights = weights / weights.sum()
-    return (windows * weights[:, None]).sum(dim=1).reshape(*lead, h, w)
+    ranks = (torch.arange(kernel * kernel, dtype=maps.dtype, device=maps.device) - kernel * kernel // 2)[:, None]
+    if sigma is None:
+        mean = windows.mean(dim=1, keepdim=True)  # (n, 1, h*w)
+        spread = windows.std(dim=1, correction=0, keepdim=True) / mean.clamp(min=1e-12)
+        weights = torch.exp(-ranks ** 2 / (2 * spread.clamp(min=1e-6) ** 2))  # (n, k*k, h*w)
+    else:
+        weights = torch.exp(-ranks ** 2 / (2 * sigma ** 2))[None]  # (1, k*k, 1)
+    out = (windows * weights).sum(dim=1) / weights.sum(dim=1)  # (n, h*w)
+    if sigma is None:
+        out = torch.where(mean[:, 0] > 0, out, torch.zeros_like(out))
+    return out.reshape(*lead, h, w)
+
+
+def min_max(maps: Tensor) -> Tensor:
+    """``(..., h, w)`` scaled to [0, 1] per map (a constant map becomes 0)."""
+    flat = maps.flatten(-2)
+    low, high = flat.min(dim=-1, keepdim=True).values, flat.max(dim=-1, keepdim=True).values
+    span = high - low
+    return torch.where(span > 0, (flat - low) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.zeros_like(flat)).reshape(maps.shape)
 
 
 # ---------------------------------------------------------------- shared plumbing
@@ -217,6 +237,18 @@ def _result(pre_relu: Tensor, scores: Tensor, activations: Tensor, output: Any, 
     return res if many else res[0]
 
 
+def read_tower_layers(model: nn.Module) -> int | None:
+    """The end of the slice of vision-tower layers (in run order) whose output the LM reads; ``None``: all.
+
+    LLaVA-style configs read ``hidden_states[vision_feature_layer]``: -2 gives -1 (the last layer is unused).
+    """
+    configs = (getattr(m, "config", None) for m in model.modules())  # the model may be wrapped
+    layer = next((c.vision_feature_layer for c in configs if hasattr(c, "vision_feature_layer")), None)
+    if not isinstance(layer, int) or layer == -1:
+        return None
+    return layer + 1 if layer < 0 else layer
+
+
 class _LMMethod:
     """``Method(model, reshape=None)``: the LM view of ``model`` and the adapter's grid."""
 
@@ -242,11 +274,16 @@ class LMAttention(_LMMethod):
     word: its query attends while the word is predicted). Probabilities are recorded
     through transformers' attention interface (``AttentionRecorder``, the LM's layers only).
 
+    With ``vision=True`` the image-token map is continued into the vision tower by attention
+    rollout (``mmexplain.methods.tower``: R = I, R += A R over the tower layers whose output
+    the LM reads, A the head-mean attention), giving a map on the finer patch grid.
+
     Args:
         layers: which LM layers to average: ``"all"`` (default), ``"last-half"``, or a list of indices.
+        vision: continue into the vision tower (default False: the map stops at the image tokens).
 
-    A counterfactual target gets a zero map (attention has no sign). Departures: none (a
-    map of raw attention, no rollout or gradient weighting; see ``relevancy`` for that).
+    A counterfactual target gets a zero map (attention has no sign). Departures: none (raw
+    attention, no gradient weighting; see ``relevancy`` for that).
 
     Example:
         >>> import mmexplain as mx
@@ -254,8 +291,12 @@ class LMAttention(_LMMethod):
         >>> ex = mx.explain_caption(vlm, "cat.jpg", method="attention")  # (T, H, W) word maps  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, *, reshape: Any = None, layers: str | Sequence[int] = "all") -> None:
+    def __init__(self, model: nn.Module, *, reshape: Any = None, layers: str | Sequence[int] = "all",
+                 vision: bool = False) -> None:
         super().__init__(model, reshape=reshape)
+        if not isinstance(vision, bool):
+            raise InputTypeError(f"vision: expected True or False, got {type(vision).__name__}")
+        self.vision = vision
         count = len(self.view.layers)
         if layers == "all":
             self.chosen = list(range(count))
@@ -270,9 +311,15 @@ class LMAttention(_LMMethod):
         inputs = _check_inputs(inputs)
         many, targets = check_targets(targets)
         positions, grid = self._place(inputs)
-        recorder = AttentionRecorder(self.model, within=self.view.decoder_name)
+        recorder = AttentionRecorder(self.model, within=None if self.vision else self.view.decoder_name)
         with recorder.recording() as records:
             output = call_model(self.model, inputs)
+        inside = self.view.decoder_name + "."
+        tower = [r for r in records if not r.name.startswith(inside)][:read_tower_layers(self.model)]
+        records = [r for r in records if r.name.startswith(inside)]
+        if self.vision and not tower:
+            raise InputError(f"model: no attention layer of {type(self.model).__name__}'s vision tower ran; "
+                             "pass vision=False")
         if len(records) != len(self.view.layers):
             raise InputError(f"model: recorded {len(records)} attention layers in the LM, expected {len(self.view.layers)}")
         probs = torch.stack([records[k].probs.detach() for k in self.chosen]).float()  # (layers, B, heads, L, L)
@@ -287,7 +334,10 @@ class LMAttention(_LMMethod):
                 maps.append(per if sign > 0 else torch.zeros_like(per))
                 scores.append(target(output).detach().float())
         pre = torch.stack(maps).unflatten(-1, grid)  # (N, B, h, w)
-        return _result(pre, torch.stack(scores), pre.new_zeros(pre.shape[1], 0, *grid), output, size, many)
+        if self.vision:  # (N, B, hp, wp) on the patch grid
+            pre = into_tower(pre, [r.probs.detach().float().mean(dim=1)[None] for r in tower], self.reshape)
+        return _result(pre, torch.stack(scores), pre.new_zeros(pre.shape[1], 0, *pre.shape[-2:]), output, size,
+                       many)
 
 
 class TokenActivationMap(_LMMethod):
@@ -304,12 +354,14 @@ class TokenActivationMap(_LMMethod):
        ``I = sum_j w_j a_j``;
     3. removal: ``a - s I`` with ``s = max(0, <a, I> / <I, I>)``, the least-squares scale
        (no interference, I = 0, removes nothing);
-    4. ``denoise``: the rank Gaussian filter (:func:`rank_gaussian_filter`) on the grid.
+    4. ``denoise``: the map scaled to [0, 1] (:func:`min_max`), then the rank Gaussian
+       filter (:func:`rank_gaussian_filter`; sigma per window from its coefficient of
+       variation, as the paper's code does, or fixed by ``sigma``) on the grid.
 
-    A counterfactual target negates the map. Departures from the paper: the scale is the
-    closed-form least-squares fit (clamped at 0) rather than a searched one; the filter's
-    sigma is fixed (``sigma`` in ranks) rather than set from the window's coefficient of
-    variation; a multi-token word averages its tokens' maps.
+    A counterfactual target negates the map (before the scaling). Departures from the paper:
+    the scale is the closed-form least-squares fit (clamped at 0) rather than a searched one;
+    the map is scaled to [0, 1] over the image tokens alone (the paper scales image and text
+    scores together); a multi-token word averages its tokens' maps.
 
     Example:
         >>> import mmexplain as mx
@@ -318,7 +370,7 @@ class TokenActivationMap(_LMMethod):
     """
 
     def __init__(self, model: nn.Module, *, reshape: Any = None, denoise: bool = True, kernel: int = 3,
-                 sigma: float = 1.0) -> None:
+                 sigma: float | None = None) -> None:
         super().__init__(model, reshape=reshape)
         self.denoise, self.kernel, self.sigma = denoise, kernel, sigma
 
@@ -364,7 +416,8 @@ class TokenActivationMap(_LMMethod):
                     scale = max(0.0, float(a[b] @ inter) / denom) if denom > 0 else 0.0
                     pre.append(a[b] - scale * inter)
                 m = sign * torch.stack(pre).unflatten(-1, grid)  # (B, h, w)
-                maps.append(rank_gaussian_filter(m, kernel=self.kernel, sigma=self.sigma) if self.denoise else m)
+                maps.append(rank_gaussian_filter(min_max(m), kernel=self.kernel, sigma=self.sigma) if self.denoise
+                            else m)
                 scores.append(target(output).detach().float())
         activations = ImageTokens(positions, grid)(hidden).detach()  # (B, D, h, w)
         return _result(torch.stack(maps), torch.stack(scores), activations, output, size, many)

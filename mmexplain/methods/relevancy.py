@@ -32,6 +32,7 @@ from .attention_record import AttentionRecord, AttentionRecorder, has_cross_atte
 from .base import CAMResult, call_model, check_size, check_targets, detach_all, find_image, upsample_and_normalize, warn_training
 from .core import gradients, score_of
 from .lm_maps import LMView, image_grid, lm_view, logit_rows
+from .tower import into_tower, self_attention_rule
 from ..errors import InputError, InputTypeError
 
 __all__ = ["Relevancy"]
@@ -203,7 +204,7 @@ class Relevancy:
             h, w, index = self._patches(read.shape[-1], image_tokens, grid)
             raw = read[..., index].unflatten(-1, (h, w))  # (N, B, h, w)
             if tower:
-                raw = _into_tower(raw, tower, cams[len(records):], self.reshape)
+                raw = into_tower(raw, cams[len(records):], self.reshape)
             if size is None:
                 image = find_image(inputs)
                 size = tuple(image.shape[-2:]) if image is not None else (h, w)
@@ -301,12 +302,8 @@ def _propagate(records: list[AttentionRecord], cams: list[Tensor], streams: list
 
     cross = [c for c, s in zip(cams, streams) if s == "x"]
     q_len = next((c.shape[-1] for c, s in zip(cams, streams) if s in ("q", "x")), None)
-    if not cross:
-        r_qq = eye(q_len)
-        for cam, stream in zip(cams, streams):
-            if stream == "q":
-                r_qq = r_qq + cam @ r_qq  # R += A-bar R
-        return r_qq
+    if not cross:  # R += A-bar R over the image stream
+        return self_attention_rule([c for c, s in zip(cams, streams) if s == "q"])
     s_len = cross[0].shape[-2]
     r_qq, r_ss = eye(q_len), eye(s_len)
     r_sq, r_qs = like.new_zeros(n, b, s_len, q_len), like.new_zeros(n, b, q_len, s_len)
@@ -332,32 +329,6 @@ def _normalize(r: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _into_tower(raw: Tensor, tower: list[AttentionRecord], cams: list[Tensor], reshape: Any) -> Tensor:
-    """Image-token relevancy (N, B, h, w) continued through the vision tower's self-attention: (N, B, hp, wp).
-
-    R_v = I, R_v += A-bar R_v over the tower's layers in run order (one image per sample: keys = queries = V
-    vision tokens); each vision token gets the relevancy of the image token whose cell covers its own
-    (``reshape``'s level of V tokens: their order on the (hp, wp) patch grid); the map is u R_v on that grid.
-    """
-    length = tower[0].probs.shape[-1]
-    levels = getattr(reshape, "levels", None) or {}
-    if length not in levels or any(c.shape[-2:] != (length, length) for c in cams):
-        raise InputError(f"reshape: the vision tower's attention covers {length} tokens and no grid level of "
-                         f"{length} tokens places them ({sorted(levels)}); pass vision=False")
-    order, (hp, wp) = levels[length]
-    n, b, h, w = raw.shape
-    if hp % h or wp % w:
-        raise InputError(f"reshape: the {h}x{w} image-token grid does not divide the {hp}x{wp} patch grid; "
-                         "pass vision=False")
-    cells = raw.repeat_interleave(hp // h, dim=-2).repeat_interleave(wp // w, dim=-1)  # (N, B, hp, wp)
-    order = order.to(raw.device)
-    tokens = raw.new_zeros(n, b, length)
-    tokens[..., order] = cells.flatten(-2)  # (N, B, V): each vision token, its cell's relevancy
-    r_v = _propagate(tower, cams, ["q"] * len(tower))  # (N, B, V, V)
-    spread = (tokens.unsqueeze(-2) @ r_v).squeeze(-2)  # (N, B, V)
-    return spread[..., order].unflatten(-1, (hp, wp))
 
 
 def _language_model(model: nn.Module) -> LMView | None:
