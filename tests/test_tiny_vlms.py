@@ -108,6 +108,31 @@ def test_qwen_patches_match_the_processor():
     assert enc["image_grid_thw"].tolist() == [[1, 96 // p, 96 // p]] * 2
 
 
+def test_sincos_positions_by_hand():
+    """tiny-llava's CLIP positions start as MAE's 2-D sine-cosine table: CLS zero; for the patch at (row y,
+    column x), channels [sin(y f), cos(y f), sin(x f), cos(x f)] with f_k = 10000^(-k / (D/4)), times 0.2."""
+    model, _ = tiny_vlms.new_parts("tiny-llava")
+    T.sincos_positions(model)
+    weight = model.model.vision_tower.embeddings.position_embedding.weight.detach()  # (1 + 8 * 8, 96)
+    assert weight.shape == (65, 96) and float(weight[0].abs().max()) == 0
+    f = 10000.0 ** (-torch.arange(24) / 24)
+    for y, x in [(0, 0), (0, 5), (3, 1), (7, 7)]:
+        expected = 0.2 * torch.cat([torch.sin(y * f), torch.cos(y * f), torch.sin(x * f), torch.cos(x * f)])
+        torch.testing.assert_close(weight[1 + 8 * y + x], expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_models_came_from_their_recipe(name):
+    """`mmexplain train NAME` reproduces the shipped model: the recipe it recorded is the one the command uses."""
+    import dataclasses
+    import json
+
+    recorded = json.loads((MODELS / name / "metrics.json").read_text())["training"]["recipe"]
+    expected = dataclasses.asdict(T.recipe_for(name))
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in expected.items()} == recorded
+    assert T.recipe_for("tiny-vlm") == T.recipe_for("tiny-llava")
+
+
 def test_slot_and_count_targets_read_the_caption():
     slots = T.slot_targets("a small red diamond left of a large blue circle left of a small red circle")
     assert slots == [[1, 0, 0, 3], [1, 1, 2, 0], [1, 0, 0, 0]]

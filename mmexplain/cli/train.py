@@ -245,7 +245,7 @@ def _train_vlm(args: argparse.Namespace) -> int:
     out = check_out(args.out, kind="folder") if args.out is not None else _default_out(name)
     if out.exists() and not args.force:
         raise CLIError(f"--out {str(out)!r} exists; add --force to replace it (or choose another folder)")
-    base = T.Recipe()
+    base = T.recipe_for(name)
     scale = 1.0 if not args.minutes else args.minutes / sum(base.minutes)
     recipe = dataclasses.replace(base, minutes=tuple(m * scale for m in base.minutes), seed=args.seed or 0,
                                  n_train=args.n_train or base.n_train)
