@@ -210,8 +210,9 @@ vlm = mx.hf.adapter(model, processor, prompt="describe the image")
 ## Training
 
 Command: `{command}` (seed {r['seed']}, {info['threads']} torch thread; {info['seconds'] / 60:.1f} minutes wall clock in
-all, {info['data_seconds']:.0f} s of it generating the data; {cpu / 60:.1f} CPU minutes of training, {share:.0f}% of one
-core: the two tiny VLMs trained side by side on a 2-core machine).
+all, {info['data_seconds']:.0f} s of it preparing the data (generated, or read from --cache-dir);
+{cpu / 60:.1f} CPU minutes of training, {share:.0f}% of one core: the two tiny VLMs trained side by side on a
+2-core machine).
 
 - data: ShapeWorld train seeds 0..{r['n_train'] - 1} at {a['image_size']} px, each scene's caption and all
   its questions; random vertical flips; no masks or boxes are used;
