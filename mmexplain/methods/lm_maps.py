@@ -45,7 +45,7 @@ from .tower import into_tower
 from .variants import HiResCAM
 from ..errors import InputError, InputTypeError
 
-__all__ = ["LMView", "lm_view", "image_grid", "logit_rows", "ImageTokens", "rank_gaussian_filter", "min_max",
+__all__ = ["LMView", "lm_view", "image_grid", "logit_rows", "ImageTokens", "rank_gaussian_filter",
            "LMAttention", "TokenActivationMap", "LMGradCAM", "GradientXInput"]
 
 
@@ -190,15 +190,6 @@ def rank_gaussian_filter(maps: Tensor, *, kernel: int = 3, sigma: float | None =
     return out.reshape(*lead, h, w)
 
 
-def min_max(maps: Tensor) -> Tensor:
-    """``(..., h, w)`` scaled to [0, 1] per map (a constant map becomes 0)."""
-    flat = maps.flatten(-2)
-    low, high = flat.min(dim=-1, keepdim=True).values, flat.max(dim=-1, keepdim=True).values
-    span = high - low
-    return torch.where(span > 0, (flat - low) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(flat)).reshape(maps.shape)
-
-
 # ---------------------------------------------------------------- shared plumbing
 
 
@@ -235,6 +226,14 @@ def _result(pre_relu: Tensor, scores: Tensor, activations: Tensor, output: Any, 
     weights = pre_relu.new_zeros(*pre_relu.shape[:2], 0)
     res = CAMResult(maps, raw, pre_relu, weights, scores, activations, output, many=True)
     return res if many else res[0]
+
+
+def lm_and_tower(records: list[Any], model: nn.Module, view: LMView) -> tuple[list[Any], list[Any]]:
+    """Recorded attention layers split into the LM's (under ``view.decoder_name``) and the vision tower's
+    that feed it (those after the layer the LM reads are dropped, :func:`read_tower_layers`), in run order."""
+    inside = view.decoder_name + "."
+    lm = [r for r in records if r.name.startswith(inside)]
+    return lm, [r for r in records if not r.name.startswith(inside)][:read_tower_layers(model)]
 
 
 def read_tower_layers(model: nn.Module) -> int | None:
@@ -314,9 +313,7 @@ class LMAttention(_LMMethod):
         recorder = AttentionRecorder(self.model, within=None if self.vision else self.view.decoder_name)
         with recorder.recording() as records:
             output = call_model(self.model, inputs)
-        inside = self.view.decoder_name + "."
-        tower = [r for r in records if not r.name.startswith(inside)][:read_tower_layers(self.model)]
-        records = [r for r in records if r.name.startswith(inside)]
+        records, tower = lm_and_tower(records, self.model, self.view)
         if self.vision and not tower:
             raise InputError(f"model: no attention layer of {type(self.model).__name__}'s vision tower ran; "
                              "pass vision=False")
@@ -354,9 +351,9 @@ class TokenActivationMap(_LMMethod):
        ``I = sum_j w_j a_j``;
     3. removal: ``a - s I`` with ``s = max(0, <a, I> / <I, I>)``, the least-squares scale
        (no interference, I = 0, removes nothing);
-    4. ``denoise``: the map scaled to [0, 1] (:func:`min_max`), then the rank Gaussian
-       filter (:func:`rank_gaussian_filter`; sigma per window from its coefficient of
-       variation, as the paper's code does, or fixed by ``sigma``) on the grid.
+    4. ``denoise``: the map scaled to [0, 1] (min-max, as ``upsample_and_normalize``), then
+       the rank Gaussian filter (:func:`rank_gaussian_filter`; sigma per window from its
+       coefficient of variation, as the paper's code does, or fixed by ``sigma``) on the grid.
 
     A counterfactual target negates the map (before the scaling). Departures from the paper:
     the scale is the closed-form least-squares fit (clamped at 0) rather than a searched one;
@@ -416,8 +413,8 @@ class TokenActivationMap(_LMMethod):
                     scale = max(0.0, float(a[b] @ inter) / denom) if denom > 0 else 0.0
                     pre.append(a[b] - scale * inter)
                 m = sign * torch.stack(pre).unflatten(-1, grid)  # (B, h, w)
-                maps.append(rank_gaussian_filter(min_max(m), kernel=self.kernel, sigma=self.sigma) if self.denoise
-                            else m)
+                scaled = upsample_and_normalize(m, m.shape[-2:])  # min-max to [0, 1], no resizing
+                maps.append(rank_gaussian_filter(scaled, kernel=self.kernel, sigma=self.sigma) if self.denoise else m)
                 scores.append(target(output).detach().float())
         activations = ImageTokens(positions, grid)(hidden).detach()  # (B, D, h, w)
         return _result(torch.stack(maps), torch.stack(scores), activations, output, size, many)

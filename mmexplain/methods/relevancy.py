@@ -31,7 +31,7 @@ from ..targets import Counterfactual, SequenceLogProb, Target, WordLogProb
 from .attention_record import AttentionRecord, AttentionRecorder, has_cross_attention
 from .base import CAMResult, call_model, check_size, check_targets, detach_all, find_image, upsample_and_normalize, warn_training
 from .core import gradients, score_of
-from .lm_maps import LMView, image_grid, lm_view, logit_rows
+from .lm_maps import LMView, image_grid, lm_and_tower, lm_view, logit_rows
 from .tower import into_tower, self_attention_rule
 from ..errors import InputError, InputTypeError
 
@@ -182,10 +182,8 @@ class Relevancy:
         with self.recorder.recording() as records:
             output = call_model(self.model, inputs)
         tower: list[AttentionRecord] = []
-        if self.vision:  # the LM's layers form the stream; the others (the vision tower's) continue it
-            inside = self.lm.decoder_name + "."
-            tower = [r for r in records if not r.name.startswith(inside)]
-            records = [r for r in records if r.name.startswith(inside)]
+        if self.vision:  # the LM's layers form the stream; the vision tower's that feed it continue it
+            records, tower = lm_and_tower(records, self.model, self.lm)
         if not records:
             where = f" under encoder={self.encoder!r}" if self.encoder is not None else ""
             raise InputError(f"no attention layer of {type(self.model).__name__}{where} ran during the forward pass")
