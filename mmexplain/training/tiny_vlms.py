@@ -429,10 +429,12 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     name, out = args[0], Path(args[1])
-    minutes = tuple(float(m) for m in args[2:5]) if len(args) >= 5 else recipe_for(name).minutes
+    recipe = recipe_for(name)
+    if len(args) >= 5:
+        recipe = replace(recipe, minutes=tuple(float(m) for m in args[2:5]))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     init = args[5] if len(args) > 5 else None
-    model, processor, info = train(name, replace(recipe_for(name), minutes=minutes), out=out, init=init, cache_dir=Path("/tmp/swcache"),
+    model, processor, info = train(name, recipe, out=out, init=init, cache_dir=Path("/tmp/swcache"),
                                    log=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
     save(model, processor, out, {"train_info.json": json.dumps(info, indent=1)})
     print("done", json.dumps(info)[:2000], flush=True)

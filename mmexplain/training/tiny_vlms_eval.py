@@ -134,7 +134,8 @@ def evaluate(vlm: Any, *, n: int = 200, pointing: bool = True,
 ABOUT = {
     "tiny-llava": ("LlavaForConditionalGeneration", "LlavaProcessor",
                    "a CLIP vision tower ({vision_layers} x {vision_hidden}, patch {patch_size} on {image_size} x "
-                   "{image_size} images -> a {grid} x {grid} grid + CLS; its learned positions start as 2-D sine-cosine ones), LLaVA's two-layer projector and a Llama LM "
+                   "{image_size} images -> a {grid} x {grid} grid + CLS; its learned positions start as 2-D "
+                   "sine-cosine ones), LLaVA's two-layer projector and a Llama LM "
                    "({text_layers} x {text_hidden}); the LM reads `hidden_states[-2]` (the output of vision block "
                    "{read} of 0..{last}) with CLS dropped: {grid2} image tokens"),
     "tiny-qwen2vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor",
