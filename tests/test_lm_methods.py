@@ -222,6 +222,14 @@ def test_rank_gaussian_filter_by_hand():
     assert torch.equal(rank_gaussian_filter(y, kernel=1), y)
     with pytest.raises(ValueError, match="kernel"):
         rank_gaussian_filter(y, kernel=2)
+    for bad in (0.0, -1.0, float("nan"), "1"):
+        with pytest.raises(ValueError, match="sigma"):
+            rank_gaussian_filter(y, sigma=bad)
+    vlm, *_ = built()
+    with pytest.raises(ValueError, match="sigma"):  # at construction, before any forward
+        TokenActivationMap(vlm.model, sigma=0)
+    with pytest.raises(ValueError, match="kernel"):
+        TokenActivationMap(vlm.model, kernel=4)
 
 
 def hooked_reference(vlm, inputs, spans, module, *, input):

@@ -159,6 +159,15 @@ class ImageTokens:
         return f"ImageTokens({self.positions.numel()} image tokens -> {self.grid[0]}x{self.grid[1]})"
 
 
+def _check_filter(kernel: Any, sigma: Any) -> None:
+    """InputError naming ``kernel`` (an odd int >= 1) or ``sigma`` (None or a finite number > 0)."""
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+        raise InputError(f"kernel: expected an odd int >= 1, got {kernel!r}")
+    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float))
+                              or not math.isfinite(sigma) or sigma <= 0):
+        raise InputError(f"sigma: expected None or a finite number > 0, got {sigma!r}")
+
+
 def rank_gaussian_filter(maps: Tensor, *, kernel: int = 3, sigma: float | None = None) -> Tensor:
     """Rank Gaussian filter: each cell becomes a Gaussian-weighted mean of its ``kernel x kernel``
     neighbourhood's values *sorted*, the weights a Gaussian over the rank centred on the median.
@@ -169,8 +178,7 @@ def rank_gaussian_filter(maps: Tensor, *, kernel: int = 3, sigma: float | None =
     is <= 0 gives 0 (the maps are expected >= 0). A number fixes it (robust like a median).
     ``(..., h, w)`` -> the same shape; borders are reflected (replicated on a 1-cell side).
     """
-    if kernel < 1 or kernel % 2 == 0:
-        raise InputError(f"kernel: expected an odd int >= 1, got {kernel!r}")
+    _check_filter(kernel, sigma)
     if kernel == 1:
         return maps
     lead, (h, w) = maps.shape[:-2], maps.shape[-2:]
@@ -369,6 +377,7 @@ class TokenActivationMap(_LMMethod):
     def __init__(self, model: nn.Module, *, reshape: Any = None, denoise: bool = True, kernel: int = 3,
                  sigma: float | None = None) -> None:
         super().__init__(model, reshape=reshape)
+        _check_filter(kernel, sigma)
         self.denoise, self.kernel, self.sigma = denoise, kernel, sigma
 
     def _lens(self, hidden: Tensor, ids: Tensor) -> Tensor:
