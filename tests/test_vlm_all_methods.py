@@ -3,7 +3,8 @@
 - relevancy through the LM's self-attention, with no arguments, equals Chefer et al.'s rule written here on
   the model's own eager ``output_attentions`` (the attention probabilities in the graph) and ``torch.autograd``;
 - perturbation methods mask the picture and run the processor again (``PictureInputs``): Occlusion on Qwen2-VL's
-  flattened patches equals the score drops of occluded pictures sent one at a time through the adapter;
+  flattened patches equals the score drops of pictures with a window of the processor's mean colour (its
+  normalised 0, Zeiler & Fergus' grey square) sent one at a time through the adapter;
   Ablation-CAM equals the relative drop with one channel of the vision layer zeroed by a hook of our own;
   on LLaVA, whose processor gives a (B, 3, H, W) tensor, Score-CAM through the picture equals Score-CAM on it;
 - every method in the registry runs through explain_caption and explain_answer on both, leaving them as found.
@@ -103,6 +104,7 @@ def occlusion_reference(vlm, image, window, stride):
 
     pixels = vlm.load_image(image)
     picture = vlm.display_image(pixels)  # (3, H, W)
+    mean = torch.tensor(vlm.processor.image_processor.image_mean)[:, None, None]  # (3, 1, 1)
     inputs, spans = vlm.teacher_forced(pixels, CAPTION)
     targets = targets_of(spans)
     with torch.no_grad():
@@ -112,7 +114,7 @@ def occlusion_reference(vlm, image, window, stride):
         for i, (r0, r1) in enumerate(rows):
             for j, (c0, c1) in enumerate(cols):
                 hidden = picture.clone()
-                hidden[:, r0:r1, c0:c1] = 0.0
+                hidden[:, r0:r1, c0:c1] = mean  # the processor's mean colour: its normalised 0
                 masked, _ = vlm.teacher_forced(hidden[None], CAPTION)
                 out = vlm.model(**masked)
                 drops[:, i, j] = clean - torch.stack([t(out) for t in targets])[:, 0]
@@ -145,28 +147,22 @@ def test_ablation_cam_zeroes_one_channel_of_the_vision_layer_on_qwen2vl():
     torch.testing.assert_close(ex.result.weights[:, 0], expected, rtol=1e-4, atol=1e-5)
 
 
-class NormalizingLlava(torch.nn.Module):
-    """LLaVA taking the picture in [0, 1] (``picture``) and normalizing it as its processor does (mean = std = 0.5)."""
-
-    def __init__(self, tap):
-        super().__init__()
-        self.tap = tap
-
-    def forward(self, picture, **text):
-        return self.tap(pixel_values=(picture - 0.5) / 0.5, **text)
-
-
-def test_scorecam_masks_the_picture_as_the_user_sees_it():
-    """Through the adapter, Score-CAM masks the picture in [0, 1] and runs the processor again; the same masks on a
-    model that takes the picture and normalizes it itself (no processor re-run) give the same maps."""
+def test_scorecam_masks_the_picture_as_it_masks_the_normalised_tensor():
+    """Through the adapter, Score-CAM masks the picture in [0, 1] about the processor's mean colour and runs the
+    processor again; Score-CAM on the processor's own normalised ``pixel_values`` (masks about 0, no processor
+    re-run) gives the same maps. Masking the raw picture (fading to black) would not."""
     vlm, image, pixels, inputs, spans = built()
     ex = mx.explain_caption(vlm, image, " ".join(CAPTION), method="scorecam")
     wrapped = vlm.picture_inputs(pixels, inputs)
     assert isinstance(wrapped, PictureInputs) and wrapped.picture.shape == (1, 3, 32, 32)
-    plain = {"picture": wrapped.picture, **{k: v for k, v in inputs.items() if k != "pixel_values"}}
-    direct = mx.ScoreCAM(NormalizingLlava(vlm.model).eval(), "tap.features", reshape=vlm.reshape_for(pixels))(
-        plain, targets_of(spans), size=(32, 32))
+    assert inputs["pixel_values"].shape == (1, 3, 32, 32)  # the processor only normalises: the two paths can agree
+    torch.testing.assert_close(wrapped.zero.flatten(), torch.tensor(vlm.processor.image_processor.image_mean))
+    direct = mx.ScoreCAM(vlm.model, "features", reshape=vlm.reshape_for(pixels))(
+        dict(inputs), targets_of(spans), size=(32, 32))
     torch.testing.assert_close(ex.result.pre_relu, direct.pre_relu, rtol=1e-4, atol=1e-5)
+    black = PictureInputs(wrapped.picture, wrapped.process)  # zero None: masks fade to black
+    faded = mx.ScoreCAM(vlm.model, "features", reshape=vlm.reshape_for(pixels))(black, targets_of(spans), size=(32, 32))
+    assert not torch.allclose(faded.pre_relu, direct.pre_relu, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("which", ["llava", "qwen2vl"])

@@ -188,9 +188,9 @@ _MISSING = object()
 
 def find_image(inputs: Any, key: int | str | None = None) -> Tensor | None:
     """The image (B, C, H, W) of the inputs (``key``, or the first floating 4-D tensor; a
-    :class:`~.pictures.PictureInputs`' picture), or None."""
+    :class:`~.pictures.PictureInputs`' picture about its zero), or None."""
     if isinstance(inputs, PictureInputs):
-        return inputs.picture if key is None else None
+        return inputs.centred() if key is None else None
     try:
         return _slots(inputs)[image_key(inputs, key)]
     except (TypeError, ValueError):
@@ -198,13 +198,14 @@ def find_image(inputs: Any, key: int | str | None = None) -> Tensor | None:
 
 
 def replace_image(inputs: Any, image: Tensor, key: int | str | None = None) -> Any:
-    """``inputs`` with its image (``key``, or the first floating 4-D tensor) replaced by ``image``.
+    """``inputs`` with its image (``key``, or the first floating 4-D tensor) replaced by ``image``
+    (a :class:`~.pictures.PictureInputs`' picture: ``image`` is about its zero, as ``find_image`` gives it).
 
     Raises:
         ValueError: the inputs hold no such tensor.
     """
     if isinstance(inputs, PictureInputs) and key is None:
-        return inputs.with_picture(image)
+        return inputs.with_centred(image)
     where = image_key(inputs, key)
     if isinstance(inputs, Tensor):
         return image

@@ -49,7 +49,7 @@ from ...targets import SequenceLogProb
 from ..images import load_image
 from ..items import ItemQuestions
 from ..protocols import AnswerQuery, WordSpan, check_copies
-from .common import device_of, split_processor
+from .common import device_of, normalising_mean, split_processor
 from .words import GeneratedWords, generated_words, tokenize_words
 from .discovery import discover
 from .families import Family, chat_text
@@ -174,6 +174,8 @@ class ImageTextToText(ItemQuestions):
         A perturbation method then masks the picture the patch grid covers (``display_image``)
         and the processor runs again on each masked copy, so flattened patches (Qwen2-VL),
         resized and cropped inputs all take masks; the text inputs are repeated with the copies.
+        Masks work about the processor's mean colour (``zero``), as they would on its normalised
+        tensor: an occluded window or a masked-out region is that colour, not black.
 
         Raises:
             ValueError: the processor does not map its own view back to the same tensors (crops).
@@ -192,7 +194,7 @@ class ImageTextToText(ItemQuestions):
             images = {k: torch.cat([e[k] for e in each]).to(device) for k in each[0]}
             return {**repeat_rows(text, len(pictures), 1), **images}
 
-        return PictureInputs(picture, process)
+        return PictureInputs(picture, process, zero=normalising_mean(self.family.image_processor))
 
     def reshape_for(self, pixels: Tensor) -> TokenGrid:
         """The :class:`~.layouts.TokenGrid` of the vision layers for these pixels (patch and merged levels)."""
