@@ -5,11 +5,11 @@ its own processor, byte-level BPE tokenizer (:mod:`.shapeworld_bpe`) and chat te
 (``user: <image> PROMPT assistant:``) saved beside it:
 
 * ``tiny-llava``: ``LlavaForConditionalGeneration``: a CLIP vision tower (96 x 96 images,
-  8 x 8 patches -> a 12 x 12 grid + CLS), LLaVA's two-layer projector and a Llama LM;
-  the LM reads ``hidden_states[-2]`` (LLaVA-1.5's choice) with CLS dropped, 144 image tokens.
+  12 x 12 patches -> an 8 x 8 grid + CLS), LLaVA's two-layer projector and a Llama LM;
+  the LM reads ``hidden_states[-2]`` (LLaVA-1.5's choice) with CLS dropped, 64 image tokens.
 * ``tiny-qwen2vl``: ``Qwen2VLForConditionalGeneration``: Qwen2-VL's vision transformer
-  (8 x 8 patches, temporal patch 2, 2-D rotary positions), its merger (2 x 2 patches ->
-  one token: 36 image tokens for a 12 x 12 grid, ``image_grid_thw``) and the Qwen2 LM
+  (12 x 12 patches, temporal patch 2, 2-D rotary positions), its merger (2 x 2 patches ->
+  one token: 16 image tokens for an 8 x 8 grid, ``image_grid_thw``) and the Qwen2 LM
   with M-RoPE (temporal / height / width position sections).
 
 A checkpoint is an ordinary transformers folder read with ``from_pretrained(...,
@@ -56,7 +56,7 @@ class TinyVLMSpec:
     """The architecture of one tiny VLM."""
 
     image_size: int = 96  # ShapeWorld's default side
-    patch_size: int = 8  # 12 x 12 patch grid
+    patch_size: int = 8  # 12 x 12 patch grid (both shipped models use 12: an 8 x 8 grid)
     vision_hidden: int = 96
     vision_layers: int = 4
     vision_heads: int = 4
@@ -64,7 +64,7 @@ class TinyVLMSpec:
     text_layers: int = 3
     text_heads: int = 4
     text_kv_heads: int = 2
-    max_len: int = 256  # positions: prompt (~14) + image tokens (144 / 36) + answer or caption (<= 40)
+    max_len: int = 256  # positions: prompt (~14) + image tokens (<= 144) + answer or caption (<= 40)
 
 
 SPECS = {"tiny-llava": TinyVLMSpec(patch_size=12), "tiny-qwen2vl": TinyVLMSpec(patch_size=12, vision_layers=3)}
