@@ -361,7 +361,7 @@ def train(name: str, recipe: Recipe | None = None, *, out: str | os.PathLike | N
         p.requires_grad_(True)
     info = {"name": name, "recipe": asdict(recipe), "stages": stages, "init": None if init is None else str(init),
             "data_seconds": round(data_seconds, 1),
-            "seconds": round(time.time() - t0, 1), "threads": torch.get_num_threads(),
+            "seconds": round(time.time() - t0, 1), "threads": torch.get_num_threads(), "cores": os.cpu_count(),
             "parameters": sum(p.numel() for p in model.parameters()), "architecture": asdict(tiny_vlms.SPECS[name])}
     return model.eval(), processor, info
 

@@ -189,6 +189,8 @@ def card(name: str, info: dict[str, Any], metrics: dict[str, Any], *, command: s
         f"lr {s['lr']}, {s['seconds']:.0f} s ({s['cpu_seconds']:.0f} s CPU), "
         f"loss {s['first_loss']} -> {s['final_loss']}"
         for k, s in enumerate(stages))
+    threads = f"{info['threads']} torch thread" + ("s" if info["threads"] > 1 else "")
+    machine = f", on a {info['cores']}-core machine" if info.get("cores") else ""
     return f"""# {name}: a tiny {cls.replace('ForConditionalGeneration', '')} trained on ShapeWorld
 
 A Hugging Face `{cls}` built from configs and trained from scratch on CPU: {arch}.
@@ -210,10 +212,9 @@ vlm = mx.hf.adapter(model, processor, prompt="describe the image")
 
 ## Training
 
-Command: `{command}` (seed {r['seed']}, {info['threads']} torch thread; {info['seconds'] / 60:.1f} minutes wall clock in
+Command: `{command}` (seed {r['seed']}, {threads}; {info['seconds'] / 60:.1f} minutes wall clock in
 all, {info['data_seconds']:.0f} s of it preparing the data (generated, or read from --cache-dir);
-{cpu / 60:.1f} CPU minutes of training, {share:.0f}% of one core: the two tiny VLMs trained side by side on a
-2-core machine).
+{cpu / 60:.1f} CPU minutes of training, {share:.0f}% of one core{machine}).
 
 - data: ShapeWorld train seeds 0..{r['n_train'] - 1} at {a['image_size']} px, each scene's caption and all
   its questions; random vertical flips; no masks or boxes are used;
