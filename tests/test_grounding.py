@@ -136,6 +136,12 @@ def test_leaderboard_rows_and_applicability(random_models):
     assert rows[("cls", "uniform")]["energy_ratio"] == pytest.approx(1.0)
     assert rows[("cap", "gradcam")]["seconds_per_item"] > 0 and rows[("cap", "uniform")]["seconds_per_item"] is None
     assert "| cap |" in format_leaderboard(report) and "Guided Grad-CAM" in format_leaderboard(report)
+    # Zhang et al.'s tolerance widens each mask, so it only adds hits; a uniform map's chance grows with the mask
+    scored = [r for r in rows.values() if r["pointing"] is not None]
+    assert scored and all(r["pointing_tolerance"] >= r["pointing"] for r in scored)
+    assert rows[("cap", "uniform")]["pointing_tolerance"] > rows[("cap", "uniform")]["pointing"]
+    table = format_leaderboard(report).splitlines()[2:]
+    assert table[0].count("|") == 10 and all(line.count("|") == 10 for line in table)
 
 
 def test_cli_writes_json(random_models, tmp_path, capsys):

@@ -337,7 +337,8 @@ def leaderboard(models: Mapping[str, Any], seeds: Iterable[int], *, methods: Seq
 
     Returns:
         ``{"n_scenes", "rows": [{"model", "kind", "method", "n", "pointing", "pointing_unique",
-        "energy_ratio", "discrimination", "seconds_per_item", "reason"}, ...], "seconds"}``; baseline
+        "pointing_tolerance", "energy_ratio", "discrimination", "seconds_per_item", "reason"}, ...],
+        "seconds"}``; baseline
         rows have no seconds; a method the model cannot run has a row without numbers, its
         ``reason`` saying why (``MethodSpec.why_not``).
     """
@@ -362,7 +363,7 @@ def _rows_of(model: Any, name: str, kind: str, seeds: Sequence[int], chosen: lis
     """The leaderboard rows of one model on one item kind."""
     if not usable:  # nothing to run on this model: its rows say why, no baselines to compare with
         return [{"model": name, "kind": kind, "method": m, "n": 0, "pointing": None, "pointing_unique": None,
-                 "energy_ratio": None, "discrimination": None, "seconds_per_item": None, "reason": reasons[m]}
+                 "pointing_tolerance": None, "energy_ratio": None, "discrimination": None, "seconds_per_item": None, "reason": reasons[m]}
                 for m in chosen]
     result = _evaluate(model, seeds, usable, layer=None, seed=seed, runner=runner, desc=name, kind=kind)
     groups = result["groups"]
@@ -372,6 +373,7 @@ def _rows_of(model: Any, name: str, kind: str, seeds: Sequence[int], chosen: lis
         rows.append({
             "model": name, "kind": kind, "method": m, "n": groups["all"]["n"],
             "pointing": row_all.get("pointing"), "pointing_unique": row_unique.get("pointing"),
+            "pointing_tolerance": row_all.get("pointing_tolerance"),
             "energy_ratio": row_all.get("energy_ratio"), "discrimination": row_all.get("discrimination"),
             "seconds_per_item": result["seconds_per_item"].get(m), "reason": reasons.get(m),
         })
@@ -383,20 +385,23 @@ def format_leaderboard(report: dict[str, Any]) -> str:
     lines = [
         f"Grounding leaderboard on {report['n_scenes']} held-out ShapeWorld scenes; {report['seconds']:.0f} s. "
         "Pointing: map maximum inside the referred object; unique: words whose value no other object shares "
-        "(classes: one object of the class); energy ratio: mean inside / outside; discrimination: two-object scenes.",
+        "(classes: one object of the class); ±15/224: within 15/224 of the side of it (Zhang et al.); "
+        "energy ratio: mean inside / outside; discrimination: two-object scenes.",
         "",
-        "| model | items | method | pointing | pointing, unique | energy ratio | discrimination | s / item |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | items | method | pointing | pointing, unique | pointing ±15/224 | energy ratio | discrimination "
+        "| s / item |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         if r.get("reason"):  # a method this model cannot run: a named blank cell
             lines.append(f"| {r['model']} | {r['n']} | {method_label(r['method'])} | not applicable: "
-                         f"{r['reason']} | | | | |")
+                         f"{r['reason']} | | | | | |")
             continue
         secs = "-" if r["seconds_per_item"] is None else f"{r['seconds_per_item']:.3f}"
         lines.append(
             f"| {r['model']} | {r['n']} | {method_label(r['method'])} | "
-            f"{fmt(r, 'pointing', True)} | {fmt(r, 'pointing_unique', True)} | {fmt(r, 'energy_ratio', False)} | "
+            f"{fmt(r, 'pointing', True)} | {fmt(r, 'pointing_unique', True)} | {fmt(r, 'pointing_tolerance', True)} | "
+            f"{fmt(r, 'energy_ratio', False)} | "
             f"{fmt(r, 'discrimination', True)} | {secs} |"
         )
     return "\n".join(lines)
