@@ -60,7 +60,8 @@ class Occlusion(PerturbationMethod):
         window: window size, an int or (h, w).
         stride: grid step, an int or (h, w).
         baseline: the value the window is set to: a float, or a tensor that broadcasts
-            to the image (a per-channel mean (C, 1, 1), a blurred copy (B, C, H, W)).
+            to the image (a per-channel mean (C, 1, 1), a blurred copy (B, C, H, W)); on a
+            VLM's picture it is read about the processor's mean colour (0: that colour).
         batch_size: occluded inputs per forward pass (``batch_size // B`` copies).
         reshape: the layer's token grid, for ``res.activations`` only.
         relu: keep only the drops (default False: a window whose removal raises the
