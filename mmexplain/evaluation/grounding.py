@@ -363,7 +363,8 @@ def _rows_of(model: Any, name: str, kind: str, seeds: Sequence[int], chosen: lis
     """The leaderboard rows of one model on one item kind."""
     if not usable:  # nothing to run on this model: its rows say why, no baselines to compare with
         return [{"model": name, "kind": kind, "method": m, "n": 0, "pointing": None, "pointing_unique": None,
-                 "pointing_tolerance": None, "energy_ratio": None, "discrimination": None, "seconds_per_item": None, "reason": reasons[m]}
+                 "pointing_tolerance": None, "energy_ratio": None, "discrimination": None, "seconds_per_item": None,
+                 "reason": reasons[m]}
                 for m in chosen]
     result = _evaluate(model, seeds, usable, layer=None, seed=seed, runner=runner, desc=name, kind=kind)
     groups = result["groups"]

@@ -48,14 +48,6 @@ def display_of(image_processor: Any, pixels: Tensor) -> Tensor:
     return img.clamp(0, 1)
 
 
-def normalising_mean(image_processor: Any) -> Tensor | None:
-    """(3, 1, 1): the colour in [0, 1] that the processor normalises to 0 (None: it does not normalise)."""
-    if not getattr(image_processor, "do_normalize", True) or getattr(image_processor, "image_mean", None) is None:
-        return None
-    mean = torch.as_tensor(image_processor.image_mean, dtype=torch.float32).flatten()  # (3,) or (1,)
-    return mean.expand(3)[:, None, None].clone()
-
-
 def split_processor(who: str, processor: Any, image_processor: Any, tokenizer: Any) -> tuple[Any, Any]:
     """(image processor, tokenizer) from a processor or the two given separately."""
     if processor is not None:

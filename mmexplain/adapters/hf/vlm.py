@@ -49,7 +49,7 @@ from ...targets import SequenceLogProb
 from ..images import load_image
 from ..items import ItemQuestions
 from ..protocols import AnswerQuery, WordSpan, check_copies
-from .common import device_of, normalising_mean, split_processor
+from .common import device_of, display_of, split_processor
 from .words import GeneratedWords, generated_words, tokenize_words
 from .discovery import discover
 from .families import Family, chat_text
@@ -194,7 +194,8 @@ class ImageTextToText(ItemQuestions):
             images = {k: torch.cat([e[k] for e in each]).to(device) for k in each[0]}
             return {**repeat_rows(text, len(pictures), 1), **images}
 
-        return PictureInputs(picture, process, zero=normalising_mean(self.family.image_processor))
+        zero = display_of(self.family.image_processor, picture.new_zeros(3, 1, 1))  # (3, 1, 1): normalises to 0
+        return PictureInputs(picture, process, zero=zero)
 
     def reshape_for(self, pixels: Tensor) -> TokenGrid:
         """The :class:`~.layouts.TokenGrid` of the vision layers for these pixels (patch and merged levels)."""
