@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import mmexplain as mx
 from mmexplain.evaluation.grounding import image_size
 
-METHODS = ["gradcam", "scorecam", "occlusion", "relevancy", "attention", "tam", "lm-gradcam", "gradxinput"]
+METHODS = ["gradcam", "scorecam", "occlusion", "relevancy", "attention", "tam", "lm-gradcam", "gradxinput", "pixel-gradxinput"]
 
 
 class TokenTypes(torch.nn.Module):

@@ -43,7 +43,7 @@ def _answer_item(scene) -> Item:
 def test_zoo_classifier_probability_is_the_sigmoid_of_its_logit(scene):
     model = mx.zoo.load("classifier")
     adapter = as_item_adapter(model)
-    assert isinstance(adapter, ItemAdapter) and adapter.capabilities == {"layer", "pixels", "picture", "relu"}
+    assert isinstance(adapter, ItemAdapter) and adapter.capabilities == {"layer", "pixels", "picture", "image-gradient", "relu"}
     item = Item("class", scene.image, ["x", "y"], classes=[3, 7])
     images = _edited(adapter.display_image(adapter.load_image(scene.image)))
     before = snapshot(model)
@@ -97,7 +97,7 @@ def test_zoo_vqa_probability_is_the_softmax_of_the_answer(scene):
 
 def test_tiny_ved_probability_sums_the_word_tokens(scene):
     adapter = mx.zoo.load("tiny-ved")
-    assert adapter.capabilities == {"layer", "pixels", "picture", "attention"}
+    assert adapter.capabilities == {"layer", "pixels", "picture", "image-gradient", "attention"}
     item = _caption_item(scene)
     images = _edited(adapter.display_image(adapter.load_image(scene.image)))
     processor, tokenizer = adapter.image_processor, adapter.tokenizer

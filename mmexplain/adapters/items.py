@@ -111,9 +111,9 @@ class ItemQuestions:
     @property
     def capabilities(self) -> frozenset[str]:
         """What the model offers a method: a subset of ``mx.methods.CAPABILITIES`` (an editable image
-        tensor, ``"pixels"``, is also a picture perturbation methods can mask)."""
+        tensor, ``"pixels"``, is also a picture perturbation methods can mask and an image gradient)."""
         found = set(self.base_capabilities) | ({"relu"} if relu_units(self.model) else set())
-        return frozenset(found | ({"picture"} if "pixels" in found else set()))
+        return frozenset(found | ({"picture", "image-gradient"} if "pixels" in found else set()))
 
     def check_item(self, item: Any) -> Item:
         """``item`` if this adapter explains its kind; TypeError / ValueError naming it otherwise."""

@@ -13,6 +13,7 @@
 - ``cam``: CAM for GAP + linear models.
 - ``lm_maps``: maps inside an LLM-based VLM's language model (attention, TAM, LM Grad-CAM, gradient x input).
 - ``guided``: pixel-space gradients (guided backprop, deconvolution, Guided Grad-CAM).
+- ``input_gradient``: gradient x input on the image tensor the model reads, per pixel (no layer).
 
 - ``registry``: ``METHODS`` (name -> ``MethodSpec``: class, one-line description, display
   name, needs a layer, uses gradients, required capabilities, how its saliency is read);
@@ -33,6 +34,7 @@ from .gradient_free import AblationCAM, EigenCAM, ScoreCAM
 from .occlusion import Occlusion
 from .relevancy import Relevancy
 from .guided import Deconvolution, GuidedBackprop, GuidedGradCAM, guided_gradcam
+from .input_gradient import PixelGradientXInput
 from .variants import EigenGradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .lm_maps import GradientXInput, LMAttention, LMGradCAM, TokenActivationMap
 from .registry import CAPABILITIES, METHODS, SALIENCY, MethodSpec, display_name, get_method, method_spec, register
@@ -43,6 +45,6 @@ __all__ = [
     "GradientMethod", "PerturbationMethod", "Run", "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenGradCAM",
     "ScoreCAM", "AblationCAM", "EigenCAM", "Occlusion", "Relevancy",
     "CAM", "GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam",
-    "LMAttention", "TokenActivationMap", "LMGradCAM", "GradientXInput",
+    "LMAttention", "TokenActivationMap", "LMGradCAM", "GradientXInput", "PixelGradientXInput",
     "METHODS", "MethodSpec", "CAPABILITIES", "SALIENCY", "register", "get_method", "method_spec", "display_name",
 ]

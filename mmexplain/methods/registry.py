@@ -15,7 +15,9 @@ method ``requires``; adapters say what they have in ``capabilities``, a subset o
   the adapter processes again for every masked copy (``methods.pictures.PictureInputs``);
 - ``"relu"``: ReLU-like units, so guided backprop's rule is defined;
 - ``"attention"``: transformers attention that the relevancy recorder can see;
-- ``"lm"``: an LLM-based VLM (image tokens inside a language model's sequence).
+- ``"lm"``: an LLM-based VLM (image tokens inside a language model's sequence);
+- ``"image-gradient"``: a gradient at the image tensor the model reads that lays onto one
+  picture (a (B, C, H, W) tensor, or flattened patches the adapter lays out; not tiles).
 
 Example:
     >>> import mmexplain as mx
@@ -37,6 +39,7 @@ from torch import Tensor
 
 from .gradcam import GradCAM
 from .gradient_free import AblationCAM, EigenCAM, ScoreCAM
+from .input_gradient import PixelGradientXInput
 from .guided import GuidedGradCAM
 from .occlusion import Occlusion
 from .relevancy import Relevancy
@@ -53,6 +56,7 @@ CAPABILITIES: dict[str, str] = {
     "relu": "ReLU-like units for guided backprop",
     "attention": "transformers attention the relevancy recorder can see",
     "lm": "an LLM-based VLM (image tokens in a language model's sequence)",
+    "image-gradient": "a gradient at the image tensor the model reads, laid on one picture (pixels or flattened patches)",
 }
 
 #: how a result is read as one saliency map per target and sample (N, B, H, W)
@@ -239,7 +243,7 @@ METHODS: dict[str, MethodSpec] = {
 
 # CAM is not in METHODS: it needs the model's global-pooling classifier (``fc``), which no capability names.
 
-# LLM-based VLMs: maps read inside the language model (see ``lm_maps``)
+# LLM-based VLMs: maps read inside the language model (see ``lm_maps``); the image gradient of any model
 from .lm_maps import GradientXInput, LMAttention, LMGradCAM, TokenActivationMap  # noqa: E402
 
 for _spec in (
@@ -253,5 +257,8 @@ for _spec in (
                "LM Grad-CAM", needs_layer=False, requires=frozenset({"lm"})),
     MethodSpec("gradxinput", GradientXInput, "gradient x input on the LM's image-token embeddings, summed over "
                "channels", "Gradient x Input", needs_layer=False, requires=frozenset({"lm"})),
+    MethodSpec("pixel-gradxinput", PixelGradientXInput, "gradient x input (Shrikumar et al.) on the image tensor "
+               "the model reads, per pixel, summed over channels, smoothed; no layer", "Gradient x Input (pixels)",
+               needs_layer=False, requires=frozenset({"image-gradient"})),
 ):
     METHODS[_spec.name] = _spec

@@ -22,6 +22,7 @@ asks it, per image, for:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -159,6 +160,14 @@ class Family:
     def view(self, images: dict[str, Tensor]) -> Tensor:
         """(3, H, W) in [0, 1]: the processor's pixels, un-normalized."""
         return display_of(self.image_processor, images["pixel_values"])
+
+    def pixel_layout(self, images: dict[str, Tensor]) -> Callable[[Tensor], Tensor] | None:
+        """Lays a tensor shaped as ``images``' pixel tensor onto the picture :meth:`view` shows, ``-> (C, H, W)``;
+        None when the pixels are no one picture (tiles, crops)."""
+        pixels = images[pixel_key(images)]
+        if pixels.dim() < 4 or pixels.shape[:-3].numel() != 1:
+            return None
+        return lambda values: values.reshape(-1, *values.shape[-3:])[0]
 
     # ------------------------------------------------------------- text
     def placeholder(self) -> str:
@@ -325,10 +334,16 @@ class QwenVL(Family):
         return TokenGrid({h * w: (fine, (h, w)), h * w // (m * m): (coarse, (h // m, w // m))})
 
     def view(self, images: dict[str, Tensor]) -> Tensor:
+        return display_of(self.image_processor, self._unpatchify(images["pixel_values"], images))  # (3, H, W)
+
+    def pixel_layout(self, images: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        """Flattened patches -> ``(T*3, H, W)``: each of the ``T`` temporal copies is 3 channels."""
+        return lambda values: self._unpatchify(values, images, copies=True)
+
+    def _unpatchify(self, values: Tensor, images: dict[str, Tensor], *, copies: bool = False) -> Tensor:
         ip = self.image_processor
-        flat = unpatchify(images["pixel_values"], self.patch_grid(images), patch=ip.patch_size, merge=ip.merge_size,
-                          temporal=ip.temporal_patch_size)  # (3, H, W) normalized
-        return display_of(ip, flat)
+        return unpatchify(values, self.patch_grid(images), patch=ip.patch_size, merge=ip.merge_size,
+                          temporal=ip.temporal_patch_size, copies=copies)
 
 
 class Idefics3(Family):

@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -55,7 +56,13 @@ class TokenGrid:
             length is not listed is an error naming the lengths that are.
 
     A ``(B, C, h, w)`` tensor (a convolutional vision tower) is returned as it is.
+
+    ``pixels``: lays a tensor shaped as the processor's image tensor (its gradient, say) onto
+    the picture the grid covers, ``-> (C', H, W)`` (flattened patches unpatchified, every
+    copy kept as channels); None when the processor's tensor is no one picture (tiles).
     """
+
+    pixels: Callable[[Tensor], Tensor] | None = None
 
     def __init__(self, levels: dict[int, Level]) -> None:
         if not levels:
@@ -142,16 +149,19 @@ def tiles(rows: int, cols: int, side: int) -> Tensor:
     return (tile * side * side + (r % side) * side + c % side).flatten()
 
 
-def unpatchify(pixel_values: Tensor, grid: tuple[int, int], *, patch: int, merge: int, temporal: int) -> Tensor:
+def unpatchify(pixel_values: Tensor, grid: tuple[int, int], *, patch: int, merge: int, temporal: int,
+               copies: bool = False) -> Tensor:
     """Qwen2-VL's flattened patches ``(h*w, C*T*P*P)`` (merge-block order) -> the image ``(C, h*P, w*P)``.
 
-    The inverse of the image processor's ``patchify`` for one image (the first of its ``T`` copies).
+    The inverse of the image processor's ``patchify`` for one image: the first of its ``T``
+    copies, or (``copies=True``) all of them, ``(T*C, h*P, w*P)`` copy-major.
     """
     h, w = grid
     channels = pixel_values.shape[-1] // (temporal * patch * patch)
-    x = pixel_values.reshape(h // merge, w // merge, merge, merge, channels, temporal, patch, patch)[..., 0, :, :]
-    # (h/m, w/m, m, m, C, P, P) -> (C, h/m, m, P, w/m, m, P)
-    return x.permute(4, 0, 2, 5, 1, 3, 6).reshape(channels, h * patch, w * patch)
+    x = pixel_values.reshape(h // merge, w // merge, merge, merge, channels, temporal, patch, patch)
+    # (h/m, w/m, m, m, C, T, P, P) -> (T, C, h/m, m, P, w/m, m, P)
+    x = x.permute(5, 4, 0, 2, 6, 1, 3, 7).reshape(temporal, channels, h * patch, w * patch)
+    return x.flatten(0, 1) if copies else x[0]
 
 
 def stitch(frames: Tensor, rows: int, cols: int) -> Tensor:

@@ -134,6 +134,7 @@ class ImageTextToText(ItemQuestions):
     def capabilities(self) -> frozenset[str]:
         """A layer, a language model and a picture (perturbation methods mask it before the processor);
         ``"pixels"`` when the processor gives a (B, 3, H, W) image (not flattened patches or tiles);
+        ``"image-gradient"`` when its pixel tensor lays onto one picture (flattened patches do; tiles not);
         ``"attention"`` when the relevancy recorder sees the attention (the LM's, for a decoder-only
         VLM; every layer's for an encoder-decoder); ``"relu"`` for ReLU-like units. Read once."""
         from ...methods.relevancy import Relevancy
@@ -144,8 +145,11 @@ class ImageTextToText(ItemQuestions):
             found.add("attention")
         except (TypeError, ValueError):
             pass
-        if self.family.images(torch.zeros(3, 32, 32))["pixel_values"].dim() == 4:
+        images = self.family.images(torch.zeros(3, 32, 32))
+        if images["pixel_values"].dim() == 4:
             found.add("pixels")
+        if self.family.pixel_layout(images) is not None:
+            found.add("image-gradient")
         return frozenset(found) | (super().capabilities & {"relu"})
 
     # ------------------------------------------------------------- images
@@ -198,8 +202,12 @@ class ImageTextToText(ItemQuestions):
         return PictureInputs(picture, process, zero=zero)
 
     def reshape_for(self, pixels: Tensor) -> TokenGrid:
-        """The :class:`~.layouts.TokenGrid` of the vision layers for these pixels (patch and merged levels)."""
-        return self.family.grid(self.family.images(self._image(pixels)))
+        """The :class:`~.layouts.TokenGrid` of the vision layers for these pixels (patch and merged levels),
+        with the layout of the processor's pixel tensor on the picture (``.pixels``) where it is one picture."""
+        images = self.family.images(self._image(pixels))
+        grid = self.family.grid(images)
+        grid.pixels = self.family.pixel_layout(images)
+        return grid
 
     # ------------------------------------------------------------- text
 

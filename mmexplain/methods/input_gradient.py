@@ -1,0 +1,131 @@
+"""Gradient x input on the image the model reads: a map at the picture's own resolution.
+
+``pixel-gradxinput`` (Shrikumar et al. 2016, "Not just a black box"; Ancona et al. 2018
+relate it to the other attribution rules): for a target y and the image tensor x the model
+reads (normalised, so 0 is the processor's mean colour),
+
+    pre_relu[i, j] = sum_c  dy/dx[c, i, j] * x[c, i, j]
+
+summed over the colour channels (and over Qwen2-VL's temporal copies of a frame), then
+ReLU (positive evidence, as every map of the library) and a Gaussian of ``sigma`` pixels,
+so that the maximum is a region's, not one pixel's. One forward pass, one batched backward
+for all targets; no layer is hooked.
+
+Where the tensor comes from: the first floating (B, C, H, W) tensor of the inputs; or, for a
+VLM whose processor flattens the image into patches (Qwen2-VL), the inputs' ``pixel_values``
+laid onto the picture by ``reshape.pixels`` (the adapter's
+:class:`~mmexplain.adapters.hf.layouts.TokenGrid`). Tiled inputs are refused by the adapter's
+capabilities (``"image-gradient"``).
+
+Known weakness (Adebayo et al. 2018): the factor x imprints the image on the map, so part
+of it survives the randomisation of the weights; the sanity protocol measures how much.
+
+Example:
+    >>> import torch
+    >>> from mmexplain.targets import ClassLogit
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 4))
+    >>> res = PixelGradientXInput(net, sigma=0)(torch.rand(1, 3, 8, 8), ClassLogit(1))
+    >>> res.maps.shape, res.pre_relu.shape
+    (torch.Size([1, 8, 8]), torch.Size([1, 8, 8]))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import (CAMResult, call_model, check_size, check_targets, detach_all, find_image, kept_buffers, replace_image,
+                   upsample_and_normalize, warn_training)
+from .core import gradients
+from ..errors import InputError, InputTypeError
+
+__all__ = ["PixelGradientXInput", "gaussian_blur"]
+
+
+def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """``(..., H, W)`` maps smoothed by a separable Gaussian of ``sigma`` pixels (edges replicated); 0: as they are."""
+    if sigma == 0:
+        return maps
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-t * t / (2 * sigma * sigma))
+    kernel = kernel / kernel.sum()  # (2r + 1,)
+    x = maps.reshape(-1, 1, *maps.shape[-2:])  # (M, 1, H, W)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return x.reshape(maps.shape)
+
+
+class PixelGradientXInput:
+    """Gradient x input on the model's image tensor, per pixel: ``PixelGradientXInput(model)(inputs, targets)``.
+
+    Args:
+        model: any ``nn.Module`` (left as found: no hooks; only the image leaf gets a gradient).
+        reshape: a VLM adapter's grid (``adapter.reshape_for(pixels)``); its ``pixels`` layout
+            is used when the image arrives as flattened patches. Otherwise unused.
+        sigma: the Gaussian's standard deviation in pixels of the model's image (0: none).
+
+    The result: ``pre_relu`` (N, B, H, W) the signed channel sum; ``raw`` its ReLU, smoothed;
+    ``maps`` ``raw`` upsampled to ``size`` and min-max normalised; ``activations`` the image
+    laid on the picture (B, C', H, W); ``weights`` (N, B, 0): no channels.
+
+    Departures: the ReLU and the Gaussian (the classic map is the signed product, shown as
+    it is); x is the tensor the model reads (normalised), so its baseline is the
+    processor's mean colour, not black.
+
+    Example:
+        >>> import mmexplain as mx
+        >>> vlm = mx.zoo.load("tiny-qwen2vl")                                         # doctest: +SKIP
+        >>> ex = mx.explain_caption(vlm, "cat.jpg", method="pixel-gradxinput")  # (T, H, W)  # doctest: +SKIP
+    """
+
+    uses_gradient: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, *, reshape: Any = None, sigma: float = 1.0) -> None:
+        if not isinstance(model, nn.Module):
+            raise InputTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+            raise InputError(f"sigma: expected a finite number >= 0, got {sigma!r}")
+        self.model, self.reshape, self.sigma = model, reshape, float(sigma)
+
+    def _image(self, inputs: Any) -> tuple[Tensor, Callable[[Tensor], Any], Callable[[Tensor], Tensor]]:
+        """(the image tensor, a function putting a replacement into the inputs, the layout ``(N, *shape) -> (N, B, C', H, W)``)."""
+        layout = getattr(self.reshape, "pixels", None)
+        flat = inputs.get("pixel_values") if isinstance(inputs, Mapping) else None
+        if layout is not None and isinstance(flat, Tensor) and flat.dim() != 4:
+            return flat, lambda leaf: {**inputs, "pixel_values": leaf}, \
+                lambda values: torch.stack([layout(v) for v in values])[:, None]  # one image: B = 1
+        image = find_image(inputs)
+        if image is None or not image.is_floating_point():
+            raise InputError("inputs: found no floating (B, C, H, W) image tensor, and reshape= lays no pixel tensor "
+                             "onto a picture (a VLM adapter's reshape_for(pixels) does, where the image is one picture)")
+        return image, lambda leaf: replace_image(inputs, leaf), lambda values: values
+
+    def __call__(self, inputs: Any, targets: Any, *, size: tuple[int, int] | None = None) -> CAMResult:
+        many, targets = check_targets(targets)
+        size = None if size is None else check_size(size)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(f"{type(self).__name__} needs autograd: call it outside torch.inference_mode()")
+        warn_training(self.model)
+        image, put, lay = self._image(inputs)
+        leaf = image.detach().clone().requires_grad_(True)
+        with kept_buffers(self.model), torch.enable_grad():
+            output = call_model(self.model, put(leaf))
+            scores = torch.stack([target(output) for target in targets])  # (N, B)
+            (grad,) = gradients(scores.float().sum(dim=1), [leaf])  # (N, *image.shape)
+        if grad is None:
+            raise InputError("inputs: the targets do not depend on the image tensor (no gradient reached it)")
+        product = lay(grad * leaf.detach()).float()  # (N, B, C', H, W)
+        pre = product.sum(dim=2)  # (N, B, H, W)
+        raw = gaussian_blur(F.relu(pre), self.sigma)
+        maps = upsample_and_normalize(raw, tuple(pre.shape[-2:]) if size is None else size)
+        picture = lay(leaf.detach()[None])[0]  # (B, C', H, W)
+        res = CAMResult(maps, raw, pre, pre.new_zeros(*pre.shape[:2], 0), scores.detach().float(), picture,
+                        detach_all(output), many=True)
+        return res if many else res[0]
+
