@@ -49,6 +49,37 @@ def test_equals_autograd_on_a_cnn():
     assert res.weights.shape == (2, 2, 0) and res.activations.shape == (2, 3, 6, 5)
 
 
+class TwoReaders(torch.nn.Module):
+    """The image read by two convolutions: the gradient at the first reader alone would miss the second path."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.Conv2d(3, 2, 1)
+        self.head = torch.nn.Linear(2 * 6 * 5, 3)
+
+    def forward(self, x):
+        return self.head((torch.tanh(self.a(x)) * self.b(x)).flatten(1))
+
+
+@pytest.mark.parametrize("make", [toy, lambda: TwoReaders().eval()], ids=["one reader", "two readers"])
+def test_the_two_step_gradient_equals_the_direct_one(make):
+    """The gradient taken at the first reader's output and carried through it on N copies (one reader), or at
+    the image itself (two readers), equals autograd at the image."""
+    torch.manual_seed(1)
+    net, x = make(), torch.randn(1, 3, 6, 5)
+    method = PixelGradientXInput(net, sigma=0)
+    image, put, _ = method._image(x)
+    grad, _, _ = method._through_reader(image, put, [ClassLogit(0), ClassLogit(1)])
+    assert (grad is None) == isinstance(net, TwoReaders)
+    res = method(x, [ClassLogit(0), ClassLogit(1)])
+    for n in range(2):
+        leaf = x.clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(net(leaf)[:, n].sum(), leaf)
+        torch.testing.assert_close(res.pre_relu[n], (expected * x).sum(1))
+        if grad is not None:
+            torch.testing.assert_close(grad[n], expected)
+
+
 def test_gaussian_by_hand():
     delta = torch.zeros(1, 9, 9)
     delta[0, 4, 4] = 1.0

@@ -8,8 +8,9 @@ reads (normalised, so 0 is the processor's mean colour),
 
 summed over the colour channels (and over Qwen2-VL's temporal copies of a frame), then
 ReLU (positive evidence, as every map of the library) and a Gaussian of ``sigma`` pixels,
-so that the maximum is a region's, not one pixel's. One forward pass, one batched backward
-for all targets; no layer is hooked.
+so that the maximum is a region's, not one pixel's. One forward pass and one batched backward
+for all targets; no layer to choose (the module that reads the image, a patch embedding, is
+found in that forward and the gradient is carried through it apart: see ``_through_reader``).
 
 Where the tensor comes from: the first floating (B, C, H, W) tensor of the inputs; or, for a
 VLM whose processor flattens the image into patches (Qwen2-VL), the inputs' ``pixel_values``
@@ -65,7 +66,7 @@ class PixelGradientXInput:
     """Gradient x input on the model's image tensor, per pixel: ``PixelGradientXInput(model)(inputs, targets)``.
 
     Args:
-        model: any ``nn.Module`` (left as found: no hooks; only the image leaf gets a gradient).
+        model: any ``nn.Module`` (left as found: its hooks last one call; no parameter gets a gradient).
         reshape: a VLM adapter's grid (``adapter.reshape_for(pixels)``); its ``pixels`` layout
             is used when the image arrives as flattened patches. Otherwise unused.
         sigma: the Gaussian's standard deviation in pixels of the model's image (0: none).
@@ -106,6 +107,55 @@ class PixelGradientXInput:
                              "onto a picture (a VLM adapter's reshape_for(pixels) does, where the image is one picture)")
         return image, lambda leaf: replace_image(inputs, leaf), lambda values: values
 
+    def _through_reader(self, image: Tensor, put: Callable[[Tensor], Any], targets: list[Any]
+                        ) -> tuple[Tensor | None, Tensor, Any]:
+        """The targets' gradients at ``image`` ``(N, *image.shape)`` in two steps, or ``(None, ...)``.
+
+        The reader is the innermost module called with ``image`` itself (a patch embedding, a
+        first convolution); its output is swapped for a leaf, the N gradients there come from
+        one batched backward, and the reader runs once more on N copies of ``image`` for one
+        plain backward: the batched backward then never crosses the reader (a convolution's
+        batched input gradient is the slowest step on CPU). The reader must treat the rows of
+        its first axis apart (patches, images), which the shape of its N-copy output checks, and be
+        the only module that reads the tensor (else: ``None``, and the caller differentiates at it).
+        """
+        seen: dict[str, Any] = {}
+
+        def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if any(v is image for v in (*args, *kwargs.values())):
+                if "leaf" in seen:  # a second module reads the tensor: the reader alone would miss its path
+                    seen["another"] = module
+                seen.setdefault("called", set()).add(module)
+
+        def after(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+            if "leaf" in seen or module not in seen.get("called", ()) or not isinstance(out, Tensor) \
+                    or not out.is_floating_point():
+                return None
+            seen.update(leaf=out.detach().requires_grad_(True), module=module, args=args, kwargs=kwargs)
+            return seen["leaf"]
+
+        handles = [h for m in self.model.modules() for h in (m.register_forward_pre_hook(before, with_kwargs=True),
+                                                            m.register_forward_hook(after, with_kwargs=True))]
+        try:
+            output = call_model(self.model, put(image))
+        finally:
+            for h in handles:
+                h.remove()
+        scores = torch.stack([target(output) for target in targets])  # (N, B)
+        if "leaf" not in seen or "another" in seen:
+            return None, scores, output
+        leaf, n = seen["leaf"], len(targets)
+        (at_reader,) = gradients(scores.float().sum(dim=1), [leaf])  # (N, *leaf.shape)
+        if at_reader is None:
+            return None, scores, output
+        copies = image.repeat(n, *([1] * (image.dim() - 1))).requires_grad_(True)  # (N * rows, ...)
+        swap = lambda v: copies if v is image else v  # noqa: E731
+        again = seen["module"](*map(swap, seen["args"]), **{k: swap(v) for k, v in seen["kwargs"].items()})
+        if not isinstance(again, Tensor) or again.shape != (n * leaf.shape[0], *leaf.shape[1:]):
+            return None, scores, output
+        (grad,) = torch.autograd.grad(again, copies, grad_outputs=at_reader.reshape(again.shape).to(again.dtype))
+        return grad.reshape(n, *image.shape), scores, output
+
     def __call__(self, inputs: Any, targets: Any, *, size: tuple[int, int] | None = None) -> CAMResult:
         many, targets = check_targets(targets)
         size = None if size is None else check_size(size)
@@ -113,18 +163,21 @@ class PixelGradientXInput:
             raise RuntimeError(f"{type(self).__name__} needs autograd: call it outside torch.inference_mode()")
         warn_training(self.model)
         image, put, lay = self._image(inputs)
-        leaf = image.detach().clone().requires_grad_(True)
+        image = image.detach()
         with kept_buffers(self.model), torch.enable_grad():
-            output = call_model(self.model, put(leaf))
-            scores = torch.stack([target(output) for target in targets])  # (N, B)
-            (grad,) = gradients(scores.float().sum(dim=1), [leaf])  # (N, *image.shape)
+            grad, scores, output = self._through_reader(image, put, targets)
+            if grad is None:  # no module reads the tensor itself: differentiate at it directly
+                leaf = image.clone().requires_grad_(True)
+                output = call_model(self.model, put(leaf))
+                scores = torch.stack([target(output) for target in targets])  # (N, B)
+                (grad,) = gradients(scores.float().sum(dim=1), [leaf])  # (N, *image.shape)
         if grad is None:
             raise InputError("inputs: the targets do not depend on the image tensor (no gradient reached it)")
-        product = lay(grad * leaf.detach()).float()  # (N, B, C', H, W)
+        product = lay(grad * image).float()  # (N, B, C', H, W)
         pre = product.sum(dim=2)  # (N, B, H, W)
         raw = gaussian_blur(F.relu(pre), self.sigma)
         maps = upsample_and_normalize(raw, tuple(pre.shape[-2:]) if size is None else size)
-        picture = lay(leaf.detach()[None])[0]  # (B, C', H, W)
+        picture = lay(image[None])[0]  # (B, C', H, W)
         res = CAMResult(maps, raw, pre, pre.new_zeros(*pre.shape[:2], 0), scores.detach().float(), picture,
                         detach_all(output), many=True)
         return res if many else res[0]
