@@ -58,6 +58,10 @@ class Recipe:
     lr: tuple[float, float, float] = (2e-3, 2e-3, 1e-3)
     batch_size: tuple[int, int, int] = (32, 32, 32)
     n_train: int = 16_000
+    #: > 0: in stages 2-3 every third batch is question dialogues (a scene's image, then this many of its
+    #: questions as turns: LLaVA's multi-turn data), the others captions, so no short question is padded to a
+    #: caption's length; 0: every batch half captions, half single questions
+    turns: int = 0
     seed: int = 0
     save_every: float = 5.0  # minutes between checkpoints
 
@@ -67,7 +71,7 @@ class Recipe:
 #: same split (one thread, both runs), read shapes better (0.86 against 0.80) but sizes and colours worse
 #: (0.87 / 0.95 against 0.97 / 0.985) and captioned worse (0.55 against 0.61 exact), so it keeps the default.
 #: The budgets are wall-clock minutes: two threads give tiny-qwen2vl 1.4-1.5x the steps of one.
-RECIPES = {"tiny-llava": Recipe(minutes=(24.0, 4.0, 27.0)), "tiny-qwen2vl": Recipe()}
+RECIPES = {"tiny-llava": Recipe(minutes=(24.0, 4.0, 27.0), turns=4), "tiny-qwen2vl": Recipe()}
 
 
 def recipe_for(name: str) -> Recipe:
@@ -158,6 +162,8 @@ class Batches:
                                 return_tensors="pt", do_rescale=False)
                 prompts[prompt] = enc["input_ids"][0].tolist()
             self.encoded.append((prompts[prompt], self.target_ids(target)))
+        self.follow_up = {prompt: self.tokenizer(f"user: {prompt} assistant:", add_special_tokens=False).input_ids
+                          for prompt in {row[1] for row in rows}}  # a later turn's prompt (the image is in the first)
         self.image_token = processor.image_token_id if hasattr(processor, "image_token_id") else \
             self.tokenizer.convert_tokens_to_ids(processor.image_token)
 
@@ -177,20 +183,37 @@ class Batches:
     def images_of(self, index: list[int]) -> Tensor:
         return self.images[torch.tensor([self.rows[i][0] for i in index])]
 
-    def text(self, index: list[int], *, flip: bool = False) -> dict[str, Tensor]:
-        """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` ``(B, L)`` and the pixel inputs."""
-        seqs = [self.encoded[i][0] + self.encoded[i][1] for i in index]
-        length = max(len(s) for s in seqs)
+    def dialogue(self, turns: list[int]) -> tuple[list[int], list[int]]:
+        """Rows of one scene as a conversation ``(ids, labels)``: labels on the answers only (``-100`` elsewhere).
+
+        The first turn is the chat prompt with the image; each later one is ``user: PROMPT
+        assistant:`` after the previous answer's ``</s>``.
+        """
+        ids: list[int] = []
+        labels: list[int] = []
+        for k, i in enumerate(turns):
+            prompt = self.encoded[i][0] if k == 0 else self.follow_up[self.rows[i][1]]
+            target = self.encoded[i][1]
+            ids += prompt + target
+            labels += [-100] * len(prompt) + target
+        return ids, labels
+
+    def text(self, index: list[int] | list[list[int]], *, flip: bool = False) -> dict[str, Tensor]:
+        """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` ``(B, L)`` and the pixel inputs.
+
+        ``index``: one row per example, or per example the rows of one scene (a dialogue).
+        """
+        seqs = [self.dialogue(i if isinstance(i, list) else [i]) for i in index]
+        length = max(len(ids) for ids, _ in seqs)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(index), length), pad)  # (B, L)
         labels = torch.full((len(index), length), -100)  # (B, L)
         mask = torch.zeros(len(index), length, dtype=torch.long)  # (B, L)
-        for b, i in enumerate(index):
-            prompt, target = self.encoded[i]
-            ids[b, :len(prompt) + len(target)] = torch.tensor(prompt + target)
-            labels[b, len(prompt):len(prompt) + len(target)] = torch.tensor(target)
-            mask[b, :len(prompt) + len(target)] = 1
-        images = self.images_of(index)
+        for b, (seq, label) in enumerate(seqs):
+            ids[b, :len(seq)] = torch.tensor(seq)
+            labels[b, :len(seq)] = torch.tensor(label)
+            mask[b, :len(seq)] = 1
+        images = self.images_of([i[0] if isinstance(i, list) else i for i in index])
         out = {"input_ids": ids, "attention_mask": mask, "labels": labels,
                **self.pixel_inputs(images.flip(-2) if flip else images)}
         if self.name == "tiny-qwen2vl":
@@ -335,8 +358,22 @@ def train(name: str, recipe: Recipe | None = None, *, out: str | os.PathLike | N
         stages.append({**fit(pre, slot_batch, lambda m, b: m.loss(b), config(0), log=log), "stage": 1})
         checkpoint(force=True)
 
+    asked: dict[int, list[int]] = {}
+    for i in questions:
+        asked.setdefault(rows[i][0], []).append(i)
+
     def lm_batch(step: int, gen: torch.Generator) -> dict[str, Tensor]:
         checkpoint()
+        if recipe.turns and step % 3 == 2:  # question dialogues: `turns` of a scene's questions, in random order
+            dialogues = []
+            for c in torch.randint(len(captions), (data_batch,), generator=gen).tolist():
+                pool = asked.get(rows[captions[c]][0], [])
+                dialogues.append([pool[j] for j in torch.randperm(len(pool), generator=gen)[:recipe.turns].tolist()]
+                                 or [captions[c]])
+            return data.text(dialogues, flip=bool(torch.rand((), generator=gen) < 0.5))
+        if recipe.turns:  # captions only
+            pick = torch.randint(len(captions), (data_batch,), generator=gen).tolist()
+            return data.text([captions[i] for i in pick], flip=bool(torch.rand((), generator=gen) < 0.5))
         half = max(1, data_batch // 2)
         pick_c = torch.randint(len(captions), (half,), generator=gen).tolist()
         pick_q = torch.randint(len(questions), (data_batch - half,), generator=gen).tolist()

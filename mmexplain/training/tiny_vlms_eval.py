@@ -173,17 +173,24 @@ def card(name: str, info: dict[str, Any], metrics: dict[str, Any], *, command: s
         point = ("\n\nGrad-CAM pointing game (content words of the reference caption, map maximum inside the named "
                  f"object's mask, {metrics['pointing_words']} words): {metrics['pointing']['Grad-CAM']:.3f}; "
                  f"uniform map (chance): {metrics['pointing']['uniform map (chance)']:.3f}.")
+    turns = info["recipe"].get("turns", 0)
+    data = (f" (batches of captions; every third batch {turns} questions per scene as dialogue turns)" if turns
+            else " (every batch half captions, half questions)")
     labels = ("vision pretraining (tower + projector + slot head on the caption's objects)",
-              "alignment + instruction tuning, tower frozen", "full tuning")
+              "alignment + instruction tuning, tower frozen" + data, "full tuning" + data)
     goals = [("shape, colour and size words (teacher-forced)", min(metrics["word_accuracy"].get(k, 0.0)
               for k in ("shape", "color", "size")), 0.95),
              ("greedy captions exact", metrics["caption_exact"], 0.8), ("answers", metrics["answer_accuracy"], 0.9)]
     missed = [f"{what} {got:.3f} < {goal}" for what, got, goal in goals if got < goal]
+    by_kind = {k: metrics["word_accuracy"].get(k, 0.0) for k in ("shape", "color", "size")}
+    weakest = min(by_kind, key=by_kind.__getitem__)
+    asked = metrics.get("answer_accuracy_per_kind", {})
+    worst = min(asked, key=asked.__getitem__) if asked else None
     targets = ("Met: shape/colour/size >= 0.95, captions >= 0.8 exact, answers >= 0.9." if not missed else
-               "Missed: " + "; ".join(missed) + f". Shape words are the weakest: the vision tower, trained from "
-               f"scratch, tells colour and size apart but not yet every shape of 16-25 px on {a['patch_size']} px "
-               "patches; longer training (the stages stop on their wall-clock budgets, the losses were still "
-               "falling) or a finer patch grid are the next steps.")
+               "Missed: " + "; ".join(missed) + f". The weakest word kind is {weakest} ({by_kind[weakest]:.3f}; objects "
+               f"of 16-25 px on {a['patch_size']} px patches)" + (f", the weakest question kind {worst} "
+               f"({asked[worst]:.3f})" if worst else "") + "; the stages stop on their wall-clock budgets with the "
+               "losses still falling.")
     stage_lines = "\n".join(
         f"  {s.get('stage', k + 1)}. {labels[s.get('stage', k + 1) - 1]}: {s['steps']} steps of {s['batch_size']}, "
         f"lr {s['lr']}, {s['seconds']:.0f} s ({s['cpu_seconds']:.0f} s CPU), "
