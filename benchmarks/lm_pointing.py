@@ -13,6 +13,7 @@ kept): the control for maps that the image itself shapes (gradient x input's fac
 
     python benchmarks/lm_pointing.py models/tiny-llava models/tiny-qwen2vl --scenes 20
     python benchmarks/lm_pointing.py models/tiny-llava models/tiny-qwen2vl --scenes 20 --random-weights 7
+    python benchmarks/lm_pointing.py models/tiny-llava models/tiny-qwen2vl --scenes 20 --split val
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def variants(vlm, count):
            "tam[no denoise]": lambda m, r: TokenActivationMap(m, reshape=r, denoise=False),
            "tam[sigma 1]": lambda m, r: TokenActivationMap(m, reshape=r, sigma=1.0),
            "pixel-gradxinput[sigma 0]": lambda m, r: PixelGradientXInput(m, reshape=r, sigma=0),
+           "pixel-gradxinput[sigma 2]": lambda m, r: PixelGradientXInput(m, reshape=r, sigma=2),
            "pixel-gradxinput[sigma 3]": lambda m, r: PixelGradientXInput(m, reshape=r, sigma=3)}
     for k in range(count - 1):
         out[f"lm-gradcam[layer {k}]"] = lambda m, r, k=k: LMGradCAM(m, reshape=r, layer=k)
@@ -48,7 +50,7 @@ def variants(vlm, count):
 
 
 def measure(path: str, scenes: int, prompt: str, random_weights: int | None = None,
-            methods: list[str] = METHODS) -> None:
+            methods: list[str] = METHODS, split: str = "test") -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
@@ -66,7 +68,7 @@ def measure(path: str, scenes: int, prompt: str, random_weights: int | None = No
     share: list[float] = []
     answer_hits = {m: [] for m in methods}
     answer_seconds = {m: 0.0 for m in methods}
-    for seed in mx.world.split_seeds("test", scenes):
+    for seed in mx.world.split_seeds(split, scenes):
         scene = mx.world.generate(seed, size=size)
         words = scene.caption.split()
         pixels = vlm.load_image(scene.image)
@@ -103,7 +105,7 @@ def measure(path: str, scenes: int, prompt: str, random_weights: int | None = No
                 answer_hits[m].append(bool(mask.flatten()[int(per.flatten().argmax())]))
     words = len(share)
     weights = "trained weights" if random_weights is None else f"weights drawn afresh (seed {random_weights})"
-    print(f"{path} ({weights}): {scenes} test scenes, {words} content words, greedy caption exact {right}/{scenes}, "
+    print(f"{path} ({weights}): {scenes} {split} scenes, {words} content words, greedy caption exact {right}/{scenes}, "
           f"{layers} LM layers, {size} px")
     print(f"  {'chance (object area)':24s} pointing {sum(share) / len(share):.3f}")
     for m, h in hits.items():
@@ -123,11 +125,13 @@ def main() -> None:
     parser.add_argument("--random-weights", type=int, default=None, metavar="SEED",
                         help="measure the architecture with weights drawn afresh from SEED (a control)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated registry names")
+    parser.add_argument("--split", default="test", choices=("val", "test"),
+                        help="the scenes: held-out test (default) or validation, where the variants are chosen")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     for path in args.models:
-        measure(path, args.scenes, args.prompt, args.random_weights, args.methods.split(","))
+        measure(path, args.scenes, args.prompt, args.random_weights, args.methods.split(","), args.split)
 
 
 if __name__ == "__main__":

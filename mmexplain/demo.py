@@ -51,7 +51,7 @@ POINTING: dict[str, dict[str, float]] = {
     "captioner": {"gradcam": 49.8, "guided": 76.8},
     "vqa": {"gradcam": 50.4, "scorecam": 96.9},
     "classifier": {"gradcam": 53.4, "guided": 99.5},
-    "tiny-qwen2vl": {"gradcam": 29.5, "occlusion": 80.6},
+    "tiny-qwen2vl": {"gradcam": 29.5, "occlusion": 80.6, "pixel-gradxinput": 87.3},
 }
 LEADERBOARD = "`mmexplain evaluate grounding --methods all --scenes 100`"
 ITEMS = {"captioner": "caption words", "vqa": "answers", "classifier": "class maps", "tiny-qwen2vl": "caption words"}
@@ -261,7 +261,7 @@ def vlm_caption(out_dir: Path, seed: int, *, root: str | os.PathLike[str] | None
     from . import world, zoo
     from .evaluation.items import image_size
     from .explain import explain_caption
-    from .methods import display_name
+    from .methods import display_name, method_spec
     from .viz import caption_view, plot_caption, save_figure
 
     base = Path(root) if root is not None else zoo.default_root()
@@ -280,7 +280,7 @@ def vlm_caption(out_dir: Path, seed: int, *, root: str | os.PathLike[str] | None
     lead = (f"{VLM} (a Qwen2-VL: vision transformer, 2 x 2 patch merger, Qwen2 language model with M-RoPE, "
             f"byte-level BPE) captions scene seed {scene.seed}: **{ex.caption}** ({same}). Each word's "
             f"log-probability (its sub-word tokens summed) is explained by Grad-CAM on the vision layer the language "
-            f"model reads, and by {display_name(best)}, which masks the picture and runs the processor again.")
+            f"model reads, and by {display_name(best)}: {method_spec(best).description}.")
     md = ["## An LLM-based VLM: one map per word", "", lead, "", trust_note(VLM, shipped=shipped), "",
           " ".join(f"![per-word maps, {VLM}]({name})" for name in names), ""]
     view = caption_view(ex, methods={bm: other}, title=f"{VLM} (seed {scene.seed}): caption", method=gc)

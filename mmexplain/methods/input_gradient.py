@@ -24,7 +24,8 @@ of it survives the randomisation of the weights; the sanity protocol measures ho
 Example:
     >>> import torch
     >>> from mmexplain.targets import ClassLogit
-    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 4))
+    >>> nn = torch.nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 8 * 8, 4)).eval()
     >>> res = PixelGradientXInput(net, sigma=0)(torch.rand(1, 3, 8, 8), ClassLogit(1))
     >>> res.maps.shape, res.pre_relu.shape
     (torch.Size([1, 8, 8]), torch.Size([1, 8, 8]))
@@ -40,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import (CAMResult, call_model, check_size, check_targets, detach_all, find_image, kept_buffers, replace_image,
-                   upsample_and_normalize, warn_training)
+from .base import (CAMResult, call_model, check_size, check_targets, detach_all, find_image, kept_buffers,
+                   replace_image, upsample_and_normalize, warn_training)
 from .core import gradients
 from ..errors import InputError, InputTypeError
 
@@ -95,7 +96,8 @@ class PixelGradientXInput:
         self.model, self.reshape, self.sigma = model, reshape, float(sigma)
 
     def _image(self, inputs: Any) -> tuple[Tensor, Callable[[Tensor], Any], Callable[[Tensor], Tensor]]:
-        """(the image tensor, a function putting a replacement into the inputs, the layout ``(N, *shape) -> (N, B, C', H, W)``)."""
+        """(the image tensor, a function that puts a replacement into the inputs, the layout
+        ``(N, *shape) -> (N, B, C', H, W)``)."""
         layout = getattr(self.reshape, "pixels", None)
         flat = inputs.get("pixel_values") if isinstance(inputs, Mapping) else None
         if layout is not None and isinstance(flat, Tensor) and flat.dim() != 4:
@@ -103,8 +105,9 @@ class PixelGradientXInput:
                 lambda values: torch.stack([layout(v) for v in values])[:, None]  # one image: B = 1
         image = find_image(inputs)
         if image is None or not image.is_floating_point():
-            raise InputError("inputs: found no floating (B, C, H, W) image tensor, and reshape= lays no pixel tensor "
-                             "onto a picture (a VLM adapter's reshape_for(pixels) does, where the image is one picture)")
+            raise InputError("inputs: found no floating (B, C, H, W) image tensor, and reshape= lays no pixel "
+                             "tensor onto a picture (a VLM adapter's reshape_for(pixels) does, where the image is "
+                             "one picture)")
         return image, lambda leaf: replace_image(inputs, leaf), lambda values: values
 
     def _through_reader(self, image: Tensor, put: Callable[[Tensor], Any], targets: list[Any]

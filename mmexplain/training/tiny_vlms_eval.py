@@ -187,8 +187,8 @@ def card(name: str, info: dict[str, Any], metrics: dict[str, Any], *, command: s
     asked = metrics.get("answer_accuracy_per_kind", {})
     worst = min(asked, key=asked.__getitem__) if asked else None
     targets = ("Met: shape/colour/size >= 0.95, captions >= 0.8 exact, answers >= 0.9." if not missed else
-               "Missed: " + "; ".join(missed) + f". The weakest word kind is {weakest} ({by_kind[weakest]:.3f}; objects "
-               f"of 16-25 px on {a['patch_size']} px patches)" + (f", the weakest question kind {worst} "
+               "Missed: " + "; ".join(missed) + f". The weakest word kind is {weakest} ({by_kind[weakest]:.3f}; "
+               f"objects of 16-25 px on {a['patch_size']} px patches)" + (f", the weakest question kind {worst} "
                f"({asked[worst]:.3f})" if worst else "") + "; the stages stop on their wall-clock budgets with the "
                "losses still falling.")
     stage_lines = "\n".join(
