@@ -351,7 +351,7 @@ def test_every_method_through_the_explainers_equals_a_direct_call(models, scene,
     inputs, ids = _teacher_forced(captioner, scene.image, CAPTION)
     targets = [SequenceLogProb([t], positions=[i]) for i, t in enumerate(ids)]
     cls = mx.methods.get_method(method)
-    cam = cls(captioner) if method == "occlusion" else cls(captioner, captioner.default_layer)
+    cam = cls(captioner, captioner.default_layer) if mx.methods.method_spec(method).needs_layer else cls(captioner)
     direct = cam(inputs, targets, size=(96, 96))
     torch.testing.assert_close(ex.maps, direct.maps[:, 0], rtol=1e-4, atol=1e-5)
     assert torch.isfinite(ex.maps).all() and ex.maps.shape == (len(ids), 96, 96)
