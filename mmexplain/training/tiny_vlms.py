@@ -165,8 +165,7 @@ class Batches:
                                 return_tensors="pt", do_rescale=False)
                 prompts[prompt] = enc["input_ids"][0].tolist()
             self.encoded.append((prompts[prompt], self.target_ids(target)))
-        self.follow_up = {prompt: self.tokenizer(f"user: {prompt} assistant:", add_special_tokens=False).input_ids
-                          for prompt in {row[1] for row in rows}}  # a later turn's prompt (the image is in the first)
+        self.later_turns: dict[str, list[int]] = {}  # prompt -> ids of a turn after the first
         self.image_token = processor.image_token_id if hasattr(processor, "image_token_id") else \
             self.tokenizer.convert_tokens_to_ids(processor.image_token)
 
@@ -186,16 +185,25 @@ class Batches:
     def images_of(self, index: list[int]) -> Tensor:
         return self.images[torch.tensor([self.rows[i][0] for i in index])]
 
+    def later_turn(self, prompt: str) -> list[int]:
+        """The ids of ``prompt`` as a turn after the first: the chat template's user turn without the image."""
+        if prompt not in self.later_turns:
+            from ..adapters.hf.vlm import chat_text
+
+            text = chat_text(self.processor, prompt, image=False)
+            self.later_turns[prompt] = self.tokenizer(text, add_special_tokens=False).input_ids
+        return self.later_turns[prompt]
+
     def dialogue(self, turns: list[int]) -> tuple[list[int], list[int]]:
         """Rows of one scene as a conversation ``(ids, labels)``: labels on the answers only (``-100`` elsewhere).
 
-        The first turn is the chat prompt with the image; each later one is ``user: PROMPT
-        assistant:`` after the previous answer's ``</s>``.
+        The first turn is the chat prompt with the image; each later one (:meth:`later_turn`)
+        follows the previous answer's ``</s>``.
         """
         ids: list[int] = []
         labels: list[int] = []
         for k, i in enumerate(turns):
-            prompt = self.encoded[i][0] if k == 0 else self.follow_up[self.rows[i][1]]
+            prompt = self.encoded[i][0] if k == 0 else self.later_turn(self.rows[i][1])
             target = self.encoded[i][1]
             ids += prompt + target
             labels += [-100] * len(prompt) + target

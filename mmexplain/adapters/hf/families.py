@@ -36,9 +36,11 @@ from ...errors import InputError
 __all__ = ["FAMILIES", "Family", "chat_text", "tower_of"]
 
 
-def chat_text(processor: Any, prompt: str) -> str:
-    """The processor's chat template applied to one user turn ``[image, prompt]``, with the generation prompt."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+def chat_text(processor: Any, prompt: str, *, image: bool = True) -> str:
+    """The processor's chat template applied to one user turn ``[image, prompt]`` (``image=False``: a later
+    turn, ``[prompt]`` alone), with the generation prompt."""
+    content = [{"type": "image"}] if image else []
+    messages = [{"role": "user", "content": [*content, {"type": "text", "text": prompt}]}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
