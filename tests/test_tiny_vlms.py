@@ -132,6 +132,12 @@ def test_a_dialogue_is_the_chat_template_of_the_conversation(name):
 IMAGE = {"tiny-llava": "<image>", "tiny-qwen2vl": "<|image_pad|>"}
 
 
+@pytest.mark.parametrize("turns", [-1, 2.5, True, "4"])
+def test_a_bad_number_of_turns_is_refused_by_name(turns):
+    with pytest.raises(ValueError, match=r"^turns: expected an int >= 0"):
+        T.Recipe(turns=turns)
+
+
 def test_sincos_positions_by_hand():
     """tiny-llava's CLIP positions start as MAE's 2-D sine-cosine table: CLS zero; for the patch at (row y,
     column x), channels [sin(y f), cos(y f), sin(x f), cos(x f)] with f_k = 10000^(-k / (D/4)), times 0.2."""

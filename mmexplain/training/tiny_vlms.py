@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import world
+from ..errors import InputError
 from ..zoo import tiny_vlms
 from .loop import LoopConfig, fit
 from .tiny_hf import pixels, scene_split
@@ -64,6 +65,10 @@ class Recipe:
     turns: int = 0
     seed: int = 0
     save_every: float = 5.0  # minutes between checkpoints
+
+    def __post_init__(self) -> None:
+        if isinstance(self.turns, bool) or not isinstance(self.turns, int) or self.turns < 0:
+            raise InputError(f"turns: expected an int >= 0 (questions per dialogue; 0: none), got {self.turns!r}")
 
 
 #: Each model's recipe. tiny-llava spends longer on vision pretraining: with its sine-cosine positions
