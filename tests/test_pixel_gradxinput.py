@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import mmexplain as mx
 from mmexplain.methods import PixelGradientXInput
-from mmexplain.methods.input_gradient import gaussian_blur
+from mmexplain.methods.input_gradient import gaussian_blur, is_patchify, patchify_input_grad
 from mmexplain.targets import ClassLogit
 from conftest import assert_unchanged, snapshot
 
@@ -174,3 +174,54 @@ def test_registry_and_refusal_by_capability():
     from mmexplain.evaluation.grounding import capabilities_of
 
     assert "image-gradient" in capabilities_of(mx.zoo.load("classifier"))
+
+
+@pytest.mark.parametrize("conv, shape", [
+    (torch.nn.Conv2d(3, 5, 4, stride=4), (2, 3, 10, 13)),  # pixels past the last whole patch: zero gradient
+    (torch.nn.Conv3d(3, 6, (2, 3, 3), stride=(2, 3, 3), bias=False), (4, 3, 2, 6, 9)),  # Qwen2-VL's shape of patch
+    (torch.nn.Conv1d(2, 3, 5, stride=5), (1, 2, 20)),
+], ids=["conv2d", "conv3d", "conv1d"])
+def test_patchify_input_grad_equals_autograd(conv, shape):
+    """The matrix-product input gradient of a kernel = stride convolution equals convolution_backward's."""
+    torch.manual_seed(2)
+    assert is_patchify(conv)
+    x = torch.randn(shape, requires_grad=True)
+    out = conv(x)
+    g = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, x, g)
+    torch.testing.assert_close(patchify_input_grad(conv, g, tuple(shape)), expected)
+
+
+def test_patchify_is_recognised_narrowly():
+    assert not is_patchify(torch.nn.Conv2d(3, 4, 3, padding=1))
+    assert not is_patchify(torch.nn.Conv2d(3, 4, 4, stride=2))
+    assert not is_patchify(torch.nn.Conv2d(4, 4, 2, stride=2, groups=2))
+    assert not is_patchify(torch.nn.Conv2d(3, 4, 2, stride=2, dilation=2))
+    assert not is_patchify(torch.nn.Linear(3, 4))
+
+
+class PatchNet(torch.nn.Module):
+    """A ViT-like reader: a patch embedding of kernel = stride, then a nonlinear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, 4, 3, stride=3)
+        self.head = torch.nn.Linear(4 * 2 * 3, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.embed(x)).flatten(1))
+
+
+def test_the_two_step_gradient_through_a_patch_embedding():
+    """The reader is a patchifying convolution, crossed by the matrix product: equals autograd at the image
+    (the image 7 x 10: the last row and column lie past the patches and get 0)."""
+    torch.manual_seed(3)
+    net, x = PatchNet().eval(), torch.randn(1, 3, 7, 10)
+    method = PixelGradientXInput(net, sigma=0)
+    image, put, _ = method._image(x)
+    grad, _, _ = method._through_reader(image, put, [ClassLogit(0), ClassLogit(2)])
+    for n, c in enumerate((0, 2)):
+        leaf = x.clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(net(leaf)[:, c].sum(), leaf)
+        torch.testing.assert_close(grad[n], expected)
+    assert float(grad[..., -1, :].abs().max()) == 0 and float(grad[..., :6, :9].abs().max()) > 0

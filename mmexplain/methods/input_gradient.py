@@ -10,7 +10,9 @@ summed over the colour channels (and over Qwen2-VL's temporal copies of a frame)
 ReLU (positive evidence, as every map of the library) and a Gaussian of ``sigma`` pixels,
 so that the maximum is a region's, not one pixel's. One forward pass and one batched backward
 for all targets; no layer to choose (the module that reads the image, a patch embedding, is
-found in that forward and the gradient is carried through it apart: see ``_through_reader``).
+found in that forward and the gradient is carried through it apart: see ``_through_reader``;
+a patchifying convolution in it, as in every ViT, is crossed by one matrix product: see
+``patchify_input_grad``).
 
 Where the tensor comes from: the first floating (B, C, H, W) tensor of the inputs; or, for a
 VLM whose processor flattens the image into patches (Qwen2-VL), the inputs' ``pixel_values``
@@ -46,7 +48,7 @@ from .base import (CAMResult, call_model, check_size, check_targets, detach_all,
 from .core import gradients
 from ..errors import InputError, InputTypeError
 
-__all__ = ["PixelGradientXInput", "gaussian_blur"]
+__all__ = ["PixelGradientXInput", "gaussian_blur", "patchify_input_grad"]
 
 
 def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
@@ -61,6 +63,53 @@ def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
     x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
     return x.reshape(maps.shape)
+
+
+def is_patchify(module: nn.Module) -> bool:
+    """A convolution that cuts its input into disjoint patches: kernel = stride, no padding, dilation 1, one group."""
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and tuple(module.kernel_size) == tuple(
+        module.stride) and all(p == 0 for p in module.padding) and set(module.dilation) == {1} \
+        and module.groups == 1 and module.padding_mode == "zeros"
+
+
+def patchify_input_grad(conv: nn.Module, grad_out: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+    """The input gradient ``(B, C, *S)`` of a patchifying convolution (:func:`is_patchify`) from its output's
+    ``grad_out`` ``(B, O, *P)``: each patch's gradient is ``grad_out[b, :, p] @ W.reshape(O, C * prod(k))``, one
+    matrix product, laid back on its patch; pixels past the last whole patch get 0 (the convolution drops them).
+    Equals ``convolution_backward``'s, which on CPU is many times slower for these shapes."""
+    k, (o, c) = tuple(conv.kernel_size), conv.weight.shape[:2]
+    b, spatial = grad_out.shape[0], tuple(grad_out.shape[2:])  # P: patches per spatial axis
+    rows = grad_out.movedim(1, -1).reshape(-1, o) @ conv.weight.reshape(o, -1).to(grad_out.dtype)  # (B * prod(P), C k)
+    d = len(k)
+    patches = rows.reshape(b, *spatial, c, *k)  # (B, P1.., C, k1..)
+    order = [0, d + 1] + [i for a in range(d) for i in (1 + a, d + 2 + a)]  # (B, C, P1, k1, P2, k2, ...)
+    grad = patches.permute(order).reshape(b, c, *(p * q for p, q in zip(spatial, k)))
+    short = [s - p * q for s, p, q in zip(in_shape[2:], spatial, k)]
+    if any(short):
+        grad = F.pad(grad, [v for n in reversed(short) for v in (0, n)])
+    return grad
+
+
+class _PatchifyBackward(torch.autograd.Function):
+    """``conv(x)`` already computed, returned as is; its backward is :func:`patchify_input_grad` (x only)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, out: Tensor, conv: nn.Module) -> Tensor:
+        ctx.conv, ctx.in_shape = conv, tuple(x.shape)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None]:
+        return patchify_input_grad(ctx.conv, grad_out, ctx.in_shape).to(grad_out.dtype), None, None
+
+
+def _patchify_by_product(module: nn.Module, args: tuple, out: Any) -> Any:
+    """Forward hook: a patchifying convolution's output, differentiated by one product (only its input)."""
+    x = args[0] if args else None
+    if not isinstance(x, Tensor) or not isinstance(out, Tensor) or not x.requires_grad \
+            or x.dim() != out.dim() or x.dim() != len(module.kernel_size) + 2:  # unbatched: left to autograd
+        return None
+    return _PatchifyBackward.apply(x, out.detach(), module)
 
 
 class PixelGradientXInput:
@@ -118,7 +167,8 @@ class PixelGradientXInput:
         first convolution); its output is swapped for a leaf, the N gradients there come from
         one batched backward, and the reader runs once more on N copies of ``image`` for one
         plain backward: the batched backward then never crosses the reader (a convolution's
-        batched input gradient is the slowest step on CPU). The reader must treat the rows of
+        batched input gradient is the slowest step on CPU), and a patchifying convolution in the
+        reader is crossed by a matrix product (its own backward is the slowest next). The reader must treat the rows of
         its first axis apart (patches, images), which the shape of its N-copy output checks, and be
         the only module that reads the tensor (else: ``None``, and the caller differentiates at it).
         """
@@ -153,7 +203,13 @@ class PixelGradientXInput:
             return None, scores, output
         copies = image.repeat(n, *([1] * (image.dim() - 1))).requires_grad_(True)  # (N * rows, ...)
         swap = lambda v: copies if v is image else v  # noqa: E731
-        again = seen["module"](*map(swap, seen["args"]), **{k: swap(v) for k, v in seen["kwargs"].items()})
+        reader = seen["module"]
+        handles = [m.register_forward_hook(_patchify_by_product) for m in reader.modules() if is_patchify(m)]
+        try:
+            again = reader(*map(swap, seen["args"]), **{k: swap(v) for k, v in seen["kwargs"].items()})
+        finally:
+            for h in handles:
+                h.remove()
         if not isinstance(again, Tensor) or again.shape != (n * leaf.shape[0], *leaf.shape[1:]):
             return None, scores, output
         (grad,) = torch.autograd.grad(again, copies, grad_outputs=at_reader.reshape(again.shape).to(again.dtype))
