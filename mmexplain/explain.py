@@ -96,7 +96,8 @@ class CaptionExplanation(_Shown):
         maps: (T, H, W) Grad-CAM map of each word's log-probability, in [0, 1].
         logprobs: (T,) log p(word | image, previous words).
         caption_map: (H, W) map of the whole caption's log-probability, which equals
-            ReLU(sum_t pre-ReLU map of word t) (the engine is linear in the target).
+            ReLU(sum_t pre-ReLU map of word t) (the engine is linear in the target), smoothed as the
+            word maps where the method smooths them.
         image: (3, H, W) in [0, 1], the picture the maps are aligned with.
         result: the engine's CAMResult, rows = words (batch of one).
         guided: (T, 3, H, W) Guided Grad-CAM per word when ``method="guided"``, else None.
@@ -246,11 +247,16 @@ class _Method:
         """True when the method may copy the targets along the batch axis."""
         return self.gradient and self.spec.cls.targets_in_batch_ok
 
+    def build(self, model: nn.Module, layer: Any, reshape: Any) -> Any:
+        """The method object, with the registry's defaults."""
+        cls = self.spec.cls
+        return cls(model, layer, reshape=reshape) if self.spec.needs_layer else cls(model, reshape=reshape)
+
     def run(self, model: nn.Module, layer: Any, reshape: Any, inputs: Any, targets: list[Target], *,
             size: tuple[int, int], extra: dict[str, str] | None = None, in_batch: bool = False,
-            per_backward: int | None = None) -> CAMResult:
-        cls = self.spec.cls
-        method = cls(model, layer, reshape=reshape) if self.spec.needs_layer else cls(model, reshape=reshape)
+            per_backward: int | None = None, method: Any = None) -> CAMResult:
+        """Build the method (or use ``method``, built by :meth:`build`) and call it on ``targets``."""
+        method = self.build(model, layer, reshape) if method is None else method
         if not self.gradient:
             return method(inputs, targets, size=size)
         options = {"targets_in_batch": True} if in_batch else {}
@@ -280,7 +286,8 @@ def explain_caption(
 
     The explained scalar of word t is log p(w_t | image, w_<t) read from the
     teacher-forced logits (sub-word tokens summed). The map of word t depends on
-    words up to t only; the whole-caption map is ReLU of the summed pre-ReLU word maps.
+    words up to t only; the whole-caption map is ReLU of the summed pre-ReLU word maps (then the
+    method's own smoothing, where it has one: ``pixel-gradxinput``'s Gaussian).
 
     Args:
         captioner: an ``mx.zoo`` captioner or a ``CaptionAdapter`` (``mx.hf`` builds them).
@@ -316,9 +323,12 @@ def explain_caption(
     targets: list[Target] = [SequenceLogProb(tokens, positions=positions) for positions, tokens in spans]
     size = tuple(shown.shape[-2:])
     layer = layer if layer is not None else adapter.default_layer
-    res = plan.run(adapter.model, layer, adapter.reshape_for(pixels), plan.inputs_for(adapter, pixels, inputs), targets,
-                   size=size, in_batch=in_batch, per_backward=words_per_pass)
-    caption_map = upsample_and_normalize(F.relu(res.pre_relu.sum(dim=0)), size)[0]  # (H, W)
+    reshape = adapter.reshape_for(pixels)
+    method_object = plan.build(adapter.model, layer, reshape)
+    res = plan.run(adapter.model, layer, reshape, plan.inputs_for(adapter, pixels, inputs), targets,
+                   size=size, in_batch=in_batch, per_backward=words_per_pass, method=method_object)
+    positive = getattr(method_object, "positive", F.relu)  # a method's own ReLU and smoothing, where it has them
+    caption_map = upsample_and_normalize(positive(res.pre_relu.sum(dim=0)), size)[0]  # (H, W)
     return CaptionExplanation(list(words), res.maps[:, 0], res.scores[:, 0], caption_map, shown, res, _pixels(res))
 
 

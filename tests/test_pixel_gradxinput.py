@@ -163,6 +163,12 @@ def test_llava_pixels_through_explain_caption():
         (grad,) = torch.autograd.grad(sum(logp[q + k, t] for k, t in enumerate(tokens)), leaf, retain_graph=True)
         expected = gaussian_blur(F.relu((grad * leaf.detach())[0].sum(0)), 1.0)
         torch.testing.assert_close(ex.result.raw[n, 0], expected, rtol=1e-4, atol=1e-7)
+    # the whole caption: the ReLU of the summed signed maps, smoothed as the words' (not left speckled)
+    whole = gaussian_blur(F.relu(ex.result.pre_relu[:, 0].sum(0)), 1.0)
+    size = tuple(ex.caption_map.shape)
+    expected = F.interpolate(whole[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    torch.testing.assert_close(ex.caption_map, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_registry_and_refusal_by_capability():

@@ -144,6 +144,10 @@ class PixelGradientXInput:
             raise InputError(f"sigma: expected a finite number >= 0, got {sigma!r}")
         self.model, self.reshape, self.sigma = model, reshape, float(sigma)
 
+    def positive(self, pre: Tensor) -> Tensor:
+        """``(..., H, W)`` signed maps -> their ReLU smoothed by the Gaussian: ``raw`` from ``pre_relu``."""
+        return gaussian_blur(F.relu(pre), self.sigma)
+
     def _image(self, inputs: Any) -> tuple[Tensor, Callable[[Tensor], Any], Callable[[Tensor], Tensor]]:
         """(the image tensor, a function that puts a replacement into the inputs, the layout
         ``(N, *shape) -> (N, B, C', H, W)``)."""
@@ -234,7 +238,7 @@ class PixelGradientXInput:
             raise InputError("inputs: the targets do not depend on the image tensor (no gradient reached it)")
         product = lay(grad * image).float()  # (N, B, C', H, W)
         pre = product.sum(dim=2)  # (N, B, H, W)
-        raw = gaussian_blur(F.relu(pre), self.sigma)
+        raw = self.positive(pre)
         maps = upsample_and_normalize(raw, tuple(pre.shape[-2:]) if size is None else size)
         picture = lay(image[None])[0]  # (B, C', H, W)
         res = CAMResult(maps, raw, pre, pre.new_zeros(*pre.shape[:2], 0), scores.detach().float(), picture,
