@@ -231,3 +231,19 @@ def test_the_two_step_gradient_through_a_patch_embedding():
         (expected,) = torch.autograd.grad(net(leaf)[:, c].sum(), leaf)
         torch.testing.assert_close(grad[n], expected)
     assert float(grad[..., -1, :].abs().max()) == 0 and float(grad[..., :6, :9].abs().max()) > 0
+
+
+def test_a_hooked_patch_embedding_keeps_autograd():
+    """A user's hook on the patch embedding changes its output: the matrix product would miss it, so autograd
+    crosses that convolution (and the hook is still there afterwards)."""
+    torch.manual_seed(4)
+    net, x = PatchNet().eval(), torch.randn(1, 3, 6, 9)
+    handle = net.embed.register_forward_hook(lambda m, a, out: out * out)
+    try:
+        res = PixelGradientXInput(net, sigma=0)(x, [ClassLogit(1)])
+        leaf = x.clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(net(leaf)[:, 1].sum(), leaf)
+        torch.testing.assert_close(res.pre_relu[0], (expected * x).sum(1))
+        assert len(net.embed._forward_hooks) == 1
+    finally:
+        handle.remove()

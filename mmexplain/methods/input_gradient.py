@@ -79,7 +79,8 @@ def patchify_input_grad(conv: nn.Module, grad_out: Tensor, in_shape: tuple[int, 
     Equals ``convolution_backward``'s, which on CPU is many times slower for these shapes."""
     k, (o, c) = tuple(conv.kernel_size), conv.weight.shape[:2]
     b, spatial = grad_out.shape[0], tuple(grad_out.shape[2:])  # P: patches per spatial axis
-    rows = grad_out.movedim(1, -1).reshape(-1, o) @ conv.weight.reshape(o, -1).to(grad_out.dtype)  # (B * prod(P), C k)
+    weight = conv.weight.reshape(o, -1).to(grad_out.dtype)  # (O, C * prod(k))
+    rows = grad_out.movedim(1, -1).reshape(-1, o) @ weight  # (B * prod(P), C * prod(k))
     d = len(k)
     patches = rows.reshape(b, *spatial, c, *k)  # (B, P1.., C, k1..)
     order = [0, d + 1] + [i for a in range(d) for i in (1 + a, d + 2 + a)]  # (B, C, P1, k1, P2, k2, ...)
@@ -172,9 +173,10 @@ class PixelGradientXInput:
         one batched backward, and the reader runs once more on N copies of ``image`` for one
         plain backward: the batched backward then never crosses the reader (a convolution's
         batched input gradient is the slowest step on CPU), and a patchifying convolution in the
-        reader is crossed by a matrix product (its own backward is the slowest next). The reader must treat the rows of
-        its first axis apart (patches, images), which the shape of its N-copy output checks, and be
-        the only module that reads the tensor (else: ``None``, and the caller differentiates at it).
+        reader with no hooks of its own is crossed by a matrix product (its own backward is the
+        slowest next). The reader must treat the rows of its first axis apart (patches, images),
+        which the shape of its N-copy output checks, and be the only module that reads the tensor
+        (else: ``None``, and the caller differentiates at it).
         """
         seen: dict[str, Any] = {}
 
@@ -208,7 +210,8 @@ class PixelGradientXInput:
         copies = image.repeat(n, *([1] * (image.dim() - 1))).requires_grad_(True)  # (N * rows, ...)
         swap = lambda v: copies if v is image else v  # noqa: E731
         reader = seen["module"]
-        handles = [m.register_forward_hook(_patchify_by_product) for m in reader.modules() if is_patchify(m)]
+        handles = [m.register_forward_hook(_patchify_by_product) for m in reader.modules()
+                   if is_patchify(m) and not m._forward_hooks and not m._forward_pre_hooks]  # a user's hook: autograd
         try:
             again = reader(*map(swap, seen["args"]), **{k: swap(v) for k, v in seen["kwargs"].items()})
         finally:
