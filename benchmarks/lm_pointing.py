@@ -2,7 +2,8 @@
 
 A content word hits when its map's maximum lies in the mask of the object it describes
 (``scene.alignment``); the caption explained is the scene's own (teacher-forced). An answer
-(the scene's, given its question) hits when its map's maximum lies in its objects' masks. Also the
+(the scene's, given its question) hits when its map's maximum lies in its objects' masks (also per question
+kind). Also the
 seconds per caption (all words) of each method, and the variants of the methods' choices
 (attention layers or rollout into the tower, relevancy without the tower, TAM's filter, the LM Grad-CAM
 layer, the pixel gradient x input's smoothing) called directly. "on an object": how often the maximum lies on
@@ -67,6 +68,7 @@ def measure(path: str, scenes: int, prompt: str, random_weights: int | None = No
     right = 0
     share: list[float] = []
     answer_hits = {m: [] for m in methods}
+    answer_kinds: list[str] = []  # the question kind of each answer
     answer_seconds = {m: 0.0 for m in methods}
     for seed in mx.world.split_seeds(split, scenes):
         scene = mx.world.generate(seed, size=size)
@@ -98,6 +100,7 @@ def measure(path: str, scenes: int, prompt: str, random_weights: int | None = No
             mask = torch.zeros_like(scene.objects[0].mask)
             for j in qa.objects:
                 mask |= scene.objects[j].mask
+            answer_kinds.append(qa.kind)
             for m in methods:
                 start = time.perf_counter()
                 per = mx.explain_answer(vlm, scene.image, qa.question, qa.answer, method=m).maps[0]
@@ -113,8 +116,12 @@ def measure(path: str, scenes: int, prompt: str, random_weights: int | None = No
               f"{seconds[m] / scenes:.3f} s/caption")
     count = len(answer_hits[methods[0]])
     print(f"  answers ({count} questions about objects):")
+    kinds = sorted(set(answer_kinds))
     for m, h in answer_hits.items():
-        print(f"  {m:26s} pointing {sum(h) / max(len(h), 1):.3f}   {answer_seconds[m] / max(count, 1):.3f} s/answer")
+        per_kind = "  ".join(f"{k} {sum(x for x, q in zip(h, answer_kinds) if q == k) / answer_kinds.count(k):.2f}"
+                             for k in kinds)
+        print(f"  {m:26s} pointing {sum(h) / max(len(h), 1):.3f}   {answer_seconds[m] / max(count, 1):.3f} s/answer"
+              f"   by question kind: {per_kind}")
 
 
 def main() -> None:

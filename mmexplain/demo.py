@@ -51,7 +51,7 @@ POINTING: dict[str, dict[str, float]] = {
     "captioner": {"gradcam": 49.8, "guided": 76.8},
     "vqa": {"gradcam": 50.4, "scorecam": 96.9},
     "classifier": {"gradcam": 53.4, "guided": 99.5},
-    "tiny-qwen2vl": {"gradcam": 29.5, "occlusion": 80.6, "pixel-gradxinput": 87.3},
+    "tiny-qwen2vl": {"gradcam": 23.6, "occlusion": 77.2, "pixel-gradxinput": 96.6},
 }
 LEADERBOARD = "`mmexplain evaluate grounding --methods all --scenes 100`"
 ITEMS = {"captioner": "caption words", "vqa": "answers", "classifier": "class maps", "tiny-qwen2vl": "caption words"}
