@@ -254,9 +254,15 @@ class _Method:
 
     def run(self, model: nn.Module, layer: Any, reshape: Any, inputs: Any, targets: list[Target], *,
             size: tuple[int, int], extra: dict[str, str] | None = None, in_batch: bool = False,
-            per_backward: int | None = None, method: Any = None) -> CAMResult:
-        """Build the method (or use ``method``, built by :meth:`build`) and call it on ``targets``."""
-        method = self.build(model, layer, reshape) if method is None else method
+            per_backward: int | None = None) -> CAMResult:
+        """Build the method and call it on ``targets`` (:meth:`build`, then :meth:`call`)."""
+        return self.call(self.build(model, layer, reshape), inputs, targets, size=size, extra=extra,
+                         in_batch=in_batch, per_backward=per_backward)
+
+    def call(self, method: Any, inputs: Any, targets: list[Target], *, size: tuple[int, int],
+             extra: dict[str, str] | None = None, in_batch: bool = False, per_backward: int | None = None
+             ) -> CAMResult:
+        """Call a method object made by :meth:`build` on ``targets``."""
         if not self.gradient:
             return method(inputs, targets, size=size)
         options = {"targets_in_batch": True} if in_batch else {}
@@ -325,8 +331,8 @@ def explain_caption(
     layer = layer if layer is not None else adapter.default_layer
     reshape = adapter.reshape_for(pixels)
     method_object = plan.build(adapter.model, layer, reshape)
-    res = plan.run(adapter.model, layer, reshape, plan.inputs_for(adapter, pixels, inputs), targets,
-                   size=size, in_batch=in_batch, per_backward=words_per_pass, method=method_object)
+    res = plan.call(method_object, plan.inputs_for(adapter, pixels, inputs), targets, size=size, in_batch=in_batch,
+                    per_backward=words_per_pass)
     positive = getattr(method_object, "positive", F.relu)  # a method's own ReLU and smoothing, where it has them
     caption_map = upsample_and_normalize(positive(res.pre_relu.sum(dim=0)), size)[0]  # (H, W)
     return CaptionExplanation(list(words), res.maps[:, 0], res.scores[:, 0], caption_map, shown, res, _pixels(res))
