@@ -5,8 +5,9 @@ A content word hits when its map's maximum lies in the mask of the object it des
 (the scene's, given its question) hits when its map's maximum lies in its objects' masks (also
 printed per question kind). Also the seconds per caption (all words) of each method, and the
 variants of the methods' choices (attention layers or rollout into the tower, relevancy without the
-tower, TAM's filter, the LM Grad-CAM layer, the pixel gradient x input's smoothing) called directly. "on an object": how often the maximum lies on
-any object at all (a map that finds objects but not the described one scores there, not in pointing).
+tower, TAM's filter, the LM Grad-CAM layer, the pixel gradient x input's smoothing) called directly.
+"on an object": how often the maximum lies on any object at all (a map that finds objects but not the
+described one scores there, not in pointing).
 
 ``--random-weights SEED`` measures the same architecture with freshly drawn weights (the trained processor
 kept): the control for maps that the image itself shapes (gradient x input's factor x imprints the objects).
