@@ -67,7 +67,8 @@ def measure(path: str, scenes: int, method: str) -> None:
             rest = [j for j in range(len(scene.objects)) if j not in qa.objects and j != peak[0]]
             if rest:
                 drops["third"].append(base - logp(painted(scene, rest[0]), qa))
-    print(f"{path}: {scenes} test scenes, {sum(asked.values())} questions about objects, {mx.methods.display_name(method)}")
+    print(f"{path}: {scenes} test scenes, {sum(asked.values())} questions about objects, "
+          f"{mx.methods.display_name(method)}")
     print("  answers whose map peaks on another object, by question kind: "
           + ", ".join(f"{k} {misses[k]}/{asked[k]}" for k in sorted(asked)))
     for name, label in (("peak", "the object under the peak"), ("referent", "the asked-about object"),
