@@ -2,8 +2,8 @@
 
 For each question about an object (held-out ShapeWorld test scenes) whose answer map (``--method``,
 default gradient x input on the pixels) peaks on ANOTHER object, each object is painted over with the
-scene's mean background colour in turn and the answer's log-probability read again (teacher-forced,
-the scene's own answer):
+scene's background colour (``scene.background``) in turn and the answer's log-probability read again
+(teacher-forced, the scene's own answer):
 
 - drop when the object under the map's peak is removed,
 - drop when the asked-about object (the referent) is removed,
@@ -28,10 +28,9 @@ from mmexplain.evaluation.grounding import image_size
 
 
 def painted(scene, j: int) -> torch.Tensor:
-    """The scene's (3, H, W) image with object ``j`` painted in the mean colour of the background."""
+    """The scene's (3, H, W) image with object ``j`` painted in the scene's background colour."""
     image = scene.image.clone()
-    background = ~torch.stack([o.mask for o in scene.objects]).any(0)  # (H, W)
-    image[:, scene.objects[j].mask] = image[:, background].mean(dim=1)[:, None]
+    image[:, scene.objects[j].mask] = torch.tensor(scene.background, dtype=image.dtype)[:, None]
     return image
 
 
