@@ -101,14 +101,14 @@ class _PatchifyBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None]:
-        return patchify_input_grad(ctx.conv, grad_out, ctx.in_shape).to(grad_out.dtype), None, None
+        return patchify_input_grad(ctx.conv, grad_out, ctx.in_shape), None, None
 
 
 def _patchify_by_product(module: nn.Module, args: tuple, out: Any) -> Any:
     """Forward hook: a patchifying convolution's output, differentiated by one product (only its input)."""
     x = args[0] if args else None
     if not isinstance(x, Tensor) or not isinstance(out, Tensor) or not x.requires_grad \
-            or x.dim() != out.dim() or x.dim() != len(module.kernel_size) + 2:  # unbatched: left to autograd
+            or x.dim() != len(module.kernel_size) + 2:  # unbatched: left to autograd
         return None
     return _PatchifyBackward.apply(x, out.detach(), module)
 
