@@ -688,7 +688,7 @@ def test_registry_names_every_method_and_top_level_exports():
     assert list(mx.methods.METHODS) == [
         "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigengradcam",
         "scorecam", "ablationcam", "eigencam", "occlusion", "guided", "relevancy",
-        "attention", "tam", "lm-gradcam", "gradxinput", "pixel-gradxinput",
+        "attention", "tam", "lm-gradcam", "gradxinput", "pixel-gradxinput", "occlusion-gradxinput",
     ]
     assert mx.explain.METHODS is mx.methods.METHODS  # one registry
     for name, spec in mx.methods.METHODS.items():
@@ -699,7 +699,8 @@ def test_registry_names_every_method_and_top_level_exports():
         assert spec.requires <= set(mx.methods.CAPABILITIES) and spec.saliency in mx.methods.SALIENCY
     specs = mx.methods.METHODS
     assert [n for n, s in specs.items() if not s.needs_layer] == [
-        "occlusion", "relevancy", "attention", "tam", "lm-gradcam", "gradxinput", "pixel-gradxinput"]
+        "occlusion", "relevancy", "attention", "tam", "lm-gradcam", "gradxinput", "pixel-gradxinput",
+        "occlusion-gradxinput"]
     assert [n for n, s in specs.items() if not s.uses_gradient] == [
         "scorecam", "ablationcam", "eigencam", "occlusion", "attention", "tam"]
     assert specs["guided"].why_not({"layer", "pixels"}) == "Guided Grad-CAM needs ReLU-like units for guided backprop (relu)"

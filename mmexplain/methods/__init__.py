@@ -35,6 +35,7 @@ from .occlusion import Occlusion
 from .relevancy import Relevancy
 from .guided import Deconvolution, GuidedBackprop, GuidedGradCAM, guided_gradcam
 from .input_gradient import PixelGradientXInput
+from .gated import OcclusionGradientXInput
 from .variants import EigenGradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .lm_maps import GradientXInput, LMAttention, LMGradCAM, TokenActivationMap
 from .registry import CAPABILITIES, METHODS, SALIENCY, MethodSpec, display_name, get_method, method_spec, register
@@ -46,5 +47,6 @@ __all__ = [
     "ScoreCAM", "AblationCAM", "EigenCAM", "Occlusion", "Relevancy",
     "CAM", "GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam",
     "LMAttention", "TokenActivationMap", "LMGradCAM", "GradientXInput", "PixelGradientXInput",
+    "OcclusionGradientXInput",
     "METHODS", "MethodSpec", "CAPABILITIES", "SALIENCY", "register", "get_method", "method_spec", "display_name",
 ]

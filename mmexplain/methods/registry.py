@@ -38,6 +38,7 @@ from typing import Any
 from torch import Tensor
 
 from .gradcam import GradCAM
+from .gated import OcclusionGradientXInput
 from .gradient_free import AblationCAM, EigenCAM, ScoreCAM
 from .input_gradient import PixelGradientXInput
 from .guided import GuidedGradCAM
@@ -260,5 +261,9 @@ for _spec in (
     MethodSpec("pixel-gradxinput", PixelGradientXInput, "gradient x input (Shrikumar et al.) on the image tensor "
                "the model reads, per pixel, summed over channels, smoothed; no layer", "Gradient x Input (pixels)",
                needs_layer=False, requires=frozenset({"image-gradient"})),
+    MethodSpec("occlusion-gradxinput", OcclusionGradientXInput, "gradient x input on the pixels times the "
+               "occlusion map's ReLU (over its max, to the power 1/4), as Guided Grad-CAM fuses a fine and a coarse map; "
+               "no layer", "Gradient x Input x Occlusion", needs_layer=False,
+               requires=frozenset({"picture", "image-gradient"})),
 ):
     METHODS[_spec.name] = _spec
