@@ -5,7 +5,8 @@ A content word hits when its map's maximum lies in the mask of the object it des
 (the scene's, given its question) hits when its map's maximum lies in its objects' masks (also
 printed per question kind). Also the seconds per caption (all words) of each method, and the
 variants of the methods' choices (attention layers or rollout into the tower, relevancy without the
-tower, TAM's filter, the LM Grad-CAM layer, the pixel gradient x input's smoothing) called directly.
+tower, TAM's filter, the LM Grad-CAM layer, the pixel gradient x input's smoothing) called directly, and
+occlusion-gradxinput's gate exponent (0.5, 1 against 1/4; words and answers).
 "on an object": how often the maximum lies on any object at all (a map that finds objects but not the
 described one scores there, not in pointing).
 
@@ -26,7 +27,7 @@ import torch
 
 import mmexplain as mx
 from mmexplain.evaluation.grounding import image_size
-from mmexplain.methods import Relevancy
+from mmexplain.methods import OcclusionGradientXInput, Relevancy
 from mmexplain.methods.input_gradient import PixelGradientXInput
 from mmexplain.methods.lm_maps import LMAttention, LMGradCAM, TokenActivationMap
 from mmexplain.targets import SequenceLogProb
@@ -48,6 +49,23 @@ def variants(vlm, count):
     for k in range(count - 1):
         out[f"lm-gradcam[layer {k}]"] = lambda m, r, k=k: LMGradCAM(m, reshape=r, layer=k)
     return out
+
+
+def gate_variants(gammas=(0.5, 1.0)) -> list[str]:
+    """``occlusion-gradxinput`` with other gate exponents than its default 1/4, registered by name (so that the
+    answers, explained through ``explain_answer``, are measured too)."""
+    names = []
+    for gamma in gammas:
+        name = f"occlusion-gradxinput[gamma {gamma:g}]"
+        if name not in mx.methods.METHODS:
+            def init(self, model, layer=None, *, gamma=gamma, **options):
+                OcclusionGradientXInput.__init__(self, model, layer, gamma=gamma, **options)
+            cls = type(f"OcclusionGradientXInputGamma{gamma:g}".replace(".", "_"), (OcclusionGradientXInput,),
+                       {"__init__": init})
+            mx.methods.register(name, cls, description=f"occlusion-gradxinput, gate exponent {gamma:g}",
+                                needs_layer=False, requires={"picture", "image-gradient"})
+        names.append(name)
+    return names
 
 
 def measure(path: str, scenes: int, prompt: str, random_weights: int | None = None,
@@ -137,8 +155,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    methods = args.methods.split(",")
+    if "occlusion-gradxinput" in methods:  # its gate's exponent against the default
+        methods += gate_variants()
     for path in args.models:
-        measure(path, args.scenes, args.prompt, args.random_weights, args.methods.split(","), args.split)
+        measure(path, args.scenes, args.prompt, args.random_weights, methods, args.split)
 
 
 if __name__ == "__main__":
