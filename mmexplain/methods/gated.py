@@ -13,9 +13,8 @@ product ranks highly a region whose local change would move y but whose removal 
 the tiny VLMs, a second object when the question asks about the first); the gate, read from the
 removal itself, takes such regions down, and the product keeps the gradient's resolution.
 ``gamma`` < 1 weighs the gate less than the fine map (0.25 by default: chosen on validation
-scenes of the tiny VLMs against 0.5 and 1, see README). Costs one occlusion (one forward per window, batched) plus one forward and
-one batched backward.
-
+scenes of the tiny VLMs against 0.5 and 1, see README). Costs one occlusion (one forward per
+window, batched) plus one forward and one batched backward.
 """
 
 from __future__ import annotations
