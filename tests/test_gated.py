@@ -55,7 +55,7 @@ def test_equals_a_hand_written_reference_on_a_cnn():
             r = F.relu(expected[b])
             torch.testing.assert_close(res.maps[n, b], (r - r.min()) / (r.max() - r.min()), rtol=1e-4, atol=1e-5)
     assert res.weights.shape == (2, 2, 0) and res.activations.shape == (2, 3, 8, 8)
-    one = OcclusionGradientXInput(net, window=4, stride=4, sigma=0, gamma=0.5)(x, ClassLogit(0))  # one target: no N axis
+    one = OcclusionGradientXInput(net, window=4, stride=4, sigma=0, gamma=0.5)(x, ClassLogit(0))  # no N axis
     torch.testing.assert_close(one.pre_relu, res.pre_relu[0])
 
 

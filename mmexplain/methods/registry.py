@@ -262,8 +262,8 @@ for _spec in (
                "the model reads, per pixel, summed over channels, smoothed; no layer", "Gradient x Input (pixels)",
                needs_layer=False, requires=frozenset({"image-gradient"})),
     MethodSpec("occlusion-gradxinput", OcclusionGradientXInput, "gradient x input on the pixels times the "
-               "occlusion map's ReLU (over its max, to the power 1/4), as Guided Grad-CAM fuses a fine and a coarse map; "
-               "no layer", "Gradient x Input x Occlusion", needs_layer=False,
+               "occlusion map's ReLU (over its max, to the power 1/4), as Guided Grad-CAM fuses a fine and a "
+               "coarse map; no layer", "Gradient x Input x Occlusion", needs_layer=False,
                requires=frozenset({"picture", "image-gradient"})),
 ):
     METHODS[_spec.name] = _spec
