@@ -11,7 +11,7 @@ target y, the image tensor x the model reads, and occlusion's score drops D on i
 and ``raw`` = its ReLU smoothed by the Gaussian of :class:`PixelGradientXInput`. The first-order
 product ranks highly a region whose local change would move y but whose removal does not (on
 the tiny VLMs, a second object when the question asks about the first); the gate, read from the
-removal itself, takes such regions down, and the product keeps the gradient's resolution.
+removal itself, lowers such regions, and the product keeps the gradient's resolution.
 ``gamma`` < 1 weighs the gate less than the fine map (0.25 by default: chosen on validation
 scenes of the tiny VLMs against 0.5 and 1, see README). Costs one occlusion (one forward per
 window, batched) plus one forward and one batched backward.
