@@ -20,12 +20,11 @@ from mmexplain.methods.gated import OcclusionGradientXInput, occlusion_gate
 from mmexplain.methods.input_gradient import gaussian_blur
 from mmexplain.targets import ClassLogit
 from conftest import assert_unchanged, snapshot
+from test_pixel_gradxinput import toy as pixel_toy
 
 
 def toy():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                               torch.nn.Linear(4 * 8 * 8, 3)).eval()
+    return pixel_toy(8, 8)
 
 
 def test_equals_a_hand_written_reference_on_a_cnn():

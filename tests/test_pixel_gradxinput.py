@@ -23,10 +23,11 @@ from mmexplain.targets import ClassLogit
 from conftest import assert_unchanged, snapshot
 
 
-def toy():
+def toy(height: int = 6, width: int = 5):
+    """A fixed-weight CNN for (B, 3, height, width) images: conv, ReLU, linear to 3 classes."""
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                               torch.nn.Linear(4 * 6 * 5, 3)).eval()
+                               torch.nn.Linear(4 * height * width, 3)).eval()
 
 
 def test_equals_autograd_on_a_cnn():
