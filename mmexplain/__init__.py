@@ -33,7 +33,7 @@ _LAZY_NAMES = {
     "ScoreCAM": "methods",
     "AblationCAM": "methods",
     "EigenCAM": "methods",
-    "Occlusion": "methods",
+    "Occlusion": "methods", "RISE": "methods",
     "Relevancy": "methods",
     "LMAttention": "methods", "TokenActivationMap": "methods", "LMGradCAM": "methods", "GradientXInput": "methods",
     "PixelGradientXInput": "methods", "OcclusionGradientXInput": "methods",

@@ -687,7 +687,7 @@ def test_forward_only_methods_run_no_backward_and_work_under_inference_mode():
 def test_registry_names_every_method_and_top_level_exports():
     assert list(mx.methods.METHODS) == [
         "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigengradcam",
-        "scorecam", "ablationcam", "eigencam", "occlusion", "guided", "relevancy",
+        "scorecam", "ablationcam", "eigencam", "occlusion", "rise", "guided", "relevancy",
         "attention", "tam", "lm-gradcam", "gradxinput", "pixel-gradxinput", "occlusion-gradxinput",
     ]
     assert mx.explain.METHODS is mx.methods.METHODS  # one registry
@@ -699,10 +699,10 @@ def test_registry_names_every_method_and_top_level_exports():
         assert spec.requires <= set(mx.methods.CAPABILITIES) and spec.saliency in mx.methods.SALIENCY
     specs = mx.methods.METHODS
     assert [n for n, s in specs.items() if not s.needs_layer] == [
-        "occlusion", "relevancy", "attention", "tam", "lm-gradcam", "gradxinput", "pixel-gradxinput",
+        "occlusion", "rise", "relevancy", "attention", "tam", "lm-gradcam", "gradxinput", "pixel-gradxinput",
         "occlusion-gradxinput"]
     assert [n for n, s in specs.items() if not s.uses_gradient] == [
-        "scorecam", "ablationcam", "eigencam", "occlusion", "attention", "tam"]
+        "scorecam", "ablationcam", "eigencam", "occlusion", "rise", "attention", "tam"]
     assert specs["guided"].why_not({"layer", "pixels"}) == "Guided Grad-CAM needs ReLU-like units for guided backprop (relu)"
     assert specs["gradcam"].why_not({"layer"}) is None and specs["occlusion"].why_not({"layer"}) is not None
     with pytest.raises(ValueError, match=r"unknown name 'gradcam\+'; nearest: gradcam\+\+.*expected one of: gradcam, gradcam\+\+"):

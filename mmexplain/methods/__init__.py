@@ -9,6 +9,7 @@
 - ``variants``: Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, Eigen-Grad-CAM.
 - ``gradient_free``: Score-CAM, Ablation-CAM, Eigen-CAM (forward passes only).
 - ``occlusion``: sliding-window occlusion (forward passes only, no layer needed).
+- ``rise``: RISE, the score of randomly masked images (forward passes only, no layer needed).
 - ``relevancy``: transformer relevancy (Chefer et al. 2021) through recorded attention; no layer.
 - ``cam``: CAM for GAP + linear models.
 - ``lm_maps``: maps inside an LLM-based VLM's language model (attention, TAM, LM Grad-CAM, gradient x input).
@@ -32,6 +33,7 @@ from .cam import CAM
 from .gradcam import GradCAM
 from .gradient_free import AblationCAM, EigenCAM, ScoreCAM
 from .occlusion import Occlusion
+from .rise import RISE
 from .relevancy import Relevancy
 from .guided import Deconvolution, GuidedBackprop, GuidedGradCAM, guided_gradcam
 from .input_gradient import PixelGradientXInput
@@ -44,7 +46,7 @@ from .registry import CAPABILITIES, METHODS, SALIENCY, MethodSpec, display_name,
 __all__ = [
     "CAMResult", "call_model", "find_image", "module_name", "replace_image", "resolve_layer", "upsample_and_normalize",
     "GradientMethod", "PerturbationMethod", "Run", "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenGradCAM",
-    "ScoreCAM", "AblationCAM", "EigenCAM", "Occlusion", "Relevancy",
+    "ScoreCAM", "AblationCAM", "EigenCAM", "Occlusion", "RISE", "Relevancy",
     "CAM", "GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam",
     "LMAttention", "TokenActivationMap", "LMGradCAM", "GradientXInput", "PixelGradientXInput",
     "OcclusionGradientXInput",

@@ -43,6 +43,7 @@ from .gradient_free import AblationCAM, EigenCAM, ScoreCAM
 from .input_gradient import PixelGradientXInput
 from .guided import GuidedGradCAM
 from .occlusion import Occlusion
+from .rise import RISE
 from .relevancy import Relevancy
 from .variants import EigenGradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from ..errors import InputError, InputTypeError
@@ -233,6 +234,10 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("occlusion", Occlusion,
                    "Occlusion (Zeiler & Fergus): score drop when an image window is hidden; forward only, no layer",
                    "Occlusion", needs_layer=False, uses_gradient=False, requires=frozenset({"picture"})),
+        MethodSpec("rise", RISE,
+                   "RISE (Petsiuk et al.): score of randomly masked images, averaged per pixel over the masks that "
+                   "keep it; forward only, no layer", "RISE", needs_layer=False, uses_gradient=False,
+                   requires=frozenset({"picture"})),
         MethodSpec("guided", GuidedGradCAM,
                    "Guided Grad-CAM (Selvaraju et al.): Grad-CAM's map x guided backprop, at pixel resolution",
                    "Guided Grad-CAM", requires=frozenset({"layer", "pixels", "relu"}), saliency="abs-channel-sum"),
