@@ -118,10 +118,10 @@ class RISE(PerturbationMethod):
             masked = image.unsqueeze(0) * masks(index)[:, None, None]  # (r, B, C, H, W)
             return call_model(self.model, replace_image(self.repeated(run, len(index)), masked.flatten(0, 1)))
 
-        scores = self.copy_scores(run, self.n_masks, build)  # (N, n, B)
+        scores = self.copy_scores(run, self.n_masks, build).float()  # (N, n, B)
         centred = scores - scores.mean(dim=1, keepdim=True)
-        total = image.new_zeros(scores.shape[0], scores.shape[2], *size)  # (N, B, H, W)
-        for start in range(0, self.n_masks, 256):
+        total = torch.zeros(scores.shape[0], scores.shape[2], *size, device=image.device)  # (N, B, H, W), float32
+        for start in range(0, self.n_masks, 256):  # summed in float32 whatever the model's dtype
             index = torch.arange(start, min(start + 256, self.n_masks))
-            total += torch.einsum("tnb,nhw->tbhw", centred[:, index].to(image), masks(index))
+            total += torch.einsum("tnb,nhw->tbhw", centred[:, index].to(image.device), masks(index).float())
         return total / (self.n_masks * self.p), run.scores.new_zeros(*run.scores.shape, 0)
