@@ -1,0 +1,100 @@
+"""Does a tiny VLM find an object by its shape? Colour answers, and what the answer position reads.
+
+"what color is the X ?" needs the LM to find the object of shape X among the image tokens. On
+held-out validation scenes with two or three objects this prints, per model folder:
+
+- colour answers right, by the number of objects in the scene;
+- the LM's attention from the answer position (the prompt's last token) to the image tokens that
+  cover the asked-about object and to those that cover the other objects, per layer (mean over
+  heads; a token's share of an object is the share of its cell the object's mask covers). Masks are
+  read here only to analyse; no model sees them;
+- how much the answer position's hidden state depends on the shape asked about: the cosine between
+  the states of "what color is the X ?" for two different shapes of the same scene, per layer
+  (1.0: the question's shape word does not reach the answer position).
+
+    python benchmarks/colour_lookup.py models/tiny-llava models/tiny-qwen2vl --scenes 40
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import mmexplain as mx
+
+
+def _load(path: str):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mmexplain.zoo.quiet import quiet_transformers
+
+    with quiet_transformers():
+        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, use_safetensors=True,
+                                                            attn_implementation="eager").eval()
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    return model, processor
+
+
+def _cover(scene, n_tokens: int) -> torch.Tensor:
+    """``(objects, n_tokens)``: the share of each image token's cell that each object's mask covers."""
+    side = int(round(n_tokens ** 0.5))
+    cell = scene.size // side
+    masks = torch.stack([o.mask for o in scene.objects]).float()[:, None]  # (O, 1, H, W)
+    return torch.nn.functional.avg_pool2d(masks, cell)[:, 0].flatten(1)  # (O, side * side)
+
+
+def measure(path: str, scenes: int) -> None:
+    from mmexplain.adapters.hf.vlm import chat_text
+
+    model, processor = _load(path)
+    vlm = mx.hf.adapter(model, processor)
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    right: dict[int, list[int]] = {}
+    asked_mass: list[torch.Tensor] = []  # per question: (layers,)
+    other_mass: list[torch.Tensor] = []
+    cosines: list[torch.Tensor] = []  # per scene: (layers + 1,)
+    for seed in mx.world.split_seeds("val", scenes):
+        scene = mx.world.generate(seed, size=96)
+        if len(scene.objects) < 2:
+            continue
+        last = []
+        for qa in (q for q in scene.questions if q.kind == "color"):
+            pixels = vlm.load_image(scene.image)
+            right.setdefault(len(scene.objects), []).append(int(vlm.answer(pixels, qa.question) == qa.answer))
+            enc = processor(text=chat_text(processor, qa.question), images=scene.image, return_tensors="pt",
+                            do_rescale=False)
+            with torch.no_grad():
+                out = model(**enc, output_attentions=True, output_hidden_states=True)
+            image = enc["input_ids"][0] == image_id  # (L,)
+            cover = _cover(scene, int(image.sum()))  # (O, n)
+            rows = torch.stack([a[0, :, -1][:, image].mean(0) for a in out.attentions])  # (layers, n)
+            others = [k for k in range(len(scene.objects)) if k != qa.objects[0]]
+            asked_mass.append(rows @ cover[qa.objects[0]])
+            other_mass.append((rows @ cover[others].T).mean(-1))
+            last.append(torch.stack([h[0, -1] for h in out.hidden_states]))  # (layers + 1, D)
+        if len(last) >= 2:
+            cosines.append(torch.nn.functional.cosine_similarity(last[0], last[1], dim=-1))
+    print(f"{path}: colour answers right, by objects in the scene: "
+          + ", ".join(f"{k} objects {sum(v)}/{len(v)}" for k, v in sorted(right.items())))
+    asked, other = torch.stack(asked_mass).mean(0), torch.stack(other_mass).mean(0)
+    for layer, (a, o) in enumerate(zip(asked.tolist(), other.tolist())):
+        print(f"  LM layer {layer}: attention of the answer position to the asked object {a:.3f}, "
+              f"to another object {o:.3f}")
+    cos = torch.stack(cosines).mean(0)
+    print("  cosine of the answer position's state between two shapes asked, after the embeddings and each layer: "
+          + " ".join(f"{c:.4f}" for c in cos.tolist()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="local transformers VLM folders")
+    parser.add_argument("--scenes", type=int, default=40, help="validation scenes (those with one object are skipped)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for path in args.models:
+        measure(path, args.scenes)
+
+
+if __name__ == "__main__":
+    main()
