@@ -36,7 +36,7 @@ _LAZY_NAMES = {
     "Occlusion": "methods", "RISE": "methods",
     "Relevancy": "methods",
     "LMAttention": "methods", "TokenActivationMap": "methods", "LMGradCAM": "methods", "GradientXInput": "methods",
-    "PixelGradientXInput": "methods", "OcclusionGradientXInput": "methods",
+    "PixelGradientXInput": "methods", "OcclusionGradientXInput": "methods", "RISEGradientXInput": "methods",
     "explain_caption": "explain",
     "explain_answer": "explain",
     "explain_class": "explain",

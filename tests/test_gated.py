@@ -1,4 +1,5 @@
-"""Gradient x input on the pixels gated by occlusion (``occlusion-gradxinput``), against hand-written references.
+"""Gradient x input on the pixels gated by occlusion or RISE (``occlusion-gradxinput``, ``rise-gradxinput``),
+against hand-written references.
 
 - on a toy CNN, windows that tile the image: autograd's gradient x input times the ReLU of the hand-computed
   window drops (each tile set to 0, the model run again), bilinearly upsampled, over its maximum, square root
@@ -6,6 +7,9 @@
 - the gate alone: no window lowers the score -> nothing is gated away; ``gamma`` 1 is the plain ratio;
 - on a tiny LLaVA through ``explain_caption`` and ``explain_answer``: the product of the library's own two
   parts on the same inputs (the picture masked and processed again for the occlusion);
+- the RISE gate on a toy CNN: each masked copy run one by one, the paper's sum less the mean score, then the
+  same ReLU / maximum / power; through ``explain_caption`` on a tiny LLaVA, the product of ``pixel-gradxinput``
+  and ``rise``;
 - a bad ``gamma`` is refused by name; the model is left as found.
 """
 
@@ -16,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 import mmexplain as mx
-from mmexplain.methods.gated import OcclusionGradientXInput, occlusion_gate
+from mmexplain.methods.gated import OcclusionGradientXInput, RISEGradientXInput, occlusion_gate
 from mmexplain.methods.input_gradient import gaussian_blur
+from mmexplain.methods.rise import rise_masks
 from mmexplain.targets import ClassLogit
 from conftest import assert_unchanged, snapshot
 from test_pixel_gradxinput import toy as pixel_toy
@@ -67,10 +72,47 @@ def test_the_gate_alone():
     assert occlusion_gate(drops, (4, 4), 0.5).shape == (2, 4, 4)
 
 
+def test_rise_gate_equals_a_hand_written_reference_on_a_cnn():
+    net = toy()
+    x = torch.randn(2, 3, 8, 8)
+    before = snapshot(net)
+    method = RISEGradientXInput(net, n_masks=40, grid=4, p=0.5, seed=3, sigma=0, gamma=0.5, batch_size=7)
+    res = method(x, [ClassLogit(1), ClassLogit(2)])
+    assert_unchanged(net, before)
+    masks = rise_masks(*method.draws((8, 8)), (8, 8))  # (40, 8, 8), tested against a hand upsampling in test_rise
+    for n, c in enumerate((1, 2)):
+        leaf = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(net(leaf)[:, c].sum(), leaf)
+        fine = (grad * x).sum(1)  # (B, 8, 8)
+        with torch.no_grad():
+            scores = torch.stack([net(x * m)[:, c] for m in masks])  # (40, B), one copy at a time
+        coarse = torch.einsum("nb,nhw->bhw", scores - scores.mean(0), masks) / (40 * 0.5)
+        gate = F.relu(coarse) / F.relu(coarse).amax(dim=(-2, -1), keepdim=True)
+        expected = fine * gate.sqrt()
+        torch.testing.assert_close(res.pre_relu[n], expected, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(res.raw[n], F.relu(expected), rtol=1e-4, atol=1e-6)
+    assert res.weights.shape == (2, 2, 0)
+
+
+@pytest.mark.parametrize("cls", [OcclusionGradientXInput, RISEGradientXInput])
 @pytest.mark.parametrize("gamma", [0, -1.0, float("nan"), True, "0.5"])
-def test_a_bad_gamma_is_refused_by_name(gamma):
+def test_a_bad_gamma_is_refused_by_name(cls, gamma):
     with pytest.raises(ValueError, match=r"^gamma: expected a finite number > 0"):
-        OcclusionGradientXInput(toy(), gamma=gamma)
+        cls(toy(), gamma=gamma)
+
+
+def test_rise_gate_on_llava_through_explain_is_the_product_of_its_two_parts():
+    from test_lm_methods import CAPTION, built
+
+    vlm, image, _, _, _ = built()
+    caption = " ".join(CAPTION)
+    before = snapshot(vlm.hf_model)
+    gated = mx.explain_caption(vlm, image, caption, method="rise-gradxinput").result
+    assert_unchanged(vlm.hf_model, before)
+    fine = mx.explain_caption(vlm, image, caption, method="pixel-gradxinput").result
+    coarse = mx.explain_caption(vlm, image, caption, method="rise").result
+    gate = occlusion_gate(coarse.pre_relu, tuple(fine.pre_relu.shape[-2:]), 0.25)  # the default gamma
+    torch.testing.assert_close(gated.pre_relu, fine.pre_relu * gate, rtol=1e-4, atol=1e-7)
 
 
 def test_llava_through_explain_is_the_product_of_its_two_parts():

@@ -689,6 +689,7 @@ def test_registry_names_every_method_and_top_level_exports():
         "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigengradcam",
         "scorecam", "ablationcam", "eigencam", "occlusion", "rise", "guided", "relevancy",
         "attention", "tam", "lm-gradcam", "gradxinput", "pixel-gradxinput", "occlusion-gradxinput",
+        "rise-gradxinput",
     ]
     assert mx.explain.METHODS is mx.methods.METHODS  # one registry
     for name, spec in mx.methods.METHODS.items():
@@ -700,7 +701,7 @@ def test_registry_names_every_method_and_top_level_exports():
     specs = mx.methods.METHODS
     assert [n for n, s in specs.items() if not s.needs_layer] == [
         "occlusion", "rise", "relevancy", "attention", "tam", "lm-gradcam", "gradxinput", "pixel-gradxinput",
-        "occlusion-gradxinput"]
+        "occlusion-gradxinput", "rise-gradxinput"]
     assert [n for n, s in specs.items() if not s.uses_gradient] == [
         "scorecam", "ablationcam", "eigencam", "occlusion", "rise", "attention", "tam"]
     assert specs["guided"].why_not({"layer", "pixels"}) == "Guided Grad-CAM needs ReLU-like units for guided backprop (relu)"

@@ -15,6 +15,7 @@
 - ``lm_maps``: maps inside an LLM-based VLM's language model (attention, TAM, LM Grad-CAM, gradient x input).
 - ``guided``: pixel-space gradients (guided backprop, deconvolution, Guided Grad-CAM).
 - ``input_gradient``: gradient x input on the image tensor the model reads, per pixel (no layer).
+- ``gated``: that map gated by occlusion's or RISE's map (fine x coarse, as Guided Grad-CAM).
 
 - ``registry``: ``METHODS`` (name -> ``MethodSpec``: class, one-line description, display
   name, needs a layer, uses gradients, required capabilities, how its saliency is read);
@@ -37,7 +38,7 @@ from .rise import RISE
 from .relevancy import Relevancy
 from .guided import Deconvolution, GuidedBackprop, GuidedGradCAM, guided_gradcam
 from .input_gradient import PixelGradientXInput
-from .gated import OcclusionGradientXInput
+from .gated import OcclusionGradientXInput, RISEGradientXInput
 from .variants import EigenGradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .lm_maps import GradientXInput, LMAttention, LMGradCAM, TokenActivationMap
 from .registry import CAPABILITIES, METHODS, SALIENCY, MethodSpec, display_name, get_method, method_spec, register
@@ -49,6 +50,6 @@ __all__ = [
     "ScoreCAM", "AblationCAM", "EigenCAM", "Occlusion", "RISE", "Relevancy",
     "CAM", "GuidedBackprop", "Deconvolution", "GuidedGradCAM", "guided_gradcam",
     "LMAttention", "TokenActivationMap", "LMGradCAM", "GradientXInput", "PixelGradientXInput",
-    "OcclusionGradientXInput",
+    "OcclusionGradientXInput", "RISEGradientXInput",
     "METHODS", "MethodSpec", "CAPABILITIES", "SALIENCY", "register", "get_method", "method_spec", "display_name",
 ]

@@ -38,7 +38,7 @@ from typing import Any
 from torch import Tensor
 
 from .gradcam import GradCAM
-from .gated import OcclusionGradientXInput
+from .gated import OcclusionGradientXInput, RISEGradientXInput
 from .gradient_free import AblationCAM, EigenCAM, ScoreCAM
 from .input_gradient import PixelGradientXInput
 from .guided import GuidedGradCAM
@@ -269,6 +269,10 @@ for _spec in (
     MethodSpec("occlusion-gradxinput", OcclusionGradientXInput, "gradient x input on the pixels times the "
                "occlusion map's ReLU (over its max, to the power 1/4), as Guided Grad-CAM fuses a fine and a "
                "coarse map; no layer", "Gradient x Input x Occlusion", needs_layer=False,
+               requires=frozenset({"picture", "image-gradient"})),
+    MethodSpec("rise-gradxinput", RISEGradientXInput, "gradient x input on the pixels times the RISE map's ReLU "
+               "(over its max, to the power 1/4), as occlusion-gradxinput with random masks for the coarse map; "
+               "no layer", "Gradient x Input x RISE", needs_layer=False,
                requires=frozenset({"picture", "image-gradient"})),
 ):
     METHODS[_spec.name] = _spec
