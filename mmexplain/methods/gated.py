@@ -1,4 +1,4 @@
-r"""Gradient x input on the pixels, gated by a perturbation map: a fine map kept where hiding the region costs the score.
+r"""Gradient x input on the pixels, gated by a perturbation map: kept where hiding the region costs the score.
 
 ``occlusion-gradxinput`` and ``rise-gradxinput`` fuse a pixel-resolution gradient map with a
 coarse perturbation map, as Guided Grad-CAM fuses guided backprop with Grad-CAM (Selvaraju et
