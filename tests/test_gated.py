@@ -101,32 +101,20 @@ def test_a_bad_gamma_is_refused_by_name(cls, gamma):
         cls(toy(), gamma=gamma)
 
 
-def test_rise_gate_on_llava_through_explain_is_the_product_of_its_two_parts():
+@pytest.mark.parametrize("gated_name, coarse_name", [("occlusion-gradxinput", "occlusion"),
+                                                     ("rise-gradxinput", "rise")])
+def test_llava_through_explain_is_the_product_of_its_two_parts(gated_name, coarse_name):
     from test_lm_methods import CAPTION, built
 
     vlm, image, _, _, _ = built()
     caption = " ".join(CAPTION)
     before = snapshot(vlm.hf_model)
-    gated = mx.explain_caption(vlm, image, caption, method="rise-gradxinput").result
+    gated = mx.explain_caption(vlm, image, caption, method=gated_name).result
     assert_unchanged(vlm.hf_model, before)
     fine = mx.explain_caption(vlm, image, caption, method="pixel-gradxinput").result
-    coarse = mx.explain_caption(vlm, image, caption, method="rise").result
+    coarse = mx.explain_caption(vlm, image, caption, method=coarse_name).result
     gate = occlusion_gate(coarse.pre_relu, tuple(fine.pre_relu.shape[-2:]), 0.25)  # the default gamma
     torch.testing.assert_close(gated.pre_relu, fine.pre_relu * gate, rtol=1e-4, atol=1e-7)
-
-
-def test_llava_through_explain_is_the_product_of_its_two_parts():
-    from test_lm_methods import CAPTION, built
-
-    vlm, image, _, _, _ = built()
-    caption = " ".join(CAPTION)
-    before = snapshot(vlm.hf_model)
-    gated = mx.explain_caption(vlm, image, caption, method="occlusion-gradxinput").result
-    assert_unchanged(vlm.hf_model, before)
-    fine = mx.explain_caption(vlm, image, caption, method="pixel-gradxinput").result
-    drops = mx.explain_caption(vlm, image, caption, method="occlusion").result
-    gate = occlusion_gate(drops.pre_relu, tuple(fine.pre_relu.shape[-2:]), 0.25)  # the default gamma
-    torch.testing.assert_close(gated.pre_relu, fine.pre_relu * gate, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(gated.raw, gaussian_blur(F.relu(fine.pre_relu * gate), 1.0), rtol=1e-4, atol=1e-7)
-    answer = mx.explain_answer(vlm, image, "what color is the circle ?", "red", method="occlusion-gradxinput")
+    answer = mx.explain_answer(vlm, image, "what color is the circle ?", "red", method=gated_name)
     assert answer.maps.shape[0] == 1 and float(answer.maps.max()) == pytest.approx(1.0)

@@ -57,10 +57,14 @@ def _check_gamma(gamma: Any) -> float:
 
 
 class _Gated:
-    """The fusion, over a perturbation method's ``__call__`` (next in the MRO) that gives the coarse map."""
+    """The fusion, over a perturbation method (next in the MRO) whose ``__call__`` gives the coarse map."""
 
-    gradient: PixelGradientXInput
-    gamma: float
+    def __init__(self, model: nn.Module, layer: Any, *, reshape: Any, sigma: float, gamma: float,
+                 **perturbation: Any) -> None:
+        gamma = _check_gamma(gamma)
+        super().__init__(model, layer, reshape=reshape, **perturbation)
+        self.gradient = PixelGradientXInput(model, reshape=reshape, sigma=sigma)
+        self.gamma = gamma
 
     def positive(self, pre: Tensor) -> Tensor:
         """``(..., H, W)`` signed maps -> ``raw``: their ReLU smoothed by the gradient map's Gaussian."""
@@ -113,11 +117,8 @@ class OcclusionGradientXInput(_Gated, Occlusion):
     def __init__(self, model: nn.Module, layer: Any = None, *, reshape: Any = None, sigma: float = 1.0,
                  gamma: float = 0.25, window: int | tuple[int, int] = 16, stride: int | tuple[int, int] = 8,
                  baseline: float | Tensor = 0.0, batch_size: int = 32) -> None:
-        gamma = _check_gamma(gamma)
-        super().__init__(model, layer, window=window, stride=stride, baseline=baseline, batch_size=batch_size,
-                         reshape=reshape)
-        self.gradient = PixelGradientXInput(model, reshape=reshape, sigma=sigma)
-        self.gamma = gamma
+        super().__init__(model, layer, reshape=reshape, sigma=sigma, gamma=gamma, window=window, stride=stride,
+                         baseline=baseline, batch_size=batch_size)
 
 
 class RISEGradientXInput(_Gated, RISE):
@@ -152,8 +153,5 @@ class RISEGradientXInput(_Gated, RISE):
     def __init__(self, model: nn.Module, layer: Any = None, *, reshape: Any = None, sigma: float = 1.0,
                  gamma: float = 0.25, n_masks: int = 1000, grid: int = 8, p: float = 0.5, seed: int = 0,
                  batch_size: int = 32) -> None:
-        gamma = _check_gamma(gamma)
-        super().__init__(model, layer, n_masks=n_masks, grid=grid, p=p, seed=seed, batch_size=batch_size,
-                         reshape=reshape)
-        self.gradient = PixelGradientXInput(model, reshape=reshape, sigma=sigma)
-        self.gamma = gamma
+        super().__init__(model, layer, reshape=reshape, sigma=sigma, gamma=gamma, n_masks=n_masks, grid=grid, p=p,
+                         seed=seed, batch_size=batch_size)
