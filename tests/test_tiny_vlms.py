@@ -143,17 +143,17 @@ def test_sincos_positions_by_hand():
     column x), channels [sin(y f), cos(y f), sin(x f), cos(x f)] with f_k = 10000^(-k / (D/4)), times 0.2."""
     model, _ = tiny_vlms.new_parts("tiny-llava")
     T.sincos_positions(model)
-    weight = model.model.vision_tower.embeddings.position_embedding.weight.detach()  # (1 + 8 * 8, 96)
-    assert weight.shape == (65, 96) and float(weight[0].abs().max()) == 0
+    weight = model.model.vision_tower.embeddings.position_embedding.weight.detach()  # (1 + 6 * 6, 96)
+    assert weight.shape == (37, 96) and float(weight[0].abs().max()) == 0
     f = 10000.0 ** (-torch.arange(24) / 24)
-    for y, x in [(0, 0), (0, 5), (3, 1), (7, 7)]:
+    for y, x in [(0, 0), (0, 5), (3, 1), (5, 5)]:
         expected = 0.2 * torch.cat([torch.sin(y * f), torch.cos(y * f), torch.sin(x * f), torch.cos(x * f)])
-        torch.testing.assert_close(weight[1 + 8 * y + x], expected)
+        torch.testing.assert_close(weight[1 + 6 * y + x], expected)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shipped_models_came_from_their_recipe(name):
-    """`mmexplain train NAME` reproduces the shipped model: the recipe it recorded is the one the command uses."""
+    """`mmexplain train NAME` reproduces the shipped model: the recipe and architecture it recorded are the command's."""
     import dataclasses
     import json
 
@@ -165,6 +165,8 @@ def test_shipped_models_came_from_their_recipe(name):
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in expected.items()} == {
         k: list(v) if isinstance(v, tuple) else v for k, v in recorded.items()}
     assert T.recipe_for("tiny-vlm") == T.recipe_for("tiny-llava")
+    architecture = json.loads((MODELS / name / "metrics.json").read_text())["training"]["architecture"]
+    assert architecture == dataclasses.asdict(tiny_vlms.SPECS[name])  # the command builds the shipped architecture
 
 
 def test_slot_and_count_targets_read_the_caption():

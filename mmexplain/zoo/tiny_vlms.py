@@ -5,8 +5,8 @@ its own processor, byte-level BPE tokenizer (:mod:`.shapeworld_bpe`) and chat te
 (``user: <image> PROMPT assistant:``) saved beside it:
 
 * ``tiny-llava``: ``LlavaForConditionalGeneration``: a CLIP vision tower (96 x 96 images,
-  12 x 12 patches -> an 8 x 8 grid + CLS), LLaVA's two-layer projector and a Llama LM;
-  the LM reads ``hidden_states[-2]`` (LLaVA-1.5's choice) with CLS dropped, 64 image tokens.
+  16 x 16 patches -> a 6 x 6 grid + CLS), LLaVA's two-layer projector and a Llama LM;
+  the LM reads ``hidden_states[-2]`` (LLaVA-1.5's choice) with CLS dropped, 36 image tokens.
 * ``tiny-qwen2vl``: ``Qwen2VLForConditionalGeneration``: Qwen2-VL's vision transformer
   (12 x 12 patches, temporal patch 2, 2-D rotary positions), its merger (2 x 2 patches ->
   one token: 16 image tokens for an 8 x 8 grid, ``image_grid_thw``) and the Qwen2 LM
@@ -56,7 +56,7 @@ class TinyVLMSpec:
     """The architecture of one tiny VLM."""
 
     image_size: int = 96  # ShapeWorld's default side
-    patch_size: int = 8  # 12 x 12 patch grid (both shipped models use 12: an 8 x 8 grid)
+    patch_size: int = 8  # 12 x 12 patch grid (tiny-llava uses 16: 6 x 6; tiny-qwen2vl 12: 8 x 8, merged 4 x 4)
     vision_hidden: int = 96
     vision_layers: int = 4
     vision_heads: int = 4
@@ -67,7 +67,7 @@ class TinyVLMSpec:
     max_len: int = 256  # positions: prompt (~14) + image tokens (<= 144) + answer or caption (<= 40)
 
 
-SPECS = {"tiny-llava": TinyVLMSpec(patch_size=12), "tiny-qwen2vl": TinyVLMSpec(patch_size=12, vision_layers=3)}
+SPECS = {"tiny-llava": TinyVLMSpec(patch_size=16), "tiny-qwen2vl": TinyVLMSpec(patch_size=12, vision_layers=3)}
 IMAGE_TOKENS = {"tiny-llava": ("<image>",), "tiny-qwen2vl": ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>",
                                                               "<|video_pad|>")}
 
