@@ -74,10 +74,10 @@ class Recipe:
 #: Each model's recipe: the same for both. Vision pretraining gets 24 of the 55 minutes (tiny-llava's CLIP
 #: tower, with its sine-cosine positions, keeps learning there; tiny-qwen2vl's ended stage 1 at loss 0.61 against
 #: 0.96 after 17 minutes), and the language stages learn from question dialogues (``turns=4``). Against
-#: 17 / 5 / 33 minutes and half-and-half batches: tiny-llava captions 0.81 exact against 0.68 (that run on one
-#: thread), tiny-qwen2vl 0.94 against 0.73 (shapes 0.977 against 0.851, answers 0.907 against 0.835; both on two);
-#: in both the two changes were made together. The budgets are wall-clock minutes: two threads give 1.4-1.5x the
-#: steps of one.
+#: 17 / 5 / 33 minutes and half-and-half batches: tiny-llava (then 12 px patches) captions 0.81 exact against 0.68
+#: (that run on one thread), tiny-qwen2vl 0.94 against 0.73 (shapes 0.977 against 0.851, answers 0.907 against
+#: 0.835; both on two); in both the two changes were made together. With 16 px patches tiny-llava captions 0.945.
+#: The budgets are wall-clock minutes: two threads give 1.4-1.5x the steps of one.
 RECIPES = {name: Recipe(minutes=(24.0, 4.0, 27.0), turns=4) for name in ("tiny-llava", "tiny-qwen2vl")}
 
 
