@@ -10,7 +10,10 @@ held-out validation scenes with two or three objects this prints, per model fold
   read here only to analyse; no model sees them;
 - how much the answer position's hidden state depends on the shape asked about: the cosine between
   the states of "what color is the X ?" for two different shapes of the same scene, per layer
-  (1.0: the question's shape word does not reach the answer position).
+  (1.0: the question's shape word does not reach the answer position);
+- the attention from the answer position to the shape word's tokens in the question, per layer;
+- the mean norm of the image tokens and of the text tokens at the LM's input (the projector's
+  output against the token embeddings).
 
     python benchmarks/colour_lookup.py models/tiny-llava models/tiny-qwen2vl --scenes 40
 """
@@ -44,6 +47,16 @@ def _cover(scene, n_tokens: int) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(masks, cell)[:, 0].flatten(1)  # (O, side * side)
 
 
+def _span(processor, ids: torch.Tensor, question: str) -> torch.Tensor:
+    """``(L,)`` bool: the tokens of the question's shape word (the word before "?"), found from the end."""
+    word = processor.tokenizer(" " + question.split()[-2], add_special_tokens=False)["input_ids"]
+    ids = ids.tolist()
+    start = next(i for i in range(len(ids) - len(word), -1, -1) if ids[i:i + len(word)] == word)
+    span = torch.zeros(len(ids), dtype=torch.bool)
+    span[start:start + len(word)] = True
+    return span
+
+
 def measure(path: str, scenes: int) -> None:
     from mmexplain.adapters.hf.vlm import chat_text
 
@@ -53,6 +66,8 @@ def measure(path: str, scenes: int) -> None:
     right: dict[int, list[int]] = {}
     asked_mass: list[torch.Tensor] = []  # per question: (layers,)
     other_mass: list[torch.Tensor] = []
+    word_mass: list[torch.Tensor] = []  # per question: (layers,)
+    norms: list[torch.Tensor] = []  # per question: (image, text)
     cosines: list[torch.Tensor] = []  # per scene: (layers + 1,)
     for seed in mx.world.split_seeds("val", scenes):
         scene = mx.world.generate(seed, size=96)
@@ -73,6 +88,10 @@ def measure(path: str, scenes: int) -> None:
             asked_mass.append(rows @ cover[qa.objects[0]])
             other_mass.append((rows @ cover[others].T).mean(-1))
             last.append(torch.stack([h[0, -1] for h in out.hidden_states]))  # (layers + 1, D)
+            word_mass.append(torch.stack([a[0, :, -1][:, _span(processor, enc["input_ids"][0], qa.question)].sum(-1)
+                                          .mean(0) for a in out.attentions]))
+            first = out.hidden_states[0][0].norm(dim=-1)  # (L,)
+            norms.append(torch.stack([first[image].mean(), first[~image].mean()]))
         if len(last) >= 2:
             cosines.append(torch.nn.functional.cosine_similarity(last[0], last[1], dim=-1))
     print(f"{path}: colour answers right, by objects in the scene: "
@@ -81,6 +100,10 @@ def measure(path: str, scenes: int) -> None:
     for layer, (a, o) in enumerate(zip(asked.tolist(), other.tolist())):
         print(f"  LM layer {layer}: attention of the answer position to the asked object {a:.3f}, "
               f"to another object {o:.3f}")
+    print("  attention of the answer position to the shape word asked, per LM layer: "
+          + " ".join(f"{w:.3f}" for w in torch.stack(word_mass).mean(0).tolist()))
+    image_norm, text_norm = torch.stack(norms).mean(0).tolist()
+    print(f"  LM input norms: image tokens {image_norm:.1f}, text tokens {text_norm:.2f}")
     cos = torch.stack(cosines).mean(0)
     print("  cosine of the answer position's state between two shapes asked, after the embeddings and each layer: "
           + " ".join(f"{c:.4f}" for c in cos.tolist()))
