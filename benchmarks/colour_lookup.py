@@ -88,8 +88,8 @@ def measure(path: str, scenes: int) -> None:
             asked_mass.append(rows @ cover[qa.objects[0]])
             other_mass.append((rows @ cover[others].T).mean(-1))
             last.append(torch.stack([h[0, -1] for h in out.hidden_states]))  # (layers + 1, D)
-            word_mass.append(torch.stack([a[0, :, -1][:, _span(processor, enc["input_ids"][0], qa.question)].sum(-1)
-                                          .mean(0) for a in out.attentions]))
+            word = _span(processor, enc["input_ids"][0], qa.question)  # (L,)
+            word_mass.append(torch.stack([a[0, :, -1][:, word].sum(-1).mean(0) for a in out.attentions]))
             first = out.hidden_states[0][0].norm(dim=-1)  # (L,)
             norms.append(torch.stack([first[image].mean(), first[~image].mean()]))
         if len(last) >= 2:
