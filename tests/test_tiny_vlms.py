@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 import mmexplain as mx  # noqa: E402
 from mmexplain.training import tiny_vlms as T  # noqa: E402
+from mmexplain.training.tiny_hf import pixels  # noqa: E402
 from mmexplain.zoo import shapeworld_bpe, tiny_vlms  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -104,7 +105,7 @@ def test_qwen_patches_match_the_processor():
     images = (torch.rand(2, 3, 96, 96) * 255).round().to(torch.uint8)
     enc = processor.image_processor(images=[i.float() / 255 for i in images], return_tensors="pt", do_rescale=False)
     p = processor.image_processor.patch_size
-    assert torch.allclose(T.qwen_patches(T.pixels(images), patch=p), enc["pixel_values"], atol=1e-6)
+    assert torch.allclose(T.qwen_patches(pixels(images), patch=p), enc["pixel_values"], atol=1e-6)
     assert enc["image_grid_thw"].tolist() == [[1, 96 // p, 96 // p]] * 2
 
 
@@ -136,6 +137,19 @@ IMAGE = {"tiny-llava": "<image>", "tiny-qwen2vl": "<|image_pad|>"}
 def test_a_bad_number_of_turns_is_refused_by_name(turns):
     with pytest.raises(ValueError, match=r"^turns: expected an int >= 0"):
         T.Recipe(turns=turns)
+
+
+@pytest.mark.parametrize("listing", [1.5, -0.1, True, "0.5"])
+def test_a_bad_listing_share_is_refused_by_name(listing):
+    with pytest.raises(ValueError, match=r"^listing: expected a share between 0 and 1"):
+        T.Recipe(turns=4, listing=listing)
+
+
+def test_shape_first_lists_the_objects_by_shape():
+    """Shapes in world.SHAPES order (circle, square, triangle, diamond); two of a shape stay left to right."""
+    caption = "a small red diamond left of a large blue circle left of a small red circle"
+    assert T.shape_first(caption) == "circle large blue circle small red diamond small red"
+    assert T.shape_first("a large purple square") == "square large purple"
 
 
 def test_sincos_positions_by_hand():

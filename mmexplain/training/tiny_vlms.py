@@ -43,12 +43,14 @@ from .. import world
 from ..errors import InputError
 from ..zoo import tiny_vlms
 from .loop import LoopConfig, fit
-from .tiny_hf import pixels, scene_split
+from .tiny_hf import scene_split
+from .tiny_vlm_batches import Batches, qwen_patches
 
-__all__ = ["Recipe", "RECIPES", "recipe_for", "SlotHead", "slot_targets", "count_targets", "examples", "Batches",
-           "qwen_patches", "sincos_positions", "train", "save", "train_and_save", "finish"]
+__all__ = ["Recipe", "RECIPES", "recipe_for", "SlotHead", "slot_targets", "shape_first", "count_targets", "examples",
+           "Batches", "qwen_patches", "sincos_positions", "train", "save", "train_and_save", "finish"]
 
 SLOTS = 3  # at most three objects per scene
+LIST_PROMPT = "list the objects by shape"
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,19 @@ class Recipe:
     #: questions as turns: LLaVA's multi-turn data), the others captions, so no short question is padded to a
     #: caption's length; 0: every batch half captions, half single questions
     turns: int = 0
+    #: share of the caption examples replaced by the scene's objects listed shape first (prompt
+    #: :data:`LIST_PROMPT`, target "circle large blue square small red", by :func:`shape_first`): the word
+    #: after a shape then depends on the object of that shape, as in captions the word after a colour depends
+    #: on the object of that colour
+    listing: float = 0.0
     seed: int = 0
     save_every: float = 5.0  # minutes between checkpoints
 
     def __post_init__(self) -> None:
         if isinstance(self.turns, bool) or not isinstance(self.turns, int) or self.turns < 0:
             raise InputError(f"turns: expected an int >= 0 (questions per dialogue; 0: none), got {self.turns!r}")
+        if isinstance(self.listing, bool) or not isinstance(self.listing, (int, float)) or not 0 <= self.listing <= 1:
+            raise InputError(f"listing: expected a share between 0 and 1, got {self.listing!r}")
 
 
 #: Each model's recipe: the same for both. Vision pretraining gets 24 of the 55 minutes (tiny-llava's CLIP
@@ -122,6 +131,15 @@ def slot_targets(caption: str) -> list[list[int]]:
     return out + [[0, -100, -100, -100]] * (SLOTS - len(out))
 
 
+def shape_first(caption: str) -> str:
+    """The caption's objects as ``shape size colour``, in ``world.SHAPES`` order (left to right within a shape):
+    "circle large blue square small red". Not in the caption's order, so the words after a shape can only be
+    found from the shape."""
+    words = caption.split()
+    objects = [(words[i + 3], words[i + 1], words[i + 2]) for i, w in enumerate(words) if w == "a"]
+    return " ".join(" ".join(o) for o in sorted(objects, key=lambda o: world.SHAPES.index(o[0])))
+
+
 def count_targets(slots: Tensor) -> Tensor:
     """``(B, 3, 4)`` slot targets -> ``(B, 11)``: how many objects have each size, colour and shape."""
     hot = [nn.functional.one_hot(slots[..., k].clamp(min=0), n) * (slots[..., k:k + 1] >= 0)
@@ -135,105 +153,6 @@ def examples(n: int, *, size: int, cache_dir: Path | None = None) -> tuple[Tenso
     return scene_split("train", n, size=size, cache=cache, rows_of=lambda i, scene: [
         [i, tiny_vlms.CAPTION_PROMPT, scene.caption, "caption"],
         *([i, qa.question, qa.answer, qa.kind] for qa in scene.questions)])
-
-
-def qwen_patches(images: Tensor, *, patch: int, merge: int = 2, temporal: int = 2) -> Tensor:
-    """``(B, 3, H, W)`` normalized -> Qwen2-VL's flattened patches ``(B * h * w, 3 * temporal * patch * patch)``.
-
-    Rows in merge-block order (each 2 x 2 block of patches together), the image repeated
-    ``temporal`` times, as ``Qwen2VLImageProcessor`` lays them out.
-    """
-    b, c, height, width = images.shape
-    h, w = height // patch, width // patch
-    x = images[:, None].expand(b, temporal, c, height, width)  # (B, T, C, H, W)
-    x = x.reshape(b, temporal, c, h // merge, merge, patch, w // merge, merge, patch)
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (B, h/m, w/m, m, m, C, T, p, p)
-    return x.reshape(b * h * w, c * temporal * patch * patch)
-
-
-class Batches:
-    """Model inputs for the examples of one processor: prompts encoded once, images laid out per family."""
-
-    def __init__(self, name: str, processor: Any, images: Tensor, rows: list[list]) -> None:
-        from ..adapters.hf.vlm import chat_text
-
-        self.name, self.processor, self.images, self.rows = name, processor, images, rows
-        self.tokenizer = processor.tokenizer
-        self.spec = tiny_vlms.SPECS[name]
-        side = images.shape[-1]
-        prompts: dict[str, list[int]] = {}
-        self.encoded = []
-        for _, prompt, target, _ in rows:
-            if prompt not in prompts:
-                enc = processor(text=chat_text(processor, prompt), images=torch.zeros(3, side, side),
-                                return_tensors="pt", do_rescale=False)
-                prompts[prompt] = enc["input_ids"][0].tolist()
-            self.encoded.append((prompts[prompt], self.target_ids(target)))
-        self.later_turns: dict[str, list[int]] = {}  # prompt -> ids of a turn after the first
-        self.image_token = processor.image_token_id if hasattr(processor, "image_token_id") else \
-            self.tokenizer.convert_tokens_to_ids(processor.image_token)
-
-    def target_ids(self, text: str) -> list[int]:
-        """The target's token ids followed by ``</s>``."""
-        return [*self.tokenizer(text, add_special_tokens=False).input_ids, self.tokenizer.eos_token_id]
-
-    def pixel_inputs(self, images: Tensor) -> dict[str, Tensor]:
-        """uint8 ``(B, 3, H, W)`` -> ``pixel_values`` (and ``image_grid_thw``) as the saved processor makes them."""
-        values = pixels(images)  # (B, 3, H, W) in [-1, 1]
-        if self.name == "tiny-llava":
-            return {"pixel_values": values}
-        p = self.spec.patch_size
-        grid = torch.tensor([[1, values.shape[-2] // p, values.shape[-1] // p]] * len(values))  # (B, 3)
-        return {"pixel_values": qwen_patches(values, patch=p), "image_grid_thw": grid}
-
-    def images_of(self, index: list[int]) -> Tensor:
-        return self.images[torch.tensor([self.rows[i][0] for i in index])]
-
-    def later_turn(self, prompt: str) -> list[int]:
-        """The ids of ``prompt`` as a turn after the first: the chat template's user turn without the image."""
-        if prompt not in self.later_turns:
-            from ..adapters.hf.vlm import chat_text
-
-            text = chat_text(self.processor, prompt, image=False)
-            self.later_turns[prompt] = self.tokenizer(text, add_special_tokens=False).input_ids
-        return self.later_turns[prompt]
-
-    def dialogue(self, turns: list[int]) -> tuple[list[int], list[int]]:
-        """Rows of one scene as a conversation ``(ids, labels)``: labels on the answers only (``-100`` elsewhere).
-
-        The first turn is the chat prompt with the image; each later one (:meth:`later_turn`)
-        follows the previous answer's ``</s>``.
-        """
-        ids: list[int] = []
-        labels: list[int] = []
-        for k, i in enumerate(turns):
-            prompt = self.encoded[i][0] if k == 0 else self.later_turn(self.rows[i][1])
-            target = self.encoded[i][1]
-            ids += prompt + target
-            labels += [-100] * len(prompt) + target
-        return ids, labels
-
-    def text(self, index: list[int] | list[list[int]], *, flip: bool = False) -> dict[str, Tensor]:
-        """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` ``(B, L)`` and the pixel inputs.
-
-        ``index``: one row per example, or per example the rows of one scene (a dialogue).
-        """
-        seqs = [self.dialogue(i if isinstance(i, list) else [i]) for i in index]
-        length = max(len(ids) for ids, _ in seqs)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(index), length), pad)  # (B, L)
-        labels = torch.full((len(index), length), -100)  # (B, L)
-        mask = torch.zeros(len(index), length, dtype=torch.long)  # (B, L)
-        for b, (seq, label) in enumerate(seqs):
-            ids[b, :len(seq)] = torch.tensor(seq)
-            labels[b, :len(seq)] = torch.tensor(label)
-            mask[b, :len(seq)] = 1
-        images = self.images_of([i[0] if isinstance(i, list) else i for i in index])
-        out = {"input_ids": ids, "attention_mask": mask, "labels": labels,
-               **self.pixel_inputs(images.flip(-2) if flip else images)}
-        if self.name == "tiny-qwen2vl":
-            out["mm_token_type_ids"] = (ids == self.image_token).long()  # (B, L): 1 on image tokens
-        return out
 
 
 def sincos_positions(model: Any, scale: float = 0.2) -> None:
@@ -330,9 +249,12 @@ def train(name: str, recipe: Recipe | None = None, *, out: str | os.PathLike | N
         model, processor = tiny_vlms.load_parts(init, name)
     size = tiny_vlms.SPECS[name].image_size
     images, rows = examples(recipe.n_train, size=size, cache_dir=cache_dir)
+    if recipe.listing:
+        rows = rows + [[r[0], LIST_PROMPT, shape_first(r[2]), "listing"] for r in rows if r[3] == "caption"]
     data = Batches(name, processor, images, rows)
     captions = [i for i, r in enumerate(rows) if r[3] == "caption"]
-    questions = [i for i, r in enumerate(rows) if r[3] != "caption"]
+    listings = [i for i, r in enumerate(rows) if r[3] == "listing"]
+    questions = [i for i, r in enumerate(rows) if r[3] not in ("caption", "listing")]
     slots = torch.tensor([slot_targets(rows[i][2]) for i in captions])  # (n, 3, 4), captions in scene order
     data_seconds = time.time() - t0
     if log is not None:
@@ -386,8 +308,12 @@ def train(name: str, recipe: Recipe | None = None, *, out: str | os.PathLike | N
                 dialogues.append([pool[j] for j in torch.randperm(len(pool), generator=gen)[:recipe.turns].tolist()]
                                  or [captions[c]])
             return data.text(dialogues, flip=bool(torch.rand((), generator=gen) < 0.5))
-        if recipe.turns:  # captions only
+        if recipe.turns:  # captions only (some replaced by listings)
             pick = torch.randint(len(captions), (data_batch,), generator=gen).tolist()
+            if recipe.listing:
+                listed = (torch.rand(data_batch, generator=gen) < recipe.listing).tolist()
+                return data.text([listings[i] if lst else captions[i] for i, lst in zip(pick, listed)],
+                                 flip=bool(torch.rand((), generator=gen) < 0.5))
             return data.text([captions[i] for i in pick], flip=bool(torch.rand((), generator=gen) < 0.5))
         half = max(1, data_batch // 2)
         pick_c = torch.randint(len(captions), (half,), generator=gen).tolist()
