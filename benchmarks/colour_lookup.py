@@ -13,7 +13,10 @@ held-out validation scenes with two or three objects this prints, per model fold
   (1.0: the question's shape word does not reach the answer position);
 - the attention from the answer position to the shape word's tokens in the question, per layer;
 - the mean norm of the image tokens and of the text tokens at the LM's input (the projector's
-  output against the token embeddings).
+  output against the token embeddings);
+- answers right per question template (the question with its shape and colour words replaced by
+  <shape> / <colour>), on all the scenes: those that find the object by its shape ("what color is
+  the <shape> ?", "how many <shape>s ...") against those that find it by its colour.
 
     python benchmarks/colour_lookup.py models/tiny-llava models/tiny-qwen2vl --scenes 40
 """
@@ -55,6 +58,29 @@ def _span(processor, ids: torch.Tensor, question: str) -> torch.Tensor:
     span = torch.zeros(len(ids), dtype=torch.bool)
     span[start:start + len(word)] = True
     return span
+
+
+def template(question: str) -> str:
+    """The question with its shape and colour words replaced: "what color is the <shape> ?"."""
+    words = question.split()
+    for i, w in enumerate(words):
+        if w in mx.world.COLORS:
+            words[i] = "<colour>"
+        elif w in mx.world.SHAPES or w.rstrip("s") in mx.world.SHAPES:
+            words[i] = "<shape>" + w[len(w.rstrip("s")):]
+    return " ".join(words)
+
+
+def by_template(vlm, scenes: int) -> dict[str, list[int]]:
+    """Template -> one 0/1 per question of the first ``scenes`` validation scenes (yes/no kept apart)."""
+    right: dict[str, list[int]] = {}
+    for seed in mx.world.split_seeds("val", scenes):
+        scene = mx.world.generate(seed, size=96)
+        pixels = vlm.load_image(scene.image)
+        for qa in scene.questions:
+            key = template(qa.question) + (f" ({qa.answer})" if qa.kind == "exist" else "")
+            right.setdefault(key, []).append(int(vlm.answer(pixels, qa.question) == qa.answer))
+    return right
 
 
 def measure(path: str, scenes: int) -> None:
@@ -107,6 +133,9 @@ def measure(path: str, scenes: int) -> None:
     cos = torch.stack(cosines).mean(0)
     print("  cosine of the answer position's state between two shapes asked, after the embeddings and each layer: "
           + " ".join(f"{c:.4f}" for c in cos.tolist()))
+    print("  answers right by question template:")
+    for key, hits in sorted(by_template(vlm, scenes).items()):
+        print(f"    {sum(hits):3d}/{len(hits):3d}  {key}")
 
 
 def main() -> None:
