@@ -143,6 +143,8 @@ def test_a_bad_number_of_turns_is_refused_by_name(turns):
 def test_a_bad_listing_share_is_refused_by_name(listing):
     with pytest.raises(ValueError, match=r"^listing: expected a share between 0 and 1"):
         T.Recipe(turns=4, listing=listing)
+    with pytest.raises(ValueError, match=r"^listing: replaces caption examples .* need turns > 0"):
+        T.Recipe(turns=0, listing=0.5)
 
 
 def test_shape_first_lists_the_objects_by_shape():

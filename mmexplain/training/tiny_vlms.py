@@ -78,6 +78,8 @@ class Recipe:
             raise InputError(f"turns: expected an int >= 0 (questions per dialogue; 0: none), got {self.turns!r}")
         if isinstance(self.listing, bool) or not isinstance(self.listing, (int, float)) or not 0 <= self.listing <= 1:
             raise InputError(f"listing: expected a share between 0 and 1, got {self.listing!r}")
+        if self.listing and not self.turns:
+            raise InputError("listing: replaces caption examples of the caption-only batches, which need turns > 0")
 
 
 #: Each model's recipe: the same for both. Vision pretraining gets 24 of the 55 minutes (tiny-llava's CLIP
