@@ -71,18 +71,6 @@ def template(question: str) -> str:
     return " ".join(words)
 
 
-def by_template(vlm, scenes: int) -> dict[str, list[int]]:
-    """Template -> one 0/1 per question of the first ``scenes`` validation scenes (yes/no kept apart)."""
-    right: dict[str, list[int]] = {}
-    for seed in mx.world.split_seeds("val", scenes):
-        scene = mx.world.generate(seed, size=96)
-        pixels = vlm.load_image(scene.image)
-        for qa in scene.questions:
-            key = template(qa.question) + (f" ({qa.answer})" if qa.kind == "exist" else "")
-            right.setdefault(key, []).append(int(vlm.answer(pixels, qa.question) == qa.answer))
-    return right
-
-
 def measure(path: str, scenes: int) -> None:
     from mmexplain.adapters.hf.vlm import chat_text
 
@@ -95,14 +83,20 @@ def measure(path: str, scenes: int) -> None:
     word_mass: list[torch.Tensor] = []  # per question: (layers,)
     norms: list[torch.Tensor] = []  # per question: (image, text)
     cosines: list[torch.Tensor] = []  # per scene: (layers + 1,)
+    by_template: dict[str, list[int]] = {}  # template -> 0/1 per question of every scene (yes / no kept apart)
     for seed in mx.world.split_seeds("val", scenes):
         scene = mx.world.generate(seed, size=96)
+        pixels = vlm.load_image(scene.image)
+        hit = {}
+        for qa in scene.questions:
+            hit[qa.question] = int(vlm.answer(pixels, qa.question) == qa.answer)
+            key = template(qa.question) + (f" ({qa.answer})" if qa.kind == "exist" else "")
+            by_template.setdefault(key, []).append(hit[qa.question])
         if len(scene.objects) < 2:
             continue
         last = []
         for qa in (q for q in scene.questions if q.kind == "color"):
-            pixels = vlm.load_image(scene.image)
-            right.setdefault(len(scene.objects), []).append(int(vlm.answer(pixels, qa.question) == qa.answer))
+            right.setdefault(len(scene.objects), []).append(hit[qa.question])
             enc = processor(text=chat_text(processor, qa.question), images=scene.image, return_tensors="pt",
                             do_rescale=False)
             with torch.no_grad():
@@ -134,7 +128,7 @@ def measure(path: str, scenes: int) -> None:
     print("  cosine of the answer position's state between two shapes asked, after the embeddings and each layer: "
           + " ".join(f"{c:.4f}" for c in cos.tolist()))
     print("  answers right by question template:")
-    for key, hits in sorted(by_template(vlm, scenes).items()):
+    for key, hits in sorted(by_template.items()):
         print(f"    {sum(hits):3d}/{len(hits):3d}  {key}")
 
 
