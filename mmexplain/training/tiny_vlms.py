@@ -125,10 +125,15 @@ class SlotHead(nn.Module):
         return self.out(slots), self.count(pooled)  # (B, 3, 13), (B, 11, 4)
 
 
+def caption_objects(caption: str) -> list[list[str]]:
+    """The caption's objects left to right, each ``[size, colour, shape]``."""
+    words = caption.split()
+    return [words[i + 1:i + 4] for i, w in enumerate(words) if w == "a"]
+
+
 def slot_targets(caption: str) -> list[list[int]]:
     """``[exists, size, colour, shape]`` per slot, read from the caption (``-100``: no object there)."""
-    words = caption.split()
-    objects = [words[i + 1:i + 4] for i, w in enumerate(words) if w == "a"]
+    objects = caption_objects(caption)
     out = [[1, world.SIZES.index(s), list(world.COLORS).index(c), world.SHAPES.index(h)] for s, c, h in objects]
     return out + [[0, -100, -100, -100]] * (SLOTS - len(out))
 
@@ -137,9 +142,8 @@ def shape_first(caption: str) -> str:
     """The caption's objects as ``shape size colour``, in ``world.SHAPES`` order (left to right within a shape):
     "circle large blue square small red". Not in the caption's order, so the words after a shape can only be
     found from the shape."""
-    words = caption.split()
-    objects = [(words[i + 3], words[i + 1], words[i + 2]) for i, w in enumerate(words) if w == "a"]
-    return " ".join(" ".join(o) for o in sorted(objects, key=lambda o: world.SHAPES.index(o[0])))
+    objects = sorted(caption_objects(caption), key=lambda o: world.SHAPES.index(o[2]))
+    return " ".join(f"{shape} {size} {colour}" for size, colour, shape in objects)
 
 
 def count_targets(slots: Tensor) -> Tensor:
@@ -312,11 +316,11 @@ def train(name: str, recipe: Recipe | None = None, *, out: str | os.PathLike | N
             return data.text(dialogues, flip=bool(torch.rand((), generator=gen) < 0.5))
         if recipe.turns:  # captions only (some replaced by listings)
             pick = torch.randint(len(captions), (data_batch,), generator=gen).tolist()
-            if recipe.listing:
+            chosen = [captions[i] for i in pick]
+            if recipe.listing:  # listings[i] is the listing of captions[i]'s scene
                 listed = (torch.rand(data_batch, generator=gen) < recipe.listing).tolist()
-                return data.text([listings[i] if lst else captions[i] for i, lst in zip(pick, listed)],
-                                 flip=bool(torch.rand((), generator=gen) < 0.5))
-            return data.text([captions[i] for i in pick], flip=bool(torch.rand((), generator=gen) < 0.5))
+                chosen = [listings[i] if lst else captions[i] for i, lst in zip(pick, listed)]
+            return data.text(chosen, flip=bool(torch.rand((), generator=gen) < 0.5))
         half = max(1, data_batch // 2)
         pick_c = torch.randint(len(captions), (half,), generator=gen).tolist()
         pick_q = torch.randint(len(questions), (data_batch - half,), generator=gen).tolist()
