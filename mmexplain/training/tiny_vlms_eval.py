@@ -174,8 +174,10 @@ def card(name: str, info: dict[str, Any], metrics: dict[str, Any], *, command: s
                  f"object's mask, {metrics['pointing_words']} words): {metrics['pointing']['Grad-CAM']:.3f}; "
                  f"uniform map (chance): {metrics['pointing']['uniform map (chance)']:.3f}.")
     turns = info["recipe"].get("turns", 0)
-    data = (f" (batches of captions; every third batch {turns} questions per scene as dialogue turns)" if turns
-            else " (every batch half captions, half questions)")
+    listing = info["recipe"].get("listing", 0.0)
+    listed = (f", {listing:.0%} of their examples replaced by the objects listed shape first" if listing else "")
+    data = (f" (batches of captions{listed}; every third batch {turns} questions per scene as dialogue turns)"
+            if turns else " (every batch half captions, half questions)")
     labels = ("vision pretraining (tower + projector + slot head on the caption's objects)",
               "alignment + instruction tuning, tower frozen" + data, "full tuning" + data)
     by_kind = {k: metrics["word_accuracy"].get(k, 0.0) for k in ("shape", "color", "size")}
