@@ -185,6 +185,16 @@ def test_shipped_models_came_from_their_recipe(name):
     assert architecture == dataclasses.asdict(tiny_vlms.SPECS[name])  # the command builds the shipped architecture
 
 
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2vl"])
+def test_shipped_cards_name_the_listing_of_their_recipe(name):
+    """The card's stage labels say whether the language stages learned the shape-first listing."""
+    card = (MODELS / name / "CARD.md").read_text()
+    listing = T.recipe_for(name).listing
+    assert ("listed shape first" in card) == bool(listing)
+    if listing:
+        assert f"{listing:.0%} of their examples replaced by the objects listed shape first" in card
+
+
 def test_slot_and_count_targets_read_the_caption():
     slots = T.slot_targets("a small red diamond left of a large blue circle left of a small red circle")
     assert slots == [[1, 0, 0, 3], [1, 1, 2, 0], [1, 0, 0, 0]]
