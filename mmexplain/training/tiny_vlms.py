@@ -83,18 +83,18 @@ class Recipe:
             raise InputError("listing: replaces caption examples of the caption-only batches, which need turns > 0")
 
 
-#: Each model's recipe: the same for both but tiny-llava's listing. Vision pretraining gets 24 of the 55 minutes (tiny-llava's CLIP
-#: tower, with its sine-cosine positions, keeps learning there; tiny-qwen2vl's ended stage 1 at loss 0.61 against
-#: 0.96 after 17 minutes), and the language stages learn from question dialogues (``turns=4``). Against
-#: 17 / 5 / 33 minutes and half-and-half batches: tiny-llava (then 12 px patches) captions 0.81 exact against 0.68
-#: (that run on one thread), tiny-qwen2vl 0.94 against 0.73 (shapes 0.977 against 0.851, answers 0.907 against
-#: 0.835; both on two); in both the two changes were made together. With 16 px patches tiny-llava captions 0.945.
-#: The budgets are wall-clock minutes: two threads give 1.4-1.5x the steps of one. tiny-llava also learns the
-#: shape-first listing (``listing=0.5``): without it, it answered every question that finds an object by its
-#: colour but those that find it by its shape at the image-only level (answers 0.860, "what color is the
-#: <shape>" 39 of 60); with it, trained from scratch, 0.991 (colour questions 1.000; README).
-RECIPES = {"tiny-llava": Recipe(minutes=(24.0, 4.0, 27.0), turns=4, listing=0.5),
-           "tiny-qwen2vl": Recipe(minutes=(24.0, 4.0, 27.0), turns=4)}
+#: Each model's recipe: the same for both but tiny-llava's listing. Vision pretraining gets 24 of the 55
+#: minutes (tiny-llava's CLIP tower, with its sine-cosine positions, keeps learning there; tiny-qwen2vl's ended
+#: stage 1 at loss 0.61 against 0.96 after 17 minutes), and the language stages learn from question dialogues
+#: (``turns=4``). Against 17 / 5 / 33 minutes and half-and-half batches: tiny-llava (then 12 px patches) captions
+#: 0.81 exact against 0.68 (that run on one thread), tiny-qwen2vl 0.94 against 0.73 (shapes 0.977 against 0.851,
+#: answers 0.907 against 0.835; both on two); in both the two changes were made together. With 16 px patches
+#: tiny-llava captions 0.945. The budgets are wall-clock minutes: two threads give 1.4-1.5x the steps of one.
+#: tiny-llava also learns the shape-first listing (``listing=0.5``): without it, it answered every question that
+#: finds an object by its colour but those that find it by its shape at the image-only level (answers 0.860,
+#: "what color is the <shape>" 39 of 60); with it, trained from scratch, 0.991 (colour questions 1.000; README).
+_SHARED = Recipe(minutes=(24.0, 4.0, 27.0), turns=4)
+RECIPES = {"tiny-llava": replace(_SHARED, listing=0.5), "tiny-qwen2vl": _SHARED}
 
 
 def recipe_for(name: str) -> Recipe:
